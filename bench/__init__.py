@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes Markdown and PNG results under bench/results/."""

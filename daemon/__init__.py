@@ -1,0 +1,1 @@
+"""The engram-ff service: command line, configuration, scheduling, signals and systemd notify."""

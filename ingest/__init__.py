@@ -1,0 +1,1 @@
+"""Reading Engram JSONL logs exactly once and turning messages into training samples."""

@@ -1,0 +1,1 @@
+"""The SQLite database: schema, migrations and the queries everything else records through."""
