@@ -1,0 +1,176 @@
+"""Effective configuration: built-in defaults < TOML file < ENGRAM_FF_* environment < command-line flags.
+
+Bad configuration is refused at start with a message that names the key, so a typo in a unit file or
+a TOML file never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "ENGRAM_FF_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and where it came from."""
+
+
+def user_data_dir() -> Path:
+    """systemd's StateDirectory when run as a service, else the XDG data home."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "engram-ff"
+
+
+@dataclass
+class Config:
+    data_dir: Path = field(default_factory=user_data_dir)
+    watch_dir: Path | None = None  # None: <data_dir>/engram
+    schedule: str = "03:00"  # local time of the nightly update, HH:MM
+    misfire_grace_hours: float = 6.0
+    update_budget_minutes: float = 20.0
+    update_max_steps: int = 3000
+    replay_ratio: float = 1.0  # replayed bytes per new byte
+    checkpoint_every_seconds: float = 60.0
+    keep_checkpoints: int = 5
+    model_preset: str = "daemon"
+    probe_fraction: float = 0.10
+    probe_max_bytes: int = 4096  # per day and split, so probing stays cheap as days pile up
+    facts_file: Path | None = None  # None: the bundled example facts
+    max_line_bytes: int = 1 << 20
+    debounce_seconds: float = 0.2
+    rescan_seconds: float = 60.0
+    polling: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def watch(self) -> Path:
+        return self.watch_dir if self.watch_dir is not None else self.data_dir / "engram"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "engram-ff.db"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "engram-ff.lock"
+
+    @property
+    def schedule_hour_minute(self) -> tuple[int, int]:
+        hour, minute = self.schedule.split(":")
+        return int(hour), int(minute)
+
+    def as_toml(self) -> str:
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                lines.append(f"# {f.name} = (default)")
+            elif isinstance(value, bool):
+                lines.append(f"{f.name} = {'true' if value else 'false'}")
+            elif isinstance(value, (int, float)):
+                lines.append(f"{f.name} = {value}")
+            else:
+                lines.append(f'{f.name} = "{value}"')
+        lines.append(f'# watch folder in effect: "{self.watch}"')
+        lines.append(f'# database: "{self.db_path}"')
+        return "\n".join(lines) + "\n"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, raw: object, source: str) -> object:
+    """Turn a TOML value or an environment string into the field's type, or name the key in an error."""
+    kind = _FIELDS[name].type
+    where = f"{name} (from {source})"
+    if "Path" in kind:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{where}: expected a path, got {raw!r}")
+        return Path(raw).expanduser()
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return raw.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if kind in ("int", "float"):
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}")
+        try:
+            value = int(raw) if kind == "int" else float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from None
+        if kind == "int" and isinstance(raw, float) and raw != int(raw):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}")
+        return value
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: expected a string, got {raw!r}")
+    return raw
+
+
+def _validate(config: Config) -> None:
+    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.schedule):
+        raise ConfigError(f"schedule: expected local time HH:MM, got {config.schedule!r}")
+    if not 0.0 < config.probe_fraction < 1.0:
+        raise ConfigError(f"probe_fraction: must be between 0 and 1, got {config.probe_fraction}")
+    for name in ("update_budget_minutes", "checkpoint_every_seconds", "debounce_seconds", "rescan_seconds",
+                 "misfire_grace_hours"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(config, name)}")
+    for name in ("update_max_steps", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
+    if config.replay_ratio < 0:
+        raise ConfigError(f"replay_ratio: must be >= 0, got {config.replay_ratio}")
+    if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+
+
+def load_config(config_file: str | os.PathLike | None = None, environ: dict | None = None,
+                **flags: object) -> Config:
+    """Merge the sources in order of strength; flags left as None do not override."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        for key, raw in table.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{key} (from {path}): unknown key; known keys: {', '.join(_FIELDS)}")
+            values[key] = _coerce(key, raw, str(path))
+    for env_key, raw in environ.items():
+        if env_key.startswith(ENV_PREFIX) and env_key != ENV_PREFIX + "CONFIG":
+            key = env_key[len(ENV_PREFIX):].lower()
+            if key not in _FIELDS:
+                raise ConfigError(f"{key} (from environment {env_key}): unknown key")
+            values[key] = _coerce(key, raw, f"environment {env_key}")
+    for key, raw in flags.items():
+        if raw is not None:
+            values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), f"--{key.split('_')[0]}")
+    config = Config(**values)
+    _validate(config)
+    return config
+
+
+def config_from_args(args) -> Config:
+    """The CLI's view: --config, --watch and --data flags over file and environment."""
+    return load_config(getattr(args, "config", None), watch_dir=getattr(args, "watch", None),
+                       data_dir=getattr(args, "data", None))
