@@ -1,0 +1,43 @@
+"""Let torch run inside the systemd sandbox.
+
+MemoryDenyWriteExecute= (a prctl(PR_SET_MDWE) or seccomp rule) forbids the writable-executable pages
+that oneDNN's JIT builds its kernels in: torch then fails with "could not create a primitive". When the
+process runs under that rule we turn oneDNN off, and torch's plain CPU kernels serve instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+PR_SET_MDWE = 65
+PR_GET_MDWE = 66
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(option, arg, 0, 0, 0)
+
+
+def write_execute_denied() -> bool:
+    """True when this process may not create writable-executable memory (PR_GET_MDWE, Linux >= 6.3)."""
+    try:
+        flags = _prctl(PR_GET_MDWE)
+    except (OSError, AttributeError):
+        return False
+    return flags > 0 and bool(flags & PR_MDWE_REFUSE_EXEC_GAIN)
+
+
+def deny_write_execute() -> bool:
+    """Impose MemoryDenyWriteExecute on this process ourselves; tests use it to mimic the unit."""
+    return _prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) == 0
+
+
+def adapt_torch() -> None:
+    import torch
+
+    if write_execute_denied():
+        torch.backends.mkldnn.enabled = False
+        log.info("MemoryDenyWriteExecute is in force: oneDNN's JIT is off, plain CPU kernels serve")
