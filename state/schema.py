@@ -1,0 +1,151 @@
+"""The database schema, as one ordered set of migrations; later issues append theirs to `migrations`.
+
+The schema is a public interface (the README shows `sqlite3` queries against it):
+
+files       one row per path ever read: device and inode, size at the last read, committed_offset
+            (every byte before it is stored or quarantined), generation (times read again from the
+            start after a truncation or replacement), first and last seen times, the last read error.
+messages    one row per conversation message: source file and line offset, day (YYYY-MM-DD),
+            timestamp, session, role, sender, text, hash of the raw line (unique: the same line is
+            stored once however often it is read), split 'train' or 'probe', shape of the line.
+            Ids only grow (AUTOINCREMENT), so "everything after id N" is a stable cursor.
+events      hook event lines (command, agent:bootstrap, gateway:startup...): counted, no text.
+quarantine  lines that could not be used: file, offset, length, reason, an excerpt.
+Views: event_counts (day, type, action, count), day_splits (day, split, messages, bytes).
+
+Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
+"""
+from __future__ import annotations
+
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("engram-ff")
+
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+
+
+def _run(db, statements: list[str]) -> None:
+    for sql in statements:
+        db.execute(sql)
+
+
+@migrations(name="0001_ingest")
+def _ingest_tables(db) -> None:
+    _run(db, [
+        f"""CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            device INTEGER,
+            inode INTEGER,
+            size INTEGER NOT NULL DEFAULT 0,
+            committed_offset INTEGER NOT NULL DEFAULT 0,
+            skipping INTEGER NOT NULL DEFAULT 0,  -- 1: bytes at the offset continue a quarantined over-size line
+            generation INTEGER NOT NULL DEFAULT 0,
+            head_hash BLOB,  -- blake2b of the first head_len bytes: tells a rewritten file from an appended one
+            head_len INTEGER NOT NULL DEFAULT 0,
+            first_seen TEXT NOT NULL DEFAULT {_NOW},
+            last_seen TEXT NOT NULL DEFAULT {_NOW},
+            error TEXT
+        )""",
+        f"""CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            line_offset INTEGER NOT NULL,
+            day TEXT NOT NULL,
+            ts TEXT,
+            session TEXT NOT NULL,
+            role TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            text TEXT NOT NULL,
+            hash BLOB NOT NULL UNIQUE,
+            split TEXT NOT NULL CHECK (split IN ('train', 'probe')),
+            shape TEXT NOT NULL CHECK (shape IN ('recorder', 'transcript', 'chat')),
+            ingested_at TEXT NOT NULL DEFAULT {_NOW}
+        )""",
+        "CREATE INDEX messages_day_split ON messages (day, split, id)",
+        "CREATE INDEX messages_split_id ON messages (split, id)",
+        "CREATE INDEX messages_file ON messages (file_id, line_offset)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            line_offset INTEGER NOT NULL,
+            day TEXT NOT NULL,
+            ts TEXT,
+            type TEXT NOT NULL,
+            action TEXT NOT NULL,
+            session TEXT,
+            hash BLOB NOT NULL UNIQUE
+        )""",
+        "CREATE INDEX events_day ON events (day, type, action)",
+        f"""CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            line_offset INTEGER NOT NULL,
+            length INTEGER NOT NULL,  -- bytes; for an over-size line, what was seen when it was cut
+            reason TEXT NOT NULL,
+            excerpt TEXT NOT NULL,
+            hash BLOB NOT NULL UNIQUE,
+            quarantined_at TEXT NOT NULL DEFAULT {_NOW}
+        )""",
+        "CREATE INDEX quarantine_file ON quarantine (file_id, line_offset)",
+        """CREATE VIEW event_counts AS
+            SELECT day, type, action, count(*) AS count FROM events GROUP BY day, type, action""",
+        """CREATE VIEW day_splits AS
+            SELECT day, split, count(*) AS messages, sum(length(CAST(text AS BLOB))) AS bytes
+            FROM messages GROUP BY day, split""",
+    ])
+
+
+@migrations(name="0100_runs_checkpoints_probes")
+def _run_tables(db) -> None:
+    """Nightly updates, the checkpoints they write and the probe scores measured on them."""
+    _run(db, [
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,  -- 'update' or 'probe'
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            status TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed', 'interrupted', 'skipped')),
+            pid INTEGER,
+            resumed_from INTEGER REFERENCES runs(id),
+            first_message_id INTEGER,  -- the new train messages of an update: ids in (first, last]
+            last_message_id INTEGER,
+            new_bytes INTEGER,
+            replay_bytes INTEGER,
+            steps INTEGER,
+            layer_losses TEXT,  -- JSON list: the final local loss of each layer
+            wall_seconds REAL,
+            peak_rss_mb REAL,
+            checkpoint_id INTEGER,
+            parent_checkpoint_id INTEGER,
+            error TEXT
+        )""",
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('partial', 'final')),
+            parent_id INTEGER REFERENCES checkpoints(id),
+            steps INTEGER NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('good', 'corrupt', 'pruned')),
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE probe_scores (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            checkpoint_id INTEGER REFERENCES checkpoints(id),
+            probe TEXT NOT NULL,   -- 'retention', 'forgetting', 'summary' or a fact's name
+            kind TEXT NOT NULL,    -- 'probe' (held out), 'trained', 'forgetting', 'summary', 'fact'
+            day TEXT,              -- the day a retention or forgetting score is about; NULL otherwise
+            metric TEXT NOT NULL,  -- e.g. probe_bpb, trained_bpb, forgetting_bpb, answer_bpb, answer_rank
+            value REAL NOT NULL,
+            recorded_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX probe_scores_metric_day ON probe_scores (metric, day, checkpoint_id)",
+        "CREATE INDEX probe_scores_run ON probe_scores (run_id)",
+        """CREATE VIEW probe_history AS
+            SELECT s.recorded_at, s.run_id AS run, s.checkpoint_id AS checkpoint, s.probe, s.kind,
+                   s.day, s.metric, round(s.value, 4) AS value
+            FROM probe_scores s ORDER BY s.id""",
+    ])
