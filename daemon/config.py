@@ -35,7 +35,10 @@ class Config:
     misfire_grace_hours: float = 6.0
     update_budget_minutes: float = 20.0
     update_max_steps: int = 3000
+    update_epochs: float = 4.0  # passes over new + replayed text, within the budget
     replay_ratio: float = 1.0  # replayed bytes per new byte
+    batch_size: int = 16
+    seq_len: int = 256
     checkpoint_every_seconds: float = 60.0
     keep_checkpoints: int = 5
     model_preset: str = "daemon"
@@ -123,11 +126,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"schedule: expected local time HH:MM, got {config.schedule!r}")
     if not 0.0 < config.probe_fraction < 1.0:
         raise ConfigError(f"probe_fraction: must be between 0 and 1, got {config.probe_fraction}")
-    for name in ("update_budget_minutes", "checkpoint_every_seconds", "debounce_seconds", "rescan_seconds",
+    for name in ("update_budget_minutes", "update_epochs", "checkpoint_every_seconds", "debounce_seconds", "rescan_seconds",
                  "misfire_grace_hours"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(config, name)}")
-    for name in ("update_max_steps", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
+    for name in ("update_max_steps", "batch_size", "seq_len", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 
 log = logging.getLogger(__name__)
 
 PR_SET_MDWE = 65
-PR_GET_MDWE = 66
 PR_MDWE_REFUSE_EXEC_GAIN = 1
 
 
@@ -22,12 +22,13 @@ def _prctl(option: int, arg: int = 0) -> int:
 
 
 def write_execute_denied() -> bool:
-    """True when this process may not create writable-executable memory (PR_GET_MDWE, Linux >= 6.3)."""
+    """Try the very mapping oneDNN needs: systemd enforces the rule by prctl or by seccomp, and both refuse it."""
     try:
-        flags = _prctl(PR_GET_MDWE)
-    except (OSError, AttributeError):
-        return False
-    return flags > 0 and bool(flags & PR_MDWE_REFUSE_EXEC_GAIN)
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except OSError:
+        return True
+    page.close()
+    return False
 
 
 def deny_write_execute() -> bool:

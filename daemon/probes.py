@@ -1,0 +1,89 @@
+"""Retention, forgetting and fact probes, each score one row of `probe_scores`.
+
+Scores are bits per byte, lower is better. For day d at checkpoint k:
+  retention   probe_bpb (d's held-out probe split) and trained_bpb (a fixed sample of d's train text);
+  forgetting  score now minus the best score any earlier checkpoint had on d (Chaudhry et al. 2018,
+              in loss form: positive means forgotten), averaged over the days before the newest;
+  backward transfer (GEM, Lopez-Paz and Ranzato 2017): mean over days before the newest of
+              (score when d was first probed - score now); positive means later learning helped d.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tomllib
+from pathlib import Path
+
+from daemon.config import Config
+from model.scoring import rank_among
+from model.train import evaluate_nats
+from state import queries, runs
+
+log = logging.getLogger(__name__)
+
+BUNDLED_FACTS = Path(__file__).with_name("facts.toml")
+LN2 = math.log(2)
+
+
+class FactsError(ValueError):
+    pass
+
+
+def load_facts(path: Path | None) -> list[dict]:
+    path = Path(path) if path else BUNDLED_FACTS
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FactsError(f"fact probes file {path}: {exc}") from None
+    facts = table.get("fact", [])
+    for i, fact in enumerate(facts):
+        for key in ("name", "prompt", "answer"):
+            if not isinstance(fact.get(key), str) or not fact[key]:
+                raise FactsError(f"fact probes file {path}: fact {i + 1} needs a non-empty string '{key}'")
+        if not isinstance(fact.get("distractors", []), list):
+            raise FactsError(f"fact probes file {path}: fact '{fact['name']}': distractors must be a list")
+    return facts
+
+
+def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) -> list[dict]:
+    """Score every day and every fact with `model`, record the rows in one transaction, return them."""
+    model.eval()
+    rows: list[dict] = []
+
+    def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None) -> None:
+        rows.append(dict(run_id=run_id, checkpoint_id=checkpoint_id, probe=probe_name, kind=kind,
+                         day=day, metric=metric, value=float(value)))
+
+    days = queries.days(db)
+    for day in days:
+        for split, metric in (("probe", "probe_bpb"), ("train", "trained_bpb")):
+            text = queries.day_text(db, day, split, max_bytes=config.probe_max_bytes)
+            if len(text) >= 2:
+                add("retention", "probe" if split == "probe" else "trained", metric,
+                    evaluate_nats(model, text) / LN2, day)
+
+    if checkpoint_id is not None:
+        for metric in ("probe_bpb", "trained_bpb"):
+            now = {r["day"]: r["value"] for r in rows if r["metric"] == metric}
+            best = runs.best_earlier(db, metric, checkpoint_id)
+            first = runs.first_scores(db, metric)
+            older = [day for day in sorted(now)[:-1] if day in best]
+            for day in older:
+                add("forgetting", "forgetting", f"forgetting_{metric}", now[day] - best[day], day)
+            if older:
+                add("forgetting", "summary", f"avg_forgetting_{metric}",
+                    sum(now[d] - best[d] for d in older) / len(older))
+                add("forgetting", "summary", f"bwt_{metric}",
+                    sum(first[d] - now[d] for d in older if d in first) / len(older))
+            if now:
+                add("retention", "summary", f"avg_{metric}", sum(now.values()) / len(now))
+
+    facts = load_facts(config.facts_file)
+    for fact in facts:
+        bpb, rank = rank_among(model, fact["prompt"].encode(), fact["answer"].encode(),
+                               [d.encode() for d in fact.get("distractors", [])])
+        add(fact["name"], "fact", "answer_bpb", bpb)
+        add(fact["name"], "fact", "answer_rank", rank)
+    runs.record_scores(db, rows)
+    log.info("probed %d days and %d facts: %d scores", len(days), len(facts), len(rows))
+    return rows
