@@ -1,0 +1,43 @@
+"""The units verify, and systemd's own security analysis scores the hardening."""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from daemon.cli import main
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+def analyze(*args, user=False, tmp_path=None):
+    env = dict(os.environ)
+    if user:  # a user manager needs a runtime dir even offline
+        env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    return subprocess.run(["systemd-analyze", *(["--user"] if user else []), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def exposure(output: str) -> float:
+    return float(re.search(r"Overall exposure level for .*?: (\d+\.\d+)", output).group(1))
+
+
+@pytest.mark.parametrize("user", [False, True])
+def test_installed_unit_verifies_and_is_hardened(tmp_path, user, capsys):
+    unit = tmp_path / "engram-ff.service"
+    args = ["install-service", "--output", str(unit), "--watch", str(tmp_path / "engram")]
+    assert main(args + (["--user"] if user else [])) == 0
+    text = unit.read_text()
+    assert "Type=notify" in text and "ExecStart=" in text and "--watch" in text
+    verify = analyze("verify", str(unit), user=user, tmp_path=tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    security = analyze("security", "--offline=true", str(unit), user=user, tmp_path=tmp_path)
+    assert exposure(security.stdout + security.stderr) <= 2.0
+
+
+def test_system_unit_runs_unprivileged_and_idle():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "systemd", "engram-ff.service")).read()
+    for line in ("DynamicUser=yes", "StateDirectory=engram-ff", "CPUSchedulingPolicy=idle",
+                 "IOSchedulingClass=idle", "PrivateNetwork=yes", "MemoryDenyWriteExecute=yes"):
+        assert line in text
