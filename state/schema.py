@@ -63,8 +63,6 @@ def _ingest_tables(db) -> None:
             ingested_at TEXT NOT NULL DEFAULT {_NOW}
         )""",
         "CREATE INDEX messages_day_split ON messages (day, split, id)",
-        "CREATE INDEX messages_split_id ON messages (split, id)",
-        "CREATE INDEX messages_file ON messages (file_id, line_offset)",
         """CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             file_id INTEGER NOT NULL REFERENCES files(id),

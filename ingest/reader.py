@@ -1,0 +1,350 @@
+"""Read the complete lines a file has beyond its committed offset, exactly once.
+
+Each batch of lines is stored in one transaction together with the file's new committed offset, so
+after a crash at any instant the database sits at a line boundary it fully holds: the next read
+starts there, and no line is lost or stored twice. A trailing line without its newline is left for
+a later read. A file whose inode changed, that shrank below its offset, or whose first bytes changed
+is read again from the start; the unique hash of each raw line makes that re-read add only lines not
+already stored. A line over the size limit is quarantined from its first max_line_bytes and the rest
+is skipped up to its newline without holding it in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from ingest.parse import BadLine, Event, Message, context_for, parse_line
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+BATCH_LINES = 20_000  # lines a transaction: few fsyncs, and the write lock is held for milliseconds
+HEAD_BYTES = 1024  # fingerprint of a file's start, to tell an append from a rewrite
+EXCERPT_BYTES = 200
+WARNINGS_PER_FILE = 20  # then one summary line, so a file of garbage does not flood the journal
+
+
+@dataclass
+class Limits:
+    probe_fraction: float = 0.10
+    max_line_bytes: int = 1 << 20
+
+    @classmethod
+    def of(cls, config: object | None) -> "Limits":
+        """From anything with probe_fraction and max_line_bytes attributes (daemon.config.Config)."""
+        if config is None:
+            return cls()
+        return cls(config.probe_fraction, config.max_line_bytes)
+
+
+@dataclass
+class FileResult:
+    path: str
+    lines: int = 0  # complete lines consumed (quarantined ones included)
+    messages: int = 0  # new rows in messages
+    events: int = 0  # new rows in events
+    skipped: int = 0  # empty lines, transcript entries without text, tool results
+    duplicates: int = 0  # lines already stored (a re-read, a copy of a file)
+    quarantined: int = 0
+    offset: int = 0  # committed offset after this read
+    pending: int = 0  # bytes after the offset waiting for their newline
+    reread: bool = False
+    error: str | None = None
+
+
+@dataclass
+class IngestStats:
+    """Totals over many FileResults: what `engram-ff ingest` prints and the watcher reports."""
+    files: int = 0
+    lines: int = 0
+    messages: int = 0
+    events: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    errors: int = 0
+
+    def add(self, result: FileResult) -> None:
+        self.files += 1
+        self.errors += result.error is not None
+        for name in ("lines", "messages", "events", "skipped", "duplicates", "quarantined"):
+            setattr(self, name, getattr(self, name) + getattr(result, name))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def line_hash(line: bytes) -> bytes:
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+def split_of(text: str, probe_fraction: float) -> str:
+    """Deterministic: the same text lands in the same split on every machine and every re-read."""
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    return "probe" if h < probe_fraction * 2**64 else "train"
+
+
+def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: object | None = None) -> FileResult:
+    """Store the new complete lines of one file. Errors reading the file are logged and returned,
+    never raised; database errors (disk full, lock timeout) are raised with nothing half-stored."""
+    path = str(path)
+    result = FileResult(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO must not hang us
+    except OSError as exc:
+        return _failed(db, result, _describe(exc))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            result.error = f"{kind}, not a JSONL file"
+            log.info("%s: skipped: %s", path, result.error)
+            return result
+        _FileReader(db, path, fd, st, Limits.of(config), result).run()
+    except OSError as exc:  # EIO, or permissions changed between open and read
+        return _failed(db, result, _describe(exc))
+    finally:
+        os.close(fd)
+    return result
+
+
+def catch_up(db: sqlite_utils.Database, watch_dir: str | os.PathLike, *, probe_fraction: float = 0.10,
+             max_line_bytes: int = 1 << 20) -> IngestStats:
+    """One pass over every *.jsonl below watch_dir, in path order (daily files oldest first)."""
+    limits = Limits(probe_fraction, max_line_bytes)
+    stats = IngestStats()
+    for path in jsonl_files(watch_dir):
+        stats.add(ingest_file(db, path, limits))
+    return stats
+
+
+def jsonl_files(root: str | os.PathLike) -> Iterator[Path]:
+    """Every *.jsonl below root, following symlinked folders but never around a loop."""
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=_walk_error):
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            log.warning("%s: cannot enter: %s", folder, _describe(exc))
+            dirs.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("%s: skipped: a symlink loop back to a folder already walked", folder)
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in dirs:
+            if name.endswith(".jsonl"):
+                log.info("%s: skipped: a directory, not a JSONL file", os.path.join(folder, name))
+        for name in sorted(files):
+            if name.endswith(".jsonl"):
+                yield Path(folder, name)
+
+
+def _walk_error(exc: OSError) -> None:
+    log.warning("%s: cannot list: %s", exc.filename, _describe(exc))
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop"
+    return exc.strerror or str(exc)
+
+
+def _failed(db: sqlite_utils.Database, result: FileResult, error: str) -> FileResult:
+    """Log an unreadable file and note it on its row, so `status` shows why it is not growing."""
+    result.error = error
+    log.warning("%s: cannot read: %s", result.path, error)
+    with db.conn:
+        db.conn.execute("INSERT INTO files (path, error) VALUES (?, ?) "
+                        "ON CONFLICT (path) DO UPDATE SET error = excluded.error", (result.path, error))
+    return result
+
+
+class _FileReader:
+    """One read of one open file, from its committed offset to its last newline."""
+
+    def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult):
+        self.conn = db.conn
+        self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
+        self.ctx = context_for(path)
+        self.messages: list[tuple] = []
+        self.events: list[tuple] = []
+        self.quarantine: list[tuple] = []
+        self.warnings = 0
+        self.lines_at_commit = 0
+        self.record = False  # the row must be written even if no line is: new, re-read, or had an error
+
+    def run(self) -> None:
+        row = self._row()
+        self.file_id = row["id"]
+        self.head_len = row["head_len"]
+        same = (row["inode"] == self.st.st_ino and row["device"] == self.st.st_dev
+                and self.st.st_size >= row["committed_offset"] and self._head_matches(row))
+        if row["inode"] is None or same:
+            start, skipping, generation = row["committed_offset"], bool(row["skipping"]), row["generation"]
+        else:
+            start, skipping, generation = 0, False, row["generation"] + 1
+            self.head_len = 0
+            self.result.reread = True
+            log.info("%s: truncated, replaced or rotated (offset %d, size %d): reading again from the start",
+                     self.path, row["committed_offset"], self.st.st_size)
+        self.generation = generation
+        self.result.offset = start
+        self.record = not same or row["error"] is not None
+        if self.st.st_size == start and not self.record:
+            return  # nothing new: no write at all
+        self._read(start, skipping)
+        self.result.pending = max(0, os.fstat(self.fd).st_size - self.result.offset)
+        if self.warnings > WARNINGS_PER_FILE:
+            log.warning("%s: %d more lines quarantined (see the quarantine table)",
+                        self.path, self.warnings - WARNINGS_PER_FILE)
+
+    def _row(self) -> dict:
+        """This path's row; a renamed file (same device, inode and head) keeps its row and offset."""
+        row = self._select("path = ?", self.path)
+        if row is None:
+            moved = self._select("device = ? AND inode = ? AND head_len > 0", self.st.st_dev, self.st.st_ino)
+            if moved is not None and not _is_same_file(moved["path"], self.st) and self._head_matches(moved):
+                with self.conn:
+                    self.conn.execute("UPDATE files SET path = ? WHERE id = ?", (self.path, moved["id"]))
+                log.info("%s: renamed from %s: continuing at offset %d", self.path, moved["path"],
+                         moved["committed_offset"])
+                return self._select("id = ?", moved["id"])
+            with self.conn:
+                self.conn.execute("INSERT INTO files (path) VALUES (?)", (self.path,))
+            row = self._select("path = ?", self.path)
+        return row
+
+    def _select(self, where: str, *params) -> dict | None:
+        cursor = self.conn.execute(f"SELECT * FROM files WHERE {where}", params)
+        values = cursor.fetchone()
+        return None if values is None else dict(zip([c[0] for c in cursor.description], values))
+
+    def _head_matches(self, row: dict) -> bool:
+        if not row["head_len"]:
+            return True
+        return _head_hash(os.pread(self.fd, row["head_len"], 0)) == row["head_hash"]
+
+    def _read(self, pos: int, skipping: bool) -> None:
+        """pos: file offset of the next unconsumed byte; skipping: inside an over-size line."""
+        max_line = self.limits.max_line_bytes
+        carry = b""  # the start of a line whose newline has not been read yet
+        os.lseek(self.fd, pos, os.SEEK_SET)
+        while chunk := os.read(self.fd, CHUNK_BYTES):
+            if skipping:
+                newline = chunk.find(b"\n")
+                if newline < 0:
+                    pos += len(chunk)
+                    continue
+                pos += newline + 1
+                chunk = chunk[newline + 1:]
+                skipping = False
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            for line in lines:
+                self._line(line, pos, max_line)
+                pos += len(line) + 1
+            if len(carry) > max_line:
+                self._quarantine(pos, carry[:max_line], len(carry), f"line over {max_line} bytes")
+                pos += len(carry)
+                carry, skipping = b"", True
+            if self.result.lines - self.lines_at_commit >= BATCH_LINES:
+                self._commit(pos, skipping)
+        self._commit(pos, skipping)
+
+    def _line(self, line: bytes, offset: int, max_line: int) -> None:
+        self.result.lines += 1
+        if len(line) > max_line:
+            self._quarantine(offset, line[:max_line], len(line), f"line over {max_line} bytes")
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            item = parse_line(line, self.ctx)
+        except BadLine as exc:
+            self._quarantine(offset, line, len(line), str(exc))
+            return
+        if type(item) is Message:
+            self.messages.append((self.file_id, offset, item.day, item.ts, item.session, item.role, item.sender,
+                                  item.text, line_hash(line), split_of(item.text, self.limits.probe_fraction),
+                                  item.shape))
+        elif type(item) is Event:
+            self.events.append((self.file_id, offset, item.day, item.ts, item.type, item.action, item.session,
+                                line_hash(line)))
+        else:
+            self.result.skipped += 1
+            log.debug("%s:%d: skipped: %s", self.path, offset, item.reason)
+
+    def _quarantine(self, offset: int, data: bytes, length: int, reason: str) -> None:
+        self.warnings += 1
+        if self.warnings <= WARNINGS_PER_FILE:
+            log.warning("%s:%d: quarantined: %s", self.path, offset, reason)
+        excerpt = data[:EXCERPT_BYTES].decode("utf-8", "backslashreplace")
+        self.quarantine.append((self.file_id, offset, length, reason, excerpt, line_hash(b"q" + data)))
+
+    def _commit(self, pos: int, skipping: bool) -> None:
+        """The batch and the offset just past it, in one transaction."""
+        conn, result = self.conn, self.result
+        if pos == result.offset and not self.record:
+            return  # only a half-written line so far
+        if self.head_len < HEAD_BYTES and pos > self.head_len:
+            self.head_len = min(HEAD_BYTES, pos)
+        head_hash = _head_hash(os.pread(self.fd, self.head_len, 0)) if self.head_len else None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            changes = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash,"
+                " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.messages)
+            messages = conn.total_changes - changes
+            changes = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.events)
+            events = conn.total_changes - changes
+            changes = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?)", self.quarantine)
+            quarantined = conn.total_changes - changes
+            conn.execute(
+                "UPDATE files SET committed_offset = ?, skipping = ?, size = ?, device = ?, inode = ?,"
+                " generation = ?, head_len = ?, head_hash = ?, error = NULL,"
+                " last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+                (pos, int(skipping), os.fstat(self.fd).st_size, self.st.st_dev, self.st.st_ino, self.generation,
+                 self.head_len, head_hash, self.file_id))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        result.messages += messages
+        result.events += events
+        result.duplicates += len(self.messages) + len(self.events) + len(self.quarantine) - messages - events \
+            - quarantined
+        result.quarantined += quarantined
+        result.offset = pos
+        self.messages, self.events, self.quarantine = [], [], []
+        self.lines_at_commit, self.record = result.lines, False
+
+
+def _head_hash(head: bytes) -> bytes:
+    return hashlib.blake2b(head, digest_size=16).digest()
+
+
+def _is_same_file(path: str, st: os.stat_result) -> bool:
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)

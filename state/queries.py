@@ -1,0 +1,96 @@
+"""Small read functions over the schema, shared by `engram-ff status`, the daemon and the benchmarks.
+
+Message ids only grow, so `text_since(db, last_id)` is the cursor an incremental update resumes from.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import sqlite_utils
+
+from ingest.samples import conversation, message_line
+
+_DAY_ROWS = """
+    SELECT m.id, m.day, m.session, m.sender, m.text FROM messages m
+    JOIN (SELECT session, min(id) AS first FROM messages WHERE day = :day AND split = :split GROUP BY session) s
+      ON s.session = m.session
+    WHERE m.day = :day AND m.split = :split
+    ORDER BY s.first, m.id
+"""
+
+
+def days(db: sqlite_utils.Database) -> list[str]:
+    """Days that have messages, oldest first."""
+    return [row[0] for row in db.execute("SELECT DISTINCT day FROM messages ORDER BY day")]
+
+
+def day_rows(db: sqlite_utils.Database, day: str, split: str = "train") -> Iterator[dict]:
+    """A day's messages of one split, each session together, sessions in order of their first message."""
+    return db.query(_DAY_ROWS, {"day": day, "split": split})
+
+
+def day_text(db: sqlite_utils.Database, day: str, split: str = "train", max_bytes: int | None = None) -> bytes:
+    """The positives byte stream of a day (`sender: text` lines), cut to max_bytes if given."""
+    return _take(day_rows(db, day, split), max_bytes)[0]
+
+
+def text_since(db: sqlite_utils.Database, message_id: int, split: str = "train",
+               max_bytes: int | None = None) -> tuple[bytes, int]:
+    """Messages after message_id as one stream, grouped by day and session; and the last id included.
+
+    With max_bytes, stops at the message that reaches it, so the returned id is exactly what the
+    bytes cover and the next call continues from there.
+    """
+    rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? AND split = ? ORDER BY id",
+                    [message_id, split])
+    data, included = _take(rows, max_bytes, whole_messages=True)
+    ordered = sorted(included, key=lambda r: (r["day"], r["session"], r["id"]))
+    return conversation(ordered), max((r["id"] for r in included), default=message_id)
+
+
+def last_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
+    where, params = ("WHERE split = ?", [split]) if split else ("", [])
+    return db.execute(f"SELECT coalesce(max(id), 0) FROM messages {where}", params).fetchone()[0]
+
+
+def day_splits(db: sqlite_utils.Database) -> list[dict]:
+    """Messages and bytes per day and split."""
+    return list(db.query("SELECT * FROM day_splits ORDER BY day, split"))
+
+
+def files(db: sqlite_utils.Database) -> list[dict]:
+    """Every file seen, with its message count and bytes still waiting for a newline."""
+    return list(db.query("""
+        SELECT f.path, f.size, f.committed_offset, f.size - f.committed_offset AS pending, f.generation,
+               f.first_seen, f.last_seen, f.error,
+               (SELECT count(*) FROM messages m WHERE m.file_id = f.id) AS messages
+        FROM files f ORDER BY f.path"""))
+
+
+def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
+    """The most recent quarantined lines."""
+    return list(db.query("""
+        SELECT f.path, q.line_offset, q.length, q.reason, q.excerpt, q.quarantined_at
+        FROM quarantine q JOIN files f ON f.id = q.file_id ORDER BY q.id DESC LIMIT ?""", [limit]))
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Row counts of the ingest tables."""
+    return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("files", "messages", "events", "quarantine")}
+
+
+def event_counts(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("SELECT * FROM event_counts ORDER BY day, type, action"))
+
+
+def _take(rows: Iterable[dict], max_bytes: int | None, whole_messages: bool = False) -> tuple[bytes, list[dict]]:
+    """Rows until their lines reach max_bytes; cut the bytes there unless whole_messages."""
+    taken, size = [], 0
+    for row in rows:
+        taken.append(row)
+        size += len(message_line(row["sender"], row["text"]))
+        if max_bytes is not None and size >= max_bytes:
+            break
+    data = conversation(taken)
+    return (data if whole_messages or max_bytes is None else data[:max_bytes]), taken
