@@ -113,3 +113,81 @@ def install_service(args) -> int:
     scope = "--user " if args.user else ""
     print(f"wrote {path}\nnext: systemctl {scope}daemon-reload && systemctl {scope}enable --now engram-ff")
     return 0
+
+
+def generate(args) -> int:
+    import torch
+
+    from model.checkpoint import CheckpointError, load_model
+    from model.generate import generate as stream
+
+    try:
+        model, _ = load_model(args.checkpoint)
+    except CheckpointError as exc:
+        return _fail(str(exc))
+    if args.bytes < 0:
+        return _fail(f"--bytes must be >= 0, not {args.bytes}", 2)
+    out = sys.stdout.buffer
+    out.write(args.prompt.encode())
+    for byte in stream(model, args.prompt.encode(), args.bytes, args.temperature, torch.Generator().manual_seed(args.seed)):
+        out.write(byte)
+        out.flush()
+    out.write(b"\n")
+    out.flush()
+    return 0
+
+
+def ingest(args) -> int:
+    from ingest.reader import catch_up
+    from state.db import open_db
+
+    try:
+        config = _config(args)
+        with DataDirLock(config.lock_path):
+            if not config.watch.is_dir():
+                return _fail(f"watch folder {config.watch} does not exist")
+            stats = catch_up(open_db(config.db_path), config.watch, probe_fraction=config.probe_fraction,
+                             max_line_bytes=config.max_line_bytes)
+    except ConfigError as exc:
+        return _fail(f"bad configuration: {exc}", 2)
+    except AlreadyRunning as exc:
+        return _fail(f"{exc} (the running daemon ingests as files change)")
+    print(f"{config.watch}: {stats.files} files, {stats.lines} lines read: {stats.messages} new messages, "
+          f"{stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
+          f"{stats.quarantined} quarantined, {stats.errors} files unreadable")
+    return 1 if stats.errors else 0
+
+
+def status(args) -> int:
+    from state import queries
+    from state.db import open_db
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        return _fail(f"bad configuration: {exc}", 2)
+    if not config.db_path.exists():
+        return _fail(f"no database at {config.db_path} yet: run `engram-ff ingest` or `engram-ff run`")
+    db = open_db(config.db_path)
+    print(f"database {config.db_path}, watching {config.watch}\n")
+    print(_table(queries.files(db), ["path", "size", "committed_offset", "pending", "generation", "messages",
+                                     "last_seen", "error"]))
+    print()
+    print(_table(queries.day_splits(db), ["day", "split", "messages", "bytes"]))
+    events = queries.event_counts(db)
+    if events:
+        print()
+        print(_table(events, ["day", "type", "action", "count"]))
+    counts = queries.counts(db)
+    print(f"\n{counts['quarantine']} quarantined lines" + (", the latest:" if counts["quarantine"] else ""))
+    if counts["quarantine"]:
+        print(_table(queries.quarantine(db, 5), ["path", "line_offset", "length", "reason"]))
+    if db["runs"].exists():
+        print("\nlast update:")
+        print(_table(queries.latest(db, "runs", "kind = 'update'"),
+                     ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"]))
+    if db["checkpoints"].exists():
+        print("\ncurrent checkpoint:")
+        print(_table(queries.latest(db, "checkpoints", "kind = 'final' AND status = 'good'"),
+                     ["id", "run_id", "path", "steps", "created_at"]))
+    return 0

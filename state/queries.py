@@ -4,6 +4,7 @@ Message ids only grow, so `text_since(db, last_id)` is the cursor an incremental
 """
 from __future__ import annotations
 
+import random
 from typing import Iterable, Iterator
 
 import sqlite_utils
@@ -43,12 +44,40 @@ def text_since(db: sqlite_utils.Database, message_id: int, split: str = "train",
     """
     rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? AND split = ? ORDER BY id",
                     [message_id, split])
-    data, included = _take(rows, max_bytes, whole_messages=True)
-    ordered = sorted(included, key=lambda r: (r["day"], r["session"], r["id"]))
-    return conversation(ordered), max((r["id"] for r in included), default=message_id)
+    included = _take(rows, max_bytes, whole_messages=True)[1]
+    last_id = max((row["id"] for row in included), default=message_id)
+    return _grouped(included), last_id
 
 
-def last_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
+def text_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> bytes:
+    """Messages with first_id < id <= last_id: what an update that recorded those bounds trains on."""
+    rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? AND id <= ? AND split = ?"
+                    " ORDER BY id", [first_id, last_id, split])
+    return _grouped(list(rows))
+
+
+def sample_text(db: sqlite_utils.Database, n_bytes: int, *, max_id: int, split: str = "train", seed: int = 0,
+                span_bytes: int = 4096) -> bytes:
+    """About n_bytes of runs of consecutive messages with id <= max_id, from random places (replay)."""
+    first = db.execute("SELECT min(id) FROM messages WHERE split = ? AND id <= ?", [split, max_id]).fetchone()[0]
+    if first is None or n_bytes <= 0:
+        return b""
+    rng = random.Random(seed)
+    spans, size = [], 0
+    while size < n_bytes:
+        start = rng.randint(first, max_id)
+        rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id >= ? AND id <= ? AND split = ?"
+                        " ORDER BY id", [start, max_id, split])
+        span = _take(rows, min(span_bytes, n_bytes - size), whole_messages=True)[0]
+        if not span:  # start fell after the last message of the split: wrap to the first
+            continue
+        spans.append(span)
+        size += len(span)
+    return b"\n".join(spans)[:n_bytes]
+
+
+def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
+    """The newest message id (0 for none): an update trains on ids up to this."""
     where, params = ("WHERE split = ?", [split]) if split else ("", [])
     return db.execute(f"SELECT coalesce(max(id), 0) FROM messages {where}", params).fetchone()[0]
 
@@ -62,7 +91,7 @@ def files(db: sqlite_utils.Database) -> list[dict]:
     """Every file seen, with its message count and bytes still waiting for a newline."""
     return list(db.query("""
         SELECT f.path, f.size, f.committed_offset, f.size - f.committed_offset AS pending, f.generation,
-               f.first_seen, f.last_seen, f.error,
+               f.first_seen, f.last_seen, coalesce(f.error, '') AS error,
                (SELECT count(*) FROM messages m WHERE m.file_id = f.id) AS messages
         FROM files f ORDER BY f.path"""))
 
@@ -94,3 +123,13 @@ def _take(rows: Iterable[dict], max_bytes: int | None, whole_messages: bool = Fa
             break
     data = conversation(taken)
     return (data if whole_messages or max_bytes is None else data[:max_bytes]), taken
+
+
+def _grouped(rows: list[dict]) -> bytes:
+    """rows in id order -> the conversation with each day's sessions together."""
+    return conversation(sorted(rows, key=lambda row: (row["day"], row["session"], row["id"])))
+
+
+def latest(db: sqlite_utils.Database, table: str, where: str = "1") -> list[dict]:
+    """The newest row of a table (a list of at most one, for printing as a table)."""
+    return list(db.query(f"SELECT * FROM [{table}] WHERE {where} ORDER BY id DESC LIMIT 1"))
