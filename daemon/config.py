@@ -34,6 +34,7 @@ class Config:
     schedule: str = "03:00"  # local time of the nightly update, HH:MM
     misfire_grace_hours: float = 6.0
     update_budget_minutes: float = 20.0
+    update_min_steps: int = 300  # a small day is seen many times: one night must be enough to learn it
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
     replay_ratio: float = 1.0  # replayed bytes per new byte
@@ -130,7 +131,7 @@ def _validate(config: Config) -> None:
                  "misfire_grace_hours"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(config, name)}")
-    for name in ("update_max_steps", "batch_size", "seq_len", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
+    for name in ("update_min_steps", "update_max_steps", "batch_size", "seq_len", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:

@@ -150,8 +150,8 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
         return _row(db, run_id)
     replay = replay_sample(db, int(len(new_text) * config.replay_ratio), first_id, seed=run_id)
     text = new_text + replay
-    step_budget = min(config.update_max_steps,
-                      max(1, round(config.update_epochs * len(text) / (config.batch_size * config.seq_len))))
+    epoch_steps = config.update_epochs * len(text) / (config.batch_size * config.seq_len)
+    step_budget = min(config.update_max_steps, max(config.update_min_steps, round(epoch_steps)))
     budget_s = max(0.0, config.update_budget_minutes * 60 - spent)
     resuming = resume_id is not None and current.meta.get("run_id") == resume_id
     steps_done = current.meta.get("update_steps", 0) if resuming else 0
@@ -198,7 +198,7 @@ def _row(db, run_id: int) -> dict:
 def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
     """The nightly job: an update, then probes of the model it leaves current."""
     row = run_update(config, should_stop=should_stop)
-    if row["status"] in ("ok", "skipped") and not should_stop():
+    if row["status"] == "ok" and not should_stop():
         run_probes(config)
     return row
 

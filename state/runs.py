@@ -87,7 +87,7 @@ def record_scores(db: sqlite_utils.Database, rows: list[dict]) -> None:
     """All of one probe pass in one transaction, so a reader never sees half of it."""
     stamp = now()
     with db.conn:
-        db.executemany(
+        db.conn.executemany(
             "INSERT INTO probe_scores (run_id, checkpoint_id, probe, kind, day, metric, value, recorded_at) "
             "VALUES (:run_id, :checkpoint_id, :probe, :kind, :day, :metric, :value, :recorded_at)",
             [{"day": None, **row, "recorded_at": stamp} for row in rows])
