@@ -1,0 +1,110 @@
+"""Checkpoints that are either whole or refused.
+
+`save_checkpoint` writes a temp file in the target's folder, fsyncs it, renames it over the target
+and fsyncs the folder, so a crash leaves the old checkpoint or the new one, never half of one. The
+sha256 of the bytes goes beside it in `PATH.sha256` (written the same way, after the checkpoint).
+`load_checkpoint` checks that digest before unpickling anything, then loads with weights_only=True,
+so a truncated, bit-flipped or foreign file raises CheckpointError naming it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, truncated, corrupt, or does not match its recorded digest."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def digest_path(path: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(path)}.sha256")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> str:
+    """Write payload (tensors, state dicts, plain Python values) atomically; return its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    _write_atomic(path, data)
+    _write_atomic(digest_path(path), f"{sha}  {path.name}\n".encode())
+    return sha
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The payload saved at path, after checking its sha256; CheckpointError if anything is wrong."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    try:
+        recorded = digest_path(path).read_text().split()[0]
+    except (OSError, IndexError):
+        raise CheckpointError(f"checkpoint {path} has no readable digest file {digest_path(path)}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt: sha256 {actual[:12]}... but {digest_path(path).name} records {recorded[:12]}..."
+        )
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # matching digest but not a loadable checkpoint (e.g. written by something else)
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict payload")
+    return payload
+
+
+def model_payload(model: torch.nn.Module, trainer=None, **meta) -> dict:
+    """What a checkpoint holds: model kind, config, weights, trainer state and plain metadata."""
+    from model.lm import FFLM
+
+    return {
+        "kind": "ssm" if isinstance(model, FFLM) else "window",
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "trainer": None if trainer is None else trainer.state_dict(),
+        "meta": meta,
+    }
+
+
+def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model a checkpoint holds; returns (model, payload). CheckpointError names the file."""
+    from model.lm import FFLM, LMConfig
+    from model.window_mlp import WindowConfig, WindowMLP
+
+    payload = load_checkpoint(path)
+    builders = {"ssm": (FFLM, LMConfig), "window": (WindowMLP, WindowConfig)}
+    try:
+        model_cls, config_cls = builders[payload.get("kind", "ssm")]
+        model = model_cls(config_cls.from_dict(payload["config"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not hold a usable model: {e!r}") from None
+    return model, payload

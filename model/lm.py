@@ -1,0 +1,207 @@
+"""The Forward-Forward byte language model: a stack of SSM layers, each scoring all 256 next bytes.
+
+Every layer reads the REAL prefix stream (the layer below's output, detached during FF training) and
+owns a candidate table E [256, G]. A candidate byte c enters only at the layer that scores it, so the
+prefix state is computed once and shared by all 256 candidates. With linear units the goodness of c is
+
+    g(c) = |q + E[c]|^2 - |q|^2 = 2 <q, E[c]> + |E[c]|^2,    q = W LN(z_t)
+
+(|q|^2 is the same for every candidate, so it cancels in the softmax and is dropped): one matmul for
+all candidates. Said plainly, this is a per-layer linear readout with a bias, close to "Mono-Forward"
+local learning, not Hinton's original positive/negative goodness. `goodness="relu"` is the nonlinear
+variant, g(c) = sum_j relu(q_j + E[c]_j)^2, which costs a [B, T, 256, G] broadcast.
+
+Layer l's logits are the sum of its own scores and the (detached) scores of the layers below, so
+p(c | prefix) is proportional to exp(sum of all layers' goodness): a proper distribution whose
+cross-entropy is a true bits-per-byte. The same module trained end to end is the backprop baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.ssm import SSM
+
+VOCAB = 256
+
+
+@dataclass
+class LMConfig:
+    n_layers: int = 4
+    d_model: int = 256
+    d_state: int = 256  # SSM channels per layer
+    mlp_mult: int = 2  # hidden width of each layer's GELU block, in units of d_model
+    d_score: int = 64  # G: width of the candidate table
+    goodness: str = "linear"  # "linear" (one matmul) or "relu" (nonlinear, broadcast over candidates)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown LMConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS = {
+    # Nightly CPU training: what the text benchmark's main model uses.
+    "daemon": LMConfig(),
+    # Tests and smoke runs.
+    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16),
+}
+
+
+class Layer(nn.Module):
+    """One FF layer's body: a gated SSM block and a GELU MLP block, both residual, pre-norm."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.ssm = SSM(cfg.d_model, cfg.d_state)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.mlp_mult * cfg.d_model)
+        self.fc2 = nn.Linear(cfg.mlp_mult * cfg.d_model, cfg.d_model)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> (z [B, T, D], last SSM state [B, N])."""
+        y, h = self.ssm(self.ln1(x), h0)
+        x = x + y
+        return x + self.mlp(x), h
+
+
+class CandidateHead(nn.Module):
+    """Goodness of every candidate next byte from one layer's features: z [..., D] -> [..., 256]."""
+
+    def __init__(self, d_in: int, d_score: int, goodness: str):
+        super().__init__()
+        if goodness not in ("linear", "relu"):
+            raise ValueError(f"goodness must be 'linear' or 'relu', not {goodness!r}")
+        self.goodness = goodness
+        self.ln = nn.LayerNorm(d_in)
+        self.query = nn.Linear(d_in, d_score, bias=False)
+        self.table = nn.Parameter(torch.randn(VOCAB, d_score) * d_score**-0.5)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        q = self.query(self.ln(z))
+        if self.goodness == "linear":
+            return F.linear(q, 2 * self.table, self.table.square().sum(-1))  # one addmm for all 256
+        return F.relu(q[..., None, :] + self.table).square().sum(-1)
+
+
+class FFLM(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(VOCAB, config.d_model)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.n_layers))
+        self.heads = nn.ModuleList(
+            CandidateHead(config.d_model, config.d_score, config.goodness) for _ in range(config.n_layers)
+        )
+
+    def layer_parameters(self) -> list[list[nn.Parameter]]:
+        """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""
+        groups = [list(layer.parameters()) + list(head.parameters()) for layer, head in zip(self.layers, self.heads)]
+        groups[0] = list(self.embed.parameters()) + groups[0]
+        return groups
+
+    def features(
+        self, x: torch.Tensor, detach: bool = True, state: list[torch.Tensor] | None = None, new_state: list | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield each layer's output z_l [B, T, D] for bytes x [B, T], lazily.
+
+        Lazy so that FF training can run layer l's backward and free its graph before layer l+1 is
+        computed. With detach=True the handoff between layers carries no gradient. SSM end states are
+        appended to new_state when given (evaluation and prefill carry them across chunks).
+        """
+        h = self.embed(x)
+        for i, layer in enumerate(self.layers):
+            h, last = layer(h, None if state is None else state[i])
+            if new_state is not None:
+                new_state.append(last)
+            yield h
+            if detach:
+                h = h.detach()
+
+    def forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list]:
+        """x [B, T] -> (next-byte logits [B, T, 256], SSM state after x)."""
+        new_state: list[torch.Tensor] = []
+        logits = sum(head(z) for head, z in zip(self.heads, self.features(x, False, state, new_state)))
+        return logits, new_state
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[0]
+
+    def init_state(self, batch: int) -> list[torch.Tensor]:
+        p = self.embed.weight
+        return [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
+
+    def step(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Recurrent mode, one byte per stream: byte [B] -> (logits [B, 256], state). Inference only."""
+        return self.recurrent()(state, byte)
+
+    def recurrent(self) -> "Recurrent":
+        """The fast one-byte step for the current weights (a snapshot, rebuilt when any weight changes)."""
+        version = [(p.data_ptr(), p._version) for p in self.parameters()]
+        if getattr(self, "_recurrent_version", None) != version:
+            self._recurrent, self._recurrent_version = Recurrent(self), version
+        return self._recurrent
+
+
+class Recurrent:
+    """A frozen snapshot of an FFLM for one-byte steps, its constants folded into the matmuls.
+
+    At batch 1 a CPU spends its time dispatching torch ops, not multiplying, so this folds each
+    LayerNorm's affine and the SSM's input gain into the next matrix, and each candidate head
+    (query, table, |E|^2) into one [D, 256] matrix plus one shared bias: 15 ops per layer per byte.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: FFLM):
+        def fold(ln: nn.LayerNorm, lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+            """W, b such that LN_noaffine(x) @ W + b == lin(ln(x)); W is [in, out]."""
+            return (lin.weight * ln.weight).T.contiguous(), lin.bias + lin.weight @ ln.bias
+
+        self.embed = model.embed.weight.detach().clone()
+        self.d_model, self.d_state = model.config.d_model, model.config.d_state
+        self.linear_heads = model.config.goodness == "linear"
+        self.heads = model.heads
+        self.bias = 0
+        self.layers = []
+        for layer, head in zip(model.layers, model.heads):
+            a, gain = layer.ssm.decay()
+            w_in, b_in = fold(layer.ln1, layer.ssm.in_proj)
+            w_in[:, : self.d_state] *= gain
+            b_in[: self.d_state] *= gain
+            w1, b1 = fold(layer.ln2, layer.fc1)
+            w_q, b_q = head.query.weight * head.ln.weight, head.query.weight @ head.ln.bias  # q = n W_q^T + b_q
+            w_head = (w_q.T @ (2 * head.table.T)).contiguous()  # [D, 256]
+            self.bias = self.bias + 2 * head.table @ b_q + head.table.square().sum(-1)
+            out, fc2 = layer.ssm.out_proj, layer.fc2
+            self.layers.append((w_in, b_in, a, out.weight.T.contiguous(), out.bias, w1, b1, fc2.weight.T.contiguous(), fc2.bias, w_head))
+
+    def __call__(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        D, N = (self.d_model,), self.d_state
+        h = self.embed[byte]  # [B, D]
+        logits = self.bias if self.linear_heads else 0
+        new_state = []
+        for (w_in, b_in, a, w_out, b_out, w1, b1, w2, b2, w_head), s, head in zip(self.layers, state, self.heads):
+            ug = torch.addmm(b_in, F.layer_norm(h, D), w_in)  # [B, 2N]: gained input u, gate g
+            s = torch.addcmul(ug[:, :N], a, s)  # h_t = a h_{t-1} + gain u_t
+            h = torch.addmm(h, F.silu(ug[:, N:]).mul_(s), w_out).add_(b_out)
+            h = torch.addmm(h, F.gelu(torch.addmm(b1, F.layer_norm(h, D), w1), approximate="tanh"), w2).add_(b2)
+            if self.linear_heads:
+                logits = torch.addmm(logits, F.layer_norm(h, D), w_head)
+            else:
+                logits = logits + head(h)
+            new_state.append(s)
+        return logits, new_state

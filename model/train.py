@@ -1,0 +1,247 @@
+"""Training: Forward-Forward (layer-local losses, one optimiser per layer) and the backprop baseline.
+
+FF training walks the stack once per batch. Layer l computes its output from the layer below's
+DETACHED output, scores all 256 candidates, adds the detached scores of the layers below, and takes a
+local loss on those logits; its backward and optimiser step run before layer l+1 is even computed, so
+only one layer's graph is alive at a time (the memory advantage) and no gradient crosses a layer.
+
+Local losses (`loss=`):
+- "softmax": cross-entropy over all 256 candidates (the main model; cheap with linear goodness).
+- "sampled": softmax over the true byte and K sampled negatives, corrected by the proposal's log q
+  (sampled softmax), so the scores still estimate the full likelihood.
+- "pair": Hinton-style, mean softplus(g_neg - g_pos) over K sampled negatives; no proposal
+  correction, so nothing ties the scores to a likelihood (the benchmark shows what that costs).
+Negatives (`negatives=`): "uniform"; "unigram" (byte frequencies seen so far in training); "model"
+(hard negatives drawn from the layers below's own distribution; uniform at layer 0).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB = 256
+
+
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+class FFTrainer:
+    """Forward-Forward: every layer has its own loss and its own optimiser."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 2e-3,
+        loss: str = "softmax",
+        negatives: str = "model",
+        n_negatives: int = 16,
+        clip: float = 1.0,
+        seed: int = 0,
+    ):
+        if loss not in ("softmax", "sampled", "pair"):
+            raise ValueError(f"loss must be 'softmax', 'sampled' or 'pair', not {loss!r}")
+        if negatives not in ("uniform", "unigram", "model"):
+            raise ValueError(f"negatives must be 'uniform', 'unigram' or 'model', not {negatives!r}")
+        self.model, self.lr, self.loss, self.negatives = model, lr, loss, negatives
+        self.n_negatives, self.clip = n_negatives, clip
+        self.optimizers = [_adam(p, lr) for p in model.layer_parameters()]
+        self.byte_counts = torch.ones(VOCAB)  # for unigram negatives (add-one smoothed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+
+    def set_lr_scale(self, scale: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self.lr * scale
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """One batch through every layer, each updated from its local loss. Returns those losses."""
+        self.model.train()
+        if self.negatives == "unigram":
+            self.byte_counts += torch.bincount(y.flatten(), minlength=VOCAB)
+        losses = []
+        lower = None  # detached logits of the layers below, [B, T, 256]
+        for opt, head, z in zip(self.optimizers, self.model.heads, self.model.features(x, detach=True)):
+            logits = head(z) if lower is None else lower + head(z)
+            loss = self._local_loss(logits, y, lower)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip:
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
+            opt.step()
+            lower = logits.detach()
+            losses.append(loss.item())
+        self.steps += 1
+        return losses
+
+    def _local_loss(self, logits: torch.Tensor, y: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
+        if self.loss == "softmax":
+            return F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+        log_q = self._proposal(lower, y.shape)  # [B, T, 256]
+        neg = torch.multinomial(log_q.exp().reshape(-1, VOCAB), self.n_negatives, True, generator=self.generator)
+        neg = neg.reshape(*y.shape, self.n_negatives)
+        pos_score = logits.gather(-1, y[..., None])  # [B, T, 1]
+        neg_score = logits.gather(-1, neg)  # [B, T, K]
+        hit = neg == y[..., None]  # a "negative" that is the true byte carries no signal
+        if self.loss == "pair":
+            pair = F.softplus(neg_score - pos_score).masked_fill(hit, 0.0)
+            return pair.sum() / (~hit).sum().clamp(min=1)
+        cand = torch.cat([pos_score - log_q.gather(-1, y[..., None]), neg_score - log_q.gather(-1, neg)], -1)
+        cand = cand.masked_fill(F.pad(hit, (1, 0)), float("-inf"))
+        return -F.log_softmax(cand, -1)[..., 0].mean()
+
+    def _proposal(self, lower: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+        """log q(c) of the negative sampler at every position: [B, T, 256]."""
+        if self.negatives == "model" and lower is not None:
+            return F.log_softmax(lower, -1)
+        if self.negatives == "unigram":
+            log_q = (self.byte_counts / self.byte_counts.sum()).log()
+        else:
+            log_q = torch.full((VOCAB,), -math.log(VOCAB))
+        return log_q.expand(*shape, VOCAB)
+
+    def state_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "byte_counts": self.byte_counts,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"trainer state has {len(state['optimizers'])} layer optimisers, model has {len(self.optimizers)}")
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        self.steps = state["steps"]
+        self.byte_counts = state["byte_counts"].clone()
+        self.generator.set_state(state["generator"])
+
+
+class BPTrainer:
+    """Backprop baseline: the same model trained end to end on the cross-entropy of its final logits."""
+
+    def __init__(self, model: nn.Module, lr: float = 2e-3, clip: float = 1.0):
+        self.model, self.lr, self.clip = model, lr, clip
+        self.optimizer = _adam(list(model.parameters()), lr)
+        self.steps = 0
+
+    def set_lr_scale(self, scale: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * scale
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        self.model.train()
+        loss = F.cross_entropy(self.model.logits(x).reshape(-1, VOCAB), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.steps += 1
+        return [loss.item()]
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = state["steps"]
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    bytes: int = 0
+    seconds: float = 0.0  # time spent training, callbacks excluded
+    losses: list[float] = field(default_factory=list)  # the last step's per-layer losses
+
+
+def lr_schedule(progress: float, warmup: float = 0.02, floor: float = 0.1) -> float:
+    """Linear warmup, then cosine down to `floor` at the end of the budget (progress in [0, 1])."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    p = min((progress - warmup) / (1 - warmup), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def train(
+    trainer,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    budget_s: float,
+    max_steps: int,
+    on_step: Callable[[int, list[float], TrainResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    schedule: Callable[[float], float] | None = lr_schedule,
+) -> TrainResult:
+    """Train until budget_s seconds of training, max_steps steps, or should_stop() says so.
+
+    The learning rate follows `schedule` over whichever limit is nearer (time or steps), so a short
+    nightly budget still ends annealed. on_step(step, losses, result) runs after every step (checkpoint,
+    evaluate, log); its time is not charged to the budget.
+    """
+    result = TrainResult()
+    for x, y in batches:
+        if result.steps >= max_steps or result.seconds >= budget_s or (should_stop and should_stop()):
+            break
+        if schedule is not None:
+            trainer.set_lr_scale(schedule(max(result.seconds / budget_s, result.steps / max_steps)))
+        t0 = time.perf_counter()
+        result.losses = trainer.train_step(x, y)
+        result.seconds += time.perf_counter() - t0
+        result.steps += 1
+        result.bytes += y.numel()
+        if on_step is not None:
+            on_step(result.steps, result.losses, result)
+    return result
+
+
+def as_byte_tensor(data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(bytes(data), dtype=np.uint8)
+    return torch.from_numpy(np.array(data, dtype=np.uint8)).long()
+
+
+def byte_batches(
+    data: bytes | np.ndarray, batch: int, seq_len: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless random windows: x [batch, T] and the next bytes y [batch, T]. T shrinks to fit short data."""
+    tokens = as_byte_tensor(data)
+    if len(tokens) < 2:
+        raise ValueError(f"need at least 2 bytes of training data, got {len(tokens)}")
+    T = min(seq_len, len(tokens) - 1)
+    offsets = torch.arange(T + 1)
+    while True:
+        starts = torch.randint(0, len(tokens) - T, (batch,), generator=generator)
+        window = tokens[starts[:, None] + offsets]  # [batch, T + 1]
+        yield window[:, :-1], window[:, 1:]
+
+
+@torch.inference_mode()
+def evaluate_nats(model: nn.Module, data: bytes | np.ndarray, seq_len: int = 1024, max_bytes: int | None = None) -> float:
+    """Mean nats per byte of predicting bytes 1..n-1 of `data`, each from everything before it.
+
+    The model reads the text as one stream, seq_len bytes at a time, carrying its recurrent state
+    across chunks, so the result does not depend on seq_len and short texts work. Deterministic.
+    """
+    tokens = as_byte_tensor(data)[:max_bytes]
+    if len(tokens) < 2:
+        raise ValueError(f"need at least 2 bytes to evaluate, got {len(tokens)}")
+    was_training = model.training
+    model.eval()
+    total, state = 0.0, None
+    for i in range(0, len(tokens) - 1, seq_len):
+        x = tokens[i : i + seq_len][None]
+        y = tokens[i + 1 : i + seq_len + 1][None]
+        logits, state = model(x[:, : y.shape[1]], state)
+        total += F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return total / (len(tokens) - 1)

@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, load_model, model_payload, save_checkpoint
+from model.lm import FFLM, PRESETS
+from model.train import FFTrainer, byte_batches
+
+
+@pytest.fixture
+def trained(tmp_path):
+    torch.manual_seed(0)
+    model = FFLM(PRESETS["tiny"])
+    trainer = FFTrainer(model)
+    x, y = next(byte_batches(b"hello world, " * 20, 2, 16, torch.Generator().manual_seed(0)))
+    trainer.train_step(x, y)
+    path = tmp_path / "ckpt" / "model.pt"
+    save_checkpoint(path, model_payload(model, trainer, steps=1, note="test"))
+    return model, trainer, path
+
+
+def test_round_trip_restores_weights_trainer_and_metadata(trained):
+    model, trainer, path = trained
+    loaded, payload = load_model(path)
+    assert payload["meta"] == {"steps": 1, "note": "test"}
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    resumed = FFTrainer(loaded)
+    resumed.load_state_dict(payload["trainer"])
+    assert resumed.steps == trainer.steps
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt", "model.pt.sha256"]  # no temp left
+
+
+def test_truncated_checkpoint_is_refused_naming_the_file(trained):
+    _, _, path = trained
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_bit_flipped_checkpoint_is_refused_naming_the_file(trained):
+    _, _, path = trained
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_or_digest_is_refused(trained, tmp_path):
+    _, _, path = trained
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    path.with_name("model.pt.sha256").unlink()
+    with pytest.raises(CheckpointError, match="digest"):
+        load_checkpoint(path)
+
+
+def test_generate_cli_streams_from_a_checkpoint(trained):
+    _, _, path = trained
+    cmd = [sys.executable, "-m", "daemon.cli", "generate", "--checkpoint", str(path), "--prompt", "hel",
+           "--bytes", "40", "--seed", "3"]
+    first = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(b"hel") and len(first.stdout) == 3 + 40 + 1
+    assert subprocess.run(cmd, capture_output=True, timeout=60).stdout == first.stdout  # seeded
+
+
+def test_generate_cli_reports_a_bad_checkpoint_without_traceback(trained):
+    _, _, path = trained
+    path.write_bytes(path.read_bytes()[:100])
+    cmd = [sys.executable, "-m", "daemon.cli", "generate", "--checkpoint", str(path)]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert str(path) in bad.stderr and "Traceback" not in bad.stderr
