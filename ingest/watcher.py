@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 READ_EVENTS = {EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED}
 UNHEALTHY_AFTER_FAILURES = 3  # consecutive failed reads (disk full, database locked past busy_timeout)
+RETRY_BASE_S = 1.0  # back-off after a failed read: 1, 2, 4 ... seconds
 MAX_RETRY_S = 60.0
 POLL_INTERVAL_S = 1.0  # polling mode: how often the whole tree is stat()ed
 
@@ -146,8 +147,8 @@ class Watcher:
             s = self.stats
             s.failures += 1
             s.last_error = f"{type(exc).__name__}: {exc}"
-            retry = min(MAX_RETRY_S, 2.0 ** s.failures)
-            log.error("%s: not stored, retrying in %.0f s: %s", path, retry, s.last_error)
+            retry = min(MAX_RETRY_S, RETRY_BASE_S * 2.0 ** (s.failures - 1))
+            log.error("%s: not stored, retrying in %.1f s: %s", path, retry, s.last_error)
             with self._wake:
                 self._due[path] = time.monotonic() + retry
             return

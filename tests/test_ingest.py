@@ -1,0 +1,312 @@
+"""Reading files into the database: every line exactly once, through bad input, rewrites and SIGKILL."""
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from ingest import reader
+from ingest.reader import catch_up, ingest_file
+from state.db import open_db
+
+LIMIT = 4096  # max_line_bytes in these tests, so an over-size line is cheap to make
+
+
+def line(text: str, session: str = "s1") -> bytes:
+    return orjson.dumps({"timestamp": "2026-11-27T10:00:00Z", "session_key": session, "direction": "in",
+                         "sender": "alice", "content": text}) + b"\n"
+
+
+def append(path, *chunks: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def texts(db) -> list[str]:
+    return [row[0] for row in db.execute("SELECT text FROM messages ORDER BY id")]
+
+
+def quarantined(db) -> list[tuple]:
+    return list(db.execute("SELECT line_offset, reason FROM quarantine ORDER BY id"))
+
+
+def ingest(db, path):
+    return ingest_file(db, path, reader.Limits(0.1, LIMIT))
+
+
+@pytest.fixture
+def db(tmp_path):
+    return open_db(tmp_path / "state.db")
+
+
+@pytest.fixture
+def daily(tmp_path):
+    return tmp_path / "engram" / "raw" / "2026-11-27.jsonl"
+
+
+def test_each_line_once_across_reads_and_appends(db, daily):
+    append(daily, line("a"), line("b"), line("c"))
+    first = ingest(db, daily)
+    assert (first.lines, first.messages, first.offset) == (3, 3, daily.stat().st_size)
+    seen = db.execute("SELECT last_seen FROM files").fetchone()
+    again = ingest(db, daily)
+    assert (again.lines, again.messages) == (0, 0)
+    assert db.execute("SELECT last_seen FROM files").fetchone() == seen  # an unchanged file costs no write
+    append(daily, line("d"))
+    assert ingest(db, daily).messages == 1
+    assert texts(db) == ["a", "b", "c", "d"]
+
+
+def test_a_half_written_line_waits_for_its_newline(db, daily):
+    whole = line("complete later")
+    append(daily, line("first"), whole[:20])
+    result = ingest(db, daily)
+    assert (result.messages, result.pending) == (1, 20)
+    assert result.offset == len(line("first"))
+    append(daily, whole[20:])
+    assert ingest(db, daily).messages == 1
+    assert texts(db) == ["first", "complete later"]
+    assert db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+
+
+def test_crlf_line_endings(db, daily):
+    append(daily, line("windows").replace(b"\n", b"\r\n"))
+    ingest(db, daily)
+    assert texts(db) == ["windows"]
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (b"{this is not json\n", "malformed JSON"),
+    (b"[1, 2, 3]\n", "not a JSON object: list"),
+    (b'{"content": "caf\xe9 au lait"}\n', "invalid UTF-8"),
+    (bytes(b for b in range(256) if b != 10) + b"\n", "invalid UTF-8"),  # binary junk
+    (b"\x00" * 32 + b"\n", "binary data"),
+    (b'{"content": 42}\n', "content: expected a string"),
+    (b'{"type": "message", "message": {"content": "no role"}}\n', "message.role"),
+    (b'{"unrelated": true}\n', "unknown shape"),
+])
+def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, bad, reason):
+    append(daily, line("before"), bad, line("after"))
+    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+        result = ingest(db, daily)
+    offset = len(line("before"))
+    assert texts(db) == ["before", "after"]
+    assert result.quarantined == 1
+    (q_offset, q_reason), = quarantined(db)
+    assert q_offset == offset and reason in q_reason
+    assert f"{daily}:{offset}: quarantined: " in caplog.text and reason in caplog.text
+
+
+def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
+    append(daily, b"\n", line("a"), b"   \n\n", line("b"))
+    with caplog.at_level(logging.DEBUG, logger="ingest.reader"):
+        result = ingest(db, daily)
+    assert (result.skipped, result.messages, result.quarantined) == (3, 2, 0)
+    assert f"{daily}:0: skipped: empty line" in caplog.text
+
+
+def test_an_over_size_line_is_quarantined(db, daily, caplog):
+    huge = b'{"content": "' + b"x" * (3 * LIMIT) + b'"}\n'
+    append(daily, line("a"), huge, line("b"))
+    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+        ingest(db, daily)
+    assert texts(db) == ["a", "b"]
+    (offset, reason), = quarantined(db)
+    assert offset == len(line("a")) and reason == f"line over {LIMIT} bytes"
+    assert f"{daily}:{offset}: quarantined: line over" in caplog.text
+    excerpt, length = db.execute("SELECT excerpt, length FROM quarantine").fetchone()
+    assert excerpt.startswith('{"content": "xxx') and len(excerpt) <= reader.EXCERPT_BYTES
+    assert length > LIMIT
+
+
+def test_an_over_size_line_still_being_written_is_skipped_across_reads(db, daily, monkeypatch):
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 1024)  # many chunks: the line is never held whole
+    append(daily, line("a"), b'{"content": "' + b"y" * (2 * LIMIT))
+    first = ingest(db, daily)
+    assert first.messages == 1 and first.offset == daily.stat().st_size  # quarantined, its bytes consumed
+    assert db.execute("SELECT skipping FROM files").fetchone()[0] == 1
+    append(daily, b"y" * (5 * LIMIT))
+    ingest(db, daily)
+    append(daily, b'yyy"}\n', line("b"))
+    ingest(db, daily)
+    assert texts(db) == ["a", "b"]
+    assert len(quarantined(db)) == 1
+    assert db.execute("SELECT skipping, committed_offset FROM files").fetchone() == (0, daily.stat().st_size)
+
+
+def test_warnings_per_file_are_capped(db, daily, caplog):
+    append(daily, *[b"garbage\n"] * (reader.WARNINGS_PER_FILE + 10))
+    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+        result = ingest(db, daily)
+    assert result.quarantined == 1  # identical lines: stored once
+    assert caplog.text.count("quarantined: malformed") == reader.WARNINGS_PER_FILE
+    assert "10 more lines quarantined" in caplog.text
+
+
+def test_a_directory_named_jsonl_is_logged_and_passed_over(db, tmp_path, daily, caplog):
+    append(daily, line("a"))
+    (tmp_path / "engram" / "raw" / "x.jsonl").mkdir()
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        stats = catch_up(db, tmp_path / "engram")
+    assert (stats.files, stats.messages, stats.errors) == (1, 1, 0)
+    assert "x.jsonl: skipped: a directory" in caplog.text
+    assert ingest(db, tmp_path / "engram" / "raw" / "x.jsonl").error == "a directory, not a JSONL file"
+
+
+def test_an_unreadable_file_is_logged_and_the_rest_ingested(db, tmp_path, daily, monkeypatch, caplog):
+    locked = daily.with_name("2026-11-26.jsonl")
+    append(locked, line("secret"))
+    append(daily, line("a"))
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make open() refuse this path as it would for a user
+        real_open = os.open
+
+        def refusing_open(path, *args, **kwargs):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(locked))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+        stats = catch_up(db, tmp_path / "engram")
+    assert (stats.messages, stats.errors) == (1, 1)
+    assert f"{locked}: cannot read: Permission denied" in caplog.text
+    assert db.execute("SELECT error FROM files WHERE path = ?", [str(locked)]).fetchone()[0] == "Permission denied"
+    monkeypatch.undo()
+    locked.chmod(0o644)
+    assert catch_up(db, tmp_path / "engram").messages == 1  # readable again: picked up, error cleared
+    assert db.execute("SELECT error FROM files WHERE path = ?", [str(locked)]).fetchone()[0] is None
+
+
+def test_symlink_loops_are_logged_and_walking_ends(db, tmp_path, daily, caplog):
+    append(daily, line("a"))
+    raw = daily.parent
+    os.symlink(raw / "b.jsonl", raw / "a.jsonl")
+    os.symlink(raw / "a.jsonl", raw / "b.jsonl")
+    os.symlink(tmp_path / "engram", raw / "back-to-top")  # a folder loop
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        stats = catch_up(db, tmp_path / "engram")
+    assert stats.messages == 1 and texts(db) == ["a"]
+    assert f"{raw / 'a.jsonl'}: cannot read: a symlink loop" in caplog.text
+    assert "back-to-top: skipped: a symlink loop" in caplog.text
+
+
+def test_a_truncated_file_is_read_again_without_duplicates(db, daily, caplog):
+    append(daily, line("a"), line("b"), line("c"))
+    ingest(db, daily)
+    with open(daily, "wb") as f:
+        f.write(line("a") + line("new"))  # shorter than the committed offset
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        result = ingest(db, daily)
+    assert result.reread and (result.messages, result.duplicates) == (1, 1)
+    assert "reading again from the start" in caplog.text
+    assert texts(db) == ["a", "b", "c", "new"]
+    assert db.execute("SELECT generation FROM files").fetchone()[0] == 1
+
+
+def test_a_replaced_file_is_read_again_without_duplicates(db, daily):
+    append(daily, line("a"), line("b"))
+    ingest(db, daily)
+    replacement = daily.with_suffix(".tmp")
+    append(replacement, line("a"), line("b"), line("c"))
+    os.replace(replacement, daily)  # new inode, same path
+    result = ingest(db, daily)
+    assert result.reread and (result.messages, result.duplicates) == (1, 2)
+    assert texts(db) == ["a", "b", "c"]
+
+
+def test_a_file_rewritten_in_place_is_detected_by_its_first_bytes(db, daily):
+    append(daily, line("a"))
+    ingest(db, daily)
+    with open(daily, "r+b") as f:  # same inode, larger: only the head fingerprint tells
+        f.write(line("rewritten") + line("z"))
+    result = ingest(db, daily)
+    assert result.reread and texts(db) == ["a", "rewritten", "z"]
+
+
+def test_a_renamed_file_keeps_its_offset(db, daily, caplog):
+    append(daily, line("a"), line("b"))
+    ingest(db, daily)
+    rotated = daily.with_name("2026-11-27.old.jsonl")
+    os.rename(daily, rotated)
+    append(rotated, line("c"))
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        result = ingest(db, rotated)
+    assert not result.reread and (result.lines, result.messages) == (1, 1)
+    assert "renamed from" in caplog.text
+    assert [r[0] for r in db.execute("SELECT path FROM files")] == [str(rotated)]
+
+
+def test_a_deleted_file_keeps_its_messages(db, tmp_path, daily):
+    append(daily, line("a"), line("b"))
+    catch_up(db, tmp_path / "engram")
+    daily.unlink()
+    assert catch_up(db, tmp_path / "engram").files == 0
+    assert texts(db) == ["a", "b"]
+
+
+def test_a_refused_commit_stores_nothing_and_keeps_the_offset(db, daily):
+    """Lines and offset are one transaction: if the database refuses, neither moves."""
+    append(daily, line("a"), line("poison"), line("c"))
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
+               "BEGIN SELECT RAISE(ABORT, 'simulated refusal'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="simulated refusal"):
+        ingest(db, daily)
+    assert texts(db) == []
+    assert db.execute("SELECT committed_offset FROM files").fetchone()[0] == 0
+    db.execute("DROP TRIGGER refuse")
+    assert ingest(db, daily).messages == 3
+    assert texts(db) == ["a", "poison", "c"]
+
+
+CHILD = """
+import sys
+from ingest import reader
+from state.db import open_db
+reader.BATCH_LINES = 200  # many commits, so a kill lands between and inside them
+reader.catch_up(open_db(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path):
+    n = 20_000
+    folder = tmp_path / "engram"
+    for day in range(4):
+        append(folder / "raw" / f"2026-11-2{day}.jsonl", *(line(f"day {day} message {i}", f"s{i % 3}")
+                                                            for i in range(n // 4)))
+    db_path = tmp_path / "state.db"
+    open_db(db_path).close()
+    watcher_db = sqlite3.connect(db_path)
+    kills = 0
+    progress = 0
+    for delay in (0.0, 0.01, 0.03):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), str(folder)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and child.poll() is None:
+            done = watcher_db.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
+            if done > progress:
+                time.sleep(delay)
+                break
+            time.sleep(0.002)
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            kills += 1
+        child.wait()
+        progress = watcher_db.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
+    assert kills >= 1, "the child finished before any kill: make the input larger"
+    subprocess.run([sys.executable, "-c", CHILD, str(db_path), str(folder)], check=True)
+    db = open_db(db_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = texts(db)
+    assert len(stored) == n and len(set(stored)) == n
+    expected = {f"day {d} message {i}" for d in range(4) for i in range(n // 4)}
+    assert set(stored) == expected
+    sizes = sum(p.stat().st_size for p in (folder / "raw").iterdir())
+    assert db.execute("SELECT sum(committed_offset) FROM files").fetchone()[0] == sizes

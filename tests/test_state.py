@@ -1,0 +1,112 @@
+"""The database: pragmas, migrations applied once, and the read functions the daemon builds on."""
+import sqlite3
+import threading
+
+import orjson
+import pytest
+
+from ingest.reader import catch_up
+from state import queries
+from state.db import open_db
+from state.schema import migrations
+
+
+def write_day(folder, day, lines):
+    path = folder / "raw" / f"{day}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        for session, sender, text in lines:
+            f.write(orjson.dumps({"timestamp": f"{day}T10:00:00Z", "session_key": session, "direction": "in",
+                                  "sender": sender, "content": text}) + b"\n")
+    return path
+
+
+def test_open_creates_folder_and_sets_pragmas(tmp_path):
+    db = open_db(tmp_path / "a" / "b" / "state.db")
+    pragma = lambda name: db.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+    assert pragma("journal_mode") == "wal"
+    assert pragma("synchronous") == 2  # FULL: see state/db.py for why
+    assert pragma("foreign_keys") == 1
+    assert pragma("busy_timeout") >= 10_000
+    assert {"files", "messages", "events", "quarantine"} <= set(db.table_names())
+    assert {"event_counts", "day_splits"} <= set(db.view_names())
+
+
+def test_migrations_apply_once_even_when_opened_concurrently(tmp_path):
+    path = tmp_path / "state.db"
+    errors = []
+
+    def opener():
+        try:
+            open_db(path).close()
+        except Exception as exc:  # pragma: no cover - what the test is looking for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    db = open_db(path)
+    names = [m.name for m in migrations.applied(db)]
+    assert names == [m.name for m in migrations._migrations] and len(set(names)) == len(names)
+    assert migrations.pending(db) == []
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    db = open_db(tmp_path / "state.db")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        db.execute("INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
+                   " shape) VALUES (99, 0, 'd', 's', 'r', 's', 't', x'00', 'train', 'chat')")
+
+
+def test_day_text_groups_sessions_and_respects_max_bytes(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("s1", "alice", "one"), ("s2", "carol", "two"), ("s1", "bot", "three")])
+    write_day(tmp_path, "2026-11-26", [("s9", "dave", "earlier")])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, probe_fraction=0.0001)  # everything in train
+    assert queries.days(db) == ["2026-11-26", "2026-11-27"]
+    assert queries.day_text(db, "2026-11-27") == b"alice: one\nbot: three\n\ncarol: two\n"
+    assert queries.day_text(db, "2026-11-27", max_bytes=7) == b"alice: "
+    assert queries.day_text(db, "2026-11-27", "probe") == b""
+    splits = {(r["day"], r["split"]): r["messages"] for r in queries.day_splits(db)}
+    assert splits == {("2026-11-26", "train"): 1, ("2026-11-27", "train"): 3}
+
+
+def test_text_since_is_a_cursor_that_loses_nothing(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("s", "u", f"message {i}") for i in range(50)])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, probe_fraction=0.0001)
+    chunks, cursor = [], 0
+    while True:
+        data, cursor_next = queries.text_since(db, cursor, max_bytes=40)
+        if cursor_next == cursor:
+            break
+        chunks.append(data)
+        cursor = cursor_next
+    assert b"".join(chunks) == queries.text_since(db, 0)[0]
+    assert cursor == queries.max_message_id(db, "train") == 50
+    assert queries.text_between(db, 10, 12) == b"u: message 10\nu: message 11\n"
+
+
+def test_probe_split_is_about_the_fraction_and_never_in_train_text(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("s", "u", f"line number {i}") for i in range(2000)])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, probe_fraction=0.10)
+    probe = [r["text"] for r in db.query("SELECT text FROM messages WHERE split = 'probe'")]
+    assert 150 < len(probe) < 250
+    train_text = queries.text_since(db, 0)[0]
+    assert not any(f"u: {t}\n".encode() in train_text for t in probe)
+    again = open_db(tmp_path / "other.db")
+    catch_up(again, tmp_path, probe_fraction=0.10)
+    assert [r["text"] for r in again.query("SELECT text FROM messages WHERE split = 'probe'")] == probe
+
+
+def test_sample_text_is_seeded_and_sized(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("s", "u", f"replayed text {i}") for i in range(300)])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, probe_fraction=0.0001)
+    a = queries.sample_text(db, 500, max_id=100, seed=1)
+    assert len(a) == 500 and a == queries.sample_text(db, 500, max_id=100, seed=1)
+    assert a != queries.sample_text(db, 500, max_id=100, seed=2)
+    assert b"replayed text 150" not in queries.sample_text(db, 5000, max_id=100, seed=3)
+    assert queries.sample_text(db, 500, max_id=0, seed=1) == b""

@@ -1,0 +1,133 @@
+"""The running watcher with the real watchdog observer: start-up scan, appends, new folders, rescans."""
+import os
+import time
+
+import orjson
+import pytest
+
+from ingest import watcher as watcher_module
+from ingest.watcher import Watcher
+from state.db import open_db
+
+
+def line(text: str) -> bytes:
+    return orjson.dumps({"timestamp": "2026-11-27T10:00:00Z", "session_key": "s", "direction": "in",
+                         "sender": "alice", "content": text}) + b"\n"
+
+
+def append(path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def wait_for(db, n: int, timeout: float = 10.0) -> list[str]:
+    """Poll the database until it holds n messages (fails after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        texts = [r[0] for r in db.execute("SELECT text FROM messages ORDER BY id")]
+        if len(texts) >= n or time.monotonic() > deadline:
+            assert len(texts) == n, f"expected {n} messages, have {texts}"
+            return texts
+        time.sleep(0.01)
+
+
+def eventually(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    folder = tmp_path / "engram"
+    db_path = tmp_path / "state.db"
+    started = []
+
+    def start(**options):
+        options = {"debounce_s": 0.02, "rescan_s": 60.0, **options}
+        w = Watcher(db_path, folder, **options)
+        w.start()
+        started.append(w)
+        return w
+
+    yield folder, open_db(db_path), start
+    for w in started:
+        w.stop()
+
+
+def test_existing_files_then_appends_then_new_folders(setup):
+    folder, db, start = setup
+    daily = folder / "raw" / "2026-11-26.jsonl"
+    append(daily, line("already there"))
+    results = []
+    w = start(on_ingest=results.append)
+    assert wait_for(db, 1) == ["already there"]
+    append(daily, line("appended"))
+    wait_for(db, 2)
+    append(daily, line("half")[:10])
+    time.sleep(0.2)
+    assert len(wait_for(db, 2)) == 2  # the half line waits
+    append(daily, line("half")[10:])
+    wait_for(db, 3)
+    append(folder / "raw" / "2026" / "11" / "2026-11-27.jsonl", line("new folder"))
+    assert wait_for(db, 4)[-1] == "new folder"
+    assert w.healthy()
+    eventually(lambda: w.stats.messages == 4)  # the stats follow the commit
+    assert w.stats.scans >= 1
+    assert "ingested 4 messages" in w.status_line()
+    assert sum(r.messages for r in results) == 4
+
+
+def test_a_burst_of_appends_is_stored_exactly_once(setup):
+    folder, db, start = setup
+    start()
+    daily = folder / "raw" / "2026-11-27.jsonl"
+    for i in range(300):
+        append(daily, line(f"burst {i}"))
+    texts = wait_for(db, 300)
+    assert texts == [f"burst {i}" for i in range(300)]
+
+
+def test_polling_mode(setup):
+    folder, db, start = setup
+    start(polling=True)
+    append(folder / "raw" / "2026-11-27.jsonl", line("seen by polling"))
+    assert wait_for(db, 1, timeout=10) == ["seen by polling"]
+
+
+def test_the_periodic_rescan_covers_lost_events(setup, monkeypatch):
+    folder, db, start = setup
+    monkeypatch.setattr(watcher_module._Handler, "on_any_event", lambda self, event: None)  # inotify lost all
+    start(rescan_s=0.2)
+    append(folder / "raw" / "2026-11-27.jsonl", line("found by rescan"))
+    assert wait_for(db, 1, timeout=5) == ["found by rescan"]
+
+
+def test_unhealthy_while_the_database_keeps_refusing_then_recovers(setup, monkeypatch):
+    folder, db, start = setup
+    monkeypatch.setattr(watcher_module, "RETRY_BASE_S", 0.01)
+    w = start()
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    db.conn.commit()
+    append(folder / "raw" / "2026-11-27.jsonl", line("x0") + line("x1"))
+    eventually(lambda: w.stats.failures >= watcher_module.UNHEALTHY_AFTER_FAILURES)
+    assert not w.healthy() and "refused" in w.status_line()
+    db.execute("DROP TRIGGER refuse")
+    db.conn.commit()
+    assert wait_for(db, 2) == ["x0", "x1"]  # retried on its own, stored once
+    eventually(w.healthy)
+
+
+def test_stop_ends_both_threads_and_start_fails_clearly(tmp_path):
+    w = Watcher(tmp_path / "state.db", tmp_path / "engram", debounce_s=0.02)
+    w.start()
+    assert w.healthy()
+    w.stop()
+    assert not w.healthy()
+    (tmp_path / "not-a-folder").write_text("")
+    bad = Watcher(tmp_path / "not-a-folder" / "state.db", tmp_path / "engram2")
+    with pytest.raises(RuntimeError, match="could not open"):
+        bad.start(timeout=10)
+    assert not os.path.exists(tmp_path / "engram2" / "state.db")
