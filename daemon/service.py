@@ -128,11 +128,16 @@ class Service:
         self.notifier.ready(self.status_line(None))
 
     def status_line(self, watcher: Watcher | None) -> str:
-        counts = ""
-        if watcher is not None:
-            s = watcher.stats
-            counts = f"{s.files} files, {s.messages} messages, {s.quarantined} quarantined; "
+        counts = f"{watcher.status_line()}; " if watcher is not None else ""
         return f"{counts}last update: {self.last_update}"
+
+    def _wait_for_first_scan(self, watcher: Watcher) -> None:
+        """READY=1 promises the files present at start are read: wait for the start-up scan."""
+        while watcher.stats.scans < 1 and not self.stop_requested.is_set():
+            if not watcher.healthy():
+                raise RuntimeError(f"ingest failed during the start-up scan: {watcher.stats.last_error}")
+            self.notifier.status(f"start-up scan: {watcher.status_line()}")
+            self.wake.wait(0.5)
 
     def healthy(self, watcher: Watcher, scheduler: BackgroundScheduler, db) -> bool:
         try:
@@ -160,20 +165,22 @@ class Service:
                               debounce_s=self.config.debounce_seconds,
                               rescan_s=self.config.rescan_seconds,
                               polling=self.config.polling)
-            watcher.start()  # observer first, then the start-up scan
             scheduler = self._make_scheduler()
-            scheduler.start()
-            if self.demo or self.update_overdue():
-                log.info("the last successful update is older than a day (or there is none): catching up now")
-                scheduler.add_job(self.run_update, id="catch-up")
-            self.notifier.ready(self.status_line(watcher))
-            log.info("engram-ff is watching %s; nightly update at %s", self.config.watch, self.config.schedule)
             try:
+                watcher.start()  # observer first, then the start-up scan
+                self._wait_for_first_scan(watcher)
+                scheduler.start()
+                if self.demo or self.update_overdue():
+                    log.info("no successful update in the last day: catching up now")
+                    scheduler.add_job(self.run_update, id="catch-up")
+                self.notifier.ready(self.status_line(watcher))
+                log.info("watching %s; nightly update at %s", self.config.watch, self.config.schedule)
                 self._loop(watcher, scheduler, db)
             finally:
                 self.notifier.stopping()
                 self._stop_child()
-                scheduler.shutdown(wait=True)
+                if scheduler.running:
+                    scheduler.shutdown(wait=True)
                 watcher.stop()
                 db.close()
                 self.notifier.close()

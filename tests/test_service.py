@@ -1,0 +1,76 @@
+"""The daemon as systemd runs it: a real subprocess speaking the notify protocol over a real socket."""
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.daemon_helpers import NotifySocket, environment, query, wait_for, write_day
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    watch, data = tmp_path / "engram", tmp_path / "data"
+    notify = NotifySocket(tmp_path / "notify.sock")
+    config = tmp_path / "engram-ff.toml"
+    config.write_text('schedule = "03:00"\n')
+    write_day(watch, "2026-01-01", 40)
+    env = environment(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data),
+                             "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
+    yield proc, notify, watch, data, config
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    notify.close()
+
+
+def test_ready_watchdog_catch_up_reload_and_stop(daemon):
+    proc, notify, watch, data, config = daemon
+    db = data / "engram-ff.db"
+    notify.wait("READY", "1")
+    # READY=1 comes after the start-up scan: the file that was there at start is already in.
+    assert query(db, "SELECT count(*) FROM messages")[0][0] == 40
+    notify.wait("WATCHDOG", "1")
+    assert "messages" in next(m["STATUS"] for m in notify.messages if "STATUS" in m)
+
+    # No successful update yet, so one runs at once instead of waiting for 03:00.
+    wait_for(lambda: query(db, "SELECT status FROM runs WHERE kind = 'update' AND status != 'running'"),
+             timeout=120, what="the catch-up update")
+    assert query(db, "SELECT status FROM runs WHERE kind = 'update'")[0][0] == "ok"
+    wait_for(lambda: query(db, "SELECT status FROM runs WHERE kind = 'probe' AND status = 'ok'"),
+             timeout=60, what="the probes after the update")
+    assert query(db, "SELECT count(*) FROM probe_scores")[0][0] > 0
+
+    # An append while running is ingested by the watcher.
+    write_day(watch, "2026-01-02", 5)
+    wait_for(lambda: query(db, "SELECT count(*) FROM messages")[0][0] == 45, timeout=30, what="the appended lines")
+
+    # SIGHUP reloads the configuration; a bad one is refused and the old one kept.
+    config.write_text('schedule = "04:30"\n')
+    mark = len(notify.messages)
+    proc.send_signal(signal.SIGHUP)
+    reloading = notify.wait("RELOADING", "1", after=mark)
+    notify.wait("READY", "1", after=reloading)
+    config.write_text('schedule = "99:99"\n')
+    proc.send_signal(signal.SIGHUP)
+    notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=reloading + 1))
+
+    mark = len(notify.messages)
+    proc.send_signal(signal.SIGTERM)
+    notify.wait("STOPPING", "1", after=mark)
+    assert proc.wait(timeout=30) == 0
+    log = proc.stderr.read()
+    assert "nightly update at 04:30" in log
+    assert "reload refused" in log and "schedule" in log
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):
+    proc, notify, watch, data, config = daemon
+    notify.wait("READY", "1")
+    second = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+                            env=environment(), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert "already uses" in second.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -1,0 +1,140 @@
+"""The nightly update and its probes on a real database, real checkpoint files and a real subprocess."""
+import hashlib
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon import update
+from daemon.cli import main
+from daemon.config import load_config
+from ingest.reader import catch_up
+from model.checkpoint import load_checkpoint
+from state.db import open_db
+from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    yield config, db
+    db.close()
+
+
+def runs(db):
+    return list(db.query("SELECT * FROM runs WHERE kind = 'update' ORDER BY id"))
+
+
+def test_update_trains_records_and_chains_checkpoints(setup):
+    config, db = setup
+    first = update.update_and_probe(config)
+    assert first["status"] == "ok" and first["new_bytes"] > 0 and first["replay_bytes"] == 0
+    assert first["steps"] >= 20 and first["peak_rss_mb"] > 0
+    assert len(eval(first["layer_losses"])) == 2  # the tiny preset's two layers, each its own loss
+    path = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]]).fetchone()[0])
+    assert Path(str(path) + ".sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert update.update_and_probe(config)["status"] == "skipped"  # nothing new
+
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    second = update.update_and_probe(config)
+    assert second["status"] == "ok" and second["replay_bytes"] > 0
+    assert second["parent_checkpoint_id"] == first["checkpoint_id"]
+    assert second["first_message_id"] == first["last_message_id"]
+
+    metrics = {row[0] for row in db.execute("SELECT DISTINCT metric FROM probe_scores")}
+    assert {"probe_bpb", "trained_bpb", "forgetting_probe_bpb", "avg_forgetting_probe_bpb", "bwt_probe_bpb",
+            "answer_bpb", "answer_rank"} <= metrics
+    days = {row[0] for row in db.execute("SELECT DISTINCT day FROM probe_history WHERE metric = 'forgetting_trained_bpb'")}
+    assert days == {"2026-01-01"}  # forgetting is about the days before the newest
+
+
+def test_stop_saves_a_partial_checkpoint_and_the_next_update_resumes(setup):
+    config, db = setup
+    calls = {"n": 0}
+
+    def stop_after_a_few_steps():
+        calls["n"] += 1
+        return calls["n"] > 8
+
+    interrupted = update.run_update(config, should_stop=stop_after_a_few_steps)
+    assert interrupted["status"] == "interrupted"
+    partial = db.execute("SELECT kind, steps FROM checkpoints WHERE id = ?", [interrupted["checkpoint_id"]]).fetchone()
+    assert partial[0] == "partial" and partial[1] > 0
+
+    resumed = update.run_update(config)
+    assert resumed["status"] == "ok"
+    assert resumed["resumed_from"] == interrupted["id"]
+    assert resumed["first_message_id"] == interrupted["first_message_id"]
+    assert resumed["steps"] > partial[1]  # counts the steps before the interruption too
+
+
+def test_corrupt_current_checkpoint_falls_back_to_the_previous(setup, caplog):
+    config, db = setup
+    first = update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    second = update.run_update(config)
+    newest = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0])
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.ERROR):
+        current = update.load_current(db, config)
+    assert current.checkpoint_id == first["checkpoint_id"]
+    assert str(newest) in caplog.text
+    assert db.execute("SELECT status FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0] == "corrupt"
+
+
+def test_failed_update_leaves_the_previous_checkpoint_current(setup, monkeypatch):
+    config, db = setup
+    first = update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+
+    def broken_train(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(update, "train", broken_train)
+    failed = update.run_update(config)
+    assert failed["status"] == "failed" and "MemoryError" in failed["error"]
+    assert update.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+
+
+def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
+    data, watch = tmp_path / "data", tmp_path / "engram"
+    write_day(watch, "2026-01-01", 200)
+    env = environment(ENGRAM_FF_DATA_DIR=str(data), ENGRAM_FF_WATCH_DIR=str(watch),
+                      ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+                      ENGRAM_FF_UPDATE_BUDGET_MINUTES="10", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="1000")
+    assert subprocess.run([sys.executable, "-m", "daemon.cli", "ingest", "--watch", str(watch), "--data", str(data)],
+                          env=env, capture_output=True).returncode == 0
+    child = subprocess.Popen([sys.executable, "-m", "daemon.update"], env=env, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: query(data / "engram-ff.db", "SELECT 1 FROM runs WHERE status = 'running'"), what="training")
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 3, child.stderr.read()
+    (status, checkpoint_id), = query(data / "engram-ff.db", "SELECT status, checkpoint_id FROM runs")
+    assert status == "interrupted"
+    (path,), = query(data / "engram-ff.db", "SELECT path FROM checkpoints WHERE id = ?", [checkpoint_id])
+    assert load_checkpoint(path)["meta"]["run_id"] == 1
+
+
+def test_history_command_prints_and_plots(setup, capsys, tmp_path):
+    config, db = setup
+    update.update_and_probe(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    update.update_and_probe(config)
+    plot = tmp_path / "history.png"
+    assert main(["history", "--data", str(config.data_dir), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "held_out_bpb" in out and "facts_first" in out
+    assert plot.stat().st_size > 10_000
