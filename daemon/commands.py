@@ -15,6 +15,9 @@ from daemon.lock import AlreadyRunning, DataDirLock
 from daemon.logs import setup_logging
 
 
+DEMO_BUDGET_MINUTES = 2.0
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"engram-ff: {message}", file=sys.stderr)
     return code
@@ -39,6 +42,8 @@ def run(args) -> int:
 
     try:
         config = _config(args)
+        if args.demo:  # a newcomer waits for the first update: keep it short
+            config.update_budget_minutes = min(config.update_budget_minutes, DEMO_BUDGET_MINUTES)
         service = Service(config, lambda: config_from_args(args), demo=args.demo)
         return service.run()
     except ConfigError as exc:
@@ -73,8 +78,12 @@ def probe(args) -> int:
         return _fail(f"bad configuration: {exc}", 2)
     if not rows:
         return _fail("no trained checkpoint yet: run `engram-ff update` first")
-    print(_table([{**r, "value": f"{r['value']:.4f}"} for r in rows], ["probe", "kind", "day", "metric", "value"]))
+    print(probe_table(rows))
     return 0
+
+
+def probe_table(rows: list[dict]) -> str:
+    return _table([{**r, "value": f"{r['value']:.4f}"} for r in rows], ["probe", "kind", "day", "metric", "value"])
 
 
 def config(args) -> int:

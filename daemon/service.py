@@ -79,9 +79,21 @@ class Service:
             self.child = None
             self._refresh_last_update()
             log.info("update finished with exit code %d (%s)", code, self.last_update)
+            if self.demo:
+                self._print_latest_probes()
             return code
         finally:
             self.update_lock.release()
+
+    def _print_latest_probes(self) -> None:
+        from daemon.commands import probe_table
+
+        db = open_db(self.config.db_path)
+        try:
+            rows = list(db.query("SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores)"))
+        finally:
+            db.close()
+        print(probe_table(rows) if rows else "no probe scores yet", flush=True)
 
     def _refresh_last_update(self) -> None:
         db = open_db(self.config.db_path)
