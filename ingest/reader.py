@@ -14,15 +14,17 @@ import dataclasses
 import errno
 import hashlib
 import logging
+import multiprocessing
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import sqlite_utils
+from ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
 
-from ingest.parse import BadLine, Event, Message, context_for, parse_line
+if TYPE_CHECKING:  # the parsing process imports this module: keep it light
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ BATCH_LINES = 20_000  # lines a transaction: few fsyncs, and the write lock is h
 HEAD_BYTES = 1024  # fingerprint of a file's start, to tell an append from a rewrite
 EXCERPT_BYTES = 200
 WARNINGS_PER_FILE = 20  # then one summary line, so a file of garbage does not flood the journal
+PARALLEL_MIN_BYTES = 8 << 20  # a backlog this large is parsed in a second process
 
 
 @dataclass
@@ -83,8 +86,10 @@ class IngestStats:
         return dataclasses.asdict(self)
 
 
-def line_hash(line: bytes) -> bytes:
-    return hashlib.blake2b(line, digest_size=16).digest()
+def line_hash(line: bytes) -> int:
+    """64 bits of blake2b: the unique index stays small and fast. Two different lines collide (and the
+    second is dropped as a duplicate) with probability about n**2 / 2**65: 3e-4 after 10**8 lines."""
+    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "big", signed=True)
 
 
 def split_of(text: str, probe_fraction: float) -> str:
@@ -171,18 +176,87 @@ def _failed(db: sqlite_utils.Database, result: FileResult, error: str) -> FileRe
     return result
 
 
+@dataclass
+class Batch:
+    """Consecutive complete lines of one file, ready to store with the offset just past them."""
+    messages: list[tuple] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)
+    quarantine: list[tuple] = field(default_factory=list)  # (file_id, offset, length, reason, excerpt, hash)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason)
+    lines: int = 0
+    end: int = 0  # file offset after the last byte consumed
+    skipping: bool = False  # end is inside an over-size line: skip to its newline next time
+
+
+def read_batches(fd: int, start: int, skipping: bool, file_id: int, ctx: LineContext,
+                 limits: Limits) -> Iterator[Batch]:
+    """Parse an open file from start to its last newline, a batch every BATCH_LINES lines and one at
+    the end. Touches no database, so it can run in another process. Memory: one chunk plus at most
+    max_line_bytes of a line still being read."""
+    max_line = limits.max_line_bytes
+    batch = Batch(end=start, skipping=skipping)
+    carry = b""  # the start of a line whose newline has not been read yet
+    pos = start  # file offset of carry[0]
+    os.lseek(fd, start, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK_BYTES):
+        if skipping:
+            newline = chunk.find(b"\n")
+            pos += len(chunk) if newline < 0 else newline + 1
+            if newline < 0:
+                continue
+            chunk, skipping = chunk[newline + 1:], False
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            _add_line(batch, line, pos, file_id, ctx, limits)
+            pos += len(line) + 1
+        if len(carry) > max_line:
+            _add_quarantine(batch, file_id, pos, carry[:max_line], len(carry), f"line over {max_line} bytes")
+            pos += len(carry)
+            carry, skipping = b"", True
+        if batch.lines >= BATCH_LINES:
+            batch.end, batch.skipping = pos, skipping
+            yield batch
+            batch = Batch(end=pos, skipping=skipping)
+    batch.end, batch.skipping = pos, skipping
+    yield batch
+
+
+def _add_line(batch: Batch, line: bytes, offset: int, file_id: int, ctx: LineContext, limits: Limits) -> None:
+    batch.lines += 1
+    if len(line) > limits.max_line_bytes:
+        _add_quarantine(batch, file_id, offset, line[:limits.max_line_bytes], len(line),
+                        f"line over {limits.max_line_bytes} bytes")
+        return
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        item = parse_line(line, ctx)
+    except BadLine as exc:
+        _add_quarantine(batch, file_id, offset, line, len(line), str(exc))
+        return
+    if type(item) is Message:
+        batch.messages.append((file_id, offset, item.day, item.ts, item.session, item.role, item.sender, item.text,
+                               line_hash(line), split_of(item.text, limits.probe_fraction), item.shape))
+    elif type(item) is Event:
+        batch.events.append((file_id, offset, item.day, item.ts, item.type, item.action, item.session,
+                             line_hash(line)))
+    else:
+        batch.skipped.append((offset, item.reason))
+
+
+def _add_quarantine(batch: Batch, file_id: int, offset: int, data: bytes, length: int, reason: str) -> None:
+    excerpt = data[:EXCERPT_BYTES].decode("utf-8", "backslashreplace")
+    batch.quarantine.append((file_id, offset, length, reason, excerpt, line_hash(b"q" + data)))
+
+
 class _FileReader:
-    """One read of one open file, from its committed offset to its last newline."""
+    """One read of one open file, from its committed offset to its last newline, stored batch by batch."""
 
     def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult):
         self.conn = db.conn
         self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
-        self.ctx = context_for(path)
-        self.messages: list[tuple] = []
-        self.events: list[tuple] = []
-        self.quarantine: list[tuple] = []
         self.warnings = 0
-        self.lines_at_commit = 0
         self.record = False  # the row must be written even if no line is: new, re-read, or had an error
 
     def run(self) -> None:
@@ -192,19 +266,24 @@ class _FileReader:
         same = (row["inode"] == self.st.st_ino and row["device"] == self.st.st_dev
                 and self.st.st_size >= row["committed_offset"] and self._head_matches(row))
         if row["inode"] is None or same:
-            start, skipping, generation = row["committed_offset"], bool(row["skipping"]), row["generation"]
+            start, skipping, self.generation = row["committed_offset"], bool(row["skipping"]), row["generation"]
         else:
-            start, skipping, generation = 0, False, row["generation"] + 1
+            start, skipping, self.generation = 0, False, row["generation"] + 1
             self.head_len = 0
             self.result.reread = True
             log.info("%s: truncated, replaced or rotated (offset %d, size %d): reading again from the start",
                      self.path, row["committed_offset"], self.st.st_size)
-        self.generation = generation
         self.result.offset = start
         self.record = not same or row["error"] is not None
         if self.st.st_size == start and not self.record:
             return  # nothing new: no write at all
-        self._read(start, skipping)
+        args = (start, skipping, self.file_id, context_for(self.path), self.limits)
+        if self.st.st_size - start >= PARALLEL_MIN_BYTES:
+            batches = _batches_from_worker(self.path, self.st, *args)
+        else:
+            batches = read_batches(self.fd, *args)
+        for batch in batches:
+            self._commit(batch)
         self.result.pending = max(0, os.fstat(self.fd).st_size - self.result.offset)
         if self.warnings > WARNINGS_PER_FILE:
             log.warning("%s: %d more lines quarantined (see the quarantine table)",
@@ -236,106 +315,104 @@ class _FileReader:
             return True
         return _head_hash(os.pread(self.fd, row["head_len"], 0)) == row["head_hash"]
 
-    def _read(self, pos: int, skipping: bool) -> None:
-        """pos: file offset of the next unconsumed byte; skipping: inside an over-size line."""
-        max_line = self.limits.max_line_bytes
-        carry = b""  # the start of a line whose newline has not been read yet
-        os.lseek(self.fd, pos, os.SEEK_SET)
-        while chunk := os.read(self.fd, CHUNK_BYTES):
-            if skipping:
-                newline = chunk.find(b"\n")
-                if newline < 0:
-                    pos += len(chunk)
-                    continue
-                pos += newline + 1
-                chunk = chunk[newline + 1:]
-                skipping = False
-            lines = (carry + chunk).split(b"\n")
-            carry = lines.pop()
-            for line in lines:
-                self._line(line, pos, max_line)
-                pos += len(line) + 1
-            if len(carry) > max_line:
-                self._quarantine(pos, carry[:max_line], len(carry), f"line over {max_line} bytes")
-                pos += len(carry)
-                carry, skipping = b"", True
-            if self.result.lines - self.lines_at_commit >= BATCH_LINES:
-                self._commit(pos, skipping)
-        self._commit(pos, skipping)
-
-    def _line(self, line: bytes, offset: int, max_line: int) -> None:
-        self.result.lines += 1
-        if len(line) > max_line:
-            self._quarantine(offset, line[:max_line], len(line), f"line over {max_line} bytes")
-            return
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        try:
-            item = parse_line(line, self.ctx)
-        except BadLine as exc:
-            self._quarantine(offset, line, len(line), str(exc))
-            return
-        if type(item) is Message:
-            self.messages.append((self.file_id, offset, item.day, item.ts, item.session, item.role, item.sender,
-                                  item.text, line_hash(line), split_of(item.text, self.limits.probe_fraction),
-                                  item.shape))
-        elif type(item) is Event:
-            self.events.append((self.file_id, offset, item.day, item.ts, item.type, item.action, item.session,
-                                line_hash(line)))
-        else:
-            self.result.skipped += 1
-            log.debug("%s:%d: skipped: %s", self.path, offset, item.reason)
-
-    def _quarantine(self, offset: int, data: bytes, length: int, reason: str) -> None:
-        self.warnings += 1
-        if self.warnings <= WARNINGS_PER_FILE:
-            log.warning("%s:%d: quarantined: %s", self.path, offset, reason)
-        excerpt = data[:EXCERPT_BYTES].decode("utf-8", "backslashreplace")
-        self.quarantine.append((self.file_id, offset, length, reason, excerpt, line_hash(b"q" + data)))
-
-    def _commit(self, pos: int, skipping: bool) -> None:
+    def _commit(self, batch: Batch) -> None:
         """The batch and the offset just past it, in one transaction."""
         conn, result = self.conn, self.result
-        if pos == result.offset and not self.record:
+        result.lines += batch.lines
+        result.skipped += len(batch.skipped)
+        for offset, reason in batch.skipped:
+            log.debug("%s:%d: skipped: %s", self.path, offset, reason)
+        if batch.end == result.offset and not self.record:
             return  # only a half-written line so far
-        if self.head_len < HEAD_BYTES and pos > self.head_len:
-            self.head_len = min(HEAD_BYTES, pos)
+        if self.head_len < HEAD_BYTES and batch.end > self.head_len:
+            self.head_len = min(HEAD_BYTES, batch.end)
         head_hash = _head_hash(os.pread(self.fd, self.head_len, 0)) if self.head_len else None
         conn.execute("BEGIN IMMEDIATE")
         try:
             changes = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash,"
-                " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.messages)
+                " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.messages)
             messages = conn.total_changes - changes
             changes = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.events)
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.events)
             events = conn.total_changes - changes
             changes = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?)", self.quarantine)
+                " VALUES (?, ?, ?, ?, ?, ?)", batch.quarantine)
             quarantined = conn.total_changes - changes
             conn.execute(
                 "UPDATE files SET committed_offset = ?, skipping = ?, size = ?, device = ?, inode = ?,"
                 " generation = ?, head_len = ?, head_hash = ?, error = NULL,"
                 " last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-                (pos, int(skipping), os.fstat(self.fd).st_size, self.st.st_dev, self.st.st_ino, self.generation,
-                 self.head_len, head_hash, self.file_id))
+                (batch.end, int(batch.skipping), os.fstat(self.fd).st_size, self.st.st_dev, self.st.st_ino,
+                 self.generation, self.head_len, head_hash, self.file_id))
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
+        for _, offset, _, reason, _, _ in batch.quarantine:
+            self.warnings += 1
+            if self.warnings <= WARNINGS_PER_FILE:
+                log.warning("%s:%d: quarantined: %s", self.path, offset, reason)
         result.messages += messages
         result.events += events
-        result.duplicates += len(self.messages) + len(self.events) + len(self.quarantine) - messages - events \
-            - quarantined
         result.quarantined += quarantined
-        result.offset = pos
-        self.messages, self.events, self.quarantine = [], [], []
-        self.lines_at_commit, self.record = result.lines, False
+        result.duplicates += len(batch.messages) + len(batch.events) + len(batch.quarantine) \
+            - messages - events - quarantined
+        result.offset = batch.end
+        self.record = False
+
+
+def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch]:
+    """read_batches in a child process, so parsing a large backlog runs beside the SQLite writes on
+    the other core. The child only reads and parses; every write stays here, in the caller's
+    transactions, so a crash of either process changes nothing about exactly-once."""
+    context = multiprocessing.get_context("spawn")  # never fork a process that has threads
+    receiver, sender = context.Pipe(duplex=False)  # the pipe's small buffer bounds what is in flight
+    worker = context.Process(target=_worker, args=(sender, path, (st.st_dev, st.st_ino), *args),
+                             name="engram-ff-parse", daemon=True)
+    worker.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                raise OSError(errno.EIO, f"the parsing process died (exit code {worker.exitcode})") from None
+            if kind == "batch":
+                yield value
+            elif kind == "error":
+                raise OSError(errno.EIO, value)
+            else:
+                return
+    finally:
+        receiver.close()
+        worker.join(5)
+        if worker.is_alive():
+            worker.kill()
+
+
+def _worker(sender, path: str, identity: tuple[int, int], *args) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != identity:
+                sender.send(("error", "replaced while being read"))
+                return
+            for batch in read_batches(fd, *args):
+                sender.send(("batch", batch))
+        finally:
+            os.close(fd)
+        sender.send(("done", None))
+    except BrokenPipeError:
+        pass  # the caller is gone
+    except OSError as exc:
+        sender.send(("error", _describe(exc)))
 
 
 def _head_hash(head: bytes) -> bytes:

@@ -47,7 +47,7 @@ def _ingest_tables(db) -> None:
             last_seen TEXT NOT NULL DEFAULT {_NOW},
             error TEXT
         )""",
-        f"""CREATE TABLE messages (
+        """CREATE TABLE messages (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             file_id INTEGER NOT NULL REFERENCES files(id),
             line_offset INTEGER NOT NULL,
@@ -57,10 +57,9 @@ def _ingest_tables(db) -> None:
             role TEXT NOT NULL,
             sender TEXT NOT NULL,
             text TEXT NOT NULL,
-            hash BLOB NOT NULL UNIQUE,
+            hash INTEGER NOT NULL UNIQUE,  -- 64-bit blake2b of the raw line
             split TEXT NOT NULL CHECK (split IN ('train', 'probe')),
-            shape TEXT NOT NULL CHECK (shape IN ('recorder', 'transcript', 'chat')),
-            ingested_at TEXT NOT NULL DEFAULT {_NOW}
+            shape TEXT NOT NULL CHECK (shape IN ('recorder', 'transcript', 'chat'))
         )""",
         "CREATE INDEX messages_day_split ON messages (day, split, id)",
         """CREATE TABLE events (
@@ -72,7 +71,7 @@ def _ingest_tables(db) -> None:
             type TEXT NOT NULL,
             action TEXT NOT NULL,
             session TEXT,
-            hash BLOB NOT NULL UNIQUE
+            hash INTEGER NOT NULL UNIQUE
         )""",
         "CREATE INDEX events_day ON events (day, type, action)",
         f"""CREATE TABLE quarantine (
@@ -82,7 +81,7 @@ def _ingest_tables(db) -> None:
             length INTEGER NOT NULL,  -- bytes; for an over-size line, what was seen when it was cut
             reason TEXT NOT NULL,
             excerpt TEXT NOT NULL,
-            hash BLOB NOT NULL UNIQUE,
+            hash INTEGER NOT NULL UNIQUE,
             quarantined_at TEXT NOT NULL DEFAULT {_NOW}
         )""",
         "CREATE INDEX quarantine_file ON quarantine (file_id, line_offset)",

@@ -271,11 +271,33 @@ import sys
 from ingest import reader
 from state.db import open_db
 reader.BATCH_LINES = 200  # many commits, so a kill lands between and inside them
+reader.PARALLEL_MIN_BYTES = int(sys.argv[3])
 reader.catch_up(open_db(sys.argv[1]), sys.argv[2])
 """
 
 
-def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path):
+def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "engram"
+    append(folder / "raw" / "2026-11-27.jsonl", *(line(f"m{i}") for i in range(500)), b"junk\n", b"\n",
+           line("last"), line("half")[:9])
+    in_process = open_db(tmp_path / "a.db")
+    catch_up(in_process, folder)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(reader, "BATCH_LINES", 100)
+    worker = open_db(tmp_path / "b.db")
+    with caplog.at_level(logging.DEBUG, logger="ingest.reader"):
+        stats = catch_up(worker, folder)
+    assert (stats.messages, stats.quarantined, stats.skipped) == (501, 1, 1)
+    query = "SELECT line_offset, day, ts, session, role, sender, text, hash, split FROM messages ORDER BY id"
+    assert list(worker.execute(query)) == list(in_process.execute(query))
+    assert quarantined(worker) == quarantined(in_process)
+    assert list(worker.execute("SELECT committed_offset, head_hash FROM files")) == \
+        list(in_process.execute("SELECT committed_offset, head_hash FROM files"))
+    assert "quarantined: malformed JSON" in caplog.text and "skipped: empty line" in caplog.text
+
+
+@pytest.mark.parametrize("parallel_min_bytes", [1 << 40, 0], ids=["in-process", "parsing-process"])
+def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path, parallel_min_bytes):
     n = 20_000
     folder = tmp_path / "engram"
     for day in range(4):
@@ -287,7 +309,7 @@ def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path):
     kills = 0
     progress = 0
     for delay in (0.0, 0.01, 0.03):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), str(folder)])
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), str(folder), str(parallel_min_bytes)])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and child.poll() is None:
             done = watcher_db.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
@@ -301,7 +323,7 @@ def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path):
         child.wait()
         progress = watcher_db.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
     assert kills >= 1, "the child finished before any kill: make the input larger"
-    subprocess.run([sys.executable, "-c", CHILD, str(db_path), str(folder)], check=True)
+    subprocess.run([sys.executable, "-c", CHILD, str(db_path), str(folder), str(parallel_min_bytes)], check=True)
     db = open_db(db_path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = texts(db)
