@@ -10,7 +10,6 @@ is skipped up to its newline without holding it in memory.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import logging
@@ -81,9 +80,6 @@ class IngestStats:
         self.errors += result.error is not None
         for name in ("lines", "messages", "events", "skipped", "duplicates", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(result, name))
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def line_hash(line: bytes) -> int:
@@ -277,13 +273,19 @@ class _FileReader:
         self.record = not same or row["error"] is not None
         if self.st.st_size == start and not self.record:
             return  # nothing new: no write at all
-        args = (start, skipping, self.file_id, context_for(self.path), self.limits)
-        if self.st.st_size - start >= PARALLEL_MIN_BYTES:
-            batches = _batches_from_worker(self.path, self.st, *args)
+        self.skipping = skipping
+        ctx = context_for(self.path)
+        if self.st.st_size - start < PARALLEL_MIN_BYTES:
+            batches = read_batches(self.fd, start, skipping, self.file_id, ctx, self.limits)
         else:
-            batches = read_batches(self.fd, *args)
-        for batch in batches:
-            self._commit(batch)
+            batches = _batches_from_worker(self.path, self.st, start, skipping, self.file_id, ctx, self.limits)
+        try:
+            for batch in batches:
+                self._commit(batch)
+        except WorkerFailed as exc:  # go on here from what the worker's batches committed
+            log.warning("%s: %s; reading on in this process from offset %d", self.path, exc, self.result.offset)
+            for batch in read_batches(self.fd, self.result.offset, self.skipping, self.file_id, ctx, self.limits):
+                self._commit(batch)
         self.result.pending = max(0, os.fstat(self.fd).st_size - self.result.offset)
         if self.warnings > WARNINGS_PER_FILE:
             log.warning("%s: %d more lines quarantined (see the quarantine table)",
@@ -363,8 +365,12 @@ class _FileReader:
         result.quarantined += quarantined
         result.duplicates += len(batch.messages) + len(batch.events) + len(batch.quarantine) \
             - messages - events - quarantined
-        result.offset = batch.end
+        result.offset, self.skipping = batch.end, batch.skipping
         self.record = False
+
+
+class WorkerFailed(Exception):
+    """The parsing process could not start, died, or found the file replaced."""
 
 
 def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch]:
@@ -375,18 +381,23 @@ def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch
     receiver, sender = context.Pipe(duplex=False)  # the pipe's small buffer bounds what is in flight
     worker = context.Process(target=_worker, args=(sender, path, (st.st_dev, st.st_ino), *args),
                              name="engram-ff-parse", daemon=True)
-    worker.start()
-    sender.close()
+    try:
+        worker.start()
+    except (OSError, RuntimeError) as exc:
+        raise WorkerFailed(f"cannot start a parsing process: {exc}") from None
+    finally:
+        sender.close()
     try:
         while True:
             try:
                 kind, value = receiver.recv()
             except EOFError:
-                raise OSError(errno.EIO, f"the parsing process died (exit code {worker.exitcode})") from None
+                worker.join(1)
+                raise WorkerFailed(f"the parsing process died (exit code {worker.exitcode})") from None
             if kind == "batch":
                 yield value
             elif kind == "error":
-                raise OSError(errno.EIO, value)
+                raise WorkerFailed(f"the parsing process stopped: {value}")
             else:
                 return
     finally:
@@ -394,6 +405,7 @@ def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch
         worker.join(5)
         if worker.is_alive():
             worker.kill()
+            worker.join()
 
 
 def _worker(sender, path: str, identity: tuple[int, int], *args) -> None:

@@ -296,6 +296,28 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
     assert "quarantined: malformed JSON" in caplog.text and "skipped: empty line" in caplog.text
 
 
+def _dying_worker(sender, *args):
+    """Stands in for the parsing process: it sends one good batch, then dies as if OOM-killed."""
+    path, _, start, skipping, file_id, ctx, limits = args
+    fd = os.open(path, os.O_RDONLY)
+    sender.send(("batch", next(reader.read_batches(fd, start, skipping, file_id, ctx, limits))))
+    os._exit(3)
+
+
+def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "engram"
+    append(folder / "raw" / "2026-11-27.jsonl", *(line(f"m{i}") for i in range(300)))
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(reader, "BATCH_LINES", 100)
+    monkeypatch.setattr(reader, "_worker", _dying_worker)
+    db = open_db(tmp_path / "state.db")
+    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+        stats = catch_up(db, folder)
+    assert "the parsing process died (exit code 3); reading on in this process from offset" in caplog.text
+    assert (stats.messages, stats.duplicates, stats.errors) == (300, 0, 0)
+    assert texts(db) == [f"m{i}" for i in range(300)]
+
+
 @pytest.mark.parametrize("parallel_min_bytes", [1 << 40, 0], ids=["in-process", "parsing-process"])
 def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path, parallel_min_bytes):
     n = 20_000
@@ -332,3 +354,22 @@ def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path, parallel_min_byt
     assert set(stored) == expected
     sizes = sum(p.stat().st_size for p in (folder / "raw").iterdir())
     assert db.execute("SELECT sum(committed_offset) FROM files").fetchone()[0] == sizes
+
+
+def test_ingest_and_status_commands(tmp_path):
+    folder, data = tmp_path / "engram", tmp_path / "data"
+    append(folder / "raw" / "2026-11-27.jsonl", line("a"), line("b"), b"junk\n",
+           b'{"timestamp": "2026-11-27T10:00:00Z", "type": "gateway", "action": "startup"}\n')
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "daemon.cli", *argv, "--watch", str(folder),  # noqa: E731
+                                        "--data", str(data)], capture_output=True, text=True, env=env)
+    ingested = run("ingest")
+    assert ingested.returncode == 0, ingested.stderr
+    assert "4 lines read: 2 new messages, 1 events, 0 skipped, 0 already stored, 1 quarantined" in ingested.stdout
+    assert f"raw/2026-11-27.jsonl:{2 * len(line('a'))}: quarantined: malformed JSON" in ingested.stderr
+    assert "1 files, 0 lines read: 0 new messages" in run("ingest").stdout  # offsets kept: nothing re-read
+    status = run("status")
+    assert status.returncode == 0, status.stderr
+    for expected in ("2026-11-27.jsonl", "2026-11-27  train", "gateway  startup  1", "1 quarantined lines",
+                     "malformed JSON"):
+        assert expected in status.stdout
