@@ -1,0 +1,75 @@
+"""Small helpers the benchmarks share: peak memory, running a job in a process of its own, timing,
+and writing Markdown tables and PNG plots under bench/results/."""
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """`with stopwatch() as t: ...` then t[0] holds the seconds the block took."""
+    t = [0.0]
+    start = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t[0] = time.perf_counter() - start
+
+
+def _measured(fn: Callable, args: tuple) -> tuple[object, float]:
+    return fn(*args), peak_rss_mib()
+
+
+def run_isolated(fn: Callable, *args) -> tuple[object, float]:
+    """fn(*args) in a fresh process, so the peak RSS is that job's alone; returns (result, peak MiB).
+    fn must be importable by name (a module-level function)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measured, fn, args).result()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_result(name: str, text: str, results_dir: Path = RESULTS) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / name
+    path.write_text(text)
+    return path
+
+
+def plot_series(
+    path: Path, series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str
+) -> Path:
+    """One line per named series against 1, 2, ... (e.g. epochs), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, ys in series.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,187 @@
+"""Phase 1: Forward-Forward against backprop on MNIST-format images (Fashion-MNIST by default).
+
+FF (both readouts) and a BP MLP of the same shape train on the same data, epochs, batches and seed, each
+in a process of its own so that its peak RSS is its own. Seconds per epoch count training only; the test
+error after each epoch and the final train error are timed apart. Writes bench/results/images*.md and a
+PNG of test error per epoch.
+
+    python -m bench.images                   # default preset
+    python -m bench.images --quick           # under 2 minutes, a subset
+    python -m bench.images --preset hinton --epochs 2   # Hinton's 4x2000 net, timed per epoch
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS, markdown_table, plot_series, run_isolated, stopwatch, write_result
+from model.bp_mlp import BPMLP, BPMLPConfig
+from model.ff import pick_device
+from model.ff_mlp import FFMLP, FFMLPConfig
+from model.idx import load_split
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class Setup:
+    hidden: tuple[int, ...] = (1000, 1000)
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 1e-3  # both models; constant for the first half, then linearly down to 0
+    goodness: str = "sum"
+    loss: str = "multi"
+    theta: float = 2.0
+    negatives: int = 1
+    label_scale: float = 1.0
+    train_limit: int = 0  # use only the first N training / test images (0: all)
+    test_limit: int = 0
+    seed: int = 0
+    threads: int = 2
+
+
+PRESETS = {
+    "default": Setup(),
+    "hinton": Setup(hidden=(2000,) * 4, epochs=60),
+    "quick": Setup(hidden=(500, 500), epochs=2, train_limit=10_000, test_limit=2_000),
+}
+
+
+def load_images(data_dir: str, split: str, limit: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, rows*cols) floats in [0, 1] and (N,) labels."""
+    images, labels = load_split(data_dir, split)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{data_dir}: {split} labels must be 0..9, found {labels.min()}..{labels.max()}")
+    return images.flatten(1).float().div(255).to(device), labels.to(device)
+
+
+@torch.no_grad()
+def error_rates(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> dict[str, float]:
+    """Percent wrong for each of the model's readouts."""
+    wrong: dict[str, int] = {}
+    for i in range(0, len(y), chunk):
+        for name, pred in model.predict(x[i : i + chunk]).items():
+            wrong[name] = wrong.get(name, 0) + (pred != y[i : i + chunk]).sum().item()
+    return {name: 100.0 * w / len(y) for name, w in wrong.items()}
+
+
+def build(kind: str, s: Setup) -> torch.nn.Module:
+    if kind == "bp":
+        return BPMLP(BPMLPConfig(hidden=s.hidden, lr=s.lr))
+    return FFMLP(FFMLPConfig(hidden=s.hidden, goodness=s.goodness, loss=s.loss, theta=s.theta,
+                             negatives=s.negatives, label_scale=s.label_scale, lr=s.lr, readout_lr=s.lr))
+
+
+def train(kind: str, s: Setup, data_dir: str) -> dict:
+    """Train one model ('ff' or 'bp'); returns its per-epoch test errors, final errors and timings."""
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    device = pick_device()
+    x, y = load_images(data_dir, "train", s.train_limit, device)
+    x_test, y_test = load_images(data_dir, "test", s.test_limit, device)
+    model = build(kind, s).to(device)
+    order = torch.Generator().manual_seed(s.seed)  # the same batches for both models
+    steps, step = s.epochs * -(-len(y) // s.batch_size), 0
+    curves: dict[str, list[float]] = {}
+    epoch_seconds, eval_seconds = [], []
+    for epoch in range(1, s.epochs + 1):
+        perm = torch.randperm(len(y), generator=order).to(device)
+        with stopwatch() as t:
+            for i in range(0, len(y), s.batch_size):
+                model.scale_lr(min(1.0, 2.0 * (1.0 - step / steps)))
+                batch = perm[i : i + s.batch_size]
+                model.train_batch(x[batch], y[batch])
+                step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        epoch_seconds.append(t[0])
+        with stopwatch() as t:
+            errors = error_rates(model, x_test, y_test)
+        eval_seconds.append(t[0])
+        for name, e in errors.items():
+            curves.setdefault(name, []).append(e)
+        shown = "  ".join(f"{name} {e:.2f}%" for name, e in errors.items())
+        print(f"[{kind}] epoch {epoch}/{s.epochs}  train {epoch_seconds[-1]:.1f}s  test error {shown}", flush=True)
+    return {
+        "curves": curves,
+        "train_error": error_rates(model, x, y),
+        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
+        "eval_seconds": sum(eval_seconds) / len(eval_seconds),
+        "device": str(device),
+    }
+
+
+def report(s: Setup, results: dict[str, dict], rss: dict[str, float], command: str) -> str:
+    """The Markdown report: the table, the targets and how they fared, the setup."""
+    rows = []
+    for kind, r in results.items():
+        for name, curve in r["curves"].items():
+            rows.append([
+                f"{kind.upper()} ({name})" if kind == "ff" else "BP", f"{curve[-1]:.2f}", f"{min(curve):.2f}",
+                f"{r['train_error'][name]:.2f}", f"{r['seconds_per_epoch']:.1f}", f"{r['eval_seconds']:.1f}",
+                f"{rss[kind]:.0f}",
+            ])
+    headers = ["model", "test error %", "best epoch's test error %", "train error %", "train s/epoch",
+               "test eval s", "peak RSS MiB"]
+    bp = results["bp"]["curves"]["bp"][-1]
+    ratio = results["ff"]["seconds_per_epoch"] / results["bp"]["seconds_per_epoch"]
+    checks = [f"- FF seconds per epoch / BP's: {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}"]
+    for name, curve in results["ff"]["curves"].items():
+        ff = curve[-1]
+        met = ff <= 11.0 and ff <= 1.10 * bp
+        checks.append(f"- FF ({name}) test error {ff:.2f}% vs BP {bp:.2f}% (x{ff / bp:.2f}; target <= 11.0% "
+                      f"and <= x1.10): {'met' if met else 'MISSED'}")
+    setup = ", ".join(f"{k}={v}" for k, v in asdict(s).items())
+    return (f"# Forward-Forward vs backprop on images\n\n`{command}` on {results['ff']['device']}, "
+            f"{s.threads} threads.\n\n{markdown_table(headers, rows)}\n" + "\n".join(checks)
+            + f"\n\nSetup: {setup}.\nErrors are after the last epoch; train error is on the training set "
+            f"used.\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="engram-ff bench images", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=["default", "hinton"], default="default")
+    p.add_argument("--quick", action="store_true", help="a small net on a subset, under 2 minutes")
+    p.add_argument("--data-dir", default=DATA_DIR, help="folder with the four MNIST-format IDX files")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--hidden", type=lambda v: tuple(int(w) for w in v.split("x")), help="e.g. 1000x1000")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=["multi", "pair"])
+    p.add_argument("--goodness", choices=["mean", "sum"])
+    p.add_argument("--theta", type=float)
+    p.add_argument("--negatives", type=int, help="wrong labels per image for layers after the first")
+    p.add_argument("--label-scale", type=float)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    name = "quick" if args.quick else args.preset
+    overrides = {k: v for k, v in vars(args).items() if k in Setup.__dataclass_fields__ and v is not None}
+    s = replace(PRESETS[name], **overrides)
+    results, rss = {}, {}
+    for kind in ("ff", "bp"):
+        results[kind], rss[kind] = run_isolated(train, kind, s, args.data_dir)
+    stem = "images" if name == "default" else f"images-{name}"
+    command = "python -m bench.images " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(s, results, rss, command.strip())
+    curves = {f"FF ({n})": c for n, c in results["ff"]["curves"].items()} | {"BP": results["bp"]["curves"]["bp"]}
+    plot_series(args.results_dir / f"{stem}.png", curves, "epoch", "test error %", f"Test error per epoch ({name})")
+    write_result(f"{stem}.md", text + f"\n![test error per epoch]({stem}.png)\n", args.results_dir)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
