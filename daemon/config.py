@@ -33,7 +33,7 @@ class Config:
     watch_dir: Path | None = None  # None: <data_dir>/engram
     schedule: str = "03:00"  # local time of the nightly update, HH:MM
     misfire_grace_hours: float = 6.0
-    update_budget_minutes: float = 20.0
+    update_budget_minutes: float = 12.0  # with the probes, a night's update of 1 MiB ends within 15 minutes
     update_min_steps: int = 300  # a small day is seen many times: one night must be enough to learn it
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget

@@ -1,0 +1,132 @@
+"""`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost.
+
+Part 1 writes 1 MiB of TinyShakespeare as a day of Engram logs, ingests it and runs exactly the
+daemon's update (`python -m daemon.update`, the child the daemon starts at night) with the default
+configuration: wall time, steps, peak RSS of the update process, then the probes.
+Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
+CPU time and RSS from /proc while it idles.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from bench.common import markdown_table, write_result
+from daemon.config import load_config
+from bench.make_stream import SHARED, day_lines, tiny_speeches, write_day
+
+MIB = 1 << 20
+
+
+def make_day(watch: Path, n_bytes: int) -> int:
+    """TinyShakespeare speeches until their text reaches n_bytes; returns the text bytes written."""
+    speeches, size = [], 0
+    for speech in tiny_speeches((SHARED / "tinyshakespeare.txt").read_text()):
+        speeches.append(speech)
+        size += len(speech[1]) + len(speech[2]) + 3
+        if size >= n_bytes:
+            break
+    write_day(watch / "raw", date(2026, 1, 1), day_lines(date(2026, 1, 1), speeches, "tinyshakespeare"))
+    return size
+
+
+def run_update(env: dict) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB of the child, exit code)"""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "daemon.update"], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, proc.returncode
+
+
+def proc_sample(pid: int) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS MiB) of pid and its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS"))
+    return cpu, rss_kib / 1024
+
+
+def measure_idle(env: dict, seconds: float) -> tuple[float, float]:
+    """(CPU percent, peak RSS MiB) of the running daemon over `seconds` after it is ready."""
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(10)  # start-up scan and imports done
+        cpu0, _ = proc_sample(proc.pid)
+        peak, start = 0.0, time.monotonic()
+        while time.monotonic() - start < seconds:
+            time.sleep(1)
+            peak = max(peak, proc_sample(proc.pid)[1])
+        cpu1, _ = proc_sample(proc.pid)
+        return 100 * (cpu1 - cpu0) / (time.monotonic() - start), peak
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="engram-ff bench update", description=__doc__.split("\n")[0])
+    parser.add_argument("--bytes", type=int, default=MIB, help="new text in the update (default 1 MiB)")
+    parser.add_argument("--idle-seconds", type=float, default=120)
+    parser.add_argument("--quick", action="store_true", help="64 KiB, a one-minute budget, 20 s idle")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/update.md)")
+    args = parser.parse_args(argv)
+    n_bytes, idle = (64 * 1024, 20.0) if args.quick else (args.bytes, args.idle_seconds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        watch, data = Path(tmp) / "engram", Path(tmp) / "data"
+        text_bytes = make_day(watch, n_bytes)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
+        env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
+        if args.quick:
+            env["ENGRAM_FF_UPDATE_BUDGET_MINUTES"] = "1"
+        subprocess.run([sys.executable, "-m", "daemon.cli", "ingest"], env=env, check=True, capture_output=True)
+        wall, peak, code = run_update(env)
+        import sqlite3
+
+        db = sqlite3.connect(data / "engram-ff.db")
+        db.row_factory = sqlite3.Row
+        run = dict(db.execute("SELECT * FROM runs WHERE kind = 'update'").fetchone())
+        probe = dict(db.execute("SELECT * FROM runs WHERE kind = 'probe'").fetchone() or {})
+        scores = {r["metric"]: r["value"] for r in db.execute(
+            "SELECT metric, avg(value) AS value FROM probe_scores WHERE kind != 'fact' GROUP BY metric")}
+        db.close()
+        idle_cpu, idle_rss = measure_idle(env, idle)
+        effective = load_config(environ=env)
+        step_bytes = effective.batch_size * effective.seq_len
+
+    config = "defaults" if not args.quick else "defaults, budget 1 min (--quick)"
+    rows = [
+        ["new text", f"{run['new_bytes'] / MIB:.2f} MiB (TinyShakespeare, {text_bytes:,} bytes of speeches)", "1 MiB"],
+        ["update wall time, with probes", f"{wall / 60:.1f} min (exit {code})", "<= 15 min"],
+        ["training steps", f"{run['steps']}", ""],
+        ["trained bytes per second", f"{run['steps'] * step_bytes / run['wall_seconds']:,.0f}", ""],
+        ["update peak RSS", f"{peak:,.0f} MiB", "<= 2048 MiB"],
+        ["held-out bits per byte after the update", f"{scores.get('probe_bpb', float('nan')):.3f}", ""],
+        ["idle daemon CPU", f"{idle_cpu:.2f} % over {idle:.0f} s", "< 1 %"],
+        ["idle daemon RSS", f"{idle_rss:,.0f} MiB", "< 300 MiB"],
+    ]
+    table = markdown_table(["measure", "value", "target"], rows)
+    print(table)
+    header = (f"# Nightly update benchmark\n\n`engram-ff bench update{' --quick' if args.quick else ''}` on "
+              f"{os.cpu_count()} cores, configuration: {config}; final per-layer losses "
+              f"{run['layer_losses']}; probe pass {probe.get('wall_seconds') or '-'} s.\n\n")
+    path = args.out or Path(__file__).resolve().parent / "results" / ("update-quick.md" if args.quick else "update.md")
+    write_result(path.name, header + table, path.parent)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
