@@ -12,6 +12,7 @@ A message's day is its timestamp's UTC date, else a YYYY-MM-DD in the file name,
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -63,7 +64,7 @@ class LineContext:
 
 def context_for(path: str | Path) -> LineContext:
     path = Path(path)
-    match = _DAY.search(path.name.encode())
+    match = _DAY.search(os.fsencode(path.name))
     day = None
     if match:
         try:

@@ -82,6 +82,11 @@ class IngestStats:
             setattr(self, name, getattr(self, name) + getattr(result, name))
 
 
+def path_key(path: str | os.PathLike) -> str:
+    """files.path: the name as UTF-8 text, undecodable bytes of odd file names written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def line_hash(line: bytes) -> int:
     """64 bits of blake2b: the unique index stays small and fast. Two different lines collide (and the
     second is dropped as a duplicate) with probability about n**2 / 2**65: 3e-4 after 10**8 lines."""
@@ -168,7 +173,7 @@ def _failed(db: sqlite_utils.Database, result: FileResult, error: str) -> FileRe
     log.warning("%s: cannot read: %s", result.path, error)
     with db.conn:
         db.conn.execute("INSERT INTO files (path, error) VALUES (?, ?) "
-                        "ON CONFLICT (path) DO UPDATE SET error = excluded.error", (result.path, error))
+                        "ON CONFLICT (path) DO UPDATE SET error = excluded.error", (path_key(result.path), error))
     return result
 
 
@@ -252,6 +257,7 @@ class _FileReader:
     def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult):
         self.conn = db.conn
         self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
+        self.key = path_key(path)
         self.warnings = 0
         self.record = False  # the row must be written even if no line is: new, re-read, or had an error
 
@@ -260,7 +266,8 @@ class _FileReader:
         self.file_id = row["id"]
         self.head_len = row["head_len"]
         same = (row["inode"] == self.st.st_ino and row["device"] == self.st.st_dev
-                and self.st.st_size >= row["committed_offset"] and self._head_matches(row))
+                and self.st.st_size >= row["committed_offset"] and self._head_matches(row)
+                and self._at_line_end(row))
         if row["inode"] is None or same:
             start, skipping, self.generation = row["committed_offset"], bool(row["skipping"]), row["generation"]
         else:
@@ -293,18 +300,18 @@ class _FileReader:
 
     def _row(self) -> dict:
         """This path's row; a renamed file (same device, inode and head) keeps its row and offset."""
-        row = self._select("path = ?", self.path)
+        row = self._select("path = ?", self.key)
         if row is None:
             moved = self._select("device = ? AND inode = ? AND head_len > 0", self.st.st_dev, self.st.st_ino)
             if moved is not None and not _is_same_file(moved["path"], self.st) and self._head_matches(moved):
                 with self.conn:
-                    self.conn.execute("UPDATE files SET path = ? WHERE id = ?", (self.path, moved["id"]))
+                    self.conn.execute("UPDATE files SET path = ? WHERE id = ?", (self.key, moved["id"]))
                 log.info("%s: renamed from %s: continuing at offset %d", self.path, moved["path"],
                          moved["committed_offset"])
                 return self._select("id = ?", moved["id"])
             with self.conn:
-                self.conn.execute("INSERT INTO files (path) VALUES (?)", (self.path,))
-            row = self._select("path = ?", self.path)
+                self.conn.execute("INSERT INTO files (path) VALUES (?)", (self.key,))
+            row = self._select("path = ?", self.key)
         return row
 
     def _select(self, where: str, *params) -> dict | None:
@@ -316,6 +323,11 @@ class _FileReader:
         if not row["head_len"]:
             return True
         return _head_hash(os.pread(self.fd, row["head_len"], 0)) == row["head_hash"]
+
+    def _at_line_end(self, row: dict) -> bool:
+        """A committed offset always follows a newline (or sits inside a skipped over-size line)."""
+        offset = row["committed_offset"]
+        return offset == 0 or row["skipping"] or os.pread(self.fd, 1, offset - 1) == b"\n"
 
     def _commit(self, batch: Batch) -> None:
         """The batch and the offset just past it, in one transaction."""

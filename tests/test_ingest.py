@@ -231,6 +231,17 @@ def test_a_file_rewritten_in_place_is_detected_by_its_first_bytes(db, daily):
     assert result.reread and texts(db) == ["a", "rewritten", "z"]
 
 
+def test_a_rewrite_with_the_same_head_is_caught_at_the_offset(db, daily, monkeypatch):
+    monkeypatch.setattr(reader, "HEAD_BYTES", 8)  # the rewrite keeps the fingerprinted first bytes
+    append(daily, line("a"), line("b"))
+    ingest(db, daily)
+    with open(daily, "wb") as f:
+        f.write(line("a") + line("bb") + line("c"))  # same head, longer second line: the offset is mid-line
+    result = ingest(db, daily)
+    assert result.reread and texts(db) == ["a", "b", "bb", "c"]
+    assert quarantined(db) == []
+
+
 def test_a_renamed_file_keeps_its_offset(db, daily, caplog):
     append(daily, line("a"), line("b"))
     ingest(db, daily)
@@ -373,3 +384,17 @@ def test_ingest_and_status_commands(tmp_path):
     for expected in ("2026-11-27.jsonl", "2026-11-27  train", "gateway  startup  1", "1 quarantined lines",
                      "malformed JSON"):
         assert expected in status.stdout
+
+
+def test_odd_file_names(db, tmp_path):
+    raw = tmp_path / "engram" / "raw"
+    names = [b"2026-11-27 with spaces.jsonl", b"new\nline.jsonl", b"latin1-\xe9t\xe9.jsonl", "ünï-cödé.jsonl".encode()]
+    raw.mkdir(parents=True)
+    for i, name in enumerate(names):
+        with open(os.path.join(os.fsencode(raw), name), "wb") as f:
+            f.write(line(f"from file {i}"))
+    stats = catch_up(db, tmp_path / "engram")
+    assert (stats.files, stats.messages, stats.errors) == (4, 4, 0)
+    paths = {row[0] for row in db.execute("SELECT path FROM files")}
+    assert str(raw / "latin1-\\xe9t\\xe9.jsonl") in paths and str(raw / "new\nline.jsonl") in paths
+    assert catch_up(db, tmp_path / "engram").lines == 0  # the same rows are found again
