@@ -10,6 +10,7 @@ is skipped up to its newline without holding it in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -18,7 +19,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
 
@@ -99,9 +100,11 @@ def split_of(text: str, probe_fraction: float) -> str:
     return "probe" if h < probe_fraction * 2**64 else "train"
 
 
-def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: object | None = None) -> FileResult:
+def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: object | None = None, *,
+                should_stop: Callable[[], bool] = lambda: False) -> FileResult:
     """Store the new complete lines of one file. Errors reading the file are logged and returned,
-    never raised; database errors (disk full, lock timeout) are raised with nothing half-stored."""
+    never raised; database errors (disk full, lock timeout) are raised with nothing half-stored.
+    should_stop is asked after every committed batch, so a shutdown never waits for a whole backlog."""
     path = str(path)
     result = FileResult(path)
     try:
@@ -115,7 +118,7 @@ def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: obje
             result.error = f"{kind}, not a JSONL file"
             log.info("%s: skipped: %s", path, result.error)
             return result
-        _FileReader(db, path, fd, st, Limits.of(config), result).run()
+        _FileReader(db, path, fd, st, Limits.of(config), result, should_stop).run()
     except OSError as exc:  # EIO, or permissions changed between open and read
         return _failed(db, result, _describe(exc))
     finally:
@@ -124,12 +127,14 @@ def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: obje
 
 
 def catch_up(db: sqlite_utils.Database, watch_dir: str | os.PathLike, *, probe_fraction: float = 0.10,
-             max_line_bytes: int = 1 << 20) -> IngestStats:
+             max_line_bytes: int = 1 << 20, should_stop: Callable[[], bool] = lambda: False) -> IngestStats:
     """One pass over every *.jsonl below watch_dir, in path order (daily files oldest first)."""
     limits = Limits(probe_fraction, max_line_bytes)
     stats = IngestStats()
     for path in jsonl_files(watch_dir):
-        stats.add(ingest_file(db, path, limits))
+        if should_stop():
+            break
+        stats.add(ingest_file(db, path, limits, should_stop=should_stop))
     return stats
 
 
@@ -254,8 +259,9 @@ def _add_quarantine(batch: Batch, file_id: int, offset: int, data: bytes, length
 class _FileReader:
     """One read of one open file, from its committed offset to its last newline, stored batch by batch."""
 
-    def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult):
-        self.conn = db.conn
+    def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult,
+                 should_stop: Callable[[], bool]):
+        self.conn, self.should_stop = db.conn, should_stop
         self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
         self.key = path_key(path)
         self.warnings = 0
@@ -287,16 +293,23 @@ class _FileReader:
         else:
             batches = _batches_from_worker(self.path, self.st, start, skipping, self.file_id, ctx, self.limits)
         try:
-            for batch in batches:
-                self._commit(batch)
+            self._store(batches)
         except WorkerFailed as exc:  # go on here from what the worker's batches committed
             log.warning("%s: %s; reading on in this process from offset %d", self.path, exc, self.result.offset)
-            for batch in read_batches(self.fd, self.result.offset, self.skipping, self.file_id, ctx, self.limits):
-                self._commit(batch)
+            self._store(read_batches(self.fd, self.result.offset, self.skipping, self.file_id, ctx, self.limits))
         self.result.pending = max(0, os.fstat(self.fd).st_size - self.result.offset)
         if self.warnings > WARNINGS_PER_FILE:
             log.warning("%s: %d more lines quarantined (see the quarantine table)",
                         self.path, self.warnings - WARNINGS_PER_FILE)
+
+    def _store(self, batches: Iterator[Batch]) -> None:
+        with contextlib.closing(batches):  # closing stops a parsing process still running
+            for batch in batches:
+                self._commit(batch)
+                if self.should_stop():
+                    log.info("%s: stopping at offset %d; the rest is read at the next start", self.path,
+                             self.result.offset)
+                    return
 
     def _row(self) -> dict:
         """This path's row; a renamed file (same device, inode and head) keeps its row and offset."""

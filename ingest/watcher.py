@@ -73,7 +73,7 @@ class Watcher:
             raise RuntimeError(f"ingest writer could not open {self.db_path}: {self.stats.last_error}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the read in progress (it commits or rolls back whole), then stop both threads."""
+        """Stop both threads; a read in progress stops after its current batch (committed whole)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
@@ -117,6 +117,8 @@ class Watcher:
         try:
             while (paths := self._next_paths()) is not None:
                 for path in paths:
+                    if self._stopping:
+                        break
                     with self._wake:
                         self._due.pop(path, None)  # an event during this read queues it again
                     self._read(db, path)
@@ -142,7 +144,7 @@ class Watcher:
 
     def _read(self, db, path: str) -> None:
         try:
-            result = ingest_file(db, path, self.limits)
+            result = ingest_file(db, path, self.limits, should_stop=lambda: self._stopping)
         except Exception as exc:  # the database refused (full disk, lock timeout): retry, nothing half-stored
             s = self.stats
             s.failures += 1

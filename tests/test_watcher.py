@@ -131,3 +131,33 @@ def test_stop_ends_both_threads_and_start_fails_clearly(tmp_path):
     with pytest.raises(RuntimeError, match="could not open"):
         bad.start(timeout=10)
     assert not os.path.exists(tmp_path / "engram2" / "state.db")
+
+
+def test_stop_during_a_backlog_returns_promptly_and_loses_nothing(tmp_path, monkeypatch):
+    from ingest import reader
+
+    monkeypatch.setattr(reader, "BATCH_LINES", 500)
+    folder, db_path = tmp_path / "engram", tmp_path / "state.db"
+    for day in range(4):
+        append(folder / "raw" / f"2026-11-2{day}.jsonl", b"".join(line(f"{day}/{i}") for i in range(20_000)))
+    w = Watcher(db_path, folder, debounce_s=0.02)
+    w.start()
+    db = open_db(db_path)
+    eventually(lambda: db.execute("SELECT count(*) FROM messages").fetchone()[0] > 0)
+    started = time.monotonic()
+    w.stop()
+    assert time.monotonic() - started < 2.0
+    stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert 0 < stored < 80_000
+    again = Watcher(db_path, folder, debounce_s=0.02)
+    again.start()
+    try:
+        wait_for_count(db, 80_000)
+    finally:
+        again.stop()
+    assert db.execute("SELECT count(DISTINCT text) FROM messages").fetchone()[0] == 80_000
+
+
+def wait_for_count(db, n: int, timeout: float = 60.0) -> None:
+    eventually(lambda: db.execute("SELECT count(*) FROM messages").fetchone()[0] >= n, timeout)
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == n
