@@ -76,7 +76,7 @@ def context_for(path: str | Path) -> LineContext:
 
 def parse_line(raw: bytes, ctx: LineContext) -> Message | Event | Skip:
     """Raises BadLine for anything that is not one of the four shapes."""
-    if not raw.strip():
+    if not raw or raw.isspace():
         return Skip("empty line")
     try:
         obj = orjson.loads(raw)
@@ -106,7 +106,7 @@ def _transcript(obj: dict, message: object, ctx: LineContext) -> Message | Skip:
     if role in SKIPPED_ROLES:
         return Skip(f"role {role}")
     text = _text(message.get("content"), "message.content")
-    if not text.strip():
+    if not text or text.isspace():
         return Skip("no text")
     day, ts = _when(obj.get("timestamp", message.get("timestamp")), ctx)
     return Message(day, ts, ctx.session, role, role, text, "transcript")
@@ -115,7 +115,7 @@ def _transcript(obj: dict, message: object, ctx: LineContext) -> Message | Skip:
 def _chat(obj: dict, ctx: LineContext) -> Message | Skip:
     """Recorder lines (direction, session_key, sender) and generic {role, content} lines."""
     text = _text(obj["content"], "content")
-    if not text.strip():
+    if not text or text.isspace():
         return Skip("no text")  # e.g. a recorder line carrying only tool_calls
     direction = obj.get("direction")
     if isinstance(direction, str) or "session_key" in obj:
