@@ -23,7 +23,7 @@ class BPMLP(nn.Module):
         dims = (cfg.d_in, *cfg.hidden)
         blocks = [m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
         self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], cfg.n_labels))
-        self.opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, fused=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d_in) -> (B, n_labels) logits"""

@@ -67,7 +67,7 @@ class FFLayer(nn.Module):
             raise ValueError(f"loss must be 'pair' or 'multi', not {cfg.loss!r}")
         self.cfg = cfg
         self.linear = nn.Linear(d_in, d_out)
-        self.opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) -> (..., d_out)"""

@@ -45,7 +45,7 @@ class FFMLP(nn.Module):
         dims = (cfg.d_in, *cfg.hidden)
         self.layers = nn.ModuleList(FFLayer(a, b, ff) for a, b in zip(dims[:-1], dims[1:]))
         self.readout = nn.Linear(sum(cfg.hidden), cfg.n_labels)
-        self.readout_opt = torch.optim.Adam(self.readout.parameters(), lr=cfg.readout_lr)
+        self.readout_opt = torch.optim.Adam(self.readout.parameters(), lr=cfg.readout_lr, fused=True)
         L, s = cfg.n_labels, cfg.label_scale
         self.register_buffer("one_hot", torch.eye(L) * s)  # (L, L): row y is label y's vector
         self.register_buffer("neutral", torch.full((1, L), s / math.sqrt(L)))  # (1, L), same length s
