@@ -34,9 +34,11 @@ class LMConfig:
     n_layers: int = 4
     d_model: int = 256
     d_state: int = 256  # SSM channels per layer
+    max_memory: float = 1000.0  # bytes: the longest time constant an SSM channel may have
     mlp_mult: int = 2  # hidden width of each layer's GELU block, in units of d_model
     d_score: int = 64  # G: width of the candidate table
     goodness: str = "linear"  # "linear" (one matmul) or "relu" (nonlinear, broadcast over candidates)
+    byte_input: bool = False  # every layer adds its own embedding of the current byte to its input
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,10 +63,11 @@ PRESETS = {
 class Layer(nn.Module):
     """One FF layer's body: a gated SSM block and a GELU MLP block, both residual, pre-norm."""
 
-    def __init__(self, cfg: LMConfig):
+    def __init__(self, cfg: LMConfig, embed: bool):
         super().__init__()
+        self.embed = nn.Embedding(VOCAB, cfg.d_model) if embed else None
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.ssm = SSM(cfg.d_model, cfg.d_state)
+        self.ssm = SSM(cfg.d_model, cfg.d_state, cfg.max_memory)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.fc1 = nn.Linear(cfg.d_model, cfg.mlp_mult * cfg.d_model)
         self.fc2 = nn.Linear(cfg.mlp_mult * cfg.d_model, cfg.d_model)
@@ -72,8 +75,12 @@ class Layer(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> (z [B, T, D], last SSM state [B, N])."""
+    def forward(
+        self, x: torch.Tensor | None, bytes_: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input from below x [B, T, D] (None at the bottom), bytes [B, T] -> (z [B, T, D], last SSM state [B, N])."""
+        if self.embed is not None:
+            x = self.embed(bytes_) if x is None else x + self.embed(bytes_)
         y, h = self.ssm(self.ln1(x), h0)
         x = x + y
         return x + self.mlp(x), h
@@ -89,7 +96,7 @@ class CandidateHead(nn.Module):
         self.goodness = goodness
         self.ln = nn.LayerNorm(d_in)
         self.query = nn.Linear(d_in, d_score, bias=False)
-        self.table = nn.Parameter(torch.randn(VOCAB, d_score) * d_score**-0.5)
+        self.table = nn.Parameter(torch.randn(VOCAB, d_score) * 0.02)  # small: a new layer starts neutral
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         q = self.query(self.ln(z))
@@ -102,17 +109,14 @@ class FFLM(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(VOCAB, config.d_model)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Layer(config, embed=i == 0 or config.byte_input) for i in range(config.n_layers))
         self.heads = nn.ModuleList(
             CandidateHead(config.d_model, config.d_score, config.goodness) for _ in range(config.n_layers)
         )
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
-        """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""
-        groups = [list(layer.parameters()) + list(head.parameters()) for layer, head in zip(self.layers, self.heads)]
-        groups[0] = list(self.embed.parameters()) + groups[0]
-        return groups
+        """The parameters each layer's local objective trains."""
+        return [list(layer.parameters()) + list(head.parameters()) for layer, head in zip(self.layers, self.heads)]
 
     def features(
         self, x: torch.Tensor, detach: bool = True, state: list[torch.Tensor] | None = None, new_state: list | None = None
@@ -123,9 +127,9 @@ class FFLM(nn.Module):
         computed. With detach=True the handoff between layers carries no gradient. SSM end states are
         appended to new_state when given (evaluation and prefill carry them across chunks).
         """
-        h = self.embed(x)
+        h = None
         for i, layer in enumerate(self.layers):
-            h, last = layer(h, None if state is None else state[i])
+            h, last = layer(h, x, None if state is None else state[i])
             if new_state is not None:
                 new_state.append(last)
             yield h
@@ -142,7 +146,7 @@ class FFLM(nn.Module):
         return self.forward(x)[0]
 
     def init_state(self, batch: int) -> list[torch.Tensor]:
-        p = self.embed.weight
+        p = self.heads[0].table
         return [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
 
     def step(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -171,7 +175,7 @@ class Recurrent:
             """W, b such that LN_noaffine(x) @ W + b == lin(ln(x)); W is [in, out]."""
             return (lin.weight * ln.weight).T.contiguous(), lin.bias + lin.weight @ ln.bias
 
-        self.embed = model.embed.weight.detach().clone()
+        self.embeds = [None if layer.embed is None else layer.embed.weight.detach().clone() for layer in model.layers]
         self.d_model, self.d_state = model.config.d_model, model.config.d_state
         self.linear_heads = model.config.goodness == "linear"
         self.heads = model.heads
@@ -191,10 +195,14 @@ class Recurrent:
 
     def __call__(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         D, N = (self.d_model,), self.d_state
-        h = self.embed[byte]  # [B, D]
+        h = 0
         logits = self.bias if self.linear_heads else 0
         new_state = []
-        for (w_in, b_in, a, w_out, b_out, w1, b1, w2, b2, w_head), s, head in zip(self.layers, state, self.heads):
+        for (w_in, b_in, a, w_out, b_out, w1, b1, w2, b2, w_head), s, head, embed in zip(
+            self.layers, state, self.heads, self.embeds
+        ):
+            if embed is not None:
+                h = h + embed[byte]  # [B, D]
             ug = torch.addmm(b_in, F.layer_norm(h, D), w_in)  # [B, 2N]: gained input u, gate g
             s = torch.addcmul(ug[:, :N], a, s)  # h_t = a h_{t-1} + gain u_t
             h = torch.addmm(h, F.silu(ug[:, N:]).mul_(s), w_out).add_(b_out)

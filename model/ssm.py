@@ -47,17 +47,19 @@ def scan_loop(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None) 
 class SSM(nn.Module):
     """Gated diagonal SSM mixing over time: x [B, T, D] -> [B, T, D], plus its recurrent step."""
 
-    def __init__(self, d_model: int, d_state: int, min_rate: float = 1e-3, max_rate: float = 0.7):
+    def __init__(self, d_model: int, d_state: int, max_memory: float = 1000.0, max_rate: float = 0.7):
         super().__init__()
         self.in_proj = nn.Linear(d_model, 2 * d_state)  # input u and gate g
         self.out_proj = nn.Linear(d_state, d_model)
-        # Decay rates log-uniform in [min_rate, max_rate]: memories from ~1.4 to ~1000 bytes.
-        rates = torch.exp(torch.empty(d_state).uniform_(math.log(min_rate), math.log(max_rate)))
-        self.log_rate = nn.Parameter(torch.log(rates))
+        # rate = -log a >= 1/max_memory always: no channel remembers (much) longer than max_memory
+        # bytes, so a state carried over a long stream looks like the states seen in training windows.
+        self.min_rate = 1.0 / max_memory
+        rates = torch.exp(torch.empty(d_state).uniform_(math.log(self.min_rate), math.log(max_rate)))
+        self.log_rate = nn.Parameter(torch.log(rates))  # initial memories from ~1.4 to ~max_memory / 2 bytes
 
     def decay(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, input gain sqrt(1 - a^2)), both [N]."""
-        a = torch.exp(-torch.exp(self.log_rate))
+        a = torch.exp(-(self.min_rate + torch.exp(self.log_rate)))
         return a, torch.sqrt(1 - a * a)
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ def test_short_training_on_repetitive_text_beats_unigram_entropy(make_trainer):
     torch.manual_seed(0)
     model = FFLM(PRESETS["tiny"])
     batches = byte_batches(TEXT, 8, 48, torch.Generator().manual_seed(0))
-    result = train(make_trainer(model), batches, budget_s=30, max_steps=150)
+    result = train(make_trainer(model), batches, budget_s=600, max_steps=150)
     nats = evaluate_nats(model, TEXT[:300])
     assert result.steps == 150
     assert nats < 0.5 * unigram_entropy(TEXT), (nats, unigram_entropy(TEXT))
@@ -79,7 +79,7 @@ def test_window_mlp_trains_with_the_same_trainer_and_streams():
     torch.manual_seed(0)
     model = WindowMLP(WindowConfig(window=4, d_embed=8, d_hidden=32, n_layers=2, d_score=8))
     batches = byte_batches(TEXT, 8, 32, torch.Generator().manual_seed(0))
-    train(FFTrainer(model, lr=3e-3), batches, budget_s=30, max_steps=60)
+    train(FFTrainer(model, lr=3e-3), batches, budget_s=600, max_steps=60)
     assert evaluate_nats(model, TEXT[:200]) < unigram_entropy(TEXT)
     x = torch.tensor([list(TEXT[:30])])
     with torch.no_grad():
