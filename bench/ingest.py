@@ -16,6 +16,7 @@ import os
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -79,7 +80,7 @@ def ingest_folder(folder: str, db_path: str) -> dict:
     sampler.stop()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"lines": stats.lines, "messages": stats.messages, "wall_s": wall,
-            "cpu_s": time.process_time() - cpu + children.ru_utime + children.ru_stime,
+            "writer_cpu_s": time.process_time() - cpu, "parser_cpu_s": children.ru_utime + children.ru_stime,
             "peak_rss_mib": sampler.peak, "writer_hwm_mib": _status_mib("self", "VmHWM")}
 
 
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 40 appends, 0.05 GB")
     parser.add_argument("--debounce", type=float, default=0.2, help="the watcher's debounce (the default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where ingest.md and the PNG go")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
         args.lines, args.appends, args.gb = 100_000, 40, min(args.gb, 0.05)
@@ -194,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         result, _ = run_isolated(ingest_folder, str(tmp / "engram"), str(tmp / "state.db"))
         assert result["messages"] == args.lines, result
         rate = result["lines"] / result["wall_s"]
+        writer_us, parser_us = (result[k] / result["lines"] * 1e6 for k in ("writer_cpu_s", "parser_cpu_s"))
         print(f"throughput: {result['lines']:,} lines ({size / 1e6:.0f} MB) in {result['wall_s']:.1f} s = "
-              f"{rate:,.0f} lines/s; {result['cpu_s'] / result['lines'] * 1e6:.1f} CPU us a line")
-        rows.append(["lines per second (catch-up, parse + commit)", f"{rate:,.0f}", ">= 100,000",
-                     _verdict(rate >= 100_000)])
-        rows.append(["CPU time a line, both processes", f"{result['cpu_s'] / result['lines'] * 1e6:.1f} us",
+              f"{rate:,.0f} lines/s; CPU a line: writer {writer_us:.1f} us, parser {parser_us:.1f} us")
+        rows.append([f"lines per second, {args.lines:,} lines (catch-up: parse + commit)", f"{rate:,.0f}",
+                     ">= 100,000", _verdict(rate >= 100_000)])
+        rows.append(["CPU a line: SQLite writer process / parsing process", f"{writer_us:.1f} / {parser_us:.1f} us",
                      "", ""])
+        rows.append(["lines per second if each process had a core to itself (1 / the larger CPU a line)",
+                     f"{1e6 / max(writer_us, parser_us):,.0f}", "", "estimate"])
 
         latencies = append_latencies(tmp / "engram", tmp / "state.db", args.appends, args.debounce)
         p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                          "", ""])
             rows.append([f"lines per second for {size_gb / 1e9:.2f} GB", f"{n / result['wall_s']:,.0f}", "", ""])
 
-    text = (f"# Ingest benchmark\n\n`python -m bench.ingest {' '.join(argv or [])}`\n\n"
+    text = (f"# Ingest benchmark\n\n`python -m bench.ingest{''.join(' ' + a for a in argv)}`\n\n"
             f"Machine: {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at start "
             f"(other jobs share the CPUs).\n\n"
             + markdown_table(["measure", "measured", "target", ""], rows)
