@@ -73,7 +73,7 @@ class Service:
             if self.stop_requested.is_set():
                 return None
             log.info("update starting")
-            self.child = subprocess.Popen([sys.executable, "-m", "daemon.update"],
+            self.child = subprocess.Popen([sys.executable, "-m", "daemon.update", str(os.getpid())],
                                           env=child_environment(self.config))
             code = self.child.wait()
             self.child = None

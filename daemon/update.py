@@ -9,7 +9,9 @@ stopped, with its optimiser state, rather than start again.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,16 +78,21 @@ def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_i
                                parent_id=parent_id, steps=loaded.trainer.steps)
 
 
-def prune(db, keep: int) -> None:
-    """Keep the newest `keep` final checkpoints and no partial one of a finished run."""
-    finals = runs.good_checkpoints(db, "final")
-    stale = finals[keep:] + [row for row in runs.good_checkpoints(db, "partial")
-                             if db.execute("SELECT status FROM runs WHERE id = ?", [row["run_id"]]).fetchone()[0]
-                             != "interrupted"]
+def prune(db, keep: int, folder: Path) -> None:
+    """After a successful update: keep the newest `keep` final checkpoints and no partial one (none is
+    resumable any more, whichever run left it), and delete what a killed write left behind: temp
+    files and checkpoint files whose row was never committed."""
+    stale = runs.good_checkpoints(db, "final")[keep:] + runs.good_checkpoints(db, "partial")
     for row in stale:
         runs.set_checkpoint_status(db, row["id"], "pruned")
-        for path in (Path(row["path"]), Path(row["path"] + ".sha256")):
+        for path in (Path(row["path"]), ckpt.digest_path(row["path"])):
             path.unlink(missing_ok=True)
+    named = {Path(path) for (path,) in db.execute("SELECT path FROM checkpoints")}
+    for path in folder.iterdir():
+        if path.suffix == ".tmp" or (path.suffix == ".pt" and path not in named):
+            log.info("removing %s, left by an interrupted checkpoint write", path)
+            path.unlink(missing_ok=True)
+            ckpt.digest_path(path).unlink(missing_ok=True)
 
 
 def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
@@ -114,12 +121,15 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
 
 
 def _resumable(db) -> dict | None:
-    """The partial checkpoint of the newest update, if that update was interrupted."""
-    last = list(db.query("SELECT id, status FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"))
-    if not last or last[0]["status"] != "interrupted":
-        return None
-    partials = [row for row in runs.good_checkpoints(db, "partial") if row["run_id"] == last[0]["id"]]
-    return {"run_id": last[0]["id"], "rows": partials} if partials else None
+    """The partial checkpoints of the newest interrupted update that left any. A resumed update killed
+    before its own first checkpoint leaves none: then the one it resumed from is resumed again."""
+    for last in db.query("SELECT id, status FROM runs WHERE kind = 'update' ORDER BY id DESC"):
+        if last["status"] != "interrupted":
+            return None
+        partials = [row for row in runs.good_checkpoints(db, "partial") if row["run_id"] == last["id"]]
+        if partials:
+            return {"run_id": last["id"], "rows": partials}
+    return None
 
 
 def _update(db, config: Config, run_id: int, resume: dict | None, started: float, should_stop) -> dict:
@@ -187,7 +197,7 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
     checkpoint_id = save(db, config, current, run_id=run_id, kind="final", parent_id=parent_id, meta=meta)
     runs.finish_run(db, run_id, "ok", checkpoint_id=checkpoint_id,
                     wall_seconds=time.monotonic() - started, peak_rss_mb=peak_rss_mb(), **fields)
-    prune(db, config.keep_checkpoints)
+    prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return _row(db, run_id)
 
 
@@ -225,6 +235,19 @@ def run_probes(config: Config) -> list[dict]:
 
 
 EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3}
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent(parent_pid: int) -> bool:
+    """SIGTERM this update when the daemon that started it dies (SIGKILL, OOM, a crash), so that it saves a
+    partial checkpoint and exits instead of training on unsupervised beside the next daemon's update.
+    The daemon's thread that started us waits on us, so the signal comes only when the process dies.
+    False if the daemon is already gone."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == parent_pid
 
 
 def main() -> int:
@@ -246,6 +269,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    if len(sys.argv) > 1 and not stop_with_parent(int(sys.argv[1])):
+        log.warning("the daemon that started this update is gone: not starting")
+        return EXIT_CODES["interrupted"]
     row = update_and_probe(config, should_stop=lambda: stop["requested"])
     return EXIT_CODES.get(row["status"], 1)
 

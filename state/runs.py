@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import orjson
 import sqlite_utils
@@ -31,8 +33,8 @@ def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **fields: ob
 
 def mark_dead_runs_interrupted(db: sqlite_utils.Database) -> list[int]:
     """A run still 'running' whose process is gone was killed (power loss, SIGKILL): say so."""
-    dead = [row["id"] for row in db.query("SELECT id, pid FROM runs WHERE status = 'running'")
-            if not _alive(row["pid"])]
+    dead = [row["id"] for row in db.query("SELECT id, pid, started_at FROM runs WHERE status = 'running'")
+            if not _alive(row["pid"], row["started_at"])]
     with db.conn:
         for run_id in dead:
             db.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
@@ -40,16 +42,19 @@ def mark_dead_runs_interrupted(db: sqlite_utils.Database) -> list[int]:
     return dead
 
 
-def _alive(pid: int | None) -> bool:
+def _alive(pid: int | None, started_at: str) -> bool:
+    """Is the process that started the run still running? Not if it is a zombie (killed, not yet reaped),
+    nor if the pid now belongs to a process started after the run: after a reboot pids are reused."""
     if not pid or pid == os.getpid():
         return pid == os.getpid()
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    if fields[0] in ("Z", "X"):
+        return False
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return time.time() - age <= datetime.fromisoformat(started_at).timestamp() + 1.0
 
 
 def last_successful_update(db: sqlite_utils.Database) -> dict | None:
