@@ -1,0 +1,660 @@
+"""`engram-ff bench chaos`: SIGKILL the real daemon at random instants, restart it, prove nothing is lost.
+
+Each trial starts `engram-ff run` (a real subprocess in its own session, with the tiny model of the
+tests), lets a writer append a burst of lines while the daemon ingests, trains and probes, and kills
+the whole session with SIGKILL (daemon and update child at once: what a power loss or systemd's
+cgroup kill does) at an instant picked by one of six triggers: uniform over the daemon's life,
+mid-ingest, mid-training, mid-checkpoint-write (a checkpoint temp file exists), the moment an
+update starts (a resumed one then dies before its first checkpoint) and mid-probes.
+With the daemon dead the state is frozen, and we check:
+- every line before each file's committed offset is in `messages` exactly once, and no other;
+- `PRAGMA integrity_check` is ok;
+- every 'good' checkpoint row names a file whose sha256 matches, and the current one loads;
+- the next update resumes from the newest partial checkpoint the interrupted updates left
+  (`runs.resumed_from`), checked when the restarted daemon starts it.
+At the end the writer stops, the daemon catches up, and every line of every file must be stored
+exactly once. A second part drops 1,000 files of 1,000 lines at once into a running daemon and
+reports its peak RSS. Results go to bench/results/chaos.md, with `systemd-analyze security` for
+both units.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from bench.common import markdown_table, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes")
+LINE_BYTES = 160  # every line the writer makes has this length, so a file's line count is size / LINE_BYTES
+
+# The tiny model of the tests, with a checkpoint at nearly every step so kills land inside writes.
+FAST_ENV = {
+    "ENGRAM_FF_MODEL_PRESET": "tiny",
+    "ENGRAM_FF_BATCH_SIZE": "4",
+    "ENGRAM_FF_SEQ_LEN": "64",
+    "ENGRAM_FF_UPDATE_MIN_STEPS": "150",
+    "ENGRAM_FF_UPDATE_MAX_STEPS": "150",
+    "ENGRAM_FF_UPDATE_BUDGET_MINUTES": "1",
+    "ENGRAM_FF_CHECKPOINT_EVERY_SECONDS": "0.05",
+    "ENGRAM_FF_DEBOUNCE_SECONDS": "0.05",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+# --- the data: fixed-width recorder lines with unique texts -------------------------------------------
+def make_line(tag: str, n: int) -> bytes:
+    """A recorder line of exactly LINE_BYTES bytes whose text `tag nNNNNNN` is unique."""
+    head = {"timestamp": "2026-01-01T10:00:00Z", "session_key": f"s-{tag}", "direction": "in",
+            "sender": "chaos", "content": f"{tag} n{n:07d} "}
+    raw = orjson.dumps(head)
+    pad = LINE_BYTES - 1 - len(raw)
+    assert pad >= 0, tag
+    head["content"] += "x" * pad
+    line = orjson.dumps(head) + b"\n"
+    assert len(line) == LINE_BYTES
+    return line
+
+
+def text_of(line: bytes) -> str:
+    return orjson.loads(line)["content"]
+
+
+class Writer(threading.Thread):
+    """Appends bursts of lines to a few daily files, sometimes stopping mid-line (as a real writer does)."""
+
+    def __init__(self, watch: Path, seed: int):
+        super().__init__(daemon=True, name="chaos-writer")
+        self.raw = watch / "raw"
+        self.raw.mkdir(parents=True, exist_ok=True)
+        self.rng = random.Random(seed)
+        self.jobs: list[tuple[str, int, float]] = []
+        self.wake = threading.Condition()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.counter = 0
+        self.stopping = False
+
+    def burst(self, tag: str, lines: int, seconds: float) -> None:
+        """Queue `lines` new lines spread over `seconds` (returns at once)."""
+        with self.wake:
+            self.idle.clear()
+            self.jobs.append((tag, lines, seconds))
+            self.wake.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.jobs and not self.stopping:
+                    self.idle.set()
+                    self.wake.wait()
+                if not self.jobs:
+                    return
+                tag, lines, seconds = self.jobs.pop(0)
+            self._write(tag, lines, seconds)
+
+    def _write(self, tag: str, lines: int, seconds: float) -> None:
+        files = [self.raw / f"2026-01-{day:02d}.jsonl" for day in range(1, 4)] + [self.raw / f"{tag}.jsonl"]
+        chunks = max(1, lines // 25)
+        for c in range(chunks):
+            path = self.rng.choice(files)
+            data = b"".join(make_line(tag, self.counter + i) for i in range(lines // chunks))
+            self.counter += lines // chunks
+            cut = self.rng.randrange(len(data)) if self.rng.random() < 0.3 else len(data)
+            with open(path, "ab") as f:  # half a line now, the rest a moment later
+                f.write(data[:cut])
+                f.flush()
+                if cut < len(data):
+                    time.sleep(0.002)
+                    f.write(data[cut:])
+            time.sleep(seconds / chunks)
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.join()
+
+
+# --- the daemon as a subprocess ----------------------------------------------------------------
+class Daemon:
+    """`engram-ff run` in a session of its own, so one killpg takes the daemon and its update child."""
+
+    def __init__(self, watch: Path, data: Path, env: dict[str, str], log_path: Path):
+        self.data = data
+        self.log = open(log_path, "ab")
+        self.notify_path = log_path.with_name(f"notify-{os.getpid()}-{time.monotonic_ns()}.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+        self.was_ready = False
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+            env={**env, "NOTIFY_SOCKET": str(self.notify_path)}, cwd=REPO, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+
+    def ready(self) -> bool:
+        """Has the daemon sent READY=1 (migrations, start-up scan and observer done)?"""
+        while not self.was_ready:
+            try:
+                message = self.notify.recv(4096)
+            except BlockingIOError:
+                break
+            self.was_ready = b"READY=1" in message.split(b"\n")
+        return self.was_ready
+
+    def _close(self) -> None:
+        self.ready()
+        self.notify.close()
+        self.notify_path.unlink(missing_ok=True)
+        self.log.close()
+
+    def kill(self) -> float:
+        """SIGKILL the whole session; returns seconds since start."""
+        alive = time.monotonic() - self.started
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        _reap_session(self.proc.pid)
+        self._close()
+        return alive
+
+    def stop(self, timeout: float = 90) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._close()
+        return code
+
+
+def _reap_session(sid: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the killed session is left (the update child is not our child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_session_of(pid) == sid for pid in _pids()):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"processes of session {sid} survived SIGKILL")
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[3]) if fields[0] != "Z" else None  # a zombie holds nothing
+
+
+def rss_peak_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident memory, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- looking at the frozen state ----------------------------------------------------------------
+def read_db(path: Path, sql: str, params=()) -> list[tuple]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+@dataclass
+class Check:
+    """What the state shows once the daemon is dead (or stopped)."""
+    expected: int = 0  # lines wholly before a committed offset (or, settled, in the files)
+    stored: int = 0
+    lost: int = 0  # expected but not stored
+    duplicated: int = 0  # stored more than once
+    phantom: int = 0  # stored but not expected: beyond a committed offset, or never written
+    pending_bytes: int = 0  # bytes in the files past their committed offsets
+    integrity: str = ""
+    checkpoints: int = 0  # good checkpoint rows checked
+    bad_checkpoints: list[str] = field(default_factory=list)
+    current_checkpoint: int | None = None
+    temp_files: int = 0  # checkpoint temp files left behind by a kill
+    phases: list[str] = field(default_factory=list)  # what was going on at the kill
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == self.duplicated == self.phantom == 0 and self.integrity == "ok"
+                and not self.bad_checkpoints)
+
+
+def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
+    """The invariants, from the files, the database and the checkpoint folder (nothing may be running).
+    settled: also count every line past the committed offsets as expected (the daemon caught up)."""
+    db = data / "engram-ff.db"
+    check = Check()
+    check.integrity = read_db(db, "PRAGMA integrity_check")[0][0]
+    offsets = {path: offset for path, offset in read_db(db, "SELECT path, committed_offset FROM files")}
+    expected: Counter = Counter()
+    for path in sorted((watch / "raw").glob("*.jsonl")):
+        data_bytes = path.read_bytes()
+        end = len(data_bytes) if settled else offsets.get(str(path), 0)
+        check.pending_bytes += len(data_bytes) - offsets.get(str(path), 0)
+        whole = data_bytes[:end]
+        whole = whole[:whole.rfind(b"\n") + 1]
+        expected.update(text_of(line) for line in whole.splitlines())
+    stored = Counter(text for (text,) in read_db(db, "SELECT text FROM messages"))
+    check.expected, check.stored = sum(expected.values()), sum(stored.values())
+    check.lost = sum((expected - stored).values())
+    check.duplicated = sum(n - 1 for n in stored.values() if n > 1)
+    check.phantom = sum((stored - expected).values()) - check.duplicated
+    rows = read_db(db, "SELECT id, path, sha256, kind FROM checkpoints WHERE status = 'good' ORDER BY id")
+    check.checkpoints = len(rows)
+    for checkpoint_id, path, sha, kind in rows:
+        if not Path(path).exists() or hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha:
+            check.bad_checkpoints.append(f"{kind} checkpoint {checkpoint_id}: {path} missing or its sha256 differs")
+    finals = [row for row in rows if row[3] == "final"]
+    if finals:
+        from model.checkpoint import CheckpointError, load_checkpoint
+
+        check.current_checkpoint = finals[-1][0]
+        try:
+            load_checkpoint(finals[-1][1])
+        except CheckpointError as exc:
+            check.bad_checkpoints.append(f"current checkpoint: {exc}")
+    check.temp_files = len(list((data / "checkpoints").glob(".*.tmp"))) if (data / "checkpoints").exists() else 0
+    return check
+
+
+def phases_at_kill(data: Path, check: Check, runs_before: int, files_before: set[Path]) -> list[str]:
+    """What the daemon was doing when it died, from the evidence it left: runs it started that are still
+    'running', checkpoint files it began (a temp file, or a .pt with no row yet), bytes not yet read."""
+    db = data / "engram-ff.db"
+    running = {kind for (kind,) in read_db(db, "SELECT kind FROM runs WHERE status = 'running' AND id > ?",
+                                           [runs_before])}
+    known = {Path(path) for (path,) in read_db(db, "SELECT path FROM checkpoints")}
+    new_files = set(checkpoint_files(data)) - files_before
+    phases = ["ingest"] * bool(check.pending_bytes) + ["training"] * ("update" in running)
+    phases += ["checkpoint"] * any(p.suffix == ".tmp" or (p.suffix == ".pt" and p not in known) for p in new_files)
+    phases += ["probes"] * ("probe" in running)
+    return phases or ["idle"]
+
+
+def checkpoint_files(data: Path) -> list[Path]:
+    folder = data / "checkpoints"
+    return [p for p in folder.iterdir() if p.suffix in (".pt", ".tmp")] if folder.exists() else []
+
+
+def resume_target(data: Path) -> int | None:
+    """The update the next one must resume from: the newest of the trailing interrupted (or, dead,
+    still 'running') updates that left a good partial checkpoint."""
+    db = data / "engram-ff.db"
+    for run_id, status in read_db(db, "SELECT id, status FROM runs WHERE kind = 'update' ORDER BY id DESC"):
+        if status not in ("running", "interrupted"):
+            return None
+        if read_db(db, "SELECT 1 FROM checkpoints WHERE run_id = ? AND kind = 'partial' AND status = 'good'",
+                   [run_id]):
+            return run_id
+    return None
+
+
+def age_last_update(data: Path) -> None:
+    """As if the machine had been off for a night: the next start runs a catch-up update."""
+    if not (data / "engram-ff.db").exists():
+        return
+    conn = sqlite3.connect(data / "engram-ff.db", timeout=30)
+    try:
+        with conn:
+            conn.execute("UPDATE runs SET ended_at = '2000-01-01T00:00:00+00:00' WHERE status = 'ok'")
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+    finally:
+        conn.close()
+
+
+# --- the trials ------------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    number: int
+    trigger: str
+    alive_s: float = 0.0
+    ready: bool = False  # the daemon had come back up (READY=1) before this kill
+    phases: list[str] = field(default_factory=list)
+    check: Check | None = None
+
+
+class Chaos:
+    """One data directory whose daemon trials kill again and again; `settle()` at the end."""
+
+    def __init__(self, root: Path, seed: int = 0, burst_lines: int = 400, env: dict | None = None):
+        self.watch, self.data = root / "engram", root / "data"
+        self.log_path = root / "daemon.log"
+        self.rng = random.Random(seed)
+        self.env = {**{k: v for k, v in os.environ.items()
+                       if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET", "WATCHDOG_"))}, **FAST_ENV, **(env or {})}
+        self.burst_lines = burst_lines
+        self.writer = Writer(self.watch, seed)
+        self.writer.start()
+        self.trials: list[Trial] = []
+        self.resumes_checked = 0
+        self.resume_errors: list[str] = []
+        self._expect_resume: tuple[int, int | None] = (0, None)  # (runs.id bound, the next update's resumed_from)
+
+    @property
+    def db(self) -> Path:
+        return self.data / "engram-ff.db"
+
+    def _max_run(self) -> int:
+        return (read_db(self.db, "SELECT coalesce(max(id), 0) FROM runs") or [(0,)])[0][0]
+
+    def trial(self, trigger: str | None = None, timeout: float = 60.0) -> Trial:
+        trigger = trigger or self.rng.choice(TRIGGERS)
+        trial = Trial(len(self.trials) + 1, trigger)
+        age_last_update(self.data)
+        runs_before, files_before = self._max_run(), set(checkpoint_files(self.data))
+        daemon = Daemon(self.watch, self.data, self.env, self.log_path)
+        self.writer.burst(f"t{trial.number:03d}", self.burst_lines, seconds=self.rng.uniform(0.5, 3.0))
+        try:
+            self._wait_for_trigger(trigger, daemon, timeout, runs_before, files_before)
+        finally:
+            trial.alive_s = daemon.kill()
+        trial.ready = daemon.was_ready
+        trial.check = check_state(self.watch, self.data)
+        trial.phases = phases_at_kill(self.data, trial.check, runs_before, files_before)
+        self._check_resume()
+        self.trials.append(trial)
+        return trial
+
+    def _wait_for_trigger(self, trigger: str, daemon: Daemon, timeout: float, before: int,
+                          files_before: set[Path]) -> None:
+        checkpoints = self.data / "checkpoints"
+        delay = self.rng.uniform(0.2, 9.0)
+        conditions = {
+            "uniform": lambda: time.monotonic() - daemon.started >= delay,
+            "ingest": lambda: daemon.ready() and self._ingesting(),
+            "training": lambda: read_db(self.db, "SELECT 1 FROM runs r JOIN checkpoints c ON c.run_id = r.id "
+                                                 "WHERE r.kind = 'update' AND r.status = 'running' AND r.id > ? "
+                                                 "AND c.kind = 'partial'", [before]),
+            "checkpoint": lambda: checkpoints.exists() and any(p not in files_before
+                                                               for p in checkpoints.glob(".*.tmp")),
+            "update-start": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'update' AND id > ?",
+                                            [before]),
+            "probes": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' "
+                                               "AND id > ?", [before]),
+        }
+        jitter = {"uniform": 0.0, "ingest": 0.2, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0, "probes": 0.05}[trigger]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and daemon.proc.poll() is None:
+            daemon.ready()
+            if conditions[trigger]():
+                time.sleep(self.rng.uniform(0, jitter))
+                return
+            time.sleep(0.0005 if trigger == "checkpoint" else 0.005)
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
+
+    def _ingesting(self) -> bool:
+        """The writer has bytes out that the daemon has not committed yet."""
+        rows = read_db(self.db, "SELECT path, committed_offset FROM files")
+        return any(Path(path).exists() and Path(path).stat().st_size > offset for path, offset in rows)
+
+    def _check_resume(self) -> None:
+        """The first update started after a kill resumes from what the interrupted ones left; then the
+        expectation for the next one is taken from the state this kill left."""
+        bound, expected = self._expect_resume
+        rows = read_db(self.db, "SELECT id, resumed_from FROM runs WHERE kind = 'update' AND id > ? "
+                                "ORDER BY id LIMIT 1", [bound])
+        if rows:
+            self.resumes_checked += 1
+            if rows[0][1] != expected:
+                self.resume_errors.append(f"update {rows[0][0]} resumed from {rows[0][1]}, expected {expected}")
+        self._expect_resume = (self._max_run(), resume_target(self.data))
+
+    def settle(self, timeout: float = 180.0) -> Check:
+        """Stop writing; let a daemon catch up on everything and finish its update and probes; SIGTERM it."""
+        self.writer.stop()
+        age_last_update(self.data)
+        bound = self._max_run()
+        daemon = Daemon(self.watch, self.data, self.env, self.log_path)
+        deadline = time.monotonic() + timeout
+        while not (daemon.ready() and check_state(self.watch, self.data).pending_bytes == 0
+                   and self._update_done(bound)):
+            if daemon.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                daemon.kill()
+                raise RuntimeError(f"the daemon did not catch up in {timeout} s; see {self.log_path}")
+            time.sleep(0.1)
+        self._check_resume()
+        if daemon.stop() != 0:
+            raise RuntimeError(f"the daemon did not stop cleanly; see {self.log_path}")
+        return check_state(self.watch, self.data, settled=True)
+
+    def _update_done(self, bound: int) -> bool:
+        """The update started after `bound` ended, and so did the probes after it, if it was ok."""
+        rows = read_db(self.db, "SELECT id, status FROM runs WHERE kind = 'update' AND id > ?", [bound])
+        if not rows or rows[0][1] == "running":
+            return False
+        return rows[0][1] != "ok" or bool(read_db(
+            self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND id > ? AND status != 'running'", [rows[0][0]]))
+
+    def recoveries(self) -> int:
+        """Restarts after a kill that came back up (READY=1): every later trial that got that far before
+        its own kill, and the settling run (which always does, or settle() raises)."""
+        return sum(t.ready for t in self.trials[1:]) + 1
+
+
+# --- load: many files dropped at once ---------------------------------------------------------------
+@dataclass
+class LoadResult:
+    files: int
+    lines: int
+    stored: int
+    duplicated: int
+    seconds: float
+    daemon_peak_rss_mib: float
+    reader_max_wait_s: float
+
+
+def drop_files(watch: Path, stage: Path, files: int, lines: int) -> None:
+    """Write the files outside the folder, then rename them all in: they land at once."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (stage / f"drop-{i:04d}.jsonl").write_bytes(b"".join(make_line(f"d{i:04d}", n) for n in range(lines)))
+    (watch / "raw").mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        os.rename(stage / f"drop-{i:04d}.jsonl", watch / "raw" / f"drop-{i:04d}.jsonl")
+
+
+def load_run(root: Path, files: int, lines: int, env: dict | None = None, timeout: float = 900.0) -> LoadResult:
+    """Start the daemon, drop files x lines at once, wait for every line; meanwhile a reader keeps
+    opening read transactions (as a user's `sqlite3` would) and we time how long each statement waits."""
+    watch, data = root / "engram", root / "data"
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET"))},
+                **FAST_ENV, **(env or {})}
+    (watch / "raw").mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(watch, data, full_env, root / "daemon.log")
+    db = data / "engram-ff.db"
+    try:
+        while not read_db(db, "SELECT 1 FROM runs WHERE kind = 'update' AND status != 'running'"):  # settled
+            if daemon.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited; see {root / 'daemon.log'}")
+            time.sleep(0.05)
+        reader = ReaderProbe(db)
+        reader.start()
+        start = time.monotonic()
+        drop_files(watch, root / "stage", files, lines)
+        deadline = start + timeout
+        while read_db(db, "SELECT count(*) FROM messages")[0][0] < files * lines:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every line ingested in {timeout} s")
+            time.sleep(0.1)
+        seconds = time.monotonic() - start
+        reader.stop()
+        peak = rss_peak_mib(daemon.proc.pid)
+    finally:
+        daemon.stop()
+    stored = read_db(db, "SELECT count(*), count(DISTINCT text) FROM messages")[0]
+    return LoadResult(files, lines, stored[0], stored[0] - stored[1], seconds, peak, reader.max_wait)
+
+
+class ReaderProbe(threading.Thread):
+    """A user's reader: read transactions held a while; records the longest wait for a statement."""
+
+    def __init__(self, db: Path, hold_s: float = 0.5):
+        super().__init__(daemon=True, name="reader-probe")
+        self.db, self.hold_s = db, hold_s
+        self.max_wait = 0.0
+        self.torn: list[str] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            while not self._stop.is_set():
+                t = time.monotonic()
+                conn.execute("BEGIN")
+                messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+                self.max_wait = max(self.max_wait, time.monotonic() - t)
+                self._stop.wait(self.hold_s)
+                offsets = conn.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
+                again = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+                conn.execute("COMMIT")
+                if again != messages or offsets != messages * LINE_BYTES:
+                    self.torn.append(f"{messages} then {again} messages for {offsets} committed bytes")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
+# --- systemd-analyze security -----------------------------------------------------------------------
+def unit_security(user: bool) -> str:
+    """The overall exposure line of `systemd-analyze security --offline=true` for one unit."""
+    unit = REPO / "systemd" / ("engram-ff.user.service" if user else "engram-ff.service")
+    if shutil.which("systemd-analyze") is None:
+        return "systemd-analyze not installed"
+    with tempfile.TemporaryDirectory() as runtime:
+        with tempfile.TemporaryDirectory() as folder:  # the file name must be a plain unit name
+            copy = Path(folder) / ("engram-ff.service")
+            copy.write_text(unit.read_text())
+            env = {**os.environ, "XDG_RUNTIME_DIR": runtime}
+            cmd = ["systemd-analyze", "security", "--offline=true", "--no-pager"] + (["--user"] if user else [])
+            out = subprocess.run(cmd + [str(copy)], capture_output=True, text=True, env=env, timeout=60)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "Overall exposure level" in line]
+    return lines[0].split("Overall exposure level for engram-ff.service:")[-1].strip() if lines else \
+        (out.stdout + out.stderr).strip()[-200:]
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="engram-ff bench chaos", description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="5 trials and a 100 x 100 load")
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--lines", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="chaos.md", help="file name under bench/results/")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.files, args.lines = 5, 100, 100
+
+    with tempfile.TemporaryDirectory(prefix="engram-chaos-") as tmp:
+        root = Path(tmp)
+        chaos = Chaos(root / "trials", seed=args.seed)
+        started = time.monotonic()
+        for i in range(args.trials):
+            trigger = TRIGGERS[i % len(TRIGGERS)]
+            trial = chaos.trial(trigger)
+            c = trial.check
+            print(f"trial {trial.number:3d} {trigger:10s} killed after {trial.alive_s:5.2f} s during "
+                  f"{'+'.join(trial.phases):24s} lost {c.lost} dup {c.duplicated} phantom {c.phantom} "
+                  f"integrity {c.integrity} checkpoints {c.checkpoints} bad {len(c.bad_checkpoints)} "
+                  f"temp files {c.temp_files}", flush=True)
+        final = chaos.settle()
+        trial_seconds = time.monotonic() - started
+        print(f"settled: {final.stored} lines stored of {final.expected}, lost {final.lost}, "
+              f"duplicated {final.duplicated}", flush=True)
+        load = load_run(root / "load", args.files, args.lines)
+        print(f"load: {load}", flush=True)
+    security = {"system": unit_security(False), "user": unit_security(True)}
+    path = write_result(args.out, report(args, chaos, final, trial_seconds, load, security))
+    print(f"wrote {path}")
+    ok = final.ok and all(t.check.ok for t in chaos.trials) and not chaos.resume_errors \
+        and load.stored == args.files * args.lines and load.duplicated == 0
+    return 0 if ok else 1
+
+
+def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, security: dict) -> str:
+    trials = chaos.trials
+    by_phase = Counter(phase for t in trials for phase in t.phases)
+    by_trigger = Counter(t.trigger for t in trials)
+    lost = sum(t.check.lost for t in trials) + final.lost
+    dup = sum(t.check.duplicated for t in trials) + final.duplicated
+    rows = [
+        ["trials (SIGKILL of daemon + update child)", len(trials)],
+        ["kill triggers", ", ".join(f"{k} {v}" for k, v in sorted(by_trigger.items()))],
+        ["what was running at the kill", ", ".join(f"{k} {v}" for k, v in sorted(by_phase.items()))],
+        ["lines written / stored at the end", f"{final.expected} / {final.stored}"],
+        ["lines lost (all trials + end)", lost],
+        ["lines duplicated (all trials + end)", dup],
+        ["phantom rows (past a committed offset)", sum(t.check.phantom for t in trials) + final.phantom],
+        ["integrity_check not ok", sum(t.check.integrity != "ok" for t in trials) + (final.integrity != "ok")],
+        ["good checkpoints with a bad sha256 or unloadable",
+         sum(len(t.check.bad_checkpoints) for t in trials) + len(final.bad_checkpoints)],
+        ["recoveries: restarts after a kill that came back up (READY=1)", f"{chaos.recoveries()} / {len(trials)}"],
+        ["kills that landed before READY=1 (start-up scan, migrations)", sum(not t.ready for t in trials)],
+        ["updates that resumed as expected", f"{chaos.resumes_checked - len(chaos.resume_errors)} / "
+                                              f"{chaos.resumes_checked} checked"],
+        ["checkpoint temp files left by kills (removed at next update)",
+         max((t.check.temp_files for t in trials), default=0)],
+        ["wall time of the trials", f"{seconds:.0f} s"],
+    ]
+    load_rows = [
+        ["files x lines dropped at once", f"{load.files} x {load.lines}"],
+        ["stored / duplicated", f"{load.stored} / {load.duplicated}"],
+        ["seconds until every line was stored", f"{load.seconds:.1f}"],
+        ["lines per second", f"{load.files * load.lines / load.seconds:,.0f}"],
+        ["daemon peak RSS (VmHWM)", f"{load.daemon_peak_rss_mib:.0f} MiB"],
+        ["longest wait of a reader's statement (WAL)", f"{load.reader_max_wait_s * 1000:.1f} ms"],
+    ]
+    errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"
+    return (f"# Chaos: SIGKILL trials, load, security\n\n"
+            f"`python -m bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
+            f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
+            f"## SIGKILL trials\n\n{markdown_table(['measure', 'value'], rows)}\n"
+            f"Resume mismatches: {errors}\n\n"
+            f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}\n"
+            f"## systemd-analyze security --offline=true\n\n"
+            f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,225 @@
+"""SIGKILL at random instants, a daemon whose update outlives it, no network, checkpoint leftovers.
+
+The trials use the harness of `engram-ff bench chaos` (bench/chaos.py), which runs 50 of them; here a
+handful, seeded, one per kind of instant, on one data directory that each kill leaves as it is.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.chaos import Chaos, check_state
+from daemon import update
+from daemon.config import load_config
+from ingest.reader import catch_up
+from model.checkpoint import load_checkpoint
+from state import runs
+from state.db import open_db
+from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for, write_day
+
+
+def test_sigkill_at_random_instants_loses_nothing_and_updates_resume(tmp_path):
+    chaos = Chaos(tmp_path, seed=7, burst_lines=300)
+    plan = ["training", "update-start", "checkpoint", "probes", "ingest", "uniform"]
+    for trigger in plan:
+        trial = chaos.trial(trigger)
+        c = trial.check
+        assert c.ok, (trigger, c)
+        assert (c.lost, c.duplicated, c.phantom, c.integrity) == (0, 0, 0, "ok")
+        if trigger in ("training", "checkpoint", "probes", "ingest"):
+            assert trigger in trial.phases, (trigger, trial.phases)
+    # the update killed mid-training left partial checkpoints; the one after it died before its own
+    # first checkpoint; the update after that must still resume from the first one
+    first = query(chaos.db, "SELECT id FROM runs WHERE kind = 'update' ORDER BY id LIMIT 1")[0][0]
+    final = chaos.settle()
+    assert final.ok and final.pending_bytes == 0
+    assert final.expected == final.stored == chaos.writer.counter  # every line written, stored once
+    assert chaos.resume_errors == [] and chaos.resumes_checked >= 2
+    assert query(chaos.db, "SELECT count(*) FROM runs WHERE resumed_from = ?", [first])[0][0] >= 2
+    assert final.current_checkpoint is not None and final.temp_files == 0
+    left = {p.name for p in (chaos.data / "checkpoints").iterdir()}
+    assert not [name for name in left if "partial" in name or name.endswith(".tmp")], left
+    assert chaos.recoveries() >= 4
+
+
+def test_an_update_killed_before_its_first_checkpoint_is_resumed_from_the_one_before(tmp_path):
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    calls = {"n": 0}
+
+    def stop_soon():
+        calls["n"] += 1
+        return calls["n"] > 8
+
+    first = update.run_update(config, should_stop=stop_soon)
+    assert first["status"] == "interrupted"
+    # the resumed update dies (SIGKILL) before it writes a checkpoint of its own
+    died = runs.start_run(db, "update", resumed_from=first["id"])
+    db.execute("UPDATE runs SET status = 'interrupted' WHERE id = ?", [died])
+    db.conn.commit()
+    third = update.run_update(config)
+    assert third["status"] == "ok" and third["resumed_from"] == first["id"]
+    assert third["first_message_id"] == 0 and third["steps"] > 8
+    db.close()
+
+
+def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(tmp_path):
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    stops = iter([False] * 6 + [True] * 100)
+    interrupted = update.run_update(config, should_stop=lambda: next(stops))
+    folder = config.checkpoint_dir
+    (folder / ".run000009-partial-0000001.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")
+    (folder / "run000009-partial-0000001.pt").write_bytes(b"written, but its row never committed")
+    done = update.run_update(config)
+    assert done["status"] == "ok" and done["resumed_from"] == interrupted["id"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        Path(path).name + suffix for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
+        for suffix in ("", ".sha256")]
+    assert [row[0] for row in db.execute("SELECT DISTINCT kind FROM checkpoints WHERE status = 'good'")] == ["final"]
+    db.close()
+
+
+def _update_pid(db_path: Path) -> int:
+    return wait_for(lambda: (query(db_path, "SELECT pid FROM runs r JOIN checkpoints c ON c.run_id = r.id "
+                                            "WHERE r.status = 'running' AND c.kind = 'partial'") or [[None]])[0][0],
+                    timeout=90, what="an update with a partial checkpoint")
+
+
+def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(tmp_path):
+    """Outside systemd's cgroup a SIGKILL reaches the daemon alone; its update child must not train on
+    unsupervised beside the next daemon's update: it checkpoints and stops."""
+    watch, data = tmp_path / "engram", tmp_path / "data"
+    db = data / "engram-ff.db"
+    write_day(watch, "2026-01-01", 200)
+    env = environment(ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+                      ENGRAM_FF_UPDATE_BUDGET_MINUTES="5", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
+    cmd = [sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)]
+    daemon = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    child = _update_pid(db)
+    try:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+                 .rsplit(")", 1)[1].split()[0], timeout=30, what="the orphaned update to stop")
+    finally:
+        if Path(f"/proc/{child}").exists():
+            os.kill(child, signal.SIGKILL)
+    (run_id, status, error), = query(db, "SELECT id, status, error FROM runs WHERE kind = 'update'")
+    assert (status, error) == ("interrupted", "stopped by a signal")  # recorded by the update itself
+    restarted = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE kind = 'update' AND resumed_from = ?", [run_id]),
+                 timeout=60, what="the next update to resume")
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(timeout=90) == 0
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def _inodes_in(table: Path) -> set[str]:
+    """The inode column of a /proc/net table (tcp, udp, raw, unix...)."""
+    if not table.exists():
+        return set()
+    lines = table.read_text().splitlines()
+    column = lines[0].split().index("inode") if "inode" in lines[0].split() else -1
+    return {line.split()[column] for line in lines[1:] if line.split()}
+
+
+def test_the_daemon_and_its_update_open_no_network_socket(tmp_path):
+    watch, data = tmp_path / "engram", tmp_path / "data"
+    write_day(watch, "2026-01-01", 200)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = environment(NOTIFY_SOCKET=notify.path, ENGRAM_FF_UPDATE_MIN_STEPS="100000",
+                      ENGRAM_FF_UPDATE_MAX_STEPS="100000", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+                              env=env, stderr=subprocess.DEVNULL)
+    try:
+        notify.wait("READY", "1")
+        child = _update_pid(data / "engram-ff.db")  # training: torch loaded, checkpoints being written
+        net = Path(f"/proc/{daemon.pid}/net")
+        network = set().union(*(_inodes_in(net / name) for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6",
+                                                                      "udplite", "udplite6", "packet")))
+        unix = _inodes_in(net / "unix")
+        for pid in (daemon.pid, child):
+            sockets = _socket_inodes(pid)
+            assert not sockets & network, f"pid {pid} holds a network socket"
+            assert sockets <= unix, f"pid {pid} holds sockets that are not unix sockets: {sockets - unix}"
+        assert _socket_inodes(daemon.pid), "expected at least the notify socket"  # the check sees sockets
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=90) == 0
+        notify.close()
+
+
+def test_a_torn_current_checkpoint_is_passed_over_by_the_daemons_update(tmp_path):
+    """A checkpoint cut short on disk (test_update flips a bit in-process; here the daemon's own child)."""
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    good = update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    torn = update.run_update(config)
+    path = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [torn["checkpoint_id"]]).fetchone()[0])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    write_day(config.watch, "2026-01-03", 30)
+    catch_up(db, config.watch)
+    db.close()
+    env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
+    child = subprocess.run([sys.executable, "-m", "daemon.update"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert f"checkpoint {path} is unusable" in child.stderr and "falling back" in child.stderr
+    (run_id, parent, status), = query(config.db_path, "SELECT id, parent_checkpoint_id, status FROM runs "
+                                                      "WHERE kind = 'update' ORDER BY id DESC LIMIT 1")
+    assert (parent, status) == (good["checkpoint_id"], "ok")
+    assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?", [torn["checkpoint_id"]]) == [("corrupt",)]
+    state = check_state(config.watch, config.data_dir)
+    assert state.bad_checkpoints == [] and state.integrity == "ok"
+    current = query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [state.current_checkpoint])[0][0]
+    assert load_checkpoint(current)["meta"]["run_id"] == run_id
+
+
+def test_a_run_whose_pid_is_a_zombie_or_was_reused_counts_as_dead(tmp_path):
+    """After a kill the pid may linger as a zombie until reaped, and after a reboot it may belong to
+    another process: either way the run is over and must be marked interrupted, so it can be resumed."""
+    db = open_db(tmp_path / "state.db")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+             what="the child to exit (and stay unreaped)")
+    reused = subprocess.Popen(["sleep", "30"])  # alive, but started after the run below
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(1.1)
+        ids = {}
+        for name, pid, started in (("zombie", zombie.pid, runs.now()), ("reused", reused.pid, "2026-01-01T00:00:00+00:00"),
+                                   ("alive", alive.pid, runs.now())):
+            ids[name] = runs.start_run(db, "update")
+            db.execute("UPDATE runs SET pid = ?, started_at = ? WHERE id = ?", [pid, started, ids[name]])
+        db.conn.commit()
+        assert sorted(runs.mark_dead_runs_interrupted(db)) == sorted([ids["zombie"], ids["reused"]])
+        assert db.execute("SELECT status FROM runs WHERE id = ?", [ids["alive"]]).fetchone()[0] == "running"
+    finally:
+        for proc in (zombie, reused, alive):
+            proc.kill()
+            proc.wait()
+        db.close()
