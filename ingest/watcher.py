@@ -36,7 +36,7 @@ POLL_INTERVAL_S = 1.0  # polling mode: how often the whole tree is stat()ed
 
 @dataclass
 class WatcherStats(IngestStats):
-    scans: int = 0
+    scans: int = 0  # full scans completed (the first is the start-up scan)
     queued: int = 0
     failures: int = 0  # consecutive; reset by the next good read
     last_ingest: float | None = None  # time.time() of the last read that stored something
@@ -115,32 +115,34 @@ class Watcher:
             return
         self._ready.set()
         try:
-            while (paths := self._next_paths()) is not None:
+            while (work := self._next_paths()) is not None:
+                paths, scan = work
                 for path in paths:
                     if self._stopping:
                         break
                     with self._wake:
                         self._due.pop(path, None)  # an event during this read queues it again
                     self._read(db, path)
+                else:
+                    self.stats.scans += scan  # counted once every file of the scan has been read
         finally:
             db.close()
 
-    def _next_paths(self) -> list[str] | None:
-        """Wait until a scan or some paths are due; None once stopping."""
+    def _next_paths(self) -> tuple[list[str], bool] | None:
+        """Wait until a scan or some paths are due: (paths, whether a full scan); None once stopping."""
         with self._wake:
             while not self._stopping:
                 now = time.monotonic()
                 if now >= self._scan_due:
                     self._scan_due = now + self.rescan_s
-                    self.stats.scans += 1
                     break
                 due = sorted(path for path, at in self._due.items() if at <= now)
                 if due:
-                    return due
+                    return due, False
                 self._wake.wait(min([self._scan_due, *self._due.values()]) - now)
             else:
                 return None
-        return [str(path) for path in jsonl_files(self.watch_dir)]  # outside the lock: may take a while
+        return [str(path) for path in jsonl_files(self.watch_dir)], True  # outside the lock: may take a while
 
     def _read(self, db, path: str) -> None:
         try:

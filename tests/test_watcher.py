@@ -149,10 +149,12 @@ def test_stop_during_a_backlog_returns_promptly_and_loses_nothing(tmp_path, monk
     assert time.monotonic() - started < 2.0
     stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
     assert 0 < stored < 80_000
+    assert w.stats.scans == 0  # the start-up scan did not finish, and does not count
     again = Watcher(db_path, folder, debounce_s=0.02)
     again.start()
     try:
         wait_for_count(db, 80_000)
+        eventually(lambda: again.stats.scans == 1)
     finally:
         again.stop()
     assert db.execute("SELECT count(DISTINCT text) FROM messages").fetchone()[0] == 80_000
