@@ -78,6 +78,7 @@ def parse_line(raw: bytes, ctx: LineContext) -> Message | Event | Skip:
     """Raises BadLine for anything that is not one of the four shapes."""
     if not raw or raw.isspace():
         return Skip("empty line")
+    raw = _unwrapped(raw)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -95,6 +96,17 @@ def parse_line(raw: bytes, ctx: LineContext) -> Message | Event | Skip:
     if isinstance(kind, str):
         return Skip(f"transcript entry {kind!r}")
     raise BadLine("unknown shape: no 'content', 'message', 'action' or 'type' key")
+
+
+def _unwrapped(raw: bytes) -> bytes:
+    """An object behind a UTF-8 byte order mark (Windows tools write one; `cat` of two such files puts
+    one mid-file), or behind the NUL bytes a power loss can leave where a file's unflushed tail was,
+    before the writer's next line: the object is the line (RFC 8259 lets a parser ignore the mark)."""
+    if raw[0] in (0xEF, 0):
+        body = raw.removeprefix(b"\xef\xbb\xbf").lstrip(b"\x00")
+        if body[:1] == b"{":
+            return body
+    return raw
 
 
 def _transcript(obj: dict, message: object, ctx: LineContext) -> Message | Skip:

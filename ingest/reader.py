@@ -271,6 +271,9 @@ class _FileReader:
         row = self._row()
         self.file_id = row["id"]
         self.head_len = row["head_len"]
+        # The first bytes as this read starts: the fingerprint stored with each batch is of these, not of
+        # whatever the file holds by then, or a file truncated and rewritten mid-read would pass for read.
+        self.head = os.pread(self.fd, HEAD_BYTES, 0)
         same = (row["inode"] == self.st.st_ino and row["device"] == self.st.st_dev
                 and self.st.st_size >= row["committed_offset"] and self._head_matches(row)
                 and self._at_line_end(row))
@@ -352,8 +355,8 @@ class _FileReader:
         if batch.end == result.offset and not self.record:
             return  # only a half-written line so far
         if self.head_len < HEAD_BYTES and batch.end > self.head_len:
-            self.head_len = min(HEAD_BYTES, batch.end)
-        head_hash = _head_hash(os.pread(self.fd, self.head_len, 0)) if self.head_len else None
+            self.head_len = min(HEAD_BYTES, batch.end, len(self.head))
+        head_hash = _head_hash(self.head[:self.head_len]) if self.head_len else None
         conn.execute("BEGIN IMMEDIATE")
         try:
             changes = conn.total_changes
