@@ -31,8 +31,8 @@ DATA_DIR = "/usr/share/datasets/fashion-mnist"
 class Setup:
     hidden: tuple[int, ...] = (1000, 1000)
     epochs: int = 20
-    batch_size: int = 100
-    lr: float = 1e-3  # both models; constant for the first half, then linearly down to 0
+    batch_size: int = 250
+    lr: float = 5e-4  # both models; constant for the first half, then linearly down to 0
     goodness: str = "sum"
     loss: str = "multi"
     theta: float = 2.0
@@ -47,7 +47,7 @@ class Setup:
 PRESETS = {
     "default": Setup(),
     "hinton": Setup(hidden=(2000,) * 4, epochs=60),
-    "quick": Setup(hidden=(500, 500), epochs=2, train_limit=10_000, test_limit=2_000),
+    "quick": Setup(hidden=(500, 500), epochs=3, train_limit=20_000, test_limit=5_000),
 }
 
 
@@ -112,6 +112,7 @@ def train(kind: str, s: Setup, data_dir: str) -> dict:
         "curves": curves,
         "train_error": error_rates(model, x, y),
         "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
+        "fastest_epoch": min(epoch_seconds),
         "eval_seconds": sum(eval_seconds) / len(eval_seconds),
         "device": str(device),
     }
@@ -124,14 +125,17 @@ def report(s: Setup, results: dict[str, dict], rss: dict[str, float], command: s
         for name, curve in r["curves"].items():
             rows.append([
                 f"{kind.upper()} ({name})" if kind == "ff" else "BP", f"{curve[-1]:.2f}", f"{min(curve):.2f}",
-                f"{r['train_error'][name]:.2f}", f"{r['seconds_per_epoch']:.1f}", f"{r['eval_seconds']:.1f}",
+                f"{r['train_error'][name]:.2f}", f"{r['seconds_per_epoch']:.1f}", f"{r['fastest_epoch']:.1f}",
+                f"{r['eval_seconds']:.1f}",
                 f"{rss[kind]:.0f}",
             ])
     headers = ["model", "test error %", "best epoch's test error %", "train error %", "train s/epoch",
-               "test eval s", "peak RSS MiB"]
+               "fastest epoch s", "test eval s", "peak RSS MiB"]
     bp = results["bp"]["curves"]["bp"][-1]
     ratio = results["ff"]["seconds_per_epoch"] / results["bp"]["seconds_per_epoch"]
-    checks = [f"- FF seconds per epoch / BP's: {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}"]
+    fastest = results["ff"]["fastest_epoch"] / results["bp"]["fastest_epoch"]
+    checks = [f"- FF seconds per epoch / BP's: {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}; "
+              f"fastest epochs' ratio {fastest:.2f}"]
     for name, curve in results["ff"]["curves"].items():
         ff = curve[-1]
         met = ff <= 11.0 and ff <= 1.10 * bp

@@ -13,7 +13,7 @@ class BPMLPConfig:
     d_in: int = 784
     n_labels: int = 10
     hidden: tuple[int, ...] = (1000, 1000)
-    lr: float = 1e-3
+    lr: float = 5e-4
 
 
 class BPMLP(nn.Module):

@@ -31,8 +31,8 @@ class FFMLPConfig:
     theta: float = 2.0
     negatives: int = 1  # wrong labels per image, sampled from the readout's belief; n_labels - 1 = all
     label_scale: float = 1.0  # length of the overlaid label vector; pixels are in [0, 1]
-    lr: float = 1e-3
-    readout_lr: float = 1e-3
+    lr: float = 5e-4
+    readout_lr: float = 5e-4
 
 
 class FFMLP(nn.Module):
@@ -55,11 +55,10 @@ class FFMLP(nn.Module):
     def image_term(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, d_in) -> the image's share of the first layer's pre-activation (B, H1) and the input
         normalisation's scale (B, 1); the first L inputs are overwritten by the label, so left out."""
-        L = self.cfg.n_labels
-        pixels = x[:, L:]  # (B, d_in - L)
-        length = (pixels.pow(2).sum(-1, keepdim=True) + self.cfg.label_scale**2).sqrt()  # (B, 1)
+        blank = F.pad(x[:, self.cfg.n_labels :], (self.cfg.n_labels, 0))  # (B, d_in), label inputs zeroed
+        length = (blank.pow(2).sum(-1, keepdim=True) + self.cfg.label_scale**2).sqrt()  # (B, 1)
         scale = math.sqrt(self.cfg.d_in) / length  # as in normalise(): the input gets length sqrt(d_in)
-        return F.linear(pixels, self.layers[0].linear.weight[:, L:]) * scale, scale
+        return F.linear(blank, self.layers[0].linear.weight) * scale, scale  # full W: no sliced gradient
 
     def first_layer(self, image: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """image (B, H1), scale (B, 1) from image_term(); labels (C, L) or (B, C, L) label vectors of
