@@ -1,7 +1,9 @@
 """A Forward-Forward classifier: FF layers over an image whose first pixels carry a label.
 
 Training shows each image with its true label (the positive) and with wrong labels (negatives, never the
-true one), and every layer learns on its own to tell them apart by goodness. Two ways to predict:
+true one), and every layer learns on its own to tell them apart by goodness. The negatives are sampled
+from the readout's current belief, so the labels the model confuses with the truth come up most often.
+Two ways to predict:
 - goodness: show all 10 labels, sum the goodness over the layers, take the best label (10 passes);
 - readout: one pass with a neutral label, then a softmax layer over the detached, normalised activities.
 
@@ -28,7 +30,7 @@ class FFMLPConfig:
     hidden: tuple[int, ...] = (1000, 1000)
     goodness: str = "sum"
     loss: str = "multi"
-    theta: float = 2.0
+    theta: float = 2.0  # pair loss only; with "sum" goodness it should grow with the width
     negatives: int = 1  # wrong labels per image, sampled from the readout's belief; n_labels - 1 = all
     label_scale: float = 1.0  # length of the overlaid label vector; pixels are in [0, 1]
     lr: float = 5e-4
@@ -72,7 +74,7 @@ class FFMLP(nn.Module):
         sum of the layers' losses."""
         image, scale = self.image_term(x)
         # the readout learns from one neutral pass; its belief also picks the negatives, hard ones most often
-        logits = self.readout(self.features_from(image.detach(), scale))  # (B, L)
+        logits = self.readout(self.features_from(image, scale))  # (B, L)
         readout_loss = F.cross_entropy(logits, y)
         self.readout_opt.zero_grad(set_to_none=True)
         readout_loss.backward()
@@ -92,7 +94,8 @@ class FFMLP(nn.Module):
 
     @torch.no_grad()
     def features_from(self, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """-> (B, sum(hidden)): every layer's normalised activities under a neutral label."""
+        """image, scale from image_term() -> (B, sum(hidden)): every layer's normalised activities under a
+        neutral label, without gradient."""
         h = self.first_layer(image, scale, self.neutral)[:, 0]  # (B, H1)
         out = [normalise(h)]
         for layer in self.layers[1:]:
@@ -101,9 +104,9 @@ class FFMLP(nn.Module):
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
-    def goodness_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d_in) -> (B, L): each label's goodness summed over the layers."""
-        h = self.first_layer(*self.image_term(x), self.one_hot)  # (B, L, H1)
+    def goodness_scores(self, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """-> (B, L): each label's goodness summed over the layers."""
+        h = self.first_layer(image, scale, self.one_hot)  # (B, L, H1)
         total = self.layers[0].goodness(h)
         for layer in self.layers[1:]:
             h = layer(h)
@@ -113,9 +116,10 @@ class FFMLP(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, d_in) -> predicted labels (B,) by each readout."""
+        image, scale = self.image_term(x)
         return {
-            "goodness": self.goodness_scores(x).argmax(1),
-            "readout": self.readout(self.features_from(*self.image_term(x))).argmax(1),
+            "goodness": self.goodness_scores(image, scale).argmax(1),
+            "readout": self.readout(self.features_from(image, scale)).argmax(1),
         }
 
     def scale_lr(self, factor: float) -> None:
