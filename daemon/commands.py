@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -159,6 +160,9 @@ def ingest(args) -> int:
                              max_line_bytes=config.max_line_bytes)
     except ConfigError as exc:
         return _fail(f"bad configuration: {exc}", 2)
+    except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
+        return _fail(f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
+                     "stored before is kept: run it again once there is space")
     except AlreadyRunning as exc:
         return _fail(f"{exc} (the running daemon ingests as files change)")
     print(f"{config.watch}: {stats.files} files, {stats.lines} lines read: {stats.messages} new messages, "

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from bench.chaos import Chaos, check_state
 from daemon import update
 from daemon.config import load_config
@@ -18,6 +21,16 @@ from model.checkpoint import load_checkpoint
 from state import runs
 from state.db import open_db
 from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for, write_day
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process updates on two busy cores: a second torch thread only spins waiting for the first
+    (10 ms a tiny step alone, 0.7 s with two), as FAST's OMP_NUM_THREADS=1 avoids in subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_sigkill_at_random_instants_loses_nothing_and_updates_resume(tmp_path):
