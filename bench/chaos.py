@@ -479,6 +479,7 @@ class LoadResult:
     seconds: float
     daemon_peak_rss_mib: float
     reader_max_wait_s: float
+    reader_torn: list[str]  # snapshots where messages and committed offsets disagreed (must be none)
 
 
 def drop_files(watch: Path, stage: Path, files: int, lines: int) -> None:
@@ -520,7 +521,7 @@ def load_run(root: Path, files: int, lines: int, env: dict | None = None, timeou
     finally:
         daemon.stop()
     stored = read_db(db, "SELECT count(*), count(DISTINCT text) FROM messages")[0]
-    return LoadResult(files, lines, stored[0], stored[0] - stored[1], seconds, peak, reader.max_wait)
+    return LoadResult(files, lines, stored[0], stored[0] - stored[1], seconds, peak, reader.max_wait, reader.torn)
 
 
 class ReaderProbe(threading.Thread):
@@ -531,17 +532,17 @@ class ReaderProbe(threading.Thread):
         self.db, self.hold_s = db, hold_s
         self.max_wait = 0.0
         self.torn: list[str] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30, isolation_level=None)
         try:
-            while not self._stop.is_set():
+            while not self._done.is_set():
                 t = time.monotonic()
                 conn.execute("BEGIN")
                 messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
                 self.max_wait = max(self.max_wait, time.monotonic() - t)
-                self._stop.wait(self.hold_s)
+                self._done.wait(self.hold_s)
                 offsets = conn.execute("SELECT coalesce(sum(committed_offset), 0) FROM files").fetchone()[0]
                 again = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
                 conn.execute("COMMIT")
@@ -551,7 +552,7 @@ class ReaderProbe(threading.Thread):
             conn.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -644,6 +645,7 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         ["lines per second", f"{load.files * load.lines / load.seconds:,.0f}"],
         ["daemon peak RSS (VmHWM)", f"{load.daemon_peak_rss_mib:.0f} MiB"],
         ["longest wait of a reader's statement (WAL)", f"{load.reader_max_wait_s * 1000:.1f} ms"],
+        ["reader snapshots with messages and offsets out of step", len(load.reader_torn)],
     ]
     errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"
     return (f"# Chaos: SIGKILL trials, load, security\n\n"
