@@ -6,9 +6,9 @@ import multiprocessing
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,6 +38,47 @@ def run_isolated(fn: Callable, *args) -> tuple[object, float]:
     fn must be importable by name (a module-level function)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(_measured, fn, args).result()
+
+
+def _serve(conn, make: Callable[..., Iterable], args: tuple) -> None:
+    """Advance make(*args) one item per request; answer (item or None when done, peak MiB, error)."""
+    try:
+        items = iter(make(*args))
+        while conn.recv():
+            conn.send((next(items, None), peak_rss_mib(), None))
+    except Exception as e:  # handed to the parent, which raises it
+        conn.send((None, peak_rss_mib(), e))
+
+
+def lockstep(*jobs: tuple[Callable[..., Iterable], tuple]) -> Iterator[list[tuple[object, float]]]:
+    """Run each (make, args) job, a generator, in a fresh process of its own and advance them in turn, one
+    item each per round: they then share whatever load the rest of the machine puts on them, so their
+    timings compare fairly, while each peak RSS stays its own. Yields [(item, peak MiB), ...] per round
+    until a job is done. make must be importable by name (a module-level function)."""
+    ctx = multiprocessing.get_context("spawn")
+    links, workers = [], []
+    for make, args in jobs:
+        link, their_end = ctx.Pipe()
+        workers.append(ctx.Process(target=_serve, args=(their_end, make, args), daemon=True))
+        workers[-1].start()
+        links.append(link)
+    try:
+        while True:
+            answers = []
+            for link in links:
+                link.send(True)
+                item, rss, error = link.recv()
+                if error is not None:
+                    raise error
+                answers.append((item, rss))
+            if any(item is None for item, _ in answers):
+                return
+            yield answers
+    finally:
+        for link, worker in zip(links, workers):
+            with suppress(OSError):  # a worker that failed has hung up already
+                link.send(False)
+            worker.join(timeout=10)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

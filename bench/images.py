@@ -1,8 +1,9 @@
 """Phase 1: Forward-Forward against backprop on MNIST-format images (Fashion-MNIST by default).
 
 FF (both readouts) and a BP MLP of the same shape train on the same data, epochs, batches and seed, each
-in a process of its own so that its peak RSS is its own. Seconds per epoch count training only; the test
-error after each epoch and the final train error are timed apart. Writes bench/results/images*.md and a
+in a process of its own so that its peak RSS is its own, taking turns epoch by epoch so that both meet
+the same load from the rest of the machine. Seconds per epoch count training only; the test error after
+each epoch and the final train error are timed apart. Writes bench/results/images*.md and a
 PNG of test error per epoch.
 
     python -m bench.images                   # default preset
@@ -15,14 +16,15 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from bench.common import RESULTS, markdown_table, plot_series, run_isolated, stopwatch, write_result
+from bench.common import RESULTS, lockstep, markdown_table, plot_series, stopwatch, write_result
 from model.bp_mlp import BPMLP, BPMLPConfig
 from model.ff import pick_device
 from model.ff_mlp import FFMLP, FFMLPConfig
-from model.idx import load_split
+from model.idx import SPLITS, IDXError, find_file, load_split
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -78,8 +80,9 @@ def build(kind: str, s: Setup) -> torch.nn.Module:
                              negatives=s.negatives, label_scale=s.label_scale, lr=s.lr, readout_lr=s.lr))
 
 
-def train(kind: str, s: Setup, data_dir: str) -> dict:
-    """Train one model ('ff' or 'bp'); returns its per-epoch test errors, final errors and timings."""
+def train(kind: str, s: Setup, data_dir: str) -> Iterator[dict]:
+    """Train one model ('ff' or 'bp'), yielding after each epoch its training seconds and test errors, and
+    after the last epoch its train error too."""
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     device = pick_device()
@@ -88,11 +91,9 @@ def train(kind: str, s: Setup, data_dir: str) -> dict:
     model = build(kind, s).to(device)
     order = torch.Generator().manual_seed(s.seed)  # the same batches for both models
     steps, step = s.epochs * -(-len(y) // s.batch_size), 0
-    curves: dict[str, list[float]] = {}
-    epoch_seconds, eval_seconds = [], []
     for epoch in range(1, s.epochs + 1):
         perm = torch.randperm(len(y), generator=order).to(device)
-        with stopwatch() as t:
+        with stopwatch() as train_time:
             for i in range(0, len(y), s.batch_size):
                 model.scale_lr(min(1.0, 2.0 * (1.0 - step / steps)))
                 batch = perm[i : i + s.batch_size]
@@ -100,22 +101,37 @@ def train(kind: str, s: Setup, data_dir: str) -> dict:
                 step += 1
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        epoch_seconds.append(t[0])
-        with stopwatch() as t:
+        with stopwatch() as eval_time:
             errors = error_rates(model, x_test, y_test)
-        eval_seconds.append(t[0])
-        for name, e in errors.items():
-            curves.setdefault(name, []).append(e)
         shown = "  ".join(f"{name} {e:.2f}%" for name, e in errors.items())
-        print(f"[{kind}] epoch {epoch}/{s.epochs}  train {epoch_seconds[-1]:.1f}s  test error {shown}", flush=True)
-    return {
-        "curves": curves,
-        "train_error": error_rates(model, x, y),
-        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
-        "fastest_epoch": min(epoch_seconds),
-        "eval_seconds": sum(eval_seconds) / len(eval_seconds),
-        "device": str(device),
-    }
+        print(f"[{kind}] epoch {epoch}/{s.epochs}  train {train_time[0]:.1f}s  test error {shown}", flush=True)
+        result = {"seconds": train_time[0], "eval_seconds": eval_time[0], "test_error": errors,
+                  "device": str(device)}
+        if epoch == s.epochs:
+            result["train_error"] = error_rates(model, x, y)
+        yield result
+
+
+def run(s: Setup, data_dir: str) -> tuple[dict[str, dict], dict[str, float]]:
+    """Train FF and BP epoch by epoch in turn, each in a process of its own -> summaries, peak RSS MiB."""
+    epochs: dict[str, list[dict]] = {"ff": [], "bp": []}
+    rss: dict[str, float] = {}
+    for answers in lockstep(*[(train, (kind, s, data_dir)) for kind in epochs]):
+        for kind, (result, peak) in zip(epochs, answers):
+            epochs[kind].append(result)
+            rss[kind] = peak
+    results = {}
+    for kind, history in epochs.items():
+        seconds = [e["seconds"] for e in history]
+        results[kind] = {
+            "curves": {name: [e["test_error"][name] for e in history] for name in history[-1]["test_error"]},
+            "train_error": history[-1]["train_error"],
+            "seconds_per_epoch": sum(seconds) / len(seconds),
+            "fastest_epoch": min(seconds),
+            "eval_seconds": sum(e["eval_seconds"] for e in history) / len(history),
+            "device": history[-1]["device"],
+        }
+    return results, rss
 
 
 def report(s: Setup, results: dict[str, dict], rss: dict[str, float], command: str) -> str:
@@ -174,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     name = "quick" if args.quick else args.preset
     overrides = {k: v for k, v in vars(args).items() if k in Setup.__dataclass_fields__ and v is not None}
     s = replace(PRESETS[name], **overrides)
-    results, rss = {}, {}
-    for kind in ("ff", "bp"):
-        results[kind], rss[kind] = run_isolated(train, kind, s, args.data_dir)
+    try:
+        for split in SPLITS.values():  # fail at once, before any worker starts, if a file is missing
+            for kind in ("images-idx3", "labels-idx1"):
+                find_file(args.data_dir, f"{split}-{kind}-ubyte")
+        results, rss = run(s, args.data_dir)
+    except (FileNotFoundError, IDXError) as e:
+        print(f"engram-ff bench images: {e}", file=sys.stderr)
+        return 2
     stem = "images" if name == "default" else f"images-{name}"
     command = "python -m bench.images " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(s, results, rss, command.strip())

@@ -27,3 +27,8 @@ def test_bench_images_on_a_tiny_synthetic_set(tmp_path, capsys):
         assert row in report
     assert (out / "images-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test error" in capsys.readouterr().out
+
+
+def test_bench_images_names_a_missing_file(tmp_path, capsys):
+    assert images.main(["--quick", "--data-dir", str(tmp_path), "--results-dir", str(tmp_path)]) == 2
+    assert f"{tmp_path}/train-images-idx3-ubyte[.gz]: no such IDX file" in capsys.readouterr().err
