@@ -24,13 +24,15 @@ from bench.common import RESULTS, lockstep, markdown_table, plot_series, stopwat
 from model.bp_mlp import BPMLP, BPMLPConfig
 from model.ff import pick_device
 from model.ff_mlp import FFMLP, FFMLPConfig
-from model.idx import SPLITS, IDXError, find_file, load_split
+from model.idx import SPLITS, find_file, load_split
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass
 class Setup:
+    """One benchmark run's settings, shared by FF and BP."""
+
     hidden: tuple[int, ...] = (1000, 1000)
     epochs: int = 20
     batch_size: int = 250
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("images-idx3", "labels-idx1"):
                 find_file(args.data_dir, f"{split}-{kind}-ubyte")
         results, rss = run(s, args.data_dir)
-    except (FileNotFoundError, IDXError) as e:
+    except (OSError, ValueError) as e:  # missing or malformed data, named in the message
         print(f"engram-ff bench images: {e}", file=sys.stderr)
         return 2
     stem = "images" if name == "default" else f"images-{name}"
