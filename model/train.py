@@ -39,7 +39,7 @@ class FFTrainer:
     def __init__(
         self,
         model: nn.Module,
-        lr: float = 2e-3,
+        lr: float = 4e-3,
         loss: str = "softmax",
         negatives: str = "model",
         n_negatives: int = 16,
@@ -129,7 +129,7 @@ class FFTrainer:
 class BPTrainer:
     """Backprop baseline: the same model trained end to end on the cross-entropy of its final logits."""
 
-    def __init__(self, model: nn.Module, lr: float = 2e-3, clip: float = 1.0):
+    def __init__(self, model: nn.Module, lr: float = 4e-3, clip: float = 1.0):
         self.model, self.lr, self.clip = model, lr, clip
         self.optimizer = _adam(list(model.parameters()), lr)
         self.steps = 0

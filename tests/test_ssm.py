@@ -1,3 +1,6 @@
+from dataclasses import replace
+
+import pytest
 import torch
 
 from model.lm import FFLM, PRESETS
@@ -35,9 +38,10 @@ def test_decay_stays_inside_the_unit_interval_for_any_parameter():
     assert ((a >= 0) & (a < 1)).all() and ((gain > 0) & (gain <= 1)).all()
 
 
-def test_language_model_parallel_and_recurrent_modes_agree():
+@pytest.mark.parametrize("options", [{}, {"goodness": "relu"}])
+def test_language_model_parallel_and_recurrent_modes_agree(options):
     torch.manual_seed(0)
-    model = FFLM(PRESETS["tiny"]).double()  # float64: the comparison checks the algebra, not rounding
+    model = FFLM(replace(PRESETS["tiny"], **options)).double()  # float64: checks the algebra, not rounding
     x = torch.randint(0, 256, (2, 40))
     with torch.no_grad():
         parallel, _ = model(x)

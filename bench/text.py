@@ -1,0 +1,289 @@
+"""Text benchmark: FF-SSM against backprop and the baselines on TinyShakespeare, same CPU budget.
+
+    python -m bench.text                        # every model, 10 CPU-minutes each (variants a quarter)
+    python -m bench.text --quick                # ~1-2 minute smoke run
+    python -m bench.text --models ff-ssm --json a.json   # one model, raw results only
+    python -m bench.text --from-json a.json b.json       # merge runs and render the report
+
+Budgets are CPU time (process CPU seconds / threads), not wall time, so helpers sharing the machine
+slow a run down without changing what it learns. Each model trains in a fresh process (its peak RSS
+is its own). Writes bench/results/text.md and text.png (validation loss against training time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+THREADS = 2
+CURVE_BYTES = 20_000  # validation bytes for the loss-against-time curve (the final figure uses all)
+SAMPLE_PROMPT = b"ROMEO:\n"
+
+
+def model_specs() -> dict[str, dict]:
+    """name -> how to build it; `budget` is a fraction of the run's budget."""
+    return {
+        "ff-ssm": {"model": "ssm", "trainer": "ff", "budget": 1.0,
+                   "about": "FF, linear goodness, softmax over all 256 candidates per layer (main)"},
+        "bp-ssm": {"model": "ssm", "trainer": "bp", "budget": 1.0,
+                   "about": "same stack, end-to-end backprop on the final cross-entropy"},
+        "ff-window": {"model": "window", "trainer": "ff", "budget": 1.0,
+                      "about": "Phase 2: FF MLP over the previous 16 bytes, same heads and losses"},
+        "ff-ssm-relu": {"model": "ssm", "trainer": "ff", "budget": 0.25, "goodness": "relu",
+                        "about": "nonlinear goodness sum relu(q + E[c])^2, softmax over 256"},
+        "ff-ssm-pair": {"model": "ssm", "trainer": "ff", "budget": 0.25,
+                        "trainer_args": {"loss": "pair", "negatives": "model", "n_negatives": 16},
+                        "about": "Hinton-style pair loss, 16 hard negatives sampled from the layers below"},
+        "ff-ssm-sampled": {"model": "ssm", "trainer": "ff", "budget": 0.25,
+                           "trainer_args": {"loss": "sampled", "negatives": "unigram", "n_negatives": 16},
+                           "about": "softmax over the true byte + 16 unigram negatives, log q corrected"},
+    }
+
+
+def load_text() -> tuple[bytes, bytes]:
+    if not DATA.exists():
+        raise SystemExit(f"bench text: {DATA} not found (shared/ must sit beside the repository)")
+    data = DATA.read_bytes()
+    n = int(len(data) * 0.9)
+    return data[:n], data[n:]
+
+
+def cpu_clock() -> float:
+    return time.process_time() / THREADS
+
+
+def build(spec: dict):
+    from model.lm import PRESETS, FFLM
+    from model.train import BPTrainer, FFTrainer
+    from model.window_mlp import WindowConfig, WindowMLP
+    from dataclasses import replace
+
+    if spec["model"] == "window":
+        model = WindowMLP(WindowConfig())
+    else:
+        model = FFLM(replace(PRESETS["daemon"], goodness=spec.get("goodness", "linear")))
+    if spec["trainer"] == "bp":
+        return model, BPTrainer(model, lr=LR)
+    return model, FFTrainer(model, lr=LR, **spec.get("trainer_args", {}))
+
+
+LR, BATCH, SEQ = 4e-3, 16, 256
+
+
+def run_model(name: str, budget_s: float) -> dict:
+    """Train one model for budget_s CPU-seconds in this process; everything the report needs."""
+    import torch
+
+    from model.generate import generate
+    from model.train import byte_batches, evaluate_nats, train
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    spec = model_specs()[name]
+    train_text, val_text = load_text()
+    model, trainer = build(spec)
+    curve: list[tuple[float, float]] = [(0.0, evaluate_nats(model, val_text, max_bytes=CURVE_BYTES))]
+    every = budget_s / 20
+
+    def on_step(step, losses, result):
+        if result.seconds >= len(curve) * every:
+            curve.append((result.seconds, evaluate_nats(model, val_text, max_bytes=CURVE_BYTES)))
+
+    batches = byte_batches(train_text, BATCH, SEQ, torch.Generator().manual_seed(0))
+    result = train(trainer, batches, budget_s, 10**9, on_step=on_step, clock=cpu_clock)
+    curve.append((result.seconds, evaluate_nats(model, val_text, max_bytes=CURVE_BYTES)))
+    val = evaluate_nats(model, val_text)
+
+    n_gen = 3000
+    torch.set_num_threads(1)  # one stream: thread hand-offs cost more than they save at batch 1
+    start = time.perf_counter()
+    generated = b"".join(generate(model, SAMPLE_PROMPT, n_gen, 0.8, torch.Generator().manual_seed(1)))
+    gen_bps = n_gen / (time.perf_counter() - start)
+    return {
+        "name": name, "about": spec["about"], "budget_s": budget_s, "steps": result.steps,
+        "train_seconds": result.seconds, "train_bytes": result.bytes,
+        "train_bytes_per_s": result.bytes / result.seconds, "layer_losses": result.losses,
+        "val_nats": val, "val_bits": val / math.log(2), "curve": curve,
+        "gen_bytes_per_s": gen_bps, "sample": (SAMPLE_PROMPT + generated[:300]).decode("utf-8", "replace"),
+        "params": sum(p.numel() for p in model.parameters()),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def memory_probe(trainer: str, n_layers: int, seq_len: int) -> dict:
+    """Peak RSS growth over two training steps at batch 1, in this (fresh) process."""
+    import torch
+
+    from dataclasses import replace
+    from model.lm import PRESETS, FFLM
+    from model.train import BPTrainer, FFTrainer
+
+    torch.set_num_threads(THREADS)
+    model = FFLM(replace(PRESETS["daemon"], n_layers=n_layers))
+    t = BPTrainer(model) if trainer == "bp" else FFTrainer(model)
+    x = torch.randint(0, 256, (1, seq_len))
+    t.train_step(x, x)  # optimiser state exists from here on
+    before = _current_rss_mib()
+    t.train_step(x, x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"trainer": trainer, "n_layers": n_layers, "seq_len": seq_len, "peak_mib": peak,
+            "step_mib": peak - before}
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def in_fresh_process(function: str, *args) -> dict:
+    """Run bench.text.<function>(*args) in a new interpreter; its JSON result."""
+    code = f"import json, sys; from bench.text import {function}; print(json.dumps({function}(*json.loads(sys.argv[1]))))"
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        raise RuntimeError(f"{function}{args} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scan_timings(lengths: list[int]) -> list[dict]:
+    """Forward+backward time of the associative scan against a Python loop over time."""
+    import torch
+
+    from model.ssm import scan, scan_loop
+
+    torch.set_num_threads(THREADS)
+    rows = []
+    for T in lengths:
+        u = torch.randn(8, T, 128, requires_grad=True)
+        a = torch.rand(128) * 0.5 + 0.49
+        row = {"T": T}
+        for label, fn in (("scan_ms", scan), ("loop_ms", scan_loop)):
+            fn(u, a).sum().backward()  # warm up
+            start = time.perf_counter()
+            for _ in range(3):
+                fn(u, a).square().sum().backward()
+            row[label] = (time.perf_counter() - start) / 3 * 1e3
+        rows.append(row)
+    return rows
+
+
+def render(results: dict, out_dir: Path) -> str:
+    from bench.common import markdown_table
+
+    models = results.get("models", {})
+    lines = ["# Text benchmark: TinyShakespeare, 90/10 split, bytes\n"]
+    if models:
+        bp = models.get("bp-ssm", {}).get("val_nats")
+        rows = []
+        for r in models.values():
+            ratio = f"{r['val_nats'] / bp:.3f}" if bp else "-"
+            rows.append([r["name"], f"{r['budget_s']:.0f}", r["steps"], f"{r['val_nats']:.3f}", f"{r['val_bits']:.3f}",
+                         ratio, f"{r['train_bytes_per_s']:,.0f}", f"{r['peak_rss_mib']:.0f}",
+                         f"{r['gen_bytes_per_s']:,.0f}", f"{r['params']:,}"])
+        lines.append("Budgets are CPU seconds (process CPU time / 2 threads). Validation: all of the last "
+                     "10%, read as one stream in recurrent mode.\n")
+        lines.append(markdown_table(["model", "CPU s", "steps", "val nats/byte", "val bits/byte", "/ BP",
+                                     "train bytes/s", "peak RSS MiB", "gen bytes/s", "params"], rows))
+        lines.append("\n" + "\n".join(f"- `{r['name']}`: {r['about']}" for r in models.values()) + "\n")
+        lines.append("![validation loss against training CPU time](text.png)\n")
+        plot_curves(models, out_dir / "text.png")
+    if results.get("memory"):
+        mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m for m in results["memory"]}
+        keys = sorted({(d, s) for _, d, s in mem})
+        rows = [[d, s, f"{mem[('ff', d, s)]['step_mib']:.0f}", f"{mem[('bp', d, s)]['step_mib']:.0f}",
+                 f"{mem[('ff', d, s)]['step_mib'] / mem[('bp', d, s)]['step_mib']:.2f}",
+                 f"{mem[('ff', d, s)]['peak_mib']:.0f}", f"{mem[('bp', d, s)]['peak_mib']:.0f}"]
+                for d, s in keys if ("ff", d, s) in mem and ("bp", d, s) in mem]
+        lines.append("\n## Peak training memory (one step, batch 1, fresh process each)\n")
+        lines.append("`step` = growth of the resident set during one training step (after the optimiser "
+                     "state exists); `peak` = the process's whole peak RSS, torch included.\n")
+        lines.append(markdown_table(["layers", "seq len", "FF step MiB", "BP step MiB", "FF / BP",
+                                     "FF peak MiB", "BP peak MiB"], rows))
+    if results.get("scan"):
+        lines.append("\n## Associative scan against a Python loop over time (forward + backward, B=8, N=128)\n")
+        lines.append(markdown_table(["T", "scan ms", "loop ms", "speed-up"],
+                                    [[r["T"], f"{r['scan_ms']:.1f}", f"{r['loop_ms']:.1f}",
+                                      f"{r['loop_ms'] / r['scan_ms']:.1f}x"] for r in results["scan"]]))
+    if models:
+        lines.append("\n## Samples (temperature 0.8, prompt `ROMEO:`)\n")
+        for r in models.values():
+            lines.append(f"### {r['name']}\n\n```\n{r['sample']}\n```\n")
+    return "\n".join(lines)
+
+
+def plot_curves(models: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in models.values():
+        xs, ys = zip(*r["curve"])
+        ax.plot(xs, ys, label=r["name"])
+    ax.set(xlabel="training CPU seconds (2 threads)", ylabel=f"validation nats/byte (first {CURVE_BYTES:,} bytes)",
+           title="TinyShakespeare: validation loss against training time", ylim=(1.3, 3.5))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="engram-ff bench text", description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=float, default=600, help="CPU seconds per model (variants get a fraction)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 15 s per model, small memory grid")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(model_specs())}")
+    p.add_argument("--skip-memory", action="store_true", help="leave out the memory and scan tables")
+    p.add_argument("--json", metavar="OUT", help="also dump the raw results here")
+    p.add_argument("--from-json", nargs="+", metavar="FILE", help="merge earlier --json runs and render only")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    if args.from_json:
+        results: dict = {"models": {}, "memory": [], "scan": []}
+        for f in args.from_json:
+            part = json.loads(Path(f).read_text())
+            results["models"].update(part.get("models", {}))
+            results["memory"] += part.get("memory", [])
+            results["scan"] = part.get("scan") or results["scan"]
+    else:
+        names = args.models.split(",") if args.models else list(model_specs())
+        unknown = set(names) - set(model_specs())
+        if unknown:
+            p.error(f"unknown models {sorted(unknown)}; choose from {', '.join(model_specs())}")
+        budget = 15 if args.quick else args.budget
+        results = {"models": {}, "memory": [], "scan": []}
+        for name in names:
+            r = in_fresh_process("run_model", name, budget * model_specs()[name]["budget"])
+            results["models"][name] = r
+            print(f"{name:15s} val {r['val_nats']:.3f} nats/byte ({r['val_bits']:.3f} bits)  "
+                  f"train {r['train_bytes_per_s']:,.0f} B/s  gen {r['gen_bytes_per_s']:,.0f} B/s  "
+                  f"RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        if not args.skip_memory:
+            depths, lengths = ((2, 8), (256, 4096)) if args.quick else ((2, 4, 8), (256, 1024, 4096))
+            for d in depths:
+                for s in lengths:
+                    for trainer in ("ff", "bp"):
+                        results["memory"].append(in_fresh_process("memory_probe", trainer, d, s))
+            results["scan"] = scan_timings([256, 1024] if args.quick else [256, 1024, 4096])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    report = render(results, args.results_dir)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "text.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
