@@ -32,7 +32,7 @@ def pick_device() -> torch.device:
 
 def normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(..., D) -> (..., D) of length sqrt(D): only the direction passes on, at unit scale per input."""
-    return x * math.sqrt(x.shape[-1]) / (x.norm(dim=-1, keepdim=True) + eps)
+    return x * (math.sqrt(x.shape[-1]) / (x.norm(dim=-1, keepdim=True) + eps))  # one pass over x
 
 
 def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:

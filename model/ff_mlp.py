@@ -66,8 +66,8 @@ class FFMLP(nn.Module):
         """image (B, H1), scale (B, 1) from image_term(); labels (C, L) or (B, C, L) label vectors of
         length label_scale -> (B, C, H1): layers[0] on the image with each label overlaid."""
         W, b = self.layers[0].linear.weight, self.layers[0].linear.bias  # (H1, d_in), (H1,)
-        z = image[:, None, :] + (labels @ W[:, : self.cfg.n_labels].T) * scale[:, :, None]  # (B, C, H1)
-        return F.relu(z + b)
+        label_term = (labels @ W[:, : self.cfg.n_labels].T) * scale[:, :, None]  # (B, C, H1)
+        return F.relu((image + b)[:, None, :] + label_term)
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One step of the readout and of every layer on images x (B, d_in), labels y (B,); returns the
