@@ -56,11 +56,11 @@ def test_upper_layer_loss_leaves_lower_layers_without_gradient():
 def test_short_training_on_repetitive_text_beats_unigram_entropy(make_trainer):
     torch.manual_seed(0)
     model = FFLM(PRESETS["tiny"])
-    batches = byte_batches(TEXT, 8, 48, torch.Generator().manual_seed(0))
-    result = train(make_trainer(model), batches, budget_s=600, max_steps=150)
+    batches = byte_batches(TEXT, 8, 32, torch.Generator().manual_seed(0))
+    result = train(make_trainer(model), batches, budget_s=600, max_steps=80)
     nats = evaluate_nats(model, TEXT[:300])
-    assert result.steps == 150
-    assert nats < 0.5 * unigram_entropy(TEXT), (nats, unigram_entropy(TEXT))
+    assert result.steps == 80
+    assert nats < 0.35 * unigram_entropy(TEXT), (nats, unigram_entropy(TEXT))
 
 
 @pytest.mark.parametrize("loss,negatives", [("pair", "model"), ("sampled", "uniform")])
