@@ -64,9 +64,8 @@ PRESETS = {
 class Layer(nn.Module):
     """One FF layer's body: a gated SSM block and a GELU MLP block, both residual, pre-norm."""
 
-    def __init__(self, cfg: LMConfig, embed: bool):
+    def __init__(self, cfg: LMConfig):
         super().__init__()
-        self.embed = nn.Embedding(VOCAB, cfg.d_model) if embed else None
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.ssm = SSM(cfg.d_model, cfg.d_state, cfg.max_memory)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -76,13 +75,8 @@ class Layer(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
-    def forward(
-        self, x: torch.Tensor | None, bytes_: torch.Tensor, h0: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input from below x [B, T, D] (None at the bottom layer, which embeds the bytes [B, T] instead)
-        -> (z [B, T, D], last SSM state [B, N])."""
-        if x is None:
-            x = self.embed(bytes_)
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> (z [B, T, D], last SSM state [B, N])."""
         y, h = self.ssm(self.ln1(x), h0)
         x = x + y
         return x + self.mlp(x), h
@@ -111,14 +105,17 @@ class FFLM(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(Layer(config, embed=i == 0) for i in range(config.n_layers))
+        self.embed = nn.Embedding(VOCAB, config.d_model)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.n_layers))
         self.heads = nn.ModuleList(
             CandidateHead(config.d_model, config.d_score, config.goodness) for _ in range(config.n_layers)
         )
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
-        """The parameters each layer's local objective trains."""
-        return [list(layer.parameters()) + list(head.parameters()) for layer, head in zip(self.layers, self.heads)]
+        """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""
+        groups = [list(layer.parameters()) + list(head.parameters()) for layer, head in zip(self.layers, self.heads)]
+        groups[0] = list(self.embed.parameters()) + groups[0]
+        return groups
 
     def features(
         self, x: torch.Tensor, detach: bool = True, state: list[torch.Tensor] | None = None, new_state: list | None = None
@@ -129,9 +126,9 @@ class FFLM(nn.Module):
         computed. With detach=True the handoff between layers carries no gradient. SSM end states are
         appended to new_state when given (evaluation and prefill carry them across chunks).
         """
-        h = None
+        h = self.embed(x)
         for i, layer in enumerate(self.layers):
-            h, last = layer(h, x, None if state is None else state[i])
+            h, last = layer(h, None if state is None else state[i])
             if new_state is not None:
                 new_state.append(last)
             yield h
@@ -148,7 +145,7 @@ class FFLM(nn.Module):
         return self.forward(x)[0]
 
     def init_state(self, batch: int) -> list[torch.Tensor]:
-        p = self.heads[0].table
+        p = self.embed.weight
         return [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
 
     def step(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -177,7 +174,7 @@ class Recurrent:
             """W, b such that LN_noaffine(x) @ W + b == lin(ln(x)); W is [in, out]."""
             return (lin.weight * ln.weight).T.contiguous(), lin.bias + lin.weight @ ln.bias
 
-        self.embed = model.layers[0].embed.weight.detach().clone()
+        self.embed = model.embed.weight.detach().clone()
         self.d_model, self.d_state = model.config.d_model, model.config.d_state
         self.linear_heads = model.config.goodness == "linear"
         self.heads = model.heads
