@@ -38,6 +38,7 @@ class LMConfig:
     mlp_mult: int = 2  # hidden width of each layer's GELU block, in units of d_model
     d_score: int = 64  # G: width of the candidate table
     goodness: str = "linear"  # "linear" (one matmul) or "relu" (nonlinear, broadcast over candidates)
+    mlp_in_head: bool = False  # the GELU block feeds only this layer's head; the layer above gets the SSM stream
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +67,7 @@ class Layer(nn.Module):
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        self.mlp_in_head = cfg.mlp_in_head
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.ssm = SSM(cfg.d_model, cfg.d_state, cfg.max_memory)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -75,11 +77,13 @@ class Layer(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> (z [B, T, D], last SSM state [B, N])."""
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> (what the layer above reads [B, T, D], what this layer's head reads [B, T, D],
+        last SSM state [B, N])."""
         y, h = self.ssm(self.ln1(x), h0)
         x = x + y
-        return x + self.mlp(x), h
+        z = x + self.mlp(x)
+        return (x if self.mlp_in_head else z), z, h
 
 
 class CandidateHead(nn.Module):
@@ -128,10 +132,10 @@ class FFLM(nn.Module):
         """
         h = self.embed(x)
         for i, layer in enumerate(self.layers):
-            h, last = layer(h, None if state is None else state[i])
+            h, z, last = layer(h, None if state is None else state[i])
             if new_state is not None:
                 new_state.append(last)
-            yield h
+            yield z
             if detach:
                 h = h.detach()
 
@@ -177,6 +181,7 @@ class Recurrent:
         self.embed = model.embed.weight.detach().clone()
         self.d_model, self.d_state = model.config.d_model, model.config.d_state
         self.linear_heads = model.config.goodness == "linear"
+        self.mlp_in_head = model.config.mlp_in_head
         self.heads = model.heads
         self.bias = 0
         self.layers = []
@@ -201,10 +206,12 @@ class Recurrent:
             ug = torch.addmm(b_in, F.layer_norm(h, D), w_in)  # [B, 2N]: gained input u, gate g
             s = torch.addcmul(ug[:, :N], a, s)  # h_t = a h_{t-1} + gain u_t
             h = torch.addmm(h, F.silu(ug[:, N:]).mul_(s), w_out).add_(b_out)
-            h = torch.addmm(h, F.gelu(torch.addmm(b1, F.layer_norm(h, D), w1), approximate="tanh"), w2).add_(b2)
+            z = torch.addmm(h, F.gelu(torch.addmm(b1, F.layer_norm(h, D), w1), approximate="tanh"), w2).add_(b2)
             if self.linear_heads:
-                logits = torch.addmm(logits, F.layer_norm(h, D), w_head)
+                logits = torch.addmm(logits, F.layer_norm(z, D), w_head)
             else:
-                logits = logits + head(h)
+                logits = logits + head(z)
+            if not self.mlp_in_head:
+                h = z
             new_state.append(s)
         return logits, new_state

@@ -38,7 +38,7 @@ def test_decay_stays_inside_the_unit_interval_for_any_parameter():
     assert ((a >= 0) & (a < 1)).all() and ((gain > 0) & (gain <= 1)).all()
 
 
-@pytest.mark.parametrize("options", [{}, {"goodness": "relu"}])
+@pytest.mark.parametrize("options", [{}, {"goodness": "relu"}, {"mlp_in_head": True}])
 def test_language_model_parallel_and_recurrent_modes_agree(options):
     torch.manual_seed(0)
     model = FFLM(replace(PRESETS["tiny"], **options)).double()  # float64: checks the algebra, not rounding
