@@ -14,9 +14,11 @@ import contextlib
 import errno
 import hashlib
 import logging
-import multiprocessing
 import os
+import pickle
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -110,7 +112,7 @@ def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: obje
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO must not hang us
     except OSError as exc:
-        return _failed(db, result, _describe(exc))
+        return _failed(db, result, describe_error(exc))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -120,7 +122,7 @@ def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: obje
             return result
         _FileReader(db, path, fd, st, Limits.of(config), result, should_stop).run()
     except OSError as exc:  # EIO, or permissions changed between open and read
-        return _failed(db, result, _describe(exc))
+        return _failed(db, result, describe_error(exc))
     finally:
         os.close(fd)
     return result
@@ -145,7 +147,7 @@ def jsonl_files(root: str | os.PathLike) -> Iterator[Path]:
         try:
             st = os.stat(folder)
         except OSError as exc:
-            log.warning("%s: cannot enter: %s", folder, _describe(exc))
+            log.warning("%s: cannot enter: %s", folder, describe_error(exc))
             dirs.clear()
             continue
         if (st.st_dev, st.st_ino) in seen:
@@ -163,10 +165,10 @@ def jsonl_files(root: str | os.PathLike) -> Iterator[Path]:
 
 
 def _walk_error(exc: OSError) -> None:
-    log.warning("%s: cannot list: %s", exc.filename, _describe(exc))
+    log.warning("%s: cannot list: %s", exc.filename, describe_error(exc))
 
 
-def _describe(exc: OSError) -> str:
+def describe_error(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "a symlink loop"
     return exc.strerror or str(exc)
@@ -401,27 +403,25 @@ class WorkerFailed(Exception):
     """The parsing process could not start, died, or found the file replaced."""
 
 
+WORKER_COMMAND = [sys.executable, "-m", "ingest.worker"]
+
+
 def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch]:
-    """read_batches in a child process, so parsing a large backlog runs beside the SQLite writes on
-    the other core. The child only reads and parses; every write stays here, in the caller's
-    transactions, so a crash of either process changes nothing about exactly-once."""
-    context = multiprocessing.get_context("spawn")  # never fork a process that has threads
-    receiver, sender = context.Pipe(duplex=False)  # the pipe's small buffer bounds what is in flight
-    worker = context.Process(target=_worker, args=(sender, path, (st.st_dev, st.st_ino), *args),
-                             name="engram-ff-parse", daemon=True)
+    """read_batches in a child process (ingest/worker.py), so parsing a large backlog runs beside the
+    SQLite writes on the other core. The pipe's small buffer bounds what is in flight."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this process's modules
     try:
-        worker.start()
-    except (OSError, RuntimeError) as exc:
+        worker = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    except OSError as exc:
         raise WorkerFailed(f"cannot start a parsing process: {exc}") from None
-    finally:
-        sender.close()
     try:
+        with worker.stdin:
+            pickle.dump((path, (st.st_dev, st.st_ino), *args), worker.stdin)
         while True:
             try:
-                kind, value = receiver.recv()
-            except EOFError:
-                worker.join(1)
-                raise WorkerFailed(f"the parsing process died (exit code {worker.exitcode})") from None
+                kind, value = pickle.load(worker.stdout)
+            except (EOFError, pickle.UnpicklingError):
+                raise WorkerFailed(f"the parsing process died (exit code {worker.wait()})") from None
             if kind == "batch":
                 yield value
             elif kind == "error":
@@ -429,30 +429,12 @@ def _batches_from_worker(path: str, st: os.stat_result, *args) -> Iterator[Batch
             else:
                 return
     finally:
-        receiver.close()
-        worker.join(5)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-
-
-def _worker(sender, path: str, identity: tuple[int, int], *args) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        worker.stdout.close()
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != identity:
-                sender.send(("error", "replaced while being read"))
-                return
-            for batch in read_batches(fd, *args):
-                sender.send(("batch", batch))
-        finally:
-            os.close(fd)
-        sender.send(("done", None))
-    except BrokenPipeError:
-        pass  # the caller is gone
-    except OSError as exc:
-        sender.send(("error", _describe(exc)))
+            worker.wait(5)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def _head_hash(head: bytes) -> bytes:

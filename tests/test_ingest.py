@@ -307,12 +307,15 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
     assert "quarantined: malformed JSON" in caplog.text and "skipped: empty line" in caplog.text
 
 
-def _dying_worker(sender, *args):
-    """Stands in for the parsing process: it sends one good batch, then dies as if OOM-killed."""
-    path, _, start, skipping, file_id, ctx, limits = args
-    fd = os.open(path, os.O_RDONLY)
-    sender.send(("batch", next(reader.read_batches(fd, start, skipping, file_id, ctx, limits))))
-    os._exit(3)
+DYING_WORKER = """
+import os, pickle, sys
+from ingest.reader import read_batches
+path, identity, *args = pickle.load(sys.stdin.buffer)
+fd = os.open(path, os.O_RDONLY)
+pickle.dump(("batch", next(read_batches(fd, *args))), sys.stdout.buffer)
+sys.stdout.buffer.flush()
+os._exit(3)  # one good batch, then dead as if OOM-killed
+"""
 
 
 def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypatch, caplog):
@@ -320,7 +323,7 @@ def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypat
     append(folder / "raw" / "2026-11-27.jsonl", *(line(f"m{i}") for i in range(300)))
     monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(reader, "BATCH_LINES", 100)
-    monkeypatch.setattr(reader, "_worker", _dying_worker)
+    monkeypatch.setattr(reader, "WORKER_COMMAND", [sys.executable, "-c", DYING_WORKER])
     db = open_db(tmp_path / "state.db")
     with caplog.at_level(logging.WARNING, logger="ingest.reader"):
         stats = catch_up(db, folder)
