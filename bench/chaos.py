@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import markdown_table, write_result
+from bench.common import RESULTS, markdown_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes")
@@ -344,6 +344,7 @@ class Trial:
     trigger: str
     alive_s: float = 0.0
     ready: bool = False  # the daemon had come back up (READY=1) before this kill
+    triggered: bool = False  # the trigger's moment came (else the kill came at the timeout)
     phases: list[str] = field(default_factory=list)
     check: Check | None = None
 
@@ -378,9 +379,11 @@ class Chaos:
         age_last_update(self.data)
         runs_before, files_before = self._max_run(), set(checkpoint_files(self.data))
         daemon = Daemon(self.watch, self.data, self.env, self.log_path)
-        self.writer.burst(f"t{trial.number:03d}", self.burst_lines, seconds=self.rng.uniform(0.5, 3.0))
+        if trigger != "ingest":  # the ingest trigger sends its burst once the start-up scan is done
+            self.writer.burst(f"t{trial.number:03d}", self.burst_lines, seconds=self.rng.uniform(0.5, 3.0))
         try:
-            self._wait_for_trigger(trigger, daemon, timeout, runs_before, files_before)
+            trial.triggered = self._wait_for_trigger(trigger, daemon, timeout, runs_before, files_before,
+                                                     f"t{trial.number:03d}")
         finally:
             trial.alive_s = daemon.kill()
         trial.ready = daemon.was_ready
@@ -391,12 +394,23 @@ class Chaos:
         return trial
 
     def _wait_for_trigger(self, trigger: str, daemon: Daemon, timeout: float, before: int,
-                          files_before: set[Path]) -> None:
+                          files_before: set[Path], tag: str) -> bool:
+        """Wait for the trigger's moment (plus a random jitter); False if it never came in `timeout`."""
         checkpoints = self.data / "checkpoints"
+        burst: list[bool] = []
+
+        def ingesting() -> bool:
+            """After READY, one large burst at once, so the kill can land inside its transactions."""
+            if not daemon.ready():
+                return False
+            if not burst:
+                burst.append(True)
+                self.writer.burst(tag, 20 * self.burst_lines, seconds=0.2)
+            return self._ingesting()
         delay = self.rng.uniform(0.2, 9.0)
         conditions = {
             "uniform": lambda: time.monotonic() - daemon.started >= delay,
-            "ingest": lambda: daemon.ready() and self._ingesting(),
+            "ingest": ingesting,
             "training": lambda: read_db(self.db, "SELECT 1 FROM runs r JOIN checkpoints c ON c.run_id = r.id "
                                                  "WHERE r.kind = 'update' AND r.status = 'running' AND r.id > ? "
                                                  "AND c.kind = 'partial'", [before]),
@@ -407,16 +421,17 @@ class Chaos:
             "probes": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' "
                                                "AND id > ?", [before]),
         }
-        jitter = {"uniform": 0.0, "ingest": 0.2, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0, "probes": 0.05}[trigger]
+        jitter = {"uniform": 0.0, "ingest": 0.1, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0, "probes": 0.05}[trigger]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             daemon.ready()
             if conditions[trigger]():
                 time.sleep(self.rng.uniform(0, jitter))
-                return
+                return True
             time.sleep(0.0005 if trigger == "checkpoint" else 0.005)
         if daemon.proc.poll() is not None:
             raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
+        return False
 
     def _ingesting(self) -> bool:
         """The writer has bytes out that the daemon has not committed yet."""
@@ -606,11 +621,35 @@ def main(argv: list[str] | None = None) -> int:
         load = load_run(root / "load", args.files, args.lines)
         print(f"load: {load}", flush=True)
     security = {"system": unit_security(False), "user": unit_security(True)}
+    plot_trials(chaos.trials, RESULTS / Path(args.out).with_suffix(".png").name)
     path = write_result(args.out, report(args, chaos, final, trial_seconds, load, security))
     print(f"wrote {path}")
     ok = final.ok and all(t.check.ok for t in chaos.trials) and not chaos.resume_errors \
-        and load.stored == args.files * args.lines and load.duplicated == 0
+        and load.stored == args.files * args.lines and load.duplicated == 0 and not load.reader_torn
     return 0 if ok else 1
+
+
+def plot_trials(trials: list[Trial], path: Path) -> Path:
+    """Each kill: when it came (seconds after the daemon started) and what it interrupted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for phase, marker in (("idle", "o"), ("ingest", "s"), ("training", "^"), ("checkpoint", "x"), ("probes", "D")):
+        hits = [t for t in trials if phase in t.phases]
+        ax.scatter([t.number for t in hits], [t.alive_s for t in hits], marker=marker, label=phase, alpha=0.7)
+    ax.set(xlabel="trial", ylabel="seconds from start to SIGKILL",
+           title="Where the kills landed (every trial: 0 lines lost, 0 duplicated)"
+           if all(t.check.ok for t in trials) else "Where the kills landed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, security: dict) -> str:
@@ -632,6 +671,7 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
          sum(len(t.check.bad_checkpoints) for t in trials) + len(final.bad_checkpoints)],
         ["recoveries: restarts after a kill that came back up (READY=1)", f"{chaos.recoveries()} / {len(trials)}"],
         ["kills that landed before READY=1 (start-up scan, migrations)", sum(not t.ready for t in trials)],
+        ["trials whose trigger never came (killed at the timeout)", sum(not t.triggered for t in trials)],
         ["updates that resumed as expected", f"{chaos.resumes_checked - len(chaos.resume_errors)} / "
                                               f"{chaos.resumes_checked} checked"],
         ["checkpoint temp files left by kills (removed at next update)",
@@ -648,6 +688,11 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         ["reader snapshots with messages and offsets out of step", len(load.reader_torn)],
     ]
     errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"
+    per_trial = markdown_table(
+        ["trial", "trigger", "killed after s", "running at the kill", "lost", "duplicated", "integrity",
+         "good checkpoints", "up (READY) first"],
+        [[t.number, t.trigger, f"{t.alive_s:.2f}", "+".join(t.phases), t.check.lost, t.check.duplicated,
+          t.check.integrity, t.check.checkpoints, "yes" if t.ready else "no"] for t in trials])
     return (f"# Chaos: SIGKILL trials, load, security\n\n"
             f"`python -m bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
             f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
@@ -655,7 +700,8 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
             f"Resume mismatches: {errors}\n\n"
             f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}\n"
             f"## systemd-analyze security --offline=true\n\n"
-            f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}")
+            f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}\n"
+            f"## Every trial\n\n![kills]({Path(args.out).with_suffix('.png').name})\n\n{per_trial}")
 
 
 if __name__ == "__main__":

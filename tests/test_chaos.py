@@ -38,6 +38,7 @@ def test_sigkill_at_random_instants_loses_nothing_and_updates_resume(tmp_path):
     plan = ["training", "update-start", "checkpoint", "probes", "ingest", "uniform"]
     for trigger in plan:
         trial = chaos.trial(trigger)
+        assert trial.triggered, trigger
         c = trial.check
         assert c.ok, (trigger, c)
         assert (c.lost, c.duplicated, c.phantom, c.integrity) == (0, 0, 0, "ok")
