@@ -147,7 +147,7 @@ def _swap_after_first_commit(monkeypatch, action):
     monkeypatch.setattr(reader._FileReader, "_commit", commit_then_act)
 
 
-def test_a_file_replaced_while_being_read(db, daily, monkeypatch):
+def test_a_file_replaced_while_being_read(db, daily, monkeypatch, caplog):
     append(daily, *(line(f"a{i}") for i in range(6)))
     new = daily.with_suffix(".new")
 
@@ -158,12 +158,14 @@ def test_a_file_replaced_while_being_read(db, daily, monkeypatch):
     _swap_after_first_commit(monkeypatch, replace)
     first = ingest(db, daily)
     assert first.messages == 6  # the whole of the old file
-    second = ingest(db, daily)
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        second = ingest(db, daily)
     assert second.reread and (second.messages, second.duplicates) == (3, 6)
+    assert f"{daily}: truncated, replaced or rotated" in caplog.text
     assert texts(db) == [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(3)]
 
 
-def test_a_file_truncated_and_rewritten_while_being_read(db, daily, monkeypatch):
+def test_a_file_truncated_and_rewritten_while_being_read(db, daily, monkeypatch, caplog):
     """logrotate's copytruncate: the file is cut to nothing and the writer goes on, all mid-read. The
     first bytes recorded must be the ones this read started from, or the new file's first lines,
     which the read skipped by reading on at its old offset, would look already read."""
@@ -177,8 +179,9 @@ def test_a_file_truncated_and_rewritten_while_being_read(db, daily, monkeypatch)
     _swap_after_first_commit(monkeypatch, truncate_and_write)
     ingest(db, daily)
     monkeypatch.undo()
-    again = ingest(db, daily)
-    assert again.reread
+    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        again = ingest(db, daily)
+    assert again.reread and f"{daily}: truncated, replaced or rotated" in caplog.text
     stored = texts(db)
     assert sorted(stored) == sorted(["a0", "a1"] + [f"b{i}" for i in range(10)])  # a2..a5 were gone unread
     assert len(stored) == len(set(stored))
