@@ -126,8 +126,12 @@ def _take(rows: Iterable[dict], max_bytes: int | None, whole_messages: bool = Fa
 
 
 def _grouped(rows: list[dict]) -> bytes:
-    """rows in id order -> the conversation with each day's sessions together."""
-    return conversation(sorted(rows, key=lambda row: (row["day"], row["session"], row["id"])))
+    """rows in id order -> the conversation, days in order, each day's sessions together in the order
+    of their first message (as day_text has them)."""
+    first: dict[tuple[str, str], int] = {}
+    for row in rows:
+        first.setdefault((row["day"], row["session"]), row["id"])
+    return conversation(sorted(rows, key=lambda row: (row["day"], first[row["day"], row["session"]], row["id"])))
 
 
 def latest(db: sqlite_utils.Database, table: str, where: str = "1") -> list[dict]:

@@ -72,6 +72,16 @@ def test_day_text_groups_sessions_and_respects_max_bytes(tmp_path):
     assert splits == {("2026-11-26", "train"): 1, ("2026-11-27", "train"): 3}
 
 
+def test_text_since_orders_like_day_text(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("zeta", "z", "first"), ("alpha", "a", "second"), ("zeta", "z", "third")])
+    write_day(tmp_path, "2026-11-26", [("s", "u", "the day before")])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, probe_fraction=0.0001)
+    since = queries.text_since(db, 0)[0]
+    assert since == queries.day_text(db, "2026-11-26") + b"\n" + queries.day_text(db, "2026-11-27")
+    assert queries.day_text(db, "2026-11-27") == b"z: first\nz: third\n\na: second\n"
+
+
 def test_text_since_is_a_cursor_that_loses_nothing(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s", "u", f"message {i}") for i in range(50)])
     db = open_db(tmp_path / "state.db")
