@@ -241,7 +241,7 @@ def plot_curves(models: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="engram-ff bench text", description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=600, help="CPU seconds per model (variants get a fraction)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 15 s per model, small memory grid")
+    p.add_argument("--quick", action="store_true", help="smoke run: 10 s per model, small memory grid")
     p.add_argument("--models", help=f"comma-separated subset of {','.join(model_specs())}")
     p.add_argument("--skip-memory", action="store_true", help="leave out the memory and scan tables")
     p.add_argument("--json", metavar="OUT", help="also dump the raw results here")
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(names) - set(model_specs())
         if unknown:
             p.error(f"unknown models {sorted(unknown)}; choose from {', '.join(model_specs())}")
-        budget = 15 if args.quick else args.budget
+        budget = 10 if args.quick else args.budget
         results = {"models": {}, "memory": [], "scan": []}
         for name in names:
             r = in_fresh_process("run_model", name, budget * model_specs()[name]["budget"])
