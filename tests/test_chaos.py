@@ -100,6 +100,14 @@ def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(t
     db.close()
 
 
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _update_pid(db_path: Path) -> int:
     return wait_for(lambda: (query(db_path, "SELECT pid FROM runs r JOIN checkpoints c ON c.run_id = r.id "
                                             "WHERE r.status = 'running' AND c.kind = 'partial'") or [[None]])[0][0],
@@ -120,10 +128,9 @@ def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(
     try:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
-        wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
-                 .rsplit(")", 1)[1].split()[0], timeout=30, what="the orphaned update to stop")
+        wait_for(lambda: not _running(child), timeout=30, what="the orphaned update to stop")
     finally:
-        if Path(f"/proc/{child}").exists():
+        if _running(child):
             os.kill(child, signal.SIGKILL)
     (run_id, status, error), = query(db, "SELECT id, status, error FROM runs WHERE kind = 'update'")
     assert (status, error) == ("interrupted", "stopped by a signal")  # recorded by the update itself
