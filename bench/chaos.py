@@ -86,15 +86,12 @@ class Writer(threading.Thread):
         self.rng = random.Random(seed)
         self.jobs: list[tuple[str, int, float]] = []
         self.wake = threading.Condition()
-        self.idle = threading.Event()
-        self.idle.set()
-        self.counter = 0
+        self.counter = 0  # lines written so far
         self.stopping = False
 
     def burst(self, tag: str, lines: int, seconds: float) -> None:
         """Queue `lines` new lines spread over `seconds` (returns at once)."""
         with self.wake:
-            self.idle.clear()
             self.jobs.append((tag, lines, seconds))
             self.wake.notify()
 
@@ -102,7 +99,6 @@ class Writer(threading.Thread):
         while True:
             with self.wake:
                 while not self.jobs and not self.stopping:
-                    self.idle.set()
                     self.wake.wait()
                 if not self.jobs:
                     return
@@ -112,7 +108,7 @@ class Writer(threading.Thread):
     def _write(self, tag: str, lines: int, seconds: float) -> None:
         files = [self.raw / f"2026-01-{day:02d}.jsonl" for day in range(1, 4)] + [self.raw / f"{tag}.jsonl"]
         chunks = max(1, lines // 25)
-        for c in range(chunks):
+        for _ in range(chunks):
             path = self.rng.choice(files)
             data = b"".join(make_line(tag, self.counter + i) for i in range(lines // chunks))
             self.counter += lines // chunks
@@ -421,7 +417,8 @@ class Chaos:
             "probes": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' "
                                                "AND id > ?", [before]),
         }
-        jitter = {"uniform": 0.0, "ingest": 0.1, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0, "probes": 0.05}[trigger]
+        jitter = {"uniform": 0.0, "ingest": 0.1, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0,
+                  "probes": 0.05}[trigger]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             daemon.ready()

@@ -213,7 +213,8 @@ def test_a_torn_current_checkpoint_is_passed_over_by_the_daemons_update(tmp_path
     (run_id, parent, status), = query(config.db_path, "SELECT id, parent_checkpoint_id, status FROM runs "
                                                       "WHERE kind = 'update' ORDER BY id DESC LIMIT 1")
     assert (parent, status) == (good["checkpoint_id"], "ok")
-    assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?", [torn["checkpoint_id"]]) == [("corrupt",)]
+    assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?",
+                 [torn["checkpoint_id"]]) == [("corrupt",)]
     state = check_state(config.watch, config.data_dir)
     assert state.bad_checkpoints == [] and state.integrity == "ok"
     current = query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [state.current_checkpoint])[0][0]
@@ -232,7 +233,8 @@ def test_a_run_whose_pid_is_a_zombie_or_was_reused_counts_as_dead(tmp_path):
     try:
         time.sleep(1.1)
         ids = {}
-        for name, pid, started in (("zombie", zombie.pid, runs.now()), ("reused", reused.pid, "2026-01-01T00:00:00+00:00"),
+        for name, pid, started in (("zombie", zombie.pid, runs.now()),
+                                   ("reused", reused.pid, "2026-01-01T00:00:00+00:00"),
                                    ("alive", alive.pid, runs.now())):
             ids[name] = runs.start_run(db, "update")
             db.execute("UPDATE runs SET pid = ?, started_at = ? WHERE id = ?", [pid, started, ids[name]])
