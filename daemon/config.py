@@ -38,6 +38,9 @@ class Config:
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
     replay_ratio: float = 1.0  # replayed bytes per new byte
+    trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
+    freeze_layers: int = 0  # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
+    replay_layers: str = "all"  # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
     batch_size: int = 16
     seq_len: int = 256
     checkpoint_every_seconds: float = 60.0
@@ -136,6 +139,14 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:
         raise ConfigError(f"replay_ratio: must be >= 0, got {config.replay_ratio}")
+    if config.trainer not in ("ff", "bp"):
+        raise ConfigError(f"trainer: expected 'ff' or 'bp', got {config.trainer!r}")
+    if config.replay_layers not in ("all", "lower", "upper"):
+        raise ConfigError(f"replay_layers: expected 'all', 'lower' or 'upper', got {config.replay_layers!r}")
+    if config.freeze_layers < 0:
+        raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
+    if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
+        raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 

@@ -21,17 +21,21 @@ import torch
 from daemon.config import Config
 from model import checkpoint as ckpt
 from model.lm import FFLM, PRESETS, LMConfig
-from model.train import FFTrainer, byte_batches, train
+from model.train import BPTrainer, FFTrainer, byte_batches, train
 from state import queries, runs
 from state.db import open_db
 
 log = logging.getLogger(__name__)
 
 
+class TrainerMismatch(ValueError):
+    """The checkpoint holds another trainer's optimiser state than the configuration asks for."""
+
+
 @dataclass
 class Loaded:
     model: FFLM
-    trainer: FFTrainer
+    trainer: FFTrainer | BPTrainer
     checkpoint_id: int | None  # None: a fresh model
     meta: dict
 
@@ -40,24 +44,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+TRAINERS = {"ff": FFTrainer, "bp": BPTrainer}
+
+
 def fresh(config: Config) -> Loaded:
     model = FFLM(PRESETS[config.model_preset])
-    return Loaded(model, FFTrainer(model), None, {})
+    return Loaded(model, TRAINERS[config.trainer](model), None, {})
 
 
-def load(payload: dict, checkpoint_id: int) -> Loaded:
+def load(payload: dict, checkpoint_id: int, trainer: str = "ff") -> Loaded:
+    """A checkpoint's model and its trainer state, which must be the configured trainer's: FF keeps an
+    optimiser per layer, BP one for the whole model, and neither can continue the other's."""
+    held = payload.get("trainer_kind", "ff")  # checkpoints from before the BP option are FF's
+    if held != trainer:
+        raise TrainerMismatch(f"trainer: the current checkpoint holds {held!r} trainer state but the configuration "
+                              f"asks for {trainer!r}; set trainer = {held!r}, or use a new data_dir to start afresh")
     model = FFLM(LMConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["model"])
-    trainer = FFTrainer(model)
-    trainer.load_state_dict(payload["trainer"])
-    return Loaded(model, trainer, checkpoint_id, payload.get("meta", {}))
+    state = TRAINERS[trainer](model)
+    state.load_state_dict(payload["trainer"])
+    return Loaded(model, state, checkpoint_id, payload.get("meta", {}))
 
 
 def load_current(db, config: Config, kind: str = "final") -> Loaded | None:
     """The newest good checkpoint of `kind` that loads; a torn or corrupt one is marked and skipped."""
     for row in runs.good_checkpoints(db, kind):
         try:
-            return load(ckpt.load_checkpoint(row["path"]), row["id"])
+            return load(ckpt.load_checkpoint(row["path"]), row["id"], config.trainer)
         except ckpt.CheckpointError as exc:
             log.error("checkpoint %s is unusable (%s); falling back to the one before it", row["path"], exc)
             runs.set_checkpoint_status(db, row["id"], "corrupt")
@@ -72,6 +85,7 @@ def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_i
         "model": loaded.model.state_dict(),
         "config": loaded.model.config.to_dict(),
         "trainer": loaded.trainer.state_dict(),
+        "trainer_kind": "bp" if isinstance(loaded.trainer, BPTrainer) else "ff",
         "meta": meta,
     })
     return runs.add_checkpoint(db, run_id=run_id, path=str(path), sha256=digest, kind=kind,
@@ -93,6 +107,36 @@ def prune(db, keep: int, folder: Path) -> None:
             log.info("removing %s, left by an interrupted checkpoint write", path)
             path.unlink(missing_ok=True)
             ckpt.digest_path(path).unlink(missing_ok=True)
+
+
+def plan_layers(trainer: FFTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
+    """FF's cheap guards against forgetting, each a per-layer choice that backprop cannot make for free:
+    freeze the lowest layers once they have learned a day, and let only some layers' losses see the
+    replayed rows (the last `replay_rows` of each batch)."""
+    n_layers = len(trainer.optimizers)
+    if config.freeze_layers >= n_layers:
+        raise ValueError(f"freeze_layers: {config.freeze_layers} would freeze all {n_layers} layers of the model")
+    if matured:
+        trainer.freeze(config.freeze_layers)
+    if replay_rows and config.replay_layers != "all":
+        new_rows = config.batch_size - replay_rows
+        skip = range(n_layers - 1, n_layers) if config.replay_layers == "lower" else range(n_layers - 1)
+        for i in skip:
+            trainer.loss_rows[i] = new_rows
+
+
+def update_batches(new_text: bytes, replay: bytes, config: Config, generator: torch.Generator):
+    """(batches, replayed rows per batch). Windows come from new and replayed text together; only when
+    layers treat replay differently is each batch split into new rows first, then replayed ones in
+    proportion to the bytes, so a layer can take its loss on the new rows alone."""
+    text = new_text + replay
+    if config.replay_layers == "all" or min(len(new_text), len(replay)) < 2:
+        return byte_batches(text, config.batch_size, config.seq_len, generator), 0
+    replay_rows = min(config.batch_size - 1, max(1, round(config.batch_size * len(replay) / len(text))))
+    seq_len = min(config.seq_len, len(new_text) - 1, len(replay) - 1)
+    new = byte_batches(new_text, config.batch_size - replay_rows, seq_len, generator)
+    old = byte_batches(replay, replay_rows, seq_len, generator)
+    return ((torch.cat([xn, xo]), torch.cat([yn, yo])) for (xn, yn), (xo, yo) in zip(new, old)), replay_rows
 
 
 def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
@@ -182,7 +226,9 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
             last_save = time.monotonic()
 
     generator = torch.Generator().manual_seed(run_id)
-    batches = byte_batches(text, config.batch_size, config.seq_len, generator)
+    batches, replay_rows = update_batches(new_text, replay, config, generator)
+    if config.trainer == "ff":
+        plan_layers(current.trainer, config, matured=parent_id is not None, replay_rows=replay_rows)
     result = train(current.trainer, batches, budget_s=budget_s, max_steps=steps_left,
                    on_step=on_step, should_stop=should_stop)
     meta["seconds"] = spent + time.monotonic() - started

@@ -53,14 +53,24 @@ class FFTrainer:
         self.model, self.lr, self.loss, self.negatives = model, lr, loss, negatives
         self.n_negatives, self.clip = n_negatives, clip
         self.optimizers = [_adam(p, lr) for p in model.layer_parameters()]
+        self.layer_lr = [1.0] * len(self.optimizers)  # per-layer lr multiplier; 0: frozen (see freeze)
+        self.loss_rows: list[int | None] = [None] * len(self.optimizers)  # layer l's loss reads batch rows [:n]
         self.byte_counts = torch.ones(VOCAB)  # for unigram negatives (add-one smoothed)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
 
     def set_lr_scale(self, scale: float) -> None:
-        for opt in self.optimizers:
+        for opt, layer_lr in zip(self.optimizers, self.layer_lr):
             for group in opt.param_groups:
-                group["lr"] = self.lr * scale
+                group["lr"] = self.lr * scale * layer_lr
+
+    def freeze(self, n_lowest: int) -> None:
+        """Stop training the lowest n layers. Their losses are local, so nothing above needs their
+        gradients: a frozen layer runs forward only and its optimiser state is dropped."""
+        for i in range(n_lowest):
+            self.layer_lr[i] = 0.0
+            self.optimizers[i].zero_grad(set_to_none=True)
+            self.optimizers[i].state.clear()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         """One batch through every layer, each updated from its local loss. Returns those losses."""
@@ -69,14 +79,18 @@ class FFTrainer:
             self.byte_counts += torch.bincount(y.flatten(), minlength=VOCAB)
         losses = []
         lower = None  # detached logits of the layers below, [B, T, 256]
-        for opt, head, z in zip(self.optimizers, self.model.heads, self.model.features(x, detach=True)):
-            logits = head(z) if lower is None else lower + head(z)
-            loss = self._local_loss(logits, y, lower)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
-            opt.step()
+        features = self.model.features(x, detach=True)
+        for opt, head, layer_lr, rows in zip(self.optimizers, self.model.heads, self.layer_lr, self.loss_rows):
+            with torch.set_grad_enabled(layer_lr > 0):
+                z = next(features)
+                logits = head(z) if lower is None else lower + head(z)
+                loss = self._local_loss(logits[:rows], y[:rows], None if lower is None else lower[:rows])
+            if layer_lr > 0:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.clip:
+                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
+                opt.step()
             lower = logits.detach()
             losses.append(loss.item())
         self.steps += 1

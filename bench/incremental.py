@@ -1,0 +1,334 @@
+"""`engram-ff bench incremental`: does FF learn day by day without forgetting? FF against BP, replay against none.
+
+Each method gets a fresh data folder. Day by day, the day's Engram file is dropped into its watched
+folder, ingested, and the daemon's own nightly job (`daemon.update.update_and_probe`) runs with that
+method's configuration: a method is nothing but daemon configuration fields. After update i the
+current checkpoint is scored on EVERY day's probe split (future days too, taken from one reference
+database holding all days), filling R[i][j] = bits per byte on day j's probe split after update i.
+
+From R, in loss form (bits per byte, lower is better):
+  average loss      mean of R[N][j] over all days j;
+  new-day loss      R[i][i], how well a day is learned the night it arrives;
+  BWT (GEM, Lopez-Paz and Ranzato 2017)  mean over j < N of R[j][j] - R[N][j]: positive means later
+                    days helped day j, negative means they made it worse (as daemon/probes.py records it);
+  forgetting (Chaudhry et al. 2018)  mean over j < N of R[N][j] - min_{j <= k < N} R[k][j]: how far
+                    day j has fallen from its best; >= 0, lower is better.
+
+    flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 150]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS, markdown_table, plot_series, write_result
+from bench.make_stream import FACTS, day_lines, load_facts, stream_days, write_day
+from daemon.config import load_config
+from daemon.update import load_current, update_and_probe
+from ingest.reader import catch_up
+from model.train import evaluate_nats
+from state import queries
+from state.db import open_db
+
+LN2 = math.log(2)
+
+# name -> daemon configuration fields (everything else is shared by all methods)
+METHODS = {
+    "ff": dict(trainer="ff", replay_ratio=0.0),
+    "ff-replay0.5": dict(trainer="ff", replay_ratio=0.5),
+    "ff-replay1": dict(trainer="ff", replay_ratio=1.0),
+    "bp": dict(trainer="bp", replay_ratio=0.0),
+    "bp-replay1": dict(trainer="bp", replay_ratio=1.0),
+    "ff-freeze1": dict(trainer="ff", replay_ratio=0.0, freeze_layers=1),
+    "ff-freeze2": dict(trainer="ff", replay_ratio=0.0, freeze_layers=2),
+    "ff-replay1-lower": dict(trainer="ff", replay_ratio=1.0, replay_layers="lower"),
+    "ff-replay1-upper": dict(trainer="ff", replay_ratio=1.0, replay_layers="upper"),
+}
+DEFAULT_METHODS = ["ff", "bp", "ff-replay1", "bp-replay1", "ff-freeze1", "ff-replay1-lower", "ff-replay0.5"]
+QUICK = dict(days=3, steps_per_day=4, methods="ff,bp,ff-freeze1", preset="tiny", batch_size=4, seq_len=64,
+             eval_bytes=1024)
+
+
+@dataclass
+class Run:
+    """One method on the stream: R[i][j] and the per-update measurements, i = update, j = day."""
+    method: str
+    R: list[list[float]] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of update_and_probe
+    update_seconds: list[float] = field(default_factory=list)  # wall time of the update, from its runs row
+    facts: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # name -> (answer bpb, rank)
+
+    def diagonal(self) -> list[float]:
+        return [self.R[i][i] for i in range(len(self.R))]
+
+    def forgetting_after(self, i: int) -> float:
+        """Average forgetting over the days before day i, after update i (0-based)."""
+        return sum(self.R[i][j] - min(self.R[k][j] for k in range(j, i)) for j in range(i)) / i
+
+    def summary(self) -> dict[str, float]:
+        n = len(self.R) - 1
+        last = self.R[n]
+        return {
+            "avg_bpb": sum(last) / len(last),
+            "new_bpb": sum(self.diagonal()) / len(self.R),
+            "newest_bpb": last[n],
+            "bwt_bpb": sum(self.R[j][j] - last[j] for j in range(n)) / n,
+            "forgetting_bpb": self.forgetting_after(n),
+        }
+
+
+def method_config(folder: Path, overrides: dict, args) -> object:
+    """The daemon configuration of one method: fixed steps a day, so every method sees the same data."""
+    return load_config(
+        environ={}, data_dir=str(folder / "data"), watch_dir=str(folder / "engram"), facts_file=str(FACTS),
+        model_preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
+        update_min_steps=args.steps_per_day, update_max_steps=args.steps_per_day, update_budget_minutes=600,
+        checkpoint_every_seconds=3600, **overrides)
+
+
+def write_days(out: Path, stream: str, n_days: int, repeat: int) -> list[Path]:
+    """The stream's day files in `out`, the facts planted on day 1."""
+    facts = load_facts()
+    return [write_day(out, day, day_lines(day, speeches, source, facts if i == 0 else None, repeat if i == 0 else 0))
+            for i, (day, source, speeches) in enumerate(stream_days(stream, n_days))]
+
+
+def probe_texts(day_files: list[Path], folder: Path, max_bytes: int) -> list[bytes]:
+    """Every day's probe split, from a reference database that holds all days."""
+    config = load_config(environ={}, data_dir=str(folder / "data"), watch_dir=str(folder / "engram"))
+    raw = config.watch / "raw"
+    raw.mkdir(parents=True)
+    for path in day_files:
+        shutil.copy(path, raw / path.name)
+    db = open_db(config.db_path)
+    try:
+        catch_up(db, config.watch, probe_fraction=config.probe_fraction)
+        return [queries.day_text(db, day, "probe", max_bytes=max_bytes) for day in queries.days(db)]
+    finally:
+        db.close()
+
+
+def fact_scores(config, checkpoint_id: int) -> dict[str, tuple[float, int]]:
+    """The fact probes the daemon recorded for this checkpoint."""
+    db = open_db(config.db_path)
+    try:
+        rows = db.query("SELECT probe, metric, value FROM probe_scores WHERE kind = 'fact' AND checkpoint_id = ?",
+                        [checkpoint_id])
+        scores: dict[str, dict] = {}
+        for row in rows:
+            scores.setdefault(row["probe"], {})[row["metric"]] = row["value"]
+        return {name: (s["answer_bpb"], int(s["answer_rank"])) for name, s in scores.items()}
+    finally:
+        db.close()
+
+
+def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: Path, args) -> Run:
+    config = method_config(folder, METHODS[method], args)
+    raw = config.watch / "raw"
+    raw.mkdir(parents=True)
+    run = Run(method)
+    for i, path in enumerate(day_files):
+        shutil.copy(path, raw / path.name)  # the day's log lands in the watched folder
+        db = open_db(config.db_path)
+        try:
+            catch_up(db, config.watch, probe_fraction=config.probe_fraction, max_line_bytes=config.max_line_bytes)
+        finally:
+            db.close()
+        cpu = time.process_time()
+        row = update_and_probe(config)
+        run.cpu_seconds.append(time.process_time() - cpu)
+        if row["status"] != "ok":
+            raise RuntimeError(f"{method}: update of day {i + 1} ended {row['status']}: {row['error']}")
+        run.update_seconds.append(row["wall_seconds"])
+        db = open_db(config.db_path)
+        try:
+            model = load_current(db, config).model
+        finally:
+            db.close()
+        run.R.append([evaluate_nats(model, text) / LN2 for text in probes])
+        run.facts.append(fact_scores(config, row["checkpoint_id"]))
+        print(f"{method} day {i + 1}: new {run.R[-1][i]:.3f} bpb, all days {sum(run.R[-1]) / len(probes):.3f}, "
+              f"{run.cpu_seconds[-1]:.0f} CPU s", flush=True)
+    return run
+
+
+def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    lo = min(min(map(min, r.R)) for r in runs)
+    hi = max(max(map(max, r.R)) for r in runs)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    for ax, run in zip(axes.flat, runs):
+        n = len(run.R)
+        image = ax.imshow(run.R, vmin=lo, vmax=hi, cmap="viridis_r")
+        ax.set(title=run.method, xlabel="probe day j", ylabel="after update i",
+               xticks=range(n), xticklabels=range(1, n + 1), yticks=range(n), yticklabels=range(1, n + 1))
+    fig.colorbar(image, ax=axes, shrink=0.8, label="bits per byte (lower is better)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def answers_section(results: Path) -> str:
+    """The plan's four questions, the first three read from the other benchmarks' results when they exist."""
+    def cite(name: str, command: str) -> str:
+        path = results / name
+        if path.exists():
+            return f"see [{name}]({name}) (`{command}`)"
+        return f"not measured yet: `{command}` writes bench/results/{name}"
+
+    return (
+        "## The plan's four questions\n\n"
+        f"1. Does FF work on a CPU with 16 GB? {cite('images.md', 'engram-ff bench images')}; "
+        f"{cite('update.md', 'engram-ff bench update')} (peak RSS of a nightly update). This study's own "
+        "updates are in the CPU seconds table above.\n"
+        f"2. Can it learn text? {cite('text.md', 'engram-ff bench text')}; here, the new-day loss column.\n"
+        f"3. Can SSM layers replace linear ones? {cite('text.md', 'engram-ff bench text')} (SSM against the "
+        "window MLP baseline).\n"
+        "4. Does it enable incremental learning? The tables and figures above "
+        "(`flock /tmp/engram-bench.lock python -m bench.incremental`).\n")
+
+
+def report(runs: list[Run], args, day_names: list[str], probe_bytes: list[int], results: Path, stem: str) -> str:
+    heatmap = plot_heatmaps(results / f"{stem}_R.png", runs)
+    chart = plot_series(results / f"{stem}_forgetting.png",
+                        {r.method: [r.forgetting_after(i) * LN2 for i in range(1, len(r.R))] for r in runs},
+                        xlabel="update i - 1 (days learned before the newest)",
+                        ylabel="average forgetting (nats/byte)", title="Forgetting of earlier days, update by update")
+    n = len(day_names)
+    lines = [
+        "# Incremental learning: FF against BP, replay against none\n",
+        f"Stream `{args.stream}`, {n} days ({', '.join(day_names)}), facts planted on day 1 (x{args.repeat}); "
+        f"model preset `{args.preset}`, batch {args.batch_size} x {args.seq_len}, {args.steps_per_day} steps a day "
+        f"for every method; R evaluated on each day's probe split (first {args.eval_bytes} bytes; "
+        f"{min(probe_bytes)}-{max(probe_bytes)} bytes a day).\n",
+        f"Command: `flock /tmp/engram-bench.lock python -m bench.incremental {' '.join(args.argv)}`\n",
+        "Loss form, bits per byte unless marked: avg = mean of R[N][j] over all days; new = mean of R[i][i] "
+        "(a day learned the night it arrives); newest = R[N][N]; BWT = mean_{j<N} (R[j][j] - R[N][j]) "
+        "(positive: later days helped); forgetting = mean_{j<N} (R[N][j] - min_{j<=k<N} R[k][j]) (>= 0, "
+        "lower is better), also in nats/byte.\n",
+    ]
+    headers = ["method", "avg bpb", "new bpb", "newest bpb", "BWT bpb", "forgetting bpb", "forgetting nats/B",
+               "CPU s/day", "update wall s/day", "facts rank 1 after day N"]
+    rows = []
+    for r in runs:
+        s = r.summary()
+        top = sum(rank == 1 for _, rank in r.facts[-1].values())
+        rows.append([r.method, f"{s['avg_bpb']:.3f}", f"{s['new_bpb']:.3f}", f"{s['newest_bpb']:.3f}",
+                     f"{s['bwt_bpb']:+.3f}", f"{s['forgetting_bpb']:.3f}", f"{s['forgetting_bpb'] * LN2:.3f}",
+                     f"{sum(r.cpu_seconds) / n:.1f}", f"{sum(r.update_seconds) / n:.1f}",
+                     f"{top}/{len(r.facts[-1])}"])
+    lines += ["## Summary\n", markdown_table(headers, rows)]
+    lines.append(targets_section(runs, n))
+    lines += ["## Forgetting over days (nats/byte)\n", f"![forgetting]({chart.name})\n",
+              markdown_table(["method"] + [f"after {i + 1}" for i in range(1, n)],
+                             [[r.method] + [f"{r.forgetting_after(i) * LN2:.3f}" for i in range(1, n)] for r in runs])]
+    lines += ["## Fact probes (planted on day 1): rank among distractors / answer bpb, per fact, after each update\n"]
+    names = sorted(runs[0].facts[0])
+    for r in runs:
+        lines.append(f"**{r.method}**\n")
+        lines.append(markdown_table(["fact"] + [f"day {i + 1}" for i in range(n)],
+                                    [[name] + [f"{r.facts[i][name][1]} / {r.facts[i][name][0]:.2f}" for i in range(n)]
+                                     for name in names]))
+    lines += ["## Accuracy matrices R[i][j] (bits per byte on day j's probe split after update i)\n",
+              f"![R heatmaps]({heatmap.name})\n"]
+    for r in runs:
+        lines.append(f"**{r.method}** (CPU s per update: {', '.join(f'{c:.0f}' for c in r.cpu_seconds)})\n")
+        lines.append(markdown_table(["after \\ day"] + [str(j + 1) for j in range(n)],
+                                    [[str(i + 1)] + [f"{v:.3f}" for v in row] for i, row in enumerate(r.R)]))
+    lines.append(answers_section(results))
+    return "\n".join(lines)
+
+
+def targets_section(runs: list[Run], n: int) -> str:
+    """The issue's targets, checked against whichever methods were run."""
+    by = {r.method: r.summary() for r in runs}
+    out = ["## Targets\n"]
+    if "ff" in by and "bp" in by:
+        ff, bp = by["ff"], by["bp"]
+        gap = ff["newest_bpb"] / bp["newest_bpb"] - 1
+        pair = f"{ff['forgetting_bpb'] * LN2:.3f} vs {bp['forgetting_bpb'] * LN2:.3f} nats/byte"
+        if bp["forgetting_bpb"] > 0:
+            ratio = ff["forgetting_bpb"] / bp["forgetting_bpb"]
+            verdict = f"ratio {ratio:.2f}: {'met' if ratio <= 0.5 else 'missed'}"
+        else:
+            verdict = "BP does not forget on this stream at this budget, so the ratio says nothing"
+        out.append(f"- FF forgetting <= 0.5 x BP's (no replay): {pair}, {verdict}.")
+        out.append(f"- FF newest-day loss within 5% of BP's: {ff['newest_bpb']:.3f} vs {bp['newest_bpb']:.3f} bpb "
+                   f"({gap:+.1%}): {'met' if gap <= 0.05 else 'missed'}.")
+    replayed = {m: s for m, s in by.items() if m.startswith("ff") and "replay" in m}
+    if replayed:
+        best = min(replayed, key=lambda m: replayed[m]["forgetting_bpb"])
+        value = replayed[best]["forgetting_bpb"] * LN2
+        out.append(f"- FF with replay, forgetting <= 0.02 nats/byte: best {best} {value:.3f}: "
+                   f"{'met' if value <= 0.02 else 'missed'}.")
+    for r in runs:
+        if r.method.startswith("ff") and n >= 8:
+            top = [name for name, (_, rank) in r.facts[-1].items() if rank == 1]
+            out.append(f"- {r.method}: facts planted on day 1 ranking first after {n - 1} more days: "
+                       f"{len(top)}/{len(r.facts[-1])} ({', '.join(top) or 'none'}).")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="engram-ff bench incremental", description=__doc__.split("\n")[0])
+    parser.add_argument("--stream", choices=["plays", "tiny"], default="plays")
+    parser.add_argument("--days", type=int, default=8)
+    parser.add_argument("--steps-per-day", type=int, default=150)
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of: {', '.join(METHODS)}")
+    parser.add_argument("--preset", default="daemon")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-bytes", type=int, default=8192, help="bytes of each day's probe split scored in R")
+    parser.add_argument("--repeat", type=int, default=8, help="times the fact conversation occurs on day 1")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (on 2 shared cores one thread ran a step 2.5x faster than two)")
+    parser.add_argument("--quick", action="store_true",
+                        help="defaults for a smoke test: 3 days, 4 steps, tiny model, 3 methods")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    if "--quick" in argv:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if args.days < 2:
+        parser.error("--days must be at least 2: forgetting needs a day before the newest")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="engram-incremental-") as tmp:
+        work = Path(tmp)
+        day_files = write_days(work / "stream", args.stream, args.days, args.repeat)
+        probes = probe_texts(day_files, work / "reference", args.eval_bytes)
+        stem = "incremental-quick" if args.quick else "incremental"
+        runs = []
+        for method in methods:  # the report is rewritten after each method, so a long study shows progress
+            runs.append(run_method(method, day_files, probes, work / method, args))
+            text = report(runs, args, [p.stem for p in day_files], [len(p) for p in probes], args.results, stem)
+            path = write_result(f"{stem}.md", text, args.results)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The incremental study's knobs (trainer, freeze_layers, replay_layers) on the daemon's real update path,
+and the study itself in its quick mode."""
+import copy
+
+import pytest
+import torch
+
+from bench import incremental
+from daemon import update
+from daemon.config import ConfigError, load_config
+from ingest.reader import catch_up
+from model.checkpoint import load_checkpoint
+from model.lm import FFLM, PRESETS
+from model.train import FFTrainer
+from state.db import open_db
+from tests.daemon_helpers import FAST, write_day
+
+
+@pytest.fixture
+def make(tmp_path):
+    """make(**fields) -> (config, db) on one data folder that already holds a day of messages."""
+    opened = []
+
+    def make(**fields):
+        config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"),
+                             update_min_steps=6, update_max_steps=6, **fields)
+        if not opened:
+            write_day(config.watch, "2026-01-01", 60)
+        db = open_db(config.db_path)
+        catch_up(db, config.watch)
+        opened.append(db)
+        return config, db
+
+    yield make
+    for db in opened:
+        db.close()
+
+
+def next_day(config, db, day="2026-01-02"):
+    write_day(config.watch, day, 40)
+    catch_up(db, config.watch)
+
+
+def checkpoint(db, row):
+    path = db.execute("SELECT path FROM checkpoints WHERE id = ?", [row["checkpoint_id"]]).fetchone()[0]
+    return load_checkpoint(path)
+
+
+@pytest.mark.parametrize("fields, key", [
+    (dict(trainer="sgd"), "trainer"),
+    (dict(replay_layers="middle"), "replay_layers"),
+    (dict(freeze_layers=-1), "freeze_layers"),
+    (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
+])
+def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(environ={}, data_dir=str(tmp_path), **fields)
+
+
+def test_bp_checkpoint_says_so_and_ff_refuses_it_without_losing_it(make):
+    config, db = make(trainer="bp")
+    first = update.update_and_probe(config)
+    assert first["status"] == "ok" and checkpoint(db, first)["trainer_kind"] == "bp"
+
+    config, db = make(trainer="ff")
+    next_day(config, db)
+    refused = update.run_update(config)
+    assert refused["status"] == "failed" and "holds 'bp' trainer state" in refused["error"]
+    assert "trainer" in refused["error"]
+    config, db = make(trainer="bp")  # the BP checkpoint is still current and goes on
+    again = update.run_update(config)
+    assert again["status"] == "ok" and again["parent_checkpoint_id"] == first["checkpoint_id"]
+
+
+def test_frozen_layer_has_no_gradient_no_optimiser_state_and_does_not_change():
+    torch.manual_seed(0)
+    trainer = FFTrainer(FFLM(PRESETS["tiny"]))
+    x = torch.randint(0, 256, (2, 17))
+    trainer.train_step(x[:, :-1], x[:, 1:])
+    trainer.freeze(1)
+    lower = [p.detach().clone() for p in trainer.model.layer_parameters()[0]]
+    upper = [p.detach().clone() for p in trainer.model.layer_parameters()[1]]
+    trainer.train_step(x[:, :-1], x[:, 1:])
+    assert all(p.grad is None for p in trainer.model.layer_parameters()[0])
+    assert trainer.optimizers[0].state_dict()["state"] == {}
+    assert all(torch.equal(a, b) for a, b in zip(lower, trainer.model.layer_parameters()[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(upper, trainer.model.layer_parameters()[1]))
+
+
+def test_freeze_layers_keeps_the_lowest_layer_after_the_first_update(make):
+    config, db = make(freeze_layers=1)
+    first = update.update_and_probe(config)
+    next_day(config, db)
+    second = update.update_and_probe(config)
+    assert first["status"] == second["status"] == "ok"
+    before, after = checkpoint(db, first)["model"], checkpoint(db, second)["model"]
+    lowest = [k for k in before if k.startswith(("embed.", "layers.0.", "heads.0."))]
+    top = [k for k in before if k.startswith(("layers.1.", "heads.1."))]
+    assert all(torch.equal(before[k], after[k]) for k in lowest)  # day 1 trained it; day 2 left it alone
+    assert not all(torch.equal(before[k], after[k]) for k in top)
+
+    config, db = make(freeze_layers=2)  # the tiny preset has 2 layers
+    next_day(config, db, "2026-01-03")
+    refused = update.run_update(config)
+    assert refused["status"] == "failed" and "freeze_layers" in refused["error"]
+
+
+def test_loss_rows_limit_a_layers_loss_to_the_first_rows():
+    torch.manual_seed(0)
+    model = FFLM(PRESETS["tiny"])
+    x = torch.randint(0, 256, (4, 17))
+    split = FFTrainer(copy.deepcopy(model))
+    split.loss_rows = [None, 2]  # the top layer's loss reads rows 0-1 only
+    alone = FFTrainer(copy.deepcopy(model))
+    top_split = split.train_step(x[:, :-1], x[:, 1:])[1]
+    top_alone = alone.train_step(x[:2, :-1], x[:2, 1:])[1]
+    assert top_split == pytest.approx(top_alone, rel=1e-5)
+
+
+def test_replay_rows_come_last_and_only_chosen_layers_see_them(make):
+    config, db = make(replay_layers="lower", replay_ratio=1.0)
+    new, replay = b"n" * 500, b"r" * 1500
+    batches, replay_rows = update.update_batches(new, replay, config, torch.Generator().manual_seed(0))
+    x, y = next(batches)
+    assert replay_rows == 3 and x.shape == (config.batch_size, config.seq_len)  # 3 of 4 rows: 3/4 of the bytes
+    assert (x[:1] == ord("n")).all() and (x[1:] == ord("r")).all()
+
+    trainer = FFTrainer(FFLM(PRESETS["tiny"]))
+    update.plan_layers(trainer, config, matured=True, replay_rows=replay_rows)
+    assert trainer.loss_rows == [None, 1]  # the top layer learns from the new rows alone
+    upper = load_config(environ=FAST, data_dir=str(config.data_dir), replay_layers="upper")
+    trainer = FFTrainer(FFLM(PRESETS["tiny"]))
+    update.plan_layers(trainer, upper, matured=True, replay_rows=replay_rows)
+    assert trainer.loss_rows == [1, None]
+
+    first = update.update_and_probe(config)
+    next_day(config, db)
+    second = update.update_and_probe(config)
+    assert first["status"] == second["status"] == "ok" and second["replay_bytes"] > 0
+
+
+def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
+    assert incremental.main(["--quick", "--days", "2", "--methods", "ff,ff-freeze1",
+                             "--results", str(tmp_path)]) == 0
+    report = (tmp_path / "incremental-quick.md").read_text()
+    assert "| ff-freeze1 |" in report and "## The plan's four questions" in report
+    assert report.count("| after \\ day | 1 | 2 |") == 2  # an R matrix per method, every day probed
+    assert (tmp_path / "incremental-quick_R.png").stat().st_size > 0
+    assert (tmp_path / "incremental-quick_forgetting.png").stat().st_size > 0
