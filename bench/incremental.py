@@ -12,7 +12,8 @@ From R, in loss form (bits per byte, lower is better):
   BWT (GEM, Lopez-Paz and Ranzato 2017)  mean over j < N of R[j][j] - R[N][j]: positive means later
                     days helped day j, negative means they made it worse (as daemon/probes.py records it);
   forgetting (Chaudhry et al. 2018)  mean over j < N of R[N][j] - min_{j <= k < N} R[k][j]: how far
-                    day j has fallen from its best; >= 0, lower is better.
+                    day j has fallen from its best earlier score; lower is better, and negative when the
+                    newest update made old days better than any earlier checkpoint had them.
 
     flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 150]
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, markdown_table, plot_series, write_result
+from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, write_result
 from bench.make_stream import FACTS, day_lines, load_facts, stream_days, write_day
 from daemon.config import load_config
 from daemon.update import load_current, update_and_probe
@@ -185,22 +186,24 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
 
 
 def answers_section(results: Path) -> str:
-    """The plan's four questions, the first three read from the other benchmarks' results when they exist."""
+    """The plan's four questions: the first three quote the verdict lines of the other benchmarks' results
+    (their `- ...` bullets) when those files exist, the fourth points at this study."""
     def cite(name: str, command: str) -> str:
         path = results / name
-        if path.exists():
-            return f"see [{name}]({name}) (`{command}`)"
-        return f"not measured yet: `{command}` writes bench/results/{name}"
+        if not path.exists():
+            return f"not measured yet: `{command}` writes bench/results/{name}.\n"
+        verdicts = [line for line in path.read_text().splitlines() if line.startswith("- ")]
+        return f"from [{name}]({name}), `{command}`:\n" + "".join(f"  {line}\n" for line in verdicts)
 
     return (
         "## The plan's four questions\n\n"
-        f"1. Does FF work on a CPU with 16 GB? {cite('images.md', 'engram-ff bench images')}; "
-        f"{cite('update.md', 'engram-ff bench update')} (peak RSS of a nightly update). This study's own "
-        "updates are in the CPU seconds table above.\n"
-        f"2. Can it learn text? {cite('text.md', 'engram-ff bench text')}; here, the new-day loss column.\n"
-        f"3. Can SSM layers replace linear ones? {cite('text.md', 'engram-ff bench text')} (SSM against the "
-        "window MLP baseline).\n"
-        "4. Does it enable incremental learning? The tables and figures above "
+        f"1. Does FF work on a CPU with 16 GB? Images {cite('images.md', 'engram-ff bench images')}"
+        f"   A nightly update's memory: {cite('update.md', 'engram-ff bench update')}"
+        "   This study's updates: the CPU seconds column above (one thread).\n"
+        f"2. Can it learn text? {cite('text.md', 'engram-ff bench text')}"
+        "   Here: the new-day column, a play learned the night it arrives.\n"
+        f"3. Can SSM layers replace linear ones? {cite('text.md', 'engram-ff bench text')}"
+        "4. Does it enable incremental learning? The summary, targets and matrices above "
         "(`flock /tmp/engram-bench.lock python -m bench.incremental`).\n")
 
 
@@ -216,12 +219,14 @@ def report(runs: list[Run], args, day_names: list[str], probe_bytes: list[int], 
         f"Stream `{args.stream}`, {n} days ({', '.join(day_names)}), facts planted on day 1 (x{args.repeat}); "
         f"model preset `{args.preset}`, batch {args.batch_size} x {args.seq_len}, {args.steps_per_day} steps a day "
         f"for every method; R evaluated on each day's probe split (first {args.eval_bytes} bytes; "
-        f"{min(probe_bytes)}-{max(probe_bytes)} bytes a day).\n",
+        f"{min(probe_bytes)}-{max(probe_bytes)} bytes a day); torch threads {args.threads}; peak RSS of the "
+        f"study process {peak_rss_mib():.0f} MiB.\n",
         f"Command: `flock /tmp/engram-bench.lock python -m bench.incremental {' '.join(args.argv)}`\n",
         "Loss form, bits per byte unless marked: avg = mean of R[N][j] over all days; new = mean of R[i][i] "
         "(a day learned the night it arrives); newest = R[N][N]; BWT = mean_{j<N} (R[j][j] - R[N][j]) "
-        "(positive: later days helped); forgetting = mean_{j<N} (R[N][j] - min_{j<=k<N} R[k][j]) (>= 0, "
-        "lower is better), also in nats/byte.\n",
+        "(positive: later days helped); forgetting = mean_{j<N} (R[N][j] - min_{j<=k<N} R[k][j]) (lower "
+        "is better; negative: the newest update left old days better than any earlier checkpoint), also in "
+        "nats/byte.\n",
     ]
     headers = ["method", "avg bpb", "new bpb", "newest bpb", "BWT bpb", "forgetting bpb", "forgetting nats/B",
                "CPU s/day", "update wall s/day", "facts rank 1 after day N"]
