@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, write_result
-from bench.make_stream import FACTS, day_lines, load_facts, stream_days, write_day
+from bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
 from daemon.config import load_config
 from daemon.update import load_current, update_and_probe
 from ingest.reader import catch_up
+from model.lm import PRESETS
 from model.train import evaluate_nats
 from state import queries
 from state.db import open_db
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-day", type=int, default=150)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, of: {', '.join(METHODS)}")
-    parser.add_argument("--preset", default="daemon")
+    parser.add_argument("--preset", default="daemon", choices=list(PRESETS))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-bytes", type=int, default=8192, help="bytes of each day's probe split scored in R")
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     if args.days < 2:
         parser.error("--days must be at least 2: forgetting needs a day before the newest")
+    if args.stream == "plays" and args.days > len(PLAYS):
+        parser.error(f"--days: the plays stream has {len(PLAYS)} days (one play a day), not {args.days}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="engram-incremental-") as tmp:
         work = Path(tmp)
