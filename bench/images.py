@@ -180,7 +180,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--loss", choices=["multi", "pair"])
     p.add_argument("--goodness", choices=["mean", "sum"])
     p.add_argument("--theta", type=float)
-    p.add_argument("--negatives", type=int, help="wrong labels per image for layers after the first")
+    p.add_argument("--negatives", type=int, help="wrong labels per image, drawn from the readout's belief (9: all)")
     p.add_argument("--label-scale", type=float)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--test-limit", type=int)
