@@ -206,6 +206,10 @@ def render(results: dict, out_dir: Path) -> str:
                      "state exists); `peak` = the process's whole peak RSS, torch included.\n")
         lines.append(markdown_table(["layers", "seq len", "FF step MiB", "BP step MiB", "FF / BP",
                                      "FF peak MiB", "BP peak MiB"], rows))
+    targets = target_rows(results)
+    if targets:
+        lines.append("\n## Targets\n")
+        lines.append(markdown_table(["target", "measured", "met"], targets))
     if results.get("scan"):
         lines.append("\n## Associative scan against a Python loop over time (forward + backward, B=8, N=128)\n")
         lines.append(markdown_table(["T", "scan ms", "loop ms", "speed-up"],
@@ -216,6 +220,34 @@ def render(results: dict, out_dir: Path) -> str:
         for r in models.values():
             lines.append(f"### {r['name']}\n\n```\n{r['sample']}\n```\n")
     return "\n".join(lines)
+
+
+def target_rows(results: dict) -> list[list[str]]:
+    """The issue's targets, checked against whatever this run measured."""
+    models, rows = results.get("models", {}), []
+    ff, bp, window = models.get("ff-ssm"), models.get("bp-ssm"), models.get("ff-window")
+
+    def row(target: str, measured: str, ok: bool) -> None:
+        rows.append([target, measured, "yes" if ok else "**no**"])
+
+    if ff and bp:
+        ratio = ff["val_nats"] / bp["val_nats"]
+        row("FF-SSM val <= 1.05 x BP-SSM", f"{ff['val_nats']:.3f} / {bp['val_nats']:.3f} = {ratio:.3f}", ratio <= 1.05)
+        speed = ff["train_bytes_per_s"] / bp["train_bytes_per_s"]
+        row("FF train bytes/s >= BP", f"{ff['train_bytes_per_s']:,.0f} vs {bp['train_bytes_per_s']:,.0f} ({speed:.2f}x)",
+            speed >= 1)
+    if ff:
+        row(f"FF-SSM val <= 1.75 nats/byte in {ff['budget_s']:.0f} CPU s", f"{ff['val_nats']:.3f}", ff["val_nats"] <= 1.75)
+        row("generation >= 5,000 bytes/s, one stream", f"{ff['gen_bytes_per_s']:,.0f}", ff["gen_bytes_per_s"] >= 5000)
+    if ff and window:
+        row("FF-SSM well ahead of the FF window MLP", f"{ff['val_nats']:.3f} vs {window['val_nats']:.3f}",
+            ff["val_nats"] < window["val_nats"] - 0.1)
+    mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m["step_mib"] for m in results.get("memory", [])}
+    if ("ff", 8, 4096) in mem and ("bp", 8, 4096) in mem:
+        ratio = mem[("ff", 8, 4096)] / mem[("bp", 8, 4096)]
+        row("FF training memory <= 0.6 x BP at 8 layers, seq 4096",
+            f"{mem[('ff', 8, 4096)]:.0f} / {mem[('bp', 8, 4096)]:.0f} MiB = {ratio:.2f}", ratio <= 0.6)
+    return rows
 
 
 def plot_curves(models: dict, path: Path) -> None:
