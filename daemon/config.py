@@ -147,6 +147,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
     if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
         raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
+    from model.config import PRESETS  # torch-free
+
+    if config.model_preset not in PRESETS:
+        raise ConfigError(f"model_preset: expected one of {', '.join(PRESETS)}, got {config.model_preset!r}")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 

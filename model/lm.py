@@ -17,49 +17,16 @@ cross-entropy is a true bits-per-byte. The same module trained end to end is the
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.config import PRESETS, LMConfig  # noqa: F401  (PRESETS: re-exported)
 from model.ssm import SSM
 
 VOCAB = 256
-
-
-@dataclass
-class LMConfig:
-    n_layers: int = 3
-    d_model: int = 128
-    d_state: int = 128  # SSM channels per layer
-    max_memory: float = 100.0  # bytes: the longest time constant an SSM channel may have
-    mlp_mult: int = 2  # hidden width of each layer's GELU block, in units of d_model
-    d_score: int = 64  # G: width of the candidate table
-    goodness: str = "linear"  # "linear" (one matmul) or "relu" (nonlinear, broadcast over candidates)
-    mlp_in_head: bool = True  # the GELU block feeds only this layer's head; the layer above gets the SSM stream
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LMConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown LMConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
-
-PRESETS = {
-    # Nightly CPU training: what the text benchmark's main model uses (chosen by short trials on 2 cores:
-    # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
-    # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
-    "daemon": LMConfig(),
-    # Tests and smoke runs.
-    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16),
-}
 
 
 class Layer(nn.Module):

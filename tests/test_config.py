@@ -27,6 +27,7 @@ def test_defaults_live_under_the_data_dir(tmp_path):
     ("update_max_steps = 2.5", "update_max_steps"),
     ("polling = 3", "polling"),
     ("probe_fraction = 1.5", "probe_fraction"),
+    ('model_preset = "huge"', "model_preset"),
     ("schedule = ", "not valid TOML"),
 ])
 def test_bad_file_values_name_the_key(tmp_path, text, key):
