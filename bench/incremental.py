@@ -171,7 +171,7 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
     rows = math.ceil(len(runs) / cols)
     lo = min(min(map(min, r.R)) for r in runs)
     hi = max(max(map(max, r.R)) for r in runs)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(runs):]:
         ax.axis("off")
     for ax, run in zip(axes.flat, runs):
