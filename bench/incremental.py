@@ -186,15 +186,17 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
     return path
 
 
-def answers_section(results: Path) -> str:
-    """The plan's four questions: the first three quote the verdict lines of the other benchmarks' results
-    (their `- ...` bullets) when those files exist, the fourth points at this study."""
+def answers_section() -> str:
+    """The plan's four questions: the first three quote the verdict lines (`- ...` bullets) of the other
+    benchmarks' committed results when they exist, the fourth points at this study."""
     def cite(name: str, command: str) -> str:
-        path = results / name
+        path = RESULTS / name
         if not path.exists():
             return f"not measured yet: `{command}` writes bench/results/{name}.\n"
         verdicts = [line for line in path.read_text().splitlines() if line.startswith("- ")]
-        return f"from [{name}]({name}), `{command}`:\n" + "".join(f"  {line}\n" for line in verdicts)
+        if not verdicts:
+            return f"see bench/results/{name} (`{command}`).\n"
+        return f"from bench/results/{name}, `{command}`:\n" + "".join(f"  {line}\n" for line in verdicts)
 
     return (
         "## The plan's four questions\n\n"
@@ -257,7 +259,7 @@ def report(runs: list[Run], args, day_names: list[str], probe_bytes: list[int], 
         lines.append(f"**{r.method}** (CPU s per update: {', '.join(f'{c:.0f}' for c in r.cpu_seconds)})\n")
         lines.append(markdown_table(["after \\ day"] + [str(j + 1) for j in range(n)],
                                     [[str(i + 1)] + [f"{v:.3f}" for v in row] for i, row in enumerate(r.R)]))
-    lines.append(answers_section(results))
+    lines.append(answers_section())
     return "\n".join(lines)
 
 
@@ -286,8 +288,10 @@ def targets_section(runs: list[Run], n: int) -> str:
     for r in runs:
         if r.method.startswith("ff") and n >= 8:
             top = [name for name, (_, rank) in r.facts[-1].items() if rank == 1]
+            kept = [name for name in top if r.facts[0][name][1] == 1]
             out.append(f"- {r.method}: facts planted on day 1 ranking first after {n - 1} more days: "
-                       f"{len(top)}/{len(r.facts[-1])} ({', '.join(top) or 'none'}).")
+                       f"{len(top)}/{len(r.facts[-1])} ({', '.join(top) or 'none'}); of those, first already "
+                       f"right after day 1 (retained, not found later): {', '.join(kept) or 'none'}.")
     return "\n".join(out) + "\n"
 
 
