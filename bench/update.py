@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         watch, data = Path(tmp) / "engram", Path(tmp) / "data"
-        text_bytes = make_day(watch, int(n_bytes / 0.88))  # about 10% of messages go to the probe split
+        text_bytes = make_day(watch, int(n_bytes / 0.85))  # about a tenth of the messages go to the probe split
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the daemon's child gets it
         env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
