@@ -195,7 +195,7 @@ def render(results: dict, out_dir: Path) -> str:
         lines.append("![validation loss against training CPU time](text.png)\n")
         plot_curves(models, out_dir / "text.png")
     if results.get("memory"):
-        mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m for m in results["memory"]}
+        mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m for m in results["memory"] if "step_mib" in m}
         keys = sorted({(d, s) for _, d, s in mem})
         rows = [[d, s, f"{mem[('ff', d, s)]['step_mib']:.0f}", f"{mem[('bp', d, s)]['step_mib']:.0f}",
                  f"{mem[('ff', d, s)]['step_mib'] / mem[('bp', d, s)]['step_mib']:.2f}",
@@ -242,7 +242,7 @@ def target_rows(results: dict) -> list[list[str]]:
     if ff and window:
         row("FF-SSM well ahead of the FF window MLP", f"{ff['val_nats']:.3f} vs {window['val_nats']:.3f}",
             ff["val_nats"] < window["val_nats"] - 0.1)
-    mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m["step_mib"] for m in results.get("memory", [])}
+    mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m["step_mib"] for m in results.get("memory", []) if "step_mib" in m}
     if ("ff", 8, 4096) in mem and ("bp", 8, 4096) in mem:
         ratio = mem[("ff", 8, 4096)] / mem[("bp", 8, 4096)]
         row("FF training memory <= 0.6 x BP at 8 layers, seq 4096",
