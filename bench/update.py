@@ -1,8 +1,9 @@
 """`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost.
 
-Part 1 writes 1 MiB of TinyShakespeare as a day of Engram logs, ingests it and runs exactly the
-daemon's update (`python -m daemon.update`, the child the daemon starts at night) with the default
-configuration: wall time, steps, peak RSS of the update process, then the probes.
+Part 1 writes a day of Engram logs whose train split holds 1 MiB of text (TinyShakespeare, then the
+plays), ingests it and runs exactly the daemon's update (`python -m daemon.update`, the child the
+daemon starts at night) with the default configuration: wall time, steps, peak RSS of the update
+process, then the probes.
 Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
 CPU time and RSS from /proc while it idles.
 """
@@ -20,15 +21,18 @@ from pathlib import Path
 
 from bench.common import markdown_table, write_result
 from daemon.config import load_config
-from bench.make_stream import SHARED, day_lines, tiny_speeches, write_day
+from bench.make_stream import PLAYS, SHARED, day_lines, play_speeches, tiny_speeches, write_day
 
 MIB = 1 << 20
 
 
 def make_day(watch: Path, n_bytes: int) -> int:
-    """TinyShakespeare speeches until their text reaches n_bytes; returns the text bytes written."""
+    """Speeches of TinyShakespeare, then of the plays, until their text reaches n_bytes (TinyShakespeare
+    alone holds about 1.06 MB of speech); returns the text bytes written."""
+    texts = [tiny_speeches((SHARED / "tinyshakespeare.txt").read_text())]
+    texts += [play_speeches((SHARED / "plays" / f"{name}.txt").read_text()) for name in PLAYS]
     speeches, size = [], 0
-    for speech in tiny_speeches((SHARED / "tinyshakespeare.txt").read_text()):
+    for speech in (s for text in texts for s in text):
         speeches.append(speech)
         size += len(speech[1]) + len(speech[2]) + 3
         if size >= n_bytes:
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = "defaults" if not args.quick else "defaults, budget 1 min (--quick)"
     rows = [
-        ["new text", f"{run['new_bytes'] / MIB:.2f} MiB (TinyShakespeare, {text_bytes:,} bytes of speeches)", "1 MiB"],
+        ["new text", f"{run['new_bytes'] / MIB:.2f} MiB of train split ({text_bytes:,} bytes of speeches ingested)", "1 MiB"],
         ["update wall time, with probes", f"{wall / 60:.1f} min (exit {code})", "<= 15 min"],
         ["training steps", f"{run['steps']}", ""],
         ["trained bytes per second", f"{run['steps'] * step_bytes / run['wall_seconds']:,.0f}", ""],
