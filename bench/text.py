@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import save_figure
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 THREADS = 2
@@ -257,10 +259,7 @@ def plot_curves(models: dict, path: Path) -> None:
            title="TinyShakespeare: validation loss against training time", ylim=(1.3, 3.5))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,16 +24,6 @@ from state.db import open_db
 from tests.test_ingest import append, ingest, line, quarantined, texts
 
 
-@pytest.fixture
-def db(tmp_path):
-    return open_db(tmp_path / "state.db")
-
-
-@pytest.fixture
-def daily(tmp_path):
-    return tmp_path / "engram" / "raw" / "2026-11-27.jsonl"
-
-
 # --- lines: quarantined with a reason, the lines around them stored ---------------------------------
 DEEP = b'{"content": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}"  # orjson stops at depth 1024
 

@@ -41,16 +41,6 @@ def ingest(db, path):
     return ingest_file(db, path, reader.Limits(0.1, LIMIT))
 
 
-@pytest.fixture
-def db(tmp_path):
-    return open_db(tmp_path / "state.db")
-
-
-@pytest.fixture
-def daily(tmp_path):
-    return tmp_path / "engram" / "raw" / "2026-11-27.jsonl"
-
-
 def test_each_line_once_across_reads_and_appends(db, daily):
     append(daily, line("a"), line("b"), line("c"))
     first = ingest(db, daily)
