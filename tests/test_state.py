@@ -52,6 +52,28 @@ def test_migrations_apply_once_even_when_opened_concurrently(tmp_path):
     assert migrations.pending(db) == []
 
 
+def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
+    db = open_db(tmp_path / "state.db", migrate=False)
+    db.conn.execute("BEGIN IMMEDIATE")
+    migrations.apply(db, stop_before="0101_messages_cheap_checks")
+    db.conn.commit()
+    write_day(tmp_path, "2026-11-01", [("s", "alice", f"m{i}") for i in range(5)])
+    catch_up(db, tmp_path)
+    with db.conn:
+        db.execute("DELETE FROM messages WHERE id = 5")  # the sequence stays at 5: id 5 is never reused
+    before = list(db.execute("SELECT * FROM messages ORDER BY id"))
+    db = open_db(tmp_path / "state.db")
+    assert list(db.execute("SELECT * FROM messages ORDER BY id")) == before
+    assert "split = 'train' OR split = 'probe'" in db["messages"].schema
+    write_day(tmp_path, "2026-11-01", [("s", "alice", "new")])
+    catch_up(db, tmp_path)
+    assert db.execute("SELECT id FROM messages WHERE text = 'new'").fetchone()[0] == 6
+    assert [row["messages"] for row in queries.day_splits(db)] != []
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute("INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
+                   " shape) VALUES (1, 0, 'd', 's', 'r', 's', 't', 7, 'test', 'chat')")
+
+
 def test_foreign_keys_are_enforced(tmp_path):
     db = open_db(tmp_path / "state.db")
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
