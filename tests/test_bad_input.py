@@ -129,9 +129,9 @@ def _swap_after_first_commit(monkeypatch, action):
     commit = reader._FileReader._commit
     done = []
 
-    def commit_then_act(self, batch):
-        commit(self, batch)
-        if not done and batch.lines:
+    def commit_then_act(self):
+        commit(self)
+        if not done and self.result.lines:
             done.append(action())
 
     monkeypatch.setattr(reader._FileReader, "_commit", commit_then_act)
@@ -188,8 +188,8 @@ os.setgid(uid)
 os.setuid(uid)  # from here on the kernel checks permissions for us: root would read anything
 reader.BATCH_LINES, reader.CHUNK_BYTES = 2, 2 * int(sys.argv[4])
 commit = reader._FileReader._commit
-def commit_then_revoke(self, batch):
-    commit(self, batch)
+def commit_then_revoke(self):
+    commit(self)
     os.chmod(path, 0)  # mid-read: the descriptor already open keeps working
 reader._FileReader._commit = commit_then_revoke
 first = reader.ingest_file(db, path)

@@ -245,6 +245,20 @@ def test_a_renamed_file_keeps_its_offset(db, daily, caplog):
     assert [r[0] for r in db.execute("SELECT path FROM files")] == [str(rotated)]
 
 
+def test_a_line_is_stored_once_a_day(db, tmp_path):
+    undated = orjson.dumps({"role": "user", "content": "ok"}) + b"\n"  # its day comes from the file name
+    for day in ("2026-11-01", "2026-11-02"):
+        append(tmp_path / "raw" / f"{day}.jsonl", line("timed"), undated)
+    append(tmp_path / "copy" / "2026-11-01.jsonl", line("timed"), undated)  # a copy adds nothing
+    stats = catch_up(db, tmp_path)
+    assert (stats.messages, stats.duplicates) == (3, 3)
+    assert list(db.execute("SELECT day, text FROM messages ORDER BY id")) == \
+        [("2026-11-27", "timed"), ("2026-11-01", "ok"), ("2026-11-02", "ok")]
+    plan = " ".join(row[3] for row in db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE day = '2026-11-01' AND split = 'train'"))
+    assert "messages_day_split_hash" in plan  # the uniqueness index also finds a day's messages
+
+
 def test_a_deleted_file_keeps_its_messages(db, tmp_path, daily):
     append(daily, line("a"), line("b"))
     catch_up(db, tmp_path / "engram")
@@ -299,10 +313,11 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
 
 DYING_WORKER = """
 import os, pickle, sys
-from ingest.reader import read_batches
+from ingest.reader import read_batches, write_frame
 path, identity, *args = pickle.load(sys.stdin.buffer)
 fd = os.open(path, os.O_RDONLY)
-pickle.dump(("batch", next(read_batches(fd, *args))), sys.stdout.buffer)
+b = next(read_batches(fd, *args))
+write_frame(sys.stdout.buffer, "batch", (b.messages, b.events, b.quarantine, b.skipped, b.lines, b.end, b.skipping))
 sys.stdout.buffer.flush()
 os._exit(3)  # one good batch, then dead as if OOM-killed
 """
@@ -320,6 +335,39 @@ def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypat
     assert "the parsing process died (exit code 3); reading on in this process from offset" in caplog.text
     assert (stats.messages, stats.duplicates, stats.errors) == (300, 0, 0)
     assert texts(db) == [f"m{i}" for i in range(300)]
+
+
+COUNTED_WORKER = """
+import sys
+with open(sys.argv[1], "a") as log:
+    log.write("started\\n")
+from ingest.worker import main
+sys.exit(main())
+"""
+
+
+def test_one_parsing_process_serves_a_whole_pass_and_a_stop_mid_file_replaces_it(tmp_path, monkeypatch):
+    folder, starts = tmp_path / "engram", tmp_path / "starts"
+    for day in range(3):
+        append(folder / "raw" / f"2026-11-2{day}.jsonl", *(line(f"day {day} m{i}") for i in range(250)))
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(reader, "BATCH_LINES", 100)
+    monkeypatch.setattr(reader, "PIECE_LINES", 30)
+    monkeypatch.setattr(reader, "WORKER_COMMAND", [sys.executable, "-c", COUNTED_WORKER, str(starts)])
+    db = open_db(tmp_path / "state.db")
+    assert catch_up(db, folder).messages == 750
+    assert starts.read_text().splitlines() == ["started"]
+    for day in range(3):
+        append(folder / "raw" / f"2026-11-2{day}.jsonl", *(line(f"day {day} more {i}") for i in range(250)))
+    commits = []
+    stop_once = lambda: not commits and not commits.append(1)  # noqa: E731 - stop after the first commit
+    with reader.ParsingProcess() as parser:
+        first = reader.ingest_file(db, folder / "raw" / "2026-11-20.jsonl", should_stop=stop_once, parser=parser)
+        rest = [reader.ingest_file(db, folder / "raw" / f"2026-11-2{day}.jsonl", parser=parser) for day in range(3)]
+    assert 100 <= first.messages < 250 and first.messages + sum(r.messages for r in rest) == 750
+    assert len(starts.read_text().splitlines()) == 3  # the abandoned one was killed, a new one took over
+    assert sorted(texts(db)) == sorted([f"day {d} m{i}" for d in range(3) for i in range(250)]
+                                       + [f"day {d} more {i}" for d in range(3) for i in range(250)])
 
 
 @pytest.mark.parametrize("parallel_min_bytes", [1 << 40, 0], ids=["in-process", "parsing-process"])
