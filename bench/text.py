@@ -137,7 +137,7 @@ def memory_probe(trainer: str, n_layers: int, seq_len: int) -> dict:
     return {"trainer": trainer, "n_layers": n_layers, "seq_len": seq_len, "peak_mib": peak}
 
 
-def step_speed(rounds: int = 10, steps: int = 5) -> dict:
+def step_speed(rounds: int = 40, steps: int = 5) -> dict:
     """Training bytes per CPU-second of FF and BP on the daemon preset, measured in ONE process that
     alternates blocks of `steps` steps between them, so both meet the same machine state; the separate
     runs' bytes/s also carry whatever else the machine did during each. The first round is warm-up."""
