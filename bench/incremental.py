@@ -50,6 +50,8 @@ METHODS = {
     "bp-replay1": dict(trainer="bp", replay_ratio=1.0),
     "ff-freeze1": dict(trainer="ff", replay_ratio=0.0, freeze_layers=1),
     "ff-freeze2": dict(trainer="ff", replay_ratio=0.0, freeze_layers=2),
+    "ff-slow0.3": dict(trainer="ff", replay_ratio=0.0, lower_lr=0.3),
+    "ff-slow0.1": dict(trainer="ff", replay_ratio=0.0, lower_lr=0.1),
     "ff-replay1-lower": dict(trainer="ff", replay_ratio=1.0, replay_layers="lower"),
     "ff-replay1-upper": dict(trainer="ff", replay_ratio=1.0, replay_layers="upper"),
 }

@@ -40,6 +40,7 @@ class Config:
     replay_ratio: float = 1.0  # replayed bytes per new byte; 1.0 cut forgetting 16x at no cost on the new day (bench/results/incremental.md)
     trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
     freeze_layers: int = 0  # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
+    lower_lr: float = 1.0  # FF: learning-rate multiplier of every layer below the top once trained for one update
     replay_layers: str = "all"  # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
     batch_size: int = 16
     seq_len: int = 256
@@ -145,8 +146,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"replay_layers: expected 'all', 'lower' or 'upper', got {config.replay_layers!r}")
     if config.freeze_layers < 0:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
-    if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
-        raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
+    if not 0 <= config.lower_lr <= 1:
+        raise ConfigError(f"lower_lr: expected a multiplier from 0 to 1, got {config.lower_lr}")
+    if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all" or config.lower_lr != 1):
+        raise ConfigError("freeze_layers, lower_lr and replay_layers act on FF's per-layer losses: "
+                          "they need trainer = 'ff'")
     from model.config import PRESETS  # torch-free
 
     if config.model_preset not in PRESETS:

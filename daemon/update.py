@@ -111,13 +111,15 @@ def prune(db, keep: int, folder: Path) -> None:
 
 def plan_layers(trainer: FFTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
     """FF's cheap guards against forgetting, each a per-layer choice that backprop cannot make for free:
-    freeze the lowest layers once they have learned a day, and let only some layers' losses see the
-    replayed rows (the last `replay_rows` of each batch)."""
+    freeze the lowest layers once they have learned a day, slow every layer below the top, and let
+    only some layers' losses see the replayed rows (the last `replay_rows` of each batch)."""
     n_layers = len(trainer.optimizers)
     if config.freeze_layers >= n_layers:
         raise ValueError(f"freeze_layers: {config.freeze_layers} would freeze all {n_layers} layers of the model")
     if matured:
         trainer.freeze(config.freeze_layers)
+        for i in range(config.freeze_layers, n_layers - 1):
+            trainer.layer_lr[i] = config.lower_lr
     if replay_rows and config.replay_layers != "all":
         new_rows = config.batch_size - replay_rows
         skip = range(n_layers - 1, n_layers) if config.replay_layers == "lower" else range(n_layers - 1)

@@ -51,6 +51,8 @@ def checkpoint(db, row):
     (dict(replay_layers="middle"), "replay_layers"),
     (dict(freeze_layers=-1), "freeze_layers"),
     (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
+    (dict(lower_lr=1.5), "lower_lr"),
+    (dict(trainer="bp", lower_lr=0.3), "lower_lr"),
 ])
 def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
     with pytest.raises(ConfigError, match=key):
@@ -103,6 +105,16 @@ def test_freeze_layers_keeps_the_lowest_layer_after_the_first_update(make):
     next_day(config, db, "2026-01-03")
     refused = update.run_update(config)
     assert refused["status"] == "failed" and "freeze_layers" in refused["error"]
+
+
+def test_lower_lr_slows_every_layer_below_the_top_once_matured(make):
+    config, _ = make(lower_lr=0.25)
+    trainer = FFTrainer(FFLM(PRESETS["tiny"]), lr=1e-3)
+    update.plan_layers(trainer, config, matured=False, replay_rows=0)
+    assert trainer.layer_lr == [1.0, 1.0]  # the first night learns at full speed
+    update.plan_layers(trainer, config, matured=True, replay_rows=0)
+    trainer.set_lr_scale(1.0)
+    assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == [0.25e-3, 1e-3]
 
 
 def test_loss_rows_limit_a_layers_loss_to_the_first_rows():
