@@ -20,6 +20,7 @@ From R, in loss form (bits per byte, lower is better):
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import shutil
 import tempfile
@@ -188,17 +189,29 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
     return path
 
 
+def verdicts(text: str) -> list[str]:
+    """The target lines of a results file: its "## Targets" table as bullets, else its `- ` bullets."""
+    lines = text.splitlines()
+    if "## Targets" in lines:
+        section = lines[lines.index("## Targets") + 1:]
+        table = list(itertools.takewhile(lambda line: line.startswith("|") or not line.strip(), section))
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if line.startswith("|")]
+        if len(rows) > 2:
+            return [f"- {target}: {measured} (met: {met})" for target, measured, met, *_ in rows[2:]]
+    return [line for line in lines if line.startswith("- ")]
+
+
 def answers_section() -> str:
-    """The plan's four questions: the first three quote the verdict lines (`- ...` bullets) of the other
-    benchmarks' committed results when they exist, the fourth points at this study."""
+    """The plan's four questions: the first three quote the target lines of the other benchmarks'
+    committed results when they exist, the fourth points at this study."""
     def cite(name: str, command: str) -> str:
         path = RESULTS / name
         if not path.exists():
             return f"not measured yet: `{command}` writes bench/results/{name}.\n"
-        verdicts = [line for line in path.read_text().splitlines() if line.startswith("- ")]
-        if not verdicts:
+        found = verdicts(path.read_text())
+        if not found:
             return f"see bench/results/{name} (`{command}`).\n"
-        return f"from bench/results/{name}, `{command}`:\n" + "".join(f"  {line}\n" for line in verdicts)
+        return f"from bench/results/{name}, `{command}`:\n" + "".join(f"  {line}\n" for line in found)
 
     return (
         "## The plan's four questions\n\n"

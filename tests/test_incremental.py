@@ -117,6 +117,12 @@ def test_lower_lr_slows_every_layer_below_the_top_once_matured(make):
     assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == [0.25e-3, 1e-3]
 
 
+def test_the_four_answers_quote_a_results_files_target_table_or_its_bullets():
+    table = "# x\n\n- `ff`: a model\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n| a <= 1 | 0.9 | yes |\n\n## Next\n"
+    assert incremental.verdicts(table) == ["- a <= 1: 0.9 (met: yes)"]
+    assert incremental.verdicts("# y\n\n- FF error 9.66%: met\n") == ["- FF error 9.66%: met"]
+
+
 def test_loss_rows_limit_a_layers_loss_to_the_first_rows():
     torch.manual_seed(0)
     model = FFLM(PRESETS["tiny"])
