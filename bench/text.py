@@ -61,7 +61,8 @@ def cpu_clock() -> float:
     return time.process_time() / THREADS
 
 
-def build(spec: dict):
+def build(spec: dict, lr: float | None = None):
+    """The model and its trainer; lr None: the trainer's default, its best in a sweep."""
     from model.lm import PRESETS, FFLM
     from model.train import BPTrainer, FFTrainer
     from model.window_mlp import WindowConfig, WindowMLP
@@ -71,15 +72,16 @@ def build(spec: dict):
         model = WindowMLP(WindowConfig())
     else:
         model = FFLM(replace(PRESETS["daemon"], goodness=spec.get("goodness", "linear")))
+    rate = {} if lr is None else {"lr": lr}
     if spec["trainer"] == "bp":
-        return model, BPTrainer(model)
-    return model, FFTrainer(model, **spec.get("trainer_args", {}))
+        return model, BPTrainer(model, **rate)
+    return model, FFTrainer(model, **rate, **spec.get("trainer_args", {}))
 
 
 BATCH, SEQ = 16, 256  # learning rates: each trainer's default, its best in a sweep (see model/train.py)
 
 
-def run_model(name: str, budget_s: float) -> dict:
+def run_model(name: str, budget_s: float, lr: float | None = None) -> dict:
     """Train one model for budget_s CPU-seconds in this process; everything the report needs."""
     import torch
 
@@ -90,7 +92,7 @@ def run_model(name: str, budget_s: float) -> dict:
     torch.manual_seed(0)
     spec = model_specs()[name]
     train_text, val_text = load_text()
-    model, trainer = build(spec)
+    model, trainer = build(spec, lr)
     curve: list[tuple[float, float]] = [(0.0, evaluate_nats(model, val_text, max_bytes=CURVE_BYTES))]
     every = budget_s / 20
 
@@ -143,13 +145,12 @@ def step_speed(rounds: int = 40, steps: int = 5) -> dict:
     runs' bytes/s also carry whatever else the machine did during each. The first round is warm-up."""
     import torch
 
-    from model.lm import PRESETS, FFLM
-    from model.train import BPTrainer, FFTrainer, byte_batches
+    from model.train import byte_batches
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     batches = byte_batches(load_text()[0], BATCH, SEQ, torch.Generator().manual_seed(0))
-    trainers = {"ff": FFTrainer(FFLM(PRESETS["daemon"])), "bp": BPTrainer(FFLM(PRESETS["daemon"]))}
+    trainers = {"ff": build(model_specs()["ff-ssm"])[1], "bp": build(model_specs()["bp-ssm"])[1]}
     seconds = dict.fromkeys(trainers, 0.0)
     for round_ in range(rounds + 1):
         for name, trainer in trainers.items():
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 10 s per model, small memory grid")
     p.add_argument("--models", help=f"comma-separated subset of {','.join(model_specs())}")
     p.add_argument("--skip-memory", action="store_true", help="leave out the memory and scan tables")
+    p.add_argument("--lr", type=float, help="learning rate for every model (default: each trainer's own)")
     p.add_argument("--json", metavar="OUT", help="also dump the raw results here")
     p.add_argument("--from-json", nargs="+", metavar="FILE", help="merge earlier --json runs and render only")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interleaved steps: FF {ff_bytes_per_s:,.0f} B/s, BP {bp_bytes_per_s:,.0f} B/s".format(
                 **results["speed"]), flush=True)
         for name in names:
-            r = in_fresh_process("run_model", name, budget * model_specs()[name]["budget"])
+            r = in_fresh_process("run_model", name, budget * model_specs()[name]["budget"], args.lr)
             results["models"][name] = r
             print(f"{name:15s} val {r['val_nats']:.3f} nats/byte ({r['val_bits']:.3f} bits)  "
                   f"train {r['train_bytes_per_s']:,.0f} B/s  gen {r['gen_bytes_per_s']:,.0f} B/s  "

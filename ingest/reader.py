@@ -392,25 +392,26 @@ class _FileReader:
         if not pending.open:
             conn.execute("BEGIN IMMEDIATE")
             pending.open, pending.began = True, time.monotonic()
-        changes = conn.total_changes
-        conn.executemany(
+        pending.messages += self._insert_new(
             "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash,"
             " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.messages)
-        pending.messages += conn.total_changes - changes
-        changes = conn.total_changes
-        conn.executemany(
+        pending.events += self._insert_new(
             "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.events)
-        pending.events += conn.total_changes - changes
-        changes = conn.total_changes
-        conn.executemany(
+        pending.quarantined += self._insert_new(
             "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
             " VALUES (?, ?, ?, ?, ?, ?)", batch.quarantine)
-        pending.quarantined += conn.total_changes - changes
-        pending.rows += len(batch.messages) + len(batch.events) + len(batch.quarantine)
         pending.lines += batch.lines
         pending.quarantine.extend((offset, reason) for _, offset, _, reason, _, _ in batch.quarantine)
         pending.end, pending.skipping = batch.end, batch.skipping
+
+    def _insert_new(self, sql: str, rows: list[tuple]) -> int:
+        """Insert the rows not stored yet; counts those, and the others as duplicates."""
+        before = self.conn.total_changes
+        self.conn.executemany(sql, rows)
+        added = self.conn.total_changes - before
+        self._pending.duplicates += len(rows) - added
+        return added
 
     def _commit(self) -> None:
         """What _insert stored, and the offset just past it, in one transaction."""
@@ -441,7 +442,7 @@ class _FileReader:
         result.messages += pending.messages
         result.events += pending.events
         result.quarantined += pending.quarantined
-        result.duplicates += pending.rows - pending.messages - pending.events - pending.quarantined
+        result.duplicates += pending.duplicates
         result.offset, self.skipping = end, skipping
         self.record = False
         self._pending = _Pending()
@@ -458,10 +459,10 @@ class _Pending:
     open: bool = False
     began: float = 0.0
     lines: int = 0
-    rows: int = 0
     messages: int = 0
     events: int = 0
     quarantined: int = 0
+    duplicates: int = 0
     end: int = 0
     skipping: bool = False
     quarantine: list[tuple[int, str]] = field(default_factory=list)
