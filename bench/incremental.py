@@ -16,16 +16,20 @@ From R, in loss form (bits per byte, lower is better):
                     newest update made old days better than any earlier checkpoint had them.
 
     flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 150]
+
+Beside the Markdown it writes the measurements as JSON, so that methods run in separate processes (two
+cores, two studies side by side) can be merged into one report with `--merge A.json B.json`.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,6 +59,11 @@ METHODS = {
     "ff-slow0.1": dict(trainer="ff", replay_ratio=0.0, lower_lr=0.1),
     "ff-replay1-lower": dict(trainer="ff", replay_ratio=1.0, replay_layers="lower"),
     "ff-replay1-upper": dict(trainer="ff", replay_ratio=1.0, replay_layers="upper"),
+    # the same trainers at lower learning rates: how much forgetting each buys with how much plasticity
+    "ff-lr0.5": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.5),
+    "ff-lr0.25": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.25),
+    "bp-lr0.5": dict(trainer="bp", replay_ratio=0.0, lr_scale=0.5),
+    "bp-lr0.25": dict(trainer="bp", replay_ratio=0.0, lr_scale=0.25),
 }
 DEFAULT_METHODS = ["ff", "bp", "ff-replay1", "bp-replay1", "ff-freeze1", "ff-replay1-lower", "ff-replay0.5"]
 QUICK = dict(days=3, steps_per_day=4, methods="ff,bp,ff-freeze1", preset="tiny", batch_size=4, seq_len=64,
@@ -69,6 +78,14 @@ class Run:
     cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of update_and_probe
     update_seconds: list[float] = field(default_factory=list)  # wall time of the update, from its runs row
     facts: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # name -> (answer bpb, rank)
+
+    @property
+    def trainer(self) -> str:
+        return METHODS[self.method]["trainer"] if self.method in METHODS else self.method.split("-")[0]
+
+    @property
+    def replays(self) -> bool:
+        return "replay" in self.method
 
     def diagonal(self) -> list[float]:
         return [self.R[i][i] for i in range(len(self.R))]
@@ -189,6 +206,29 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
     return path
 
 
+def plot_frontier(path: Path, runs: list[Run]) -> Path:
+    """Each method as a point: how well it learns the newest day against how much it forgets the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.common import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for run in runs:
+        s = run.summary()
+        x, y = s["newest_bpb"], s["forgetting_bpb"] * LN2
+        ax.scatter(x, y, marker="o" if run.trainer == "ff" else "s", s=36,
+                   color="tab:blue" if run.trainer == "ff" else "tab:orange", alpha=0.5 if run.replays else 1.0)
+        ax.annotate(run.method, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set(xlabel="newest day after its update, bits/byte (lower: more plastic)",
+           ylabel="average forgetting, nats/byte (lower: more stable)",
+           title="Plasticity against stability (FF circles, BP squares, faded: replay)")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def verdicts(text: str) -> list[str]:
     """The target lines of a results file: its "## Targets" table as bullets, else its `- ` bullets."""
     lines = text.splitlines()
@@ -225,21 +265,23 @@ def answers_section() -> str:
         "(`flock /tmp/engram-bench.lock python -m bench.incremental`).\n")
 
 
-def report(runs: list[Run], args, day_names: list[str], probe_bytes: list[int], results: Path, stem: str) -> str:
+def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
     heatmap = plot_heatmaps(results / f"{stem}_R.png", runs)
+    frontier = plot_frontier(results / f"{stem}_frontier.png", runs)
     chart = plot_series(results / f"{stem}_forgetting.png",
                         {r.method: [r.forgetting_after(i) * LN2 for i in range(1, len(r.R))] for r in runs},
                         xlabel="update i - 1 (days learned before the newest)",
                         ylabel="average forgetting (nats/byte)", title="Forgetting of earlier days, update by update")
-    n = len(day_names)
+    n = len(meta["day_names"])
+    commands = "".join(f"\n    flock /tmp/engram-bench.lock python -m bench.incremental {c}" for c in meta["commands"])
     lines = [
         "# Incremental learning: FF against BP, replay against none\n",
-        f"Stream `{args.stream}`, {n} days ({', '.join(day_names)}), facts planted on day 1 (x{args.repeat}); "
-        f"model preset `{args.preset}`, batch {args.batch_size} x {args.seq_len}, {args.steps_per_day} steps a day "
-        f"for every method; R evaluated on each day's probe split (first {args.eval_bytes} bytes; "
-        f"{min(probe_bytes)}-{max(probe_bytes)} bytes a day); torch threads {args.threads}; peak RSS of the "
-        f"study process {peak_rss_mib():.0f} MiB.\n",
-        f"Command: `flock /tmp/engram-bench.lock python -m bench.incremental {' '.join(args.argv)}`\n",
+        f"Stream `{meta['stream']}`, {n} days ({', '.join(meta['day_names'])}), facts planted on day 1 "
+        f"(x{meta['repeat']}); model preset `{meta['preset']}`, batch {meta['batch_size']} x {meta['seq_len']}, "
+        f"{meta['steps_per_day']} steps a day for every method; R evaluated on each day's probe split (first "
+        f"{meta['eval_bytes']} bytes; {min(meta['probe_bytes'])}-{max(meta['probe_bytes'])} bytes a day); torch "
+        f"threads {meta['threads']}; peak RSS of a study process {max(meta['peak_rss_mib']):.0f} MiB.\n",
+        f"Commands, one study process each:\n{commands}\n",
         "Loss form, bits per byte unless marked: avg = mean of R[N][j] over all days; new = mean of R[i][i] "
         "(a day learned the night it arrives); newest = R[N][N]; BWT = mean_{j<N} (R[j][j] - R[N][j]) "
         "(positive: later days helped); forgetting = mean_{j<N} (R[N][j] - min_{j<=k<N} R[k][j]) (lower "
@@ -258,6 +300,9 @@ def report(runs: list[Run], args, day_names: list[str], probe_bytes: list[int], 
                      f"{top}/{len(r.facts[-1])}"])
     lines += ["## Summary\n", markdown_table(headers, rows)]
     lines.append(targets_section(runs, n))
+    lines += ["## Plasticity against stability\n", f"![frontier]({frontier.name})\n",
+              "A method lower and further left than another learns the newest day better and forgets less; "
+              "the learning-rate variants (`-lr0.5`, `-lr0.25`) trace each trainer's own trade-off.\n"]
     lines += ["## Forgetting over days (nats/byte)\n", f"![forgetting]({chart.name})\n",
               markdown_table(["method"] + [f"after {i + 1}" for i in range(1, n)],
                              [[r.method] + [f"{r.forgetting_after(i) * LN2:.3f}" for i in range(1, n)] for r in runs])]
@@ -294,6 +339,13 @@ def targets_section(runs: list[Run], n: int) -> str:
         out.append(f"- FF forgetting <= 0.5 x BP's (no replay): {pair}, {verdict}.")
         out.append(f"- FF newest-day loss within 5% of BP's: {ff['newest_bpb']:.3f} vs {bp['newest_bpb']:.3f} bpb "
                    f"({gap:+.1%}): {'met' if gap <= 0.05 else 'missed'}.")
+        if bp["forgetting_bpb"] > 0:
+            for method, s in by.items():
+                if method.startswith("ff-") and "replay" not in method:
+                    ratio, gap = s["forgetting_bpb"] / bp["forgetting_bpb"], s["newest_bpb"] / bp["newest_bpb"] - 1
+                    both = ratio <= 0.5 and gap <= 0.05
+                    out.append(f"- {method} against bp: forgetting ratio {ratio:.2f}, newest day {gap:+.1%}: "
+                               f"{'both met' if both else 'not both'}.")
     replayed = {m: s for m, s in by.items() if m.startswith("ff") and "replay" in m}
     if replayed:
         best = min(replayed, key=lambda m: replayed[m]["forgetting_bpb"])
@@ -330,10 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="defaults for a smoke test: 3 days, 4 steps, tiny model, 3 methods")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--stem", help="name of the result files (default: incremental, or incremental-quick)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="write one report from studies' JSON files instead of running one")
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    args.argv = argv
+    stem = args.stem or ("incremental-quick" if args.quick else "incremental")
+    if args.merge:
+        meta, runs = merge(args.merge)
+        print(write_result(f"{stem}.md", report(runs, meta, args.results, stem), args.results))
+        return 0
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -347,14 +406,37 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         day_files = write_days(work / "stream", args.stream, args.days, args.repeat)
         probes = probe_texts(day_files, work / "reference", args.eval_bytes)
-        stem = "incremental-quick" if args.quick else "incremental"
+        meta = {key: getattr(args, key) for key in SHARED}
+        meta.update(threads=args.threads, commands=[" ".join(argv)], day_names=[p.stem for p in day_files],
+                    probe_bytes=[len(p) for p in probes])
         runs = []
         for method in methods:  # the report is rewritten after each method, so a long study shows progress
             runs.append(run_method(method, day_files, probes, work / method, args))
-            text = report(runs, args, [p.stem for p in day_files], [len(p) for p in probes], args.results, stem)
-            path = write_result(f"{stem}.md", text, args.results)
+            meta["peak_rss_mib"] = [peak_rss_mib()]
+            write_result(f"{stem}.json", json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}), args.results)
+            path = write_result(f"{stem}.md", report(runs, meta, args.results, stem), args.results)
     print(path)
     return 0
+
+
+SHARED = ("stream", "days", "steps_per_day", "preset", "batch_size", "seq_len", "eval_bytes", "repeat")
+
+
+def merge(paths: list[Path]) -> tuple[dict, list[Run]]:
+    """One study from several: their settings must agree, and their methods are listed in order."""
+    meta, runs = None, []
+    for path in paths:
+        study = json.loads(path.read_text())
+        if meta is None:
+            meta = dict(study["meta"], commands=[], peak_rss_mib=[])
+        differ = [key for key in (*SHARED, "day_names") if study["meta"][key] != meta[key]]
+        if differ:
+            raise SystemExit(f"{path}: cannot merge a study with another {', '.join(differ)}")
+        meta["commands"] += study["meta"]["commands"]
+        meta["peak_rss_mib"] += study["meta"]["peak_rss_mib"]
+        meta["threads"] = max(meta["threads"], study["meta"]["threads"])
+        runs += [Run(**r) for r in study["runs"]]
+    return meta, runs
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class Config:
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
     replay_ratio: float = 1.0  # replayed bytes per new byte; 1.0 cut forgetting 16x at no cost on the new day (bench/results/incremental.md)
     trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
+    lr_scale: float = 1.0  # multiplier of the trainer's tuned learning rate (FF 8e-3, BP 4e-3): below 1 a night learns less and overwrites less
     freeze_layers: int = 0  # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
     lower_lr: float = 1.0  # FF: learning-rate multiplier of every layer below the top once trained for one update
     replay_layers: str = "all"  # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
@@ -140,6 +141,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:
         raise ConfigError(f"replay_ratio: must be >= 0, got {config.replay_ratio}")
+    if config.lr_scale <= 0:
+        raise ConfigError(f"lr_scale: must be positive, got {config.lr_scale}")
     if config.trainer not in ("ff", "bp"):
         raise ConfigError(f"trainer: expected 'ff' or 'bp', got {config.trainer!r}")
     if config.replay_layers not in ("all", "lower", "upper"):

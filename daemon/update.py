@@ -227,6 +227,7 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
             save(db, config, current, run_id=run_id, kind="partial", parent_id=parent_id, meta=meta)
             last_save = time.monotonic()
 
+    current.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
     generator = torch.Generator().manual_seed(run_id)
     batches, replay_rows = update_batches(new_text, replay, config, generator)
     if config.trainer == "ff":

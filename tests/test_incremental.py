@@ -53,6 +53,7 @@ def checkpoint(db, row):
     (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
     (dict(lower_lr=1.5), "lower_lr"),
     (dict(trainer="bp", lower_lr=0.3), "lower_lr"),
+    (dict(lr_scale=0), "lr_scale"),
 ])
 def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
     with pytest.raises(ConfigError, match=key):
@@ -117,6 +118,21 @@ def test_lower_lr_slows_every_layer_below_the_top_once_matured(make):
     assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == [0.25e-3, 1e-3]
 
 
+@pytest.mark.parametrize("trainer", ["ff", "bp"])
+def test_lr_scale_scales_the_trainers_own_rate(make, monkeypatch, trainer):
+    config, _ = make(trainer=trainer, lr_scale=0.5)
+    rates = []
+
+    def train(state, *args, **kwargs):
+        rates.append(state.lr)
+        return real_train(state, *args, **kwargs)
+
+    real_train = update.train
+    monkeypatch.setattr(update, "train", train)
+    assert update.run_update(config)["status"] == "ok"
+    assert rates == [pytest.approx(update.TRAINERS[trainer](FFLM(PRESETS["tiny"])).lr * 0.5)]
+
+
 def test_the_four_answers_quote_a_results_files_target_table_or_its_bullets():
     table = "# x\n\n- `ff`: a model\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n| a <= 1 | 0.9 | yes |\n\n## Next\n"
     assert incremental.verdicts(table) == ["- a <= 1: 0.9 (met: yes)"]
@@ -165,3 +181,19 @@ def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
     assert report.count("| after \\ day | 1 | 2 |") == 2  # an R matrix per method, every day probed
     assert (tmp_path / "incremental-quick_R.png").stat().st_size > 0
     assert (tmp_path / "incremental-quick_forgetting.png").stat().st_size > 0
+    assert (tmp_path / "incremental-quick_frontier.png").stat().st_size > 0
+
+
+def test_studies_run_apart_merge_into_one_report_only_when_their_settings_agree(tmp_path):
+    for part, methods in (("a", "ff"), ("b", "bp")):
+        assert incremental.main(["--quick", "--days", "2", "--methods", methods, "--results", str(tmp_path),
+                                 "--stem", part]) == 0
+    parts = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    assert incremental.main(["--merge", *parts, "--results", str(tmp_path), "--stem", "both"]) == 0
+    report = (tmp_path / "both.md").read_text()
+    assert "| ff |" in report and "| bp |" in report and "FF newest-day loss within 5% of BP's" in report
+    assert report.count("--methods") == 2  # each part's command, so either can be rerun
+
+    incremental.main(["--quick", "--days", "3", "--methods", "ff", "--results", str(tmp_path), "--stem", "c"])
+    with pytest.raises(SystemExit, match="days"):
+        incremental.main(["--merge", parts[0], str(tmp_path / "c.json"), "--results", str(tmp_path)])
