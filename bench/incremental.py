@@ -15,7 +15,7 @@ From R, in loss form (bits per byte, lower is better):
                     day j has fallen from its best earlier score; lower is better, and negative when the
                     newest update made old days better than any earlier checkpoint had them.
 
-    flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 150]
+    flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 300]
 
 Beside the Markdown it writes the measurements as JSON, so that methods run in separate processes (two
 cores, two studies side by side) can be merged into one report with `--merge A.json B.json`.
@@ -36,7 +36,7 @@ import torch
 
 from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, write_result
 from bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
-from daemon.config import load_config
+from daemon.config import Config, load_config
 from daemon.update import load_current, update_and_probe
 from ingest.reader import catch_up
 from model.lm import PRESETS
@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engram-ff bench incremental", description=__doc__.split("\n")[0])
     parser.add_argument("--stream", choices=["plays", "tiny"], default="plays")
     parser.add_argument("--days", type=int, default=8)
-    parser.add_argument("--steps-per-day", type=int, default=150)
+    parser.add_argument("--steps-per-day", type=int, default=Config().update_min_steps,
+                        help="training steps of every update (default: the daemon's own minimum a night)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, of: {', '.join(METHODS)}")
     parser.add_argument("--preset", default="daemon", choices=list(PRESETS))
