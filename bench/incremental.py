@@ -46,7 +46,9 @@ from state.db import open_db
 
 LN2 = math.log(2)
 
-# name -> daemon configuration fields (everything else is shared by all methods)
+# Every method starts from plain fine-tuning, whatever the daemon's defaults are; then its own fields.
+PLAIN = dict(replay_ratio=0.0, lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0)
+# name -> daemon configuration fields over PLAIN (everything else is shared by all methods)
 METHODS = {
     "ff": dict(trainer="ff", replay_ratio=0.0),
     "ff-replay0.5": dict(trainer="ff", replay_ratio=0.5),
@@ -116,7 +118,7 @@ def method_config(folder: Path, overrides: dict, args) -> object:
         environ={}, data_dir=str(folder / "data"), watch_dir=str(folder / "engram"), facts_file=str(FACTS),
         model_preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
         update_min_steps=args.steps_per_day, update_max_steps=args.steps_per_day, update_budget_minutes=600,
-        checkpoint_every_seconds=3600, **overrides)
+        checkpoint_every_seconds=3600, **{**PLAIN, **overrides})
 
 
 def write_days(out: Path, stream: str, n_days: int, repeat: int) -> list[Path]:

@@ -60,6 +60,12 @@ def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
         load_config(environ={}, data_dir=str(tmp_path), **fields)
 
 
+def test_bp_takes_the_defaults_that_are_meant_for_ff_but_refuses_them_when_chosen(tmp_path):
+    assert load_config(environ={}, data_dir=str(tmp_path), trainer="bp").lower_lr == 0.3  # BP ignores it
+    with pytest.raises(ConfigError, match="lower_lr"):
+        load_config(environ={"ENGRAM_FF_LOWER_LR": "0.3"}, data_dir=str(tmp_path), trainer="bp")
+
+
 def test_bp_checkpoint_says_so_and_ff_refuses_it_without_losing_it(make):
     config, db = make(trainer="bp")
     first = update.update_and_probe(config)
