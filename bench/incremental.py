@@ -65,6 +65,9 @@ METHODS = {
     "ff-replay1-slow0.3": dict(trainer="ff", replay_ratio=1.0, lower_lr=0.3),
     "ff-replay1-slow0.1": dict(trainer="ff", replay_ratio=1.0, lower_lr=0.1),
     "ff-replay2-slow0.3": dict(trainer="ff", replay_ratio=2.0, lower_lr=0.3),
+    "bp-replay2": dict(trainer="bp", replay_ratio=2.0),
+    "bp-slow0.1": dict(trainer="bp", replay_ratio=0.0, lower_lr=0.1),
+    "bp-replay2-slow0.3": dict(trainer="bp", replay_ratio=2.0, lower_lr=0.3),
     # the same trainers at lower learning rates: how much forgetting each buys with how much plasticity
     "ff-lr0.5": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.5),
     "ff-lr0.25": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.25),

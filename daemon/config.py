@@ -41,7 +41,7 @@ class Config:
     trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
     lr_scale: float = 1.0  # multiplier of the trainer's tuned learning rate (FF 8e-3, BP 4e-3): below 1 a night learns less and overwrites less
     freeze_layers: int = 0  # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
-    lower_lr: float = 0.3  # FF: learning-rate multiplier of every layer below the top once trained for one update; BP ignores it
+    lower_lr: float = 0.3  # learning-rate multiplier of every layer below the top once trained for one update
     replay_layers: str = "all"  # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
     batch_size: int = 16
     seq_len: int = 256
@@ -127,8 +127,7 @@ def _coerce(name: str, raw: object, source: str) -> object:
     return raw
 
 
-def _validate(config: Config, chosen: set[str]) -> None:
-    """`chosen`: the keys set by a file, the environment or a flag, not left at their defaults."""
+def _validate(config: Config) -> None:
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.schedule):
         raise ConfigError(f"schedule: expected local time HH:MM, got {config.schedule!r}")
     if not 0.0 < config.probe_fraction < 1.0:
@@ -152,9 +151,8 @@ def _validate(config: Config, chosen: set[str]) -> None:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
     if not 0 <= config.lower_lr <= 1:
         raise ConfigError(f"lower_lr: expected a multiplier from 0 to 1, got {config.lower_lr}")
-    if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all" or
-                                   ("lower_lr" in chosen and config.lower_lr != 1)):
-        raise ConfigError("freeze_layers, lower_lr and replay_layers act on FF's per-layer losses: "
+    if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
+        raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: "
                           "they need trainer = 'ff'")
     from model.config import PRESETS  # torch-free
 
@@ -194,7 +192,7 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
         if raw is not None:
             values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), f"--{key.split('_')[0]}")
     config = Config(**values)
-    _validate(config, set(values))
+    _validate(config)
     return config
 
 

@@ -109,15 +109,16 @@ def prune(db, keep: int, folder: Path) -> None:
             ckpt.digest_path(path).unlink(missing_ok=True)
 
 
-def plan_layers(trainer: FFTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
-    """FF's cheap guards against forgetting, each a per-layer choice that backprop cannot make for free:
-    freeze the lowest layers once they have learned a day, slow every layer below the top, and let
-    only some layers' losses see the replayed rows (the last `replay_rows` of each batch)."""
-    n_layers = len(trainer.optimizers)
+def plan_layers(trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
+    """Per-layer guards against forgetting: slow every layer below the top once matured (either trainer);
+    with FF also freeze the lowest layers, which then need no backward pass, and let only some layers'
+    losses see the replayed rows (the last `replay_rows` of each batch), which backprop's one loss cannot."""
+    n_layers = len(trainer.layer_lr)
     if config.freeze_layers >= n_layers:
         raise ValueError(f"freeze_layers: {config.freeze_layers} would freeze all {n_layers} layers of the model")
     if matured:
-        trainer.freeze(config.freeze_layers)
+        if config.freeze_layers:
+            trainer.freeze(config.freeze_layers)
         for i in range(config.freeze_layers, n_layers - 1):
             trainer.layer_lr[i] = config.lower_lr
     if replay_rows and config.replay_layers != "all":
@@ -230,8 +231,7 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
     current.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
     generator = torch.Generator().manual_seed(run_id)
     batches, replay_rows = update_batches(new_text, replay, config, generator)
-    if config.trainer == "ff":
-        plan_layers(current.trainer, config, matured=parent_id is not None, replay_rows=replay_rows)
+    plan_layers(current.trainer, config, matured=parent_id is not None, replay_rows=replay_rows)
     result = train(current.trainer, batches, budget_s=budget_s, max_steps=steps_left,
                    on_step=on_step, should_stop=should_stop)
     meta["seconds"] = spent + time.monotonic() - started

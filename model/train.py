@@ -154,6 +154,8 @@ class BPTrainer:
     def __init__(self, model: nn.Module, lr: float = BP_LR, clip: float = 1.0):
         self.model, self.lr, self.clip = model, lr, clip
         self.optimizer = _adam(list(model.parameters()), lr)
+        self.layers = model.layer_parameters()
+        self.layer_lr = [1.0] * len(self.layers)  # per-layer multiplier of each step, as FFTrainer's
         self.steps = 0
 
     def set_lr_scale(self, scale: float) -> None:
@@ -167,7 +169,12 @@ class BPTrainer:
         loss.backward()
         if self.clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        slowed = [(p, p.detach().clone(), rate) for params, rate in zip(self.layers, self.layer_lr) if rate != 1
+                  for p in params]
         self.optimizer.step()
+        with torch.no_grad():  # a slowed layer keeps `rate` of its step: Adam's step is linear in its rate
+            for p, before, rate in slowed:
+                p.lerp_(before, 1 - rate)
         self.steps += 1
         return [loss.item()]
 

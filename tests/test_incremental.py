@@ -52,7 +52,6 @@ def checkpoint(db, row):
     (dict(freeze_layers=-1), "freeze_layers"),
     (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
     (dict(lower_lr=1.5), "lower_lr"),
-    (dict(trainer="bp", lower_lr=0.3), "lower_lr"),
     (dict(lr_scale=0), "lr_scale"),
 ])
 def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
@@ -60,10 +59,19 @@ def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
         load_config(environ={}, data_dir=str(tmp_path), **fields)
 
 
-def test_bp_takes_the_defaults_that_are_meant_for_ff_but_refuses_them_when_chosen(tmp_path):
-    assert load_config(environ={}, data_dir=str(tmp_path), trainer="bp").lower_lr == 0.3  # BP ignores it
-    with pytest.raises(ConfigError, match="lower_lr"):
-        load_config(environ={"ENGRAM_FF_LOWER_LR": "0.3"}, data_dir=str(tmp_path), trainer="bp")
+def test_bp_slows_its_lower_layers_by_exactly_lower_lr():
+    """Adam's step is linear in its rate, so keeping a fraction of a layer's step is that layer at that rate."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 17))
+    model = FFLM(PRESETS["tiny"])
+    full, slowed = update.BPTrainer(copy.deepcopy(model)), update.BPTrainer(copy.deepcopy(model))
+    slowed.layer_lr = [0.25, 1.0]
+    for trainer in (full, slowed):
+        trainer.train_step(x[:, :-1], x[:, 1:])
+    start = model.layer_parameters()
+    for layer, rate in ((0, 0.25), (1, 1.0)):
+        for p0, pf, ps in zip(start[layer], full.layers[layer], slowed.layers[layer]):
+            torch.testing.assert_close(ps - p0, rate * (pf - p0), atol=1e-6, rtol=1e-4)
 
 
 def test_bp_checkpoint_says_so_and_ff_refuses_it_without_losing_it(make):
