@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import sqlite_utils
@@ -30,13 +31,26 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     """A plain sqlite3 connection with the pragmas every connection to this database must have."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _switch_to_wal(conn)
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"{path}: cannot switch to WAL journal mode (got {mode!r})")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """SQLite answers "database is locked" at once, without its busy handler, when another connection
+    is creating or switching the same new file; so wait here, up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def open_db(path: str | os.PathLike, *, migrate: bool = True) -> sqlite_utils.Database:
