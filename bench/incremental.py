@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.stem or ("incremental-quick" if args.quick else "incremental")
     if args.merge:
         meta, runs = merge(args.merge)
+        write_result(f"{stem}.json", json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}), args.results)
         print(write_result(f"{stem}.md", report(runs, meta, args.results, stem), args.results))
         return 0
     methods = args.methods.split(",")

@@ -1,6 +1,7 @@
 """The incremental study's knobs (trainer, freeze_layers, replay_layers) on the daemon's real update path,
 and the study itself in its quick mode."""
 import copy
+import json
 
 import pytest
 import torch
@@ -205,6 +206,7 @@ def test_studies_run_apart_merge_into_one_report_only_when_their_settings_agree(
     parts = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     assert incremental.main(["--merge", *parts, "--results", str(tmp_path), "--stem", "both"]) == 0
     report = (tmp_path / "both.md").read_text()
+    assert [r["method"] for r in json.loads((tmp_path / "both.json").read_text())["runs"]] == ["ff", "bp"]
     assert "| ff |" in report and "| bp |" in report and "Each FF method without replay against each BP one" in report
     assert report.count("--methods") == 2  # each part's command, so either can be rerun
 
