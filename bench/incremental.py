@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, write_result
+from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
 from bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
 from daemon.config import Config, load_config
 from daemon.update import load_current, update_and_probe
@@ -47,18 +47,18 @@ from state.db import open_db
 LN2 = math.log(2)
 
 # Every method starts from plain fine-tuning, whatever the daemon's defaults are; then its own fields.
-PLAIN = dict(replay_ratio=0.0, lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0)
+PLAIN = dict(lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0)
 # name -> daemon configuration fields over PLAIN (everything else is shared by all methods)
 METHODS = {
-    "ff": dict(trainer="ff", replay_ratio=0.0),
+    "ff": dict(trainer="ff"),
     "ff-replay0.5": dict(trainer="ff", replay_ratio=0.5),
     "ff-replay1": dict(trainer="ff", replay_ratio=1.0),
-    "bp": dict(trainer="bp", replay_ratio=0.0),
+    "bp": dict(trainer="bp"),
     "bp-replay1": dict(trainer="bp", replay_ratio=1.0),
-    "ff-freeze1": dict(trainer="ff", replay_ratio=0.0, freeze_layers=1),
-    "ff-freeze2": dict(trainer="ff", replay_ratio=0.0, freeze_layers=2),
-    "ff-slow0.3": dict(trainer="ff", replay_ratio=0.0, lower_lr=0.3),
-    "ff-slow0.1": dict(trainer="ff", replay_ratio=0.0, lower_lr=0.1),
+    "ff-freeze1": dict(trainer="ff", freeze_layers=1),
+    "ff-freeze2": dict(trainer="ff", freeze_layers=2),
+    "ff-slow0.3": dict(trainer="ff", lower_lr=0.3),
+    "ff-slow0.1": dict(trainer="ff", lower_lr=0.1),
     "ff-replay1-lower": dict(trainer="ff", replay_ratio=1.0, replay_layers="lower"),
     "ff-replay1-upper": dict(trainer="ff", replay_ratio=1.0, replay_layers="upper"),
     "ff-replay2": dict(trainer="ff", replay_ratio=2.0),
@@ -66,13 +66,13 @@ METHODS = {
     "ff-replay1-slow0.1": dict(trainer="ff", replay_ratio=1.0, lower_lr=0.1),
     "ff-replay2-slow0.3": dict(trainer="ff", replay_ratio=2.0, lower_lr=0.3),
     "bp-replay2": dict(trainer="bp", replay_ratio=2.0),
-    "bp-slow0.1": dict(trainer="bp", replay_ratio=0.0, lower_lr=0.1),
+    "bp-slow0.1": dict(trainer="bp", lower_lr=0.1),
     "bp-replay2-slow0.3": dict(trainer="bp", replay_ratio=2.0, lower_lr=0.3),
     # the same trainers at lower learning rates: how much forgetting each buys with how much plasticity
-    "ff-lr0.5": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.5),
-    "ff-lr0.25": dict(trainer="ff", replay_ratio=0.0, lr_scale=0.25),
-    "bp-lr0.5": dict(trainer="bp", replay_ratio=0.0, lr_scale=0.5),
-    "bp-lr0.25": dict(trainer="bp", replay_ratio=0.0, lr_scale=0.25),
+    "ff-lr0.5": dict(trainer="ff", lr_scale=0.5),
+    "ff-lr0.25": dict(trainer="ff", lr_scale=0.25),
+    "bp-lr0.5": dict(trainer="bp", lr_scale=0.5),
+    "bp-lr0.25": dict(trainer="bp", lr_scale=0.25),
 }
 # The issue's comparison and the daemon's default recipe: about 11 minutes a method at 300 steps a night on
 # one core; split them with --methods over two processes and join them with --merge.
@@ -93,7 +93,7 @@ class Run:
 
     @property
     def trainer(self) -> str:
-        return METHODS[self.method]["trainer"] if self.method in METHODS else self.method.split("-")[0]
+        return self.method.split("-")[0]  # every method's name starts with its trainer
 
     @property
     def replays(self) -> bool:
@@ -224,8 +224,6 @@ def plot_frontier(path: Path, runs: list[Run]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bench.common import save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for run in runs:
@@ -411,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.stem or ("incremental-quick" if args.quick else "incremental")
     if args.merge:
         meta, runs = merge(args.merge)
-        write_result(f"{stem}.json", json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}), args.results)
-        print(write_result(f"{stem}.md", report(runs, meta, args.results, stem), args.results))
+        print(save_study(meta, runs, args.results, stem))
         return 0
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
@@ -434,10 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:  # the report is rewritten after each method, so a long study shows progress
             runs.append(run_method(method, day_files, probes, work / method, args))
             meta["peak_rss_mib"] = [peak_rss_mib()]
-            write_result(f"{stem}.json", json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}), args.results)
-            path = write_result(f"{stem}.md", report(runs, meta, args.results, stem), args.results)
+            path = save_study(meta, runs, args.results, stem)
     print(path)
     return 0
+
+
+def save_study(meta: dict, runs: list[Run], results: Path, stem: str) -> Path:
+    """The measurements as JSON, for a later --merge, and the report made from them; the report's path."""
+    write_result(f"{stem}.json", json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}), results)
+    return write_result(f"{stem}.md", report(runs, meta, results, stem), results)
 
 
 SHARED = ("stream", "days", "steps_per_day", "preset", "batch_size", "seq_len", "eval_bytes", "repeat")
