@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import RESULTS, markdown_table, write_result
+from engram_ff.bench.common import RESULTS, markdown_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes")
@@ -141,7 +141,7 @@ class Daemon:
         self.notify.setblocking(False)
         self.was_ready = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+            [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
             env={**env, "NOTIFY_SOCKET": str(self.notify_path)}, cwd=REPO, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.started = time.monotonic()
@@ -275,7 +275,7 @@ def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
             check.bad_checkpoints.append(f"{kind} checkpoint {checkpoint_id}: {path} missing or its sha256 differs")
     finals = [row for row in rows if row[3] == "final"]
     if finals:
-        from model.checkpoint import CheckpointError, load_checkpoint
+        from engram_ff.model.checkpoint import CheckpointError, load_checkpoint
 
         check.current_checkpoint = finals[-1][0]
         try:
@@ -691,7 +691,7 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         [[t.number, t.trigger, f"{t.alive_s:.2f}", "+".join(t.phases), t.check.lost, t.check.duplicated,
           t.check.integrity, t.check.checkpoints, "yes" if t.ready else "no"] for t in trials])
     return (f"# Chaos: SIGKILL trials, load, security\n\n"
-            f"`python -m bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
+            f"`python -m engram_ff.bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
             f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
             f"## SIGKILL trials\n\n{markdown_table(['measure', 'value'], rows)}\n"
             f"Resume mismatches: {errors}\n\n"

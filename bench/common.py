@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Public-domain text the benchmarks and tests read, carried with the project (data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def peak_rss_mib() -> float:

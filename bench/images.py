@@ -6,9 +6,9 @@ the same load from the rest of the machine. Seconds per epoch count training onl
 each epoch and the final train error are timed apart. Writes bench/results/images*.md and a
 PNG of test error per epoch.
 
-    python -m bench.images                   # default preset
-    python -m bench.images --quick           # under 2 minutes, a subset
-    python -m bench.images --preset hinton --epochs 2   # Hinton's 4x2000 net, timed per epoch
+    python -m engram_ff.bench.images                   # default preset
+    python -m engram_ff.bench.images --quick           # under 2 minutes, a subset
+    python -m engram_ff.bench.images --preset hinton --epochs 2   # Hinton's 4x2000 net, timed per epoch
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from typing import Iterator
 
 import torch
 
-from bench.common import RESULTS, lockstep, markdown_table, plot_series, stopwatch, write_result
-from model.bp_mlp import BPMLP, BPMLPConfig
-from model.ff import pick_device
-from model.ff_mlp import FFMLP, FFMLPConfig
-from model.idx import SPLITS, find_file, load_split
+from engram_ff.bench.common import RESULTS, lockstep, markdown_table, plot_series, stopwatch, write_result
+from engram_ff.model.images.bp_mlp import BPMLP, BPMLPConfig
+from engram_ff.model.images.ff import pick_device
+from engram_ff.model.images.ff_mlp import FFMLP, FFMLPConfig
+from engram_ff.model.images.idx import SPLITS, find_file, load_split
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engram-ff bench images: {e}", file=sys.stderr)
         return 2
     stem = "images" if name == "default" else f"images-{name}"
-    command = "python -m bench.images " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m engram_ff.bench.images " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(s, results, rss, command.strip())
     curves = {f"FF ({n})": c for n, c in results["ff"]["curves"].items()} | {"BP": results["bp"]["curves"]["bp"]}
     plot_series(args.results_dir / f"{stem}.png", curves, "epoch", "test error %", f"Test error per epoch ({name})")

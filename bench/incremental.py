@@ -15,7 +15,7 @@ From R, in loss form (bits per byte, lower is better):
                     day j has fallen from its best earlier score; lower is better, and negative when the
                     newest update made old days better than any earlier checkpoint had them.
 
-    flock /tmp/engram-bench.lock python -m bench.incremental [--stream plays] [--days 8] [--steps-per-day 300]
+    flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental [--stream plays] [--days 8] [--steps-per-day 300]
 
 Beside the Markdown it writes the measurements as JSON, so that methods run in separate processes (two
 cores, two studies side by side) can be merged into one report with `--merge A.json B.json`.
@@ -34,15 +34,15 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
-from bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
-from daemon.config import Config, load_config
-from daemon.update import load_current, update_and_probe
-from ingest.reader import catch_up
-from model.lm import PRESETS
-from model.train import evaluate_nats
-from state import queries
-from state.db import open_db
+from engram_ff.bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
+from engram_ff.bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
+from engram_ff.daemon.config import Config, load_config
+from engram_ff.daemon.update import load_current, update_and_probe
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model.lm import PRESETS
+from engram_ff.model.train import evaluate_nats
+from engram_ff.state import queries
+from engram_ff.state.db import open_db
 
 LN2 = math.log(2)
 
@@ -272,7 +272,7 @@ def answers_section() -> str:
         "   Here: the new-day column, a play learned the night it arrives.\n"
         f"3. Can SSM layers replace linear ones? {cite('text.md', 'engram-ff bench text')}"
         "4. Does it enable incremental learning? The summary, targets and matrices above "
-        "(`flock /tmp/engram-bench.lock python -m bench.incremental`).\n")
+        "(`flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental`).\n")
 
 
 def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
@@ -283,7 +283,7 @@ def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
                         xlabel="update i - 1 (days learned before the newest)",
                         ylabel="average forgetting (nats/byte)", title="Forgetting of earlier days, update by update")
     n = len(meta["day_names"])
-    commands = "".join(f"\n    flock /tmp/engram-bench.lock python -m bench.incremental {c}" for c in meta["commands"])
+    commands = "".join(f"\n    flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental {c}" for c in meta["commands"])
     lines = [
         "# Incremental learning: FF against BP, replay against none\n",
         f"Stream `{meta['stream']}`, {n} days ({', '.join(meta['day_names'])}), facts planted on day 1 "

@@ -7,7 +7,7 @@
 3. memory: a fresh process ingests a generated ~1 GB folder; its peak RSS and that of the parsing
    process it starts.
 Targets on 2 cores: >= 100,000 lines/s, p95 <= 1 s, peak RSS <= 300 MB for 1 GB.
-Run it under the shared lock: flock /tmp/engram-bench.lock python -m bench.ingest
+Run it under the shared lock: flock /tmp/engram-bench.lock python -m engram_ff.bench.ingest
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import RESULTS, markdown_table, run_isolated, write_result
+from engram_ff.bench.common import RESULTS, markdown_table, run_isolated, write_result
 
 WORDS = ("the a to and of I you it is that in we this for not on be with have are do what but can so "
          "just like will if about my your was at as think know how get there all would one they when "
@@ -68,8 +68,8 @@ def ingest_folder(folder: str, db_path: str) -> dict:
     same instant; this process's own peak is also read exactly (VmHWM). getrusage's ru_maxrss is not
     used: a spawned process inherits its parent's peak through fork+exec.
     """
-    from ingest.reader import catch_up
-    from state.db import open_db
+    from engram_ff.ingest.reader import catch_up
+    from engram_ff.state.db import open_db
 
     db = open_db(db_path)
     sampler = _RssSampler()
@@ -124,8 +124,8 @@ class _RssSampler(threading.Thread):
 
 def append_latencies(folder: Path, db_path: Path, appends: int, debounce_s: float) -> list[float]:
     """Seconds from each append to its row, with the watcher running; appends at random intervals."""
-    from ingest.watcher import Watcher
-    from state.db import open_db
+    from engram_ff.ingest.watcher import Watcher
+    from engram_ff.state.db import open_db
 
     watcher = Watcher(db_path, folder, debounce_s=debounce_s)
     watcher.start()
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                          "", ""])
             rows.append([f"lines per second for {size_gb / 1e9:.2f} GB", f"{n / result['wall_s']:,.0f}", "", ""])
 
-    text = (f"# Ingest benchmark\n\n`python -m bench.ingest{''.join(' ' + a for a in argv)}`\n\n"
+    text = (f"# Ingest benchmark\n\n`python -m engram_ff.bench.ingest{''.join(' ' + a for a in argv)}`\n\n"
             f"Machine: {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at start "
             f"(other jobs share the CPUs).\n\n"
             + markdown_table(["measure", "measured", "target", ""], rows)

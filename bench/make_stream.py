@@ -1,13 +1,13 @@
 """Write days of Engram logs made from real text, for the incremental study and the update benchmark.
 
 Two streams, both as `raw/YYYY-MM-DD.jsonl` files in the shapes Engram writes:
-  plays   one play of ../shared/data/plays a day; each speech a recorder line with the character as
+  plays   one play of bench/data/plays a day; each speech a recorder line with the character as
           sender, interleaved with hook event lines (gateway start-up, a command at each scene);
   tiny    TinyShakespeare cut into equal days, one speech a line.
 Facts ("Who is Victor?" and a few more) can be planted on one day as a short user/assistant
 conversation, repeated so that one night's update can learn them.
 
-    python -m bench.make_stream plays OUT_DIR [--days N] [--plant-day 1]
+    python -m engram_ff.bench.make_stream plays OUT_DIR [--days N] [--plant-day 1]
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import orjson
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from engram_ff.bench.common import DATA
+
 PLAYS = ["hamlet", "macbeth", "othello", "lear", "julius_caesar", "twelfth_night",
          "midsummer_nights_dream", "much_ado_about_nothing"]
 FACTS = Path(__file__).with_name("study_facts.toml")
@@ -105,9 +106,9 @@ def stream_days(stream: str, days: int | None = None) -> list[tuple[date, str, l
     """(day, source, speeches) for each day of the stream."""
     if stream == "plays":
         names = PLAYS[: days or len(PLAYS)]
-        return [(FIRST_DAY + timedelta(i), name, play_speeches((SHARED / "plays" / f"{name}.txt").read_text()))
+        return [(FIRST_DAY + timedelta(i), name, play_speeches((DATA / "plays" / f"{name}.txt").read_text()))
                 for i, name in enumerate(names)]
-    speeches = tiny_speeches((SHARED / "tinyshakespeare.txt").read_text())
+    speeches = tiny_speeches((DATA / "tinyshakespeare.txt").read_text())
     n = days or 8
     per_day = len(speeches) // n
     return [(FIRST_DAY + timedelta(i), "tinyshakespeare", speeches[i * per_day:(i + 1) * per_day]) for i in range(n)]
@@ -131,7 +132,7 @@ def write_stream(out: Path, stream: str, days: int | None = None, plant_day: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.make_stream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engram_ff.bench.make_stream", description=__doc__.split("\n")[0])
     parser.add_argument("stream", choices=["plays", "tiny"])
     parser.add_argument("out", type=Path, help="the Engram folder to write raw/ into")
     parser.add_argument("--days", type=int)

@@ -1,9 +1,9 @@
 """Text benchmark: FF-SSM against backprop and the baselines on TinyShakespeare, same CPU budget.
 
-    python -m bench.text                        # every model, 10 CPU-minutes each (variants a quarter)
-    python -m bench.text --quick                # ~1-2 minute smoke run
-    python -m bench.text --models ff-ssm --json a.json   # one model, raw results only
-    python -m bench.text --from-json a.json b.json       # merge runs and render the report
+    python -m engram_ff.bench.text                        # every model, 10 CPU-minutes each (variants a quarter)
+    python -m engram_ff.bench.text --quick                # ~1-2 minute smoke run
+    python -m engram_ff.bench.text --models ff-ssm --json a.json   # one model, raw results only
+    python -m engram_ff.bench.text --from-json a.json b.json       # merge runs and render the report
 
 Budgets are CPU time (process CPU seconds / threads), not wall time, so helpers sharing the machine
 slow a run down without changing what it learns. Each model trains in a fresh process (its peak RSS
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import save_figure
+from engram_ff.bench.common import DATA, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+TINY_SHAKESPEARE = DATA / "tinyshakespeare.txt"
 THREADS = 2
 CURVE_BYTES = 20_000  # validation bytes for the loss-against-time curve (the final figure uses all)
 SAMPLE_PROMPT = b"ROMEO:\n"
@@ -50,9 +50,7 @@ def model_specs() -> dict[str, dict]:
 
 
 def load_text() -> tuple[bytes, bytes]:
-    if not DATA.exists():
-        raise SystemExit(f"bench text: {DATA} not found (shared/ must sit beside the repository)")
-    data = DATA.read_bytes()
+    data = TINY_SHAKESPEARE.read_bytes()
     n = int(len(data) * 0.9)
     return data[:n], data[n:]
 
@@ -63,9 +61,9 @@ def cpu_clock() -> float:
 
 def build(spec: dict, lr: float | None = None):
     """The model and its trainer; lr None: the trainer's default, its best in a sweep."""
-    from model.lm import PRESETS, FFLM
-    from model.train import BPTrainer, FFTrainer
-    from model.window_mlp import WindowConfig, WindowMLP
+    from engram_ff.model.lm import PRESETS, FFLM
+    from engram_ff.model.train import BPTrainer, FFTrainer
+    from engram_ff.model.window_mlp import WindowConfig, WindowMLP
     from dataclasses import replace
 
     if spec["model"] == "window":
@@ -85,8 +83,8 @@ def run_model(name: str, budget_s: float, lr: float | None = None) -> dict:
     """Train one model for budget_s CPU-seconds in this process; everything the report needs."""
     import torch
 
-    from model.generate import generate
-    from model.train import byte_batches, evaluate_nats, train
+    from engram_ff.model.generate import generate
+    from engram_ff.model.train import byte_batches, evaluate_nats, train
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -126,8 +124,8 @@ def memory_probe(trainer: str, n_layers: int, seq_len: int) -> dict:
     import torch
 
     from dataclasses import replace
-    from model.lm import PRESETS, FFLM
-    from model.train import BPTrainer, FFTrainer
+    from engram_ff.model.lm import PRESETS, FFLM
+    from engram_ff.model.train import BPTrainer, FFTrainer
 
     torch.set_num_threads(THREADS)
     model = FFLM(replace(PRESETS["daemon"], n_layers=n_layers))
@@ -145,7 +143,7 @@ def step_speed(rounds: int = 40, steps: int = 5) -> dict:
     runs' bytes/s also carry whatever else the machine did during each. The first round is warm-up."""
     import torch
 
-    from model.train import byte_batches
+    from engram_ff.model.train import byte_batches
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -177,7 +175,7 @@ def scan_timings(lengths: list[int]) -> list[dict]:
     """Forward+backward time of the associative scan against a Python loop over time."""
     import torch
 
-    from model.ssm import scan, scan_loop
+    from engram_ff.model.ssm import scan, scan_loop
 
     torch.set_num_threads(THREADS)
     rows = []
@@ -196,7 +194,7 @@ def scan_timings(lengths: list[int]) -> list[dict]:
 
 
 def render(results: dict, out_dir: Path) -> str:
-    from bench.common import markdown_table
+    from engram_ff.bench.common import markdown_table
 
     models = results.get("models", {})
     lines = ["# Text benchmark: TinyShakespeare, 90/10 split, bytes\n"]

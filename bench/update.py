@@ -1,7 +1,7 @@
 """`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost.
 
 Part 1 writes a day of Engram logs whose train split holds 1 MiB of text (TinyShakespeare, then the
-plays), ingests it and runs exactly the daemon's update (`python -m daemon.update`, the child the
+plays), ingests it and runs exactly the daemon's update (`python -m engram_ff.daemon.update`, the child the
 daemon starts at night) with the default configuration: wall time, steps, peak RSS of the update
 process, then the probes.
 Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
@@ -19,9 +19,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.common import markdown_table, write_result
-from daemon.config import load_config
-from bench.make_stream import PLAYS, SHARED, day_lines, play_speeches, tiny_speeches, write_day
+from engram_ff.bench.common import markdown_table, write_result
+from engram_ff.daemon.config import load_config
+from engram_ff.bench.common import DATA
+from engram_ff.bench.make_stream import PLAYS, day_lines, play_speeches, tiny_speeches, write_day
 
 MIB = 1 << 20
 
@@ -29,8 +30,8 @@ MIB = 1 << 20
 def make_day(watch: Path, n_bytes: int) -> int:
     """Speeches of TinyShakespeare, then of the plays, until their text reaches n_bytes (TinyShakespeare
     alone holds about 1.06 MB of speech); returns the text bytes written."""
-    texts = [tiny_speeches((SHARED / "tinyshakespeare.txt").read_text())]
-    texts += [play_speeches((SHARED / "plays" / f"{name}.txt").read_text()) for name in PLAYS]
+    texts = [tiny_speeches((DATA / "tinyshakespeare.txt").read_text())]
+    texts += [play_speeches((DATA / "plays" / f"{name}.txt").read_text()) for name in PLAYS]
     speeches, size = [], 0
     for speech in (s for text in texts for s in text):
         speeches.append(speech)
@@ -44,7 +45,7 @@ def make_day(watch: Path, n_bytes: int) -> int:
 def run_update(env: dict) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB of the child, exit code)"""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "daemon.update"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
@@ -63,7 +64,7 @@ def proc_sample(pid: int) -> tuple[float, float]:
 
 def measure_idle(env: dict, seconds: float) -> tuple[float, float]:
     """(CPU percent, peak RSS MiB) of the running daemon over `seconds` after it is ready."""
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(10)  # start-up scan and imports done
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
         if args.quick:
             env["ENGRAM_FF_UPDATE_BUDGET_MINUTES"] = "1"
-        subprocess.run([sys.executable, "-m", "daemon.cli", "ingest"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True)
         wall, peak, code = run_update(env)
         import sqlite3
 

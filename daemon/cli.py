@@ -11,12 +11,12 @@ import os
 import sys
 
 BENCHMARKS = {
-    "images": "bench.images",
-    "text": "bench.text",
-    "ingest": "bench.ingest",
-    "update": "bench.update",
-    "incremental": "bench.incremental",
-    "chaos": "bench.chaos",
+    "images": "engram_ff.bench.images",
+    "text": "engram_ff.bench.text",
+    "ingest": "engram_ff.bench.ingest",
+    "update": "engram_ff.bench.update",
+    "incremental": "engram_ff.bench.incremental",
+    "chaos": "engram_ff.bench.chaos",
 }
 
 
@@ -43,33 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon: watch, ingest, update nightly, probe")
     _add_location_flags(p)
     p.add_argument("--demo", action="store_true", help="seed the folder with a bundled sample and update at once")
-    p.set_defaults(target="daemon.commands:run")
+    p.set_defaults(target="engram_ff.daemon.commands:run")
 
     p = sub.add_parser("update", help="run one nightly update now")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:update")
+    p.set_defaults(target="engram_ff.daemon.commands:update")
 
     p = sub.add_parser("probe", help="run the retention, forgetting and fact probes now")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:probe")
+    p.set_defaults(target="engram_ff.daemon.commands:probe")
 
     p = sub.add_parser("config", help="print the effective configuration")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:config")
+    p.set_defaults(target="engram_ff.daemon.commands:config")
 
     p = sub.add_parser("ingest", help="one catch-up pass over the watched folder")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:ingest")
+    p.set_defaults(target="engram_ff.daemon.commands:ingest")
 
     p = sub.add_parser("status", help="files, messages, quarantine, last update and checkpoint")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:status")
+    p.set_defaults(target="engram_ff.daemon.commands:status")
 
     p = sub.add_parser("history", help="recent probe history as a table")
     _add_location_flags(p)
     p.add_argument("--limit", type=int, default=20, help="how many recent runs")
     p.add_argument("--plot", metavar="FILE.png", help="also draw retention and forgetting per day")
-    p.set_defaults(target="daemon.commands:history")
+    p.set_defaults(target="engram_ff.daemon.commands:history")
 
     p = sub.add_parser("generate", help="stream text from a checkpoint in recurrent mode")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
@@ -77,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes", type=int, default=300, metavar="N")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(target="daemon.commands:generate")
+    p.set_defaults(target="engram_ff.daemon.commands:generate")
 
     p = sub.add_parser("install-service", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a unit for the user's own systemd manager")
     p.add_argument("--output", metavar="PATH", help="where to write it (default: systemd's unit folder)")
     _add_location_flags(p)
-    p.set_defaults(target="daemon.commands:install_service")
+    p.set_defaults(target="engram_ff.daemon.commands:install_service")
 
     p = sub.add_parser("bench", help="run a benchmark; `engram-ff bench NAME --help` for its flags")
     p.add_argument("name", choices=sorted(BENCHMARKS))

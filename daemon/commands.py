@@ -11,9 +11,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from daemon.config import Config, ConfigError, config_from_args
-from daemon.lock import AlreadyRunning, DataDirLock
-from daemon.logs import setup_logging
+from engram_ff.daemon.config import Config, ConfigError, config_from_args
+from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
+from engram_ff.daemon.logs import setup_logging
 
 
 DEMO_BUDGET_MINUTES = 2.0
@@ -39,7 +39,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def run(args) -> int:
-    from daemon.service import Service
+    from engram_ff.daemon.service import Service
 
     try:
         config = _config(args)
@@ -54,7 +54,7 @@ def run(args) -> int:
 
 
 def update(args) -> int:
-    from daemon.update import EXIT_CODES, update_and_probe
+    from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
     try:
         config = _config(args)
@@ -70,7 +70,7 @@ def update(args) -> int:
 
 
 def probe(args) -> int:
-    from daemon.update import run_probes
+    from engram_ff.daemon.update import run_probes
 
     try:
         config = _config(args)
@@ -96,8 +96,8 @@ def config(args) -> int:
 
 
 def history(args) -> int:
-    from daemon.history import plot_history, recent_history
-    from state.db import open_db
+    from engram_ff.daemon.history import plot_history, recent_history
+    from engram_ff.state.db import open_db
 
     try:
         config = _config(args)
@@ -113,7 +113,7 @@ def history(args) -> int:
 
 
 def install_service(args) -> int:
-    from daemon.install import install_unit
+    from engram_ff.daemon.install import install_unit
 
     try:
         path = install_unit(user=args.user, output=args.output, watch=args.watch, data=args.data,
@@ -128,8 +128,8 @@ def install_service(args) -> int:
 def generate(args) -> int:
     import torch
 
-    from model.checkpoint import CheckpointError, load_model
-    from model.generate import generate as stream
+    from engram_ff.model.checkpoint import CheckpointError, load_model
+    from engram_ff.model.generate import generate as stream
 
     try:
         model, _ = load_model(args.checkpoint)
@@ -148,8 +148,8 @@ def generate(args) -> int:
 
 
 def ingest(args) -> int:
-    from ingest.reader import catch_up
-    from state.db import open_db
+    from engram_ff.ingest.reader import catch_up
+    from engram_ff.state.db import open_db
 
     try:
         config = _config(args)
@@ -172,8 +172,8 @@ def ingest(args) -> int:
 
 
 def status(args) -> int:
-    from state import queries
-    from state.db import open_db
+    from engram_ff.state import queries
+    from engram_ff.state.db import open_db
 
     try:
         config = _config(args)

@@ -153,7 +153,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"lower_lr: expected a multiplier from 0 to 1, got {config.lower_lr}")
     if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
         raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
-    from model.config import PRESETS  # torch-free
+    from engram_ff.model.config import PRESETS  # torch-free
 
     if config.model_preset not in PRESETS:
         raise ConfigError(f"model_preset: expected one of {', '.join(PRESETS)}, got {config.model_preset!r}")

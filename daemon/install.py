@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = Path(__file__).resolve().parents[1] / "systemd"  # installed beside daemon/ as package data
 
 
 def executable() -> str:
@@ -16,7 +16,7 @@ def executable() -> str:
     if found.exists():
         return str(found)
     which = shutil.which("engram-ff")
-    return which or f"{sys.executable} -m daemon.cli"
+    return which or f"{sys.executable} -m engram_ff.daemon.cli"
 
 
 def render_unit(*, user: bool, watch: str | None = None, data: str | None = None,

@@ -14,10 +14,10 @@ import math
 import tomllib
 from pathlib import Path
 
-from daemon.config import Config
-from model.scoring import rank_among
-from model.train import evaluate_nats
-from state import queries, runs
+from engram_ff.daemon.config import Config
+from engram_ff.model.scoring import rank_among
+from engram_ff.model.train import evaluate_nats
+from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
 

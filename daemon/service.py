@@ -1,7 +1,7 @@
 """The long-running service: watcher + nightly scheduler + systemd notify, driven from one main loop.
 
 The main thread only waits, pings the watchdog and handles signals; the watcher ingests on its own
-threads; each update runs in a child process (`python -m daemon.update`), so the idle daemon never
+threads; each update runs in a child process (`python -m engram_ff.daemon.update`), so the idle daemon never
 holds torch's memory, and a crash inside training cannot take the watcher down with it.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from datetime import datetime, timedelta, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from daemon.config import Config
-from daemon.lock import DataDirLock
-from daemon.notify import Notifier
-from ingest.watcher import Watcher
-from state import runs
-from state.db import open_db
+from engram_ff.daemon.config import Config
+from engram_ff.daemon.lock import DataDirLock
+from engram_ff.daemon.notify import Notifier
+from engram_ff.ingest.watcher import Watcher
+from engram_ff.state import runs
+from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Service:
             if self.stop_requested.is_set():
                 return None
             log.info("update starting")
-            self.child = subprocess.Popen([sys.executable, "-m", "daemon.update", str(os.getpid())],
+            self.child = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.update", str(os.getpid())],
                                           env=child_environment(self.config))
             code = self.child.wait()
             self.child = None
@@ -86,7 +86,7 @@ class Service:
             self.update_lock.release()
 
     def _print_latest_probes(self) -> None:
-        from daemon.commands import probe_table
+        from engram_ff.daemon.commands import probe_table
 
         db = open_db(self.config.db_path)
         try:
@@ -168,7 +168,7 @@ class Service:
             runs.mark_dead_runs_interrupted(db)
             self._refresh_last_update()
             if self.demo:
-                from daemon.demo import seed
+                from engram_ff.daemon.demo import seed
 
                 seed(self.config.watch)
             watcher = Watcher(self.config.db_path, self.config.watch,

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from daemon.config import Config
-from model import checkpoint as ckpt
-from model.lm import FFLM, PRESETS, LMConfig
-from model.train import BPTrainer, FFTrainer, byte_batches, train
-from state import queries, runs
-from state.db import open_db
+from engram_ff.daemon.config import Config
+from engram_ff.model import checkpoint as ckpt
+from engram_ff.model.lm import FFLM, PRESETS, LMConfig
+from engram_ff.model.train import BPTrainer, FFTrainer, byte_batches, train
+from engram_ff.state import queries, runs
+from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
 
 
 def run_probes(config: Config) -> list[dict]:
-    from daemon.probes import probe
+    from engram_ff.daemon.probes import probe
 
     db = open_db(config.db_path)
     try:
@@ -303,9 +303,9 @@ def main() -> int:
     """Entry point of the daemon's update child: configuration arrives as ENGRAM_FF_* variables."""
     import signal
 
-    from daemon.config import load_config
-    from daemon.logs import setup_logging
-    from daemon.sandbox import adapt_torch
+    from engram_ff.daemon.config import load_config
+    from engram_ff.daemon.logs import setup_logging
+    from engram_ff.daemon.sandbox import adapt_torch
 
     config = load_config()
     setup_logging(config.log_level)

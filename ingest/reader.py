@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
+from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
 
 if TYPE_CHECKING:  # the parsing process imports this module: keep it light
     import sqlite_utils
@@ -472,7 +472,7 @@ class WorkerFailed(Exception):
     """The parsing process could not start, died, or found the file replaced."""
 
 
-WORKER_COMMAND = [sys.executable, "-m", "ingest.worker"]
+WORKER_COMMAND = [sys.executable, "-m", "engram_ff.ingest.worker"]
 
 
 class ParsingProcess:

@@ -22,8 +22,8 @@ from watchdog.events import (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_M
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ingest.reader import FileResult, IngestStats, Limits, ingest_file, jsonl_files
-from state.db import open_db
+from engram_ff.ingest.reader import FileResult, IngestStats, Limits, ingest_file, jsonl_files
+from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The parsing process for large backlogs: `python -m ingest.worker`, started by ingest.reader.
+"""The parsing process for large backlogs: `python -m engram_ff.ingest.worker`, started by ingest.reader.
 
 It reads jobs, one pickle each, from stdin: (path, (device, inode), start, skipping, file_id, ctx,
 limits, batch_lines). For each it writes frames (ingest.reader.write_frame) to stdout: ("batch", rows)
@@ -13,7 +13,7 @@ import os
 import pickle
 import sys
 
-from ingest.reader import describe_error, read_batches, write_frame
+from engram_ff.ingest.reader import describe_error, read_batches, write_frame
 
 
 def parse_file(out, path: str, identity: tuple[int, int], *args) -> None:

@@ -83,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_payload(model: torch.nn.Module, trainer=None, **meta) -> dict:
     """What a checkpoint holds: model kind, config, weights, trainer state and plain metadata."""
-    from model.lm import FFLM
+    from engram_ff.model.lm import FFLM
 
     return {
         "kind": "ssm" if isinstance(model, FFLM) else "window",
@@ -96,8 +96,8 @@ def model_payload(model: torch.nn.Module, trainer=None, **meta) -> dict:
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint holds; returns (model, payload). CheckpointError names the file."""
-    from model.lm import FFLM, LMConfig
-    from model.window_mlp import WindowConfig, WindowMLP
+    from engram_ff.model.lm import FFLM, LMConfig
+    from engram_ff.model.window_mlp import WindowConfig, WindowMLP
 
     payload = load_checkpoint(path)
     builders = {"ssm": (FFLM, LMConfig), "window": (WindowMLP, WindowConfig)}

@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from model.train import as_byte_tensor
+from engram_ff.model.train import as_byte_tensor
 
 NOISE_BLOCK = 1024  # bytes of sampling noise drawn per call into the generator
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import PRESETS, LMConfig  # noqa: F401  (PRESETS: re-exported)
-from model.ssm import SSM
+from engram_ff.model.config import PRESETS, LMConfig  # noqa: F401  (PRESETS: re-exported)
+from engram_ff.model.ssm import SSM
 
 VOCAB = 256
 

@@ -31,7 +31,7 @@ VOCAB = 256
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
 # CPU-s (batch 16 x 256, daemon preset): FF 1.766 / 1.745 / 1.757 nats a byte, BP 1.621 at 4e-3 and
-# 1.627 at 8e-3 (bench/results/text-lr-sweep.md; `python -m bench.text --budget 150 --lr LR`). Layer-local
+# 1.627 at 8e-3 (bench/results/text-lr-sweep.md; `python -m engram_ff.bench.text --budget 150 --lr LR`). Layer-local
 # losses take a larger step than one loss through the whole stack.
 FF_LR, BP_LR = 8e-3, 4e-3
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.lm import VOCAB, CandidateHead
+from engram_ff.model.lm import VOCAB, CandidateHead
 
 PAD = VOCAB  # embedding row for "before the start of the text"
 

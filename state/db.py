@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from state.schema import migrations
+from engram_ff.state.schema import migrations
 
 BUSY_TIMEOUT_MS = 30_000  # a training thread or a user's `sqlite3` may hold the lock for a while
 CACHE_KIB = 32 * 1024  # keeps the hash index's hot pages in memory while a million lines go in

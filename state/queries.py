@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 import sqlite_utils
 
-from ingest.samples import conversation, message_line
+from engram_ff.ingest.samples import conversation, message_line
 
 _DAY_ROWS = """
     SELECT m.id, m.day, m.session, m.sender, m.text FROM messages m

@@ -1,7 +1,7 @@
 """Fixtures shared by the ingest and bad-input tests."""
 import pytest
 
-from state.db import open_db
+from engram_ff.state.db import open_db
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import orjson
 import pytest
 import torch
 
-from ingest import reader
-from ingest.reader import catch_up, ingest_file
-from model.checkpoint import CheckpointError, digest_path, load_checkpoint
-from state.db import open_db
+from engram_ff.ingest import reader
+from engram_ff.ingest.reader import catch_up, ingest_file
+from engram_ff.model.checkpoint import CheckpointError, digest_path, load_checkpoint
+from engram_ff.state.db import open_db
 from tests.test_ingest import append, ingest, line, quarantined, texts
 
 
@@ -43,7 +43,7 @@ DEEP = b'{"content": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}"  # orjson
 ])
 def test_a_bad_line_is_quarantined_with_its_reason_and_the_rest_stored(db, daily, caplog, bad, reason):
     append(daily, line("before"), bad + b"\n", line("after"))
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert texts(db) == ["before", "after"]
     (offset, stored_reason), = quarantined(db)
@@ -84,7 +84,7 @@ def test_a_compressed_file_is_quarantined_line_by_line_and_nothing_else_lost(db,
     zipped.parent.mkdir(parents=True, exist_ok=True)
     zipped.write_bytes(gzip.compress(b"".join(line(f"zipped {i}") for i in range(200)), mtime=0))
     append(daily, line("plain"))
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, tmp_path / "engram")
     assert texts(db) == ["plain"]
     assert stats.quarantined >= 1 and stats.errors == 0
@@ -101,7 +101,7 @@ def test_special_files_named_jsonl_are_logged_and_passed_over(db, tmp_path, dail
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(raw / "sock.jsonl"))
     try:
-        with caplog.at_level(logging.INFO, logger="ingest.reader"):
+        with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
             stats = catch_up(db, tmp_path / "engram")
     finally:
         server.close()
@@ -148,7 +148,7 @@ def test_a_file_replaced_while_being_read(db, daily, monkeypatch, caplog):
     _swap_after_first_commit(monkeypatch, replace)
     first = ingest(db, daily)
     assert first.messages == 6  # the whole of the old file
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         second = ingest(db, daily)
     assert second.reread and (second.messages, second.duplicates) == (3, 6)
     assert f"{daily}: truncated, replaced or rotated" in caplog.text
@@ -169,7 +169,7 @@ def test_a_file_truncated_and_rewritten_while_being_read(db, daily, monkeypatch,
     _swap_after_first_commit(monkeypatch, truncate_and_write)
     ingest(db, daily)
     monkeypatch.undo()
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         again = ingest(db, daily)
     assert again.reread and f"{daily}: truncated, replaced or rotated" in caplog.text
     stored = texts(db)
@@ -179,8 +179,8 @@ def test_a_file_truncated_and_rewritten_while_being_read(db, daily, monkeypatch,
 
 CHMOD_CHILD = """
 import json, os, sys
-from ingest import reader
-from state.db import open_db
+from engram_ff.ingest import reader
+from engram_ff.state.db import open_db
 
 db_path, path, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 db = open_db(db_path)
@@ -229,8 +229,8 @@ def test_permission_revoked_mid_read_by_the_kernel(tmp_path, caplog):
 BIG_LINE_CHILD = """
 import sys
 from pathlib import Path
-from ingest import reader
-from state.db import open_db
+from engram_ff.ingest import reader
+from engram_ff.state.db import open_db
 reader.PARALLEL_MIN_BYTES = 1 << 40  # read here, so this process's peak is the reader's (the parsing
 result = reader.ingest_file(open_db(sys.argv[1]), sys.argv[2])  # process runs the same read_batches)
 peak = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")).split()[1]

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.chaos import Chaos, check_state
-from daemon import update
-from daemon.config import load_config
-from ingest.reader import catch_up
-from model.checkpoint import load_checkpoint
-from state import runs
-from state.db import open_db
+from engram_ff.bench.chaos import Chaos, check_state
+from engram_ff.daemon import update
+from engram_ff.daemon.config import load_config
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.state import runs
+from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for, write_day
 
 
@@ -122,7 +122,7 @@ def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(
     write_day(watch, "2026-01-01", 200)
     env = environment(ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
                       ENGRAM_FF_UPDATE_BUDGET_MINUTES="5", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
-    cmd = [sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)]
+    cmd = [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)]
     daemon = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     child = _update_pid(db)
     try:
@@ -170,7 +170,7 @@ def test_the_daemon_and_its_update_open_no_network_socket(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     env = environment(NOTIFY_SOCKET=notify.path, ENGRAM_FF_UPDATE_MIN_STEPS="100000",
                       ENGRAM_FF_UPDATE_MAX_STEPS="100000", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+    daemon = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
                               env=env, stderr=subprocess.DEVNULL)
     try:
         notify.wait("READY", "1")
@@ -206,7 +206,7 @@ def test_a_torn_current_checkpoint_is_passed_over_by_the_daemons_update(tmp_path
     catch_up(db, config.watch)
     db.close()
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
-    child = subprocess.run([sys.executable, "-m", "daemon.update"], env=env, capture_output=True, text=True,
+    child = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True,
                            timeout=120)
     assert child.returncode == 0, child.stderr
     assert f"checkpoint {path} is unusable" in child.stderr and "falling back" in child.stderr

@@ -4,9 +4,9 @@ import sys
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, load_model, model_payload, save_checkpoint
-from model.lm import FFLM, PRESETS
-from model.train import FFTrainer, byte_batches
+from engram_ff.model.checkpoint import CheckpointError, load_checkpoint, load_model, model_payload, save_checkpoint
+from engram_ff.model.lm import FFLM, PRESETS
+from engram_ff.model.train import FFTrainer, byte_batches
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_missing_checkpoint_or_digest_is_refused(trained, tmp_path):
 
 def test_generate_cli_streams_from_a_checkpoint(trained):
     _, _, path = trained
-    cmd = [sys.executable, "-m", "daemon.cli", "generate", "--checkpoint", str(path), "--prompt", "hel",
+    cmd = [sys.executable, "-m", "engram_ff.daemon.cli", "generate", "--checkpoint", str(path), "--prompt", "hel",
            "--bytes", "40", "--seed", "3"]
     first = subprocess.run(cmd, capture_output=True, timeout=60)
     assert first.returncode == 0, first.stderr
@@ -72,7 +72,7 @@ def test_generate_cli_streams_from_a_checkpoint(trained):
 def test_generate_cli_reports_a_bad_checkpoint_without_traceback(trained):
     _, _, path = trained
     path.write_bytes(path.read_bytes()[:100])
-    cmd = [sys.executable, "-m", "daemon.cli", "generate", "--checkpoint", str(path)]
+    cmd = [sys.executable, "-m", "engram_ff.daemon.cli", "generate", "--checkpoint", str(path)]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert str(path) in bad.stderr and "Traceback" not in bad.stderr

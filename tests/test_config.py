@@ -1,8 +1,8 @@
 """Configuration: defaults < TOML file < ENGRAM_FF_* environment < flags, and bad values named."""
 import pytest
 
-from daemon.cli import main
-from daemon.config import ConfigError, load_config
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.config import ConfigError, load_config
 
 
 def test_sources_in_order_of_strength(tmp_path):

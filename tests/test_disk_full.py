@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 
-from bench.chaos import check_state, make_line
-from daemon import update
-from daemon.config import load_config
-from ingest.reader import catch_up
-from model.checkpoint import load_checkpoint
-from state.db import open_db
+from engram_ff.bench.chaos import check_state, make_line
+from engram_ff.daemon import update
+from engram_ff.daemon.config import load_config
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for
 from tests.test_chaos import one_torch_thread  # noqa: F401 (an autouse fixture)
 
@@ -57,7 +57,7 @@ def test_ingest_on_a_full_disk_fails_clearly_keeps_everything_and_resumes(tmp_pa
     for day in range(2, 6):  # about 2.4 MB of new lines, far past what the limit lets the WAL grow
         write_lines(config.watch / "raw" / f"2026-01-0{day}.jsonl", f"day{day}", 4000)
     args = ("ingest", "--watch", str(config.watch), "--data", str(config.data_dir))
-    full = subprocess.run(limited(512 * KIB, "daemon.cli", *args), env=environment(), capture_output=True,
+    full = subprocess.run(limited(512 * KIB, "engram_ff.daemon.cli", *args), env=environment(), capture_output=True,
                           text=True, timeout=120)
     assert full.returncode == 1
     assert "the database refused a write (disk I/O error" in full.stderr and "Traceback" not in full.stderr
@@ -65,7 +65,7 @@ def test_ingest_on_a_full_disk_fails_clearly_keeps_everything_and_resumes(tmp_pa
     state = check_state(config.watch, config.data_dir)  # lines before each committed offset: once each
     assert state.ok and state.pending_bytes > 0, state
     assert state.current_checkpoint is not None
-    again = subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=environment(), capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", *args], env=environment(), capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     settled = check_state(config.watch, config.data_dir, settled=True)
@@ -80,7 +80,7 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     db.close()
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
     size = config.checkpoint_dir.joinpath(next(p.name for p in config.checkpoint_dir.glob("*.pt"))).stat().st_size
-    full = subprocess.run(limited(size // 2, "daemon.update"), env=env, capture_output=True, text=True, timeout=120)
+    full = subprocess.run(limited(size // 2, "engram_ff.daemon.update"), env=env, capture_output=True, text=True, timeout=120)
     assert full.returncode == 1, full.stderr
     assert "failed; the previous checkpoint stays current" in full.stderr and "File too large" in full.stderr
     (status, error), = query(config.db_path, "SELECT status, error FROM runs WHERE id = 2")
@@ -89,7 +89,7 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
     assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [
         f"run000001-final-{first['steps']:07d}.pt", f"run000001-final-{first['steps']:07d}.pt.sha256"]
-    ok = subprocess.run([sys.executable, "-m", "daemon.update"], env=env, capture_output=True, text=True,
+    ok = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True,
                         timeout=120)
     assert ok.returncode == 0, ok.stderr
     (status, checkpoint_id), = query(config.db_path, "SELECT status, checkpoint_id FROM runs "
@@ -113,7 +113,7 @@ def test_the_running_daemon_retries_through_a_full_disk_and_recovers_when_space_
     env = environment(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log_file:
-        daemon = subprocess.Popen(limited(256 * KIB, "daemon.cli", "run", "--watch", str(config.watch), "--data",
+        daemon = subprocess.Popen(limited(256 * KIB, "engram_ff.daemon.cli", "run", "--watch", str(config.watch), "--data",
                                           str(config.data_dir)), env=env, stderr=log_file)
     try:
         notify.wait("READY", "1")

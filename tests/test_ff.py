@@ -2,9 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-from model.bp_mlp import BPMLP, BPMLPConfig
-from model.ff import FFConfig, FFLayer, goodness, multi_negative_loss, normalise, pair_loss
-from model.ff_mlp import FFMLP, FFMLPConfig
+from engram_ff.model.images.bp_mlp import BPMLP, BPMLPConfig
+from engram_ff.model.images.ff import FFConfig, FFLayer, goodness, multi_negative_loss, normalise, pair_loss
+from engram_ff.model.images.ff_mlp import FFMLP, FFMLPConfig
 
 
 def test_losses_and_goodness():

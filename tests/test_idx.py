@@ -5,7 +5,7 @@ import struct
 import pytest
 import torch
 
-from model.idx import IDXError, load_split, read_idx
+from engram_ff.model.images.idx import IDXError, load_split, read_idx
 
 
 def idx_bytes(values: torch.Tensor, type_code: int = 0x08) -> bytes:

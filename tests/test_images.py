@@ -4,7 +4,7 @@ import struct
 
 import torch
 
-from bench import images
+from engram_ff.bench import images
 
 
 def write_idx(path, values: torch.Tensor) -> None:

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from bench import incremental
-from daemon import update
-from daemon.config import ConfigError, load_config
-from ingest.reader import catch_up
-from model.checkpoint import load_checkpoint
-from model.lm import FFLM, PRESETS
-from model.train import FFTrainer
-from state.db import open_db
+from engram_ff.bench import incremental
+from engram_ff.daemon import update
+from engram_ff.daemon.config import ConfigError, load_config
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.model.lm import FFLM, PRESETS
+from engram_ff.model.train import FFTrainer
+from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, write_day
 
 

@@ -10,9 +10,9 @@ import time
 import orjson
 import pytest
 
-from ingest import reader
-from ingest.reader import catch_up, ingest_file
-from state.db import open_db
+from engram_ff.ingest import reader
+from engram_ff.ingest.reader import catch_up, ingest_file
+from engram_ff.state.db import open_db
 
 LIMIT = 4096  # max_line_bytes in these tests, so an over-size line is cheap to make
 
@@ -84,7 +84,7 @@ def test_crlf_line_endings(db, daily):
 ])
 def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, bad, reason):
     append(daily, line("before"), bad, line("after"))
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     offset = len(line("before"))
     assert texts(db) == ["before", "after"]
@@ -96,7 +96,7 @@ def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, 
 
 def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
     append(daily, b"\n", line("a"), b"   \n\n", line("b"))
-    with caplog.at_level(logging.DEBUG, logger="ingest.reader"):
+    with caplog.at_level(logging.DEBUG, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert (result.skipped, result.messages, result.quarantined) == (3, 2, 0)
     assert f"{daily}:0: skipped: empty line" in caplog.text
@@ -105,7 +105,7 @@ def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
 def test_an_over_size_line_is_quarantined(db, daily, caplog):
     huge = b'{"content": "' + b"x" * (3 * LIMIT) + b'"}\n'
     append(daily, line("a"), huge, line("b"))
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         ingest(db, daily)
     assert texts(db) == ["a", "b"]
     (offset, reason), = quarantined(db)
@@ -133,7 +133,7 @@ def test_an_over_size_line_still_being_written_is_skipped_across_reads(db, daily
 
 def test_warnings_per_file_are_capped(db, daily, caplog):
     append(daily, *[b"garbage\n"] * (reader.WARNINGS_PER_FILE + 10))
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert result.quarantined == 1  # identical lines: stored once
     assert caplog.text.count("quarantined: malformed") == reader.WARNINGS_PER_FILE
@@ -143,7 +143,7 @@ def test_warnings_per_file_are_capped(db, daily, caplog):
 def test_a_directory_named_jsonl_is_logged_and_passed_over(db, tmp_path, daily, caplog):
     append(daily, line("a"))
     (tmp_path / "engram" / "raw" / "x.jsonl").mkdir()
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, tmp_path / "engram")
     assert (stats.files, stats.messages, stats.errors) == (1, 1, 0)
     assert "x.jsonl: skipped: a directory" in caplog.text
@@ -164,7 +164,7 @@ def test_an_unreadable_file_is_logged_and_the_rest_ingested(db, tmp_path, daily,
             return real_open(path, *args, **kwargs)
 
         monkeypatch.setattr(os, "open", refusing_open)
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, tmp_path / "engram")
     assert (stats.messages, stats.errors) == (1, 1)
     assert f"{locked}: cannot read: Permission denied" in caplog.text
@@ -181,7 +181,7 @@ def test_symlink_loops_are_logged_and_walking_ends(db, tmp_path, daily, caplog):
     os.symlink(raw / "b.jsonl", raw / "a.jsonl")
     os.symlink(raw / "a.jsonl", raw / "b.jsonl")
     os.symlink(tmp_path / "engram", raw / "back-to-top")  # a folder loop
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, tmp_path / "engram")
     assert stats.messages == 1 and texts(db) == ["a"]
     assert f"{raw / 'a.jsonl'}: cannot read: a symlink loop" in caplog.text
@@ -193,7 +193,7 @@ def test_a_truncated_file_is_read_again_without_duplicates(db, daily, caplog):
     ingest(db, daily)
     with open(daily, "wb") as f:
         f.write(line("a") + line("new"))  # shorter than the committed offset
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert result.reread and (result.messages, result.duplicates) == (1, 1)
     assert "reading again from the start" in caplog.text
@@ -238,7 +238,7 @@ def test_a_renamed_file_keeps_its_offset(db, daily, caplog):
     rotated = daily.with_name("2026-11-27.old.jsonl")
     os.rename(daily, rotated)
     append(rotated, line("c"))
-    with caplog.at_level(logging.INFO, logger="ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
         result = ingest(db, rotated)
     assert not result.reread and (result.lines, result.messages) == (1, 1)
     assert "renamed from" in caplog.text
@@ -283,8 +283,8 @@ def test_a_refused_commit_stores_nothing_and_keeps_the_offset(db, daily):
 
 CHILD = """
 import sys
-from ingest import reader
-from state.db import open_db
+from engram_ff.ingest import reader
+from engram_ff.state.db import open_db
 reader.BATCH_LINES = 200  # many commits, so a kill lands between and inside them
 reader.PARALLEL_MIN_BYTES = int(sys.argv[3])
 reader.catch_up(open_db(sys.argv[1]), sys.argv[2])
@@ -300,7 +300,7 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
     monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(reader, "BATCH_LINES", 100)
     worker = open_db(tmp_path / "b.db")
-    with caplog.at_level(logging.DEBUG, logger="ingest.reader"):
+    with caplog.at_level(logging.DEBUG, logger="engram_ff.ingest.reader"):
         stats = catch_up(worker, folder)
     assert (stats.messages, stats.quarantined, stats.skipped) == (501, 1, 1)
     query = "SELECT line_offset, day, ts, session, role, sender, text, hash, split FROM messages ORDER BY id"
@@ -313,7 +313,7 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
 
 DYING_WORKER = """
 import os, pickle, sys
-from ingest.reader import read_batches, write_frame
+from engram_ff.ingest.reader import read_batches, write_frame
 path, identity, *args = pickle.load(sys.stdin.buffer)
 fd = os.open(path, os.O_RDONLY)
 b = next(read_batches(fd, *args))
@@ -330,7 +330,7 @@ def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypat
     monkeypatch.setattr(reader, "BATCH_LINES", 100)
     monkeypatch.setattr(reader, "WORKER_COMMAND", [sys.executable, "-c", DYING_WORKER])
     db = open_db(tmp_path / "state.db")
-    with caplog.at_level(logging.WARNING, logger="ingest.reader"):
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, folder)
     assert "the parsing process died (exit code 3); reading on in this process from offset" in caplog.text
     assert (stats.messages, stats.duplicates, stats.errors) == (300, 0, 0)
@@ -341,7 +341,7 @@ COUNTED_WORKER = """
 import sys
 with open(sys.argv[1], "a") as log:
     log.write("started\\n")
-from ingest.worker import main
+from engram_ff.ingest.worker import main
 sys.exit(main())
 """
 
@@ -413,7 +413,7 @@ def test_ingest_and_status_commands(tmp_path):
     append(folder / "raw" / "2026-11-27.jsonl", line("a"), line("b"), b"junk\n",
            b'{"timestamp": "2026-11-27T10:00:00Z", "type": "gateway", "action": "startup"}\n')
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    run = lambda *argv: subprocess.run([sys.executable, "-m", "daemon.cli", *argv, "--watch", str(folder),  # noqa: E731
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", *argv, "--watch", str(folder),  # noqa: E731
                                         "--data", str(data)], capture_output=True, text=True, env=env)
     ingested = run("ingest")
     assert ingested.returncode == 0, ingested.stderr

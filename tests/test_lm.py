@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from model.lm import FFLM, PRESETS, LMConfig
-from model.train import BPTrainer, FFTrainer, byte_batches, evaluate_nats, train
-from model.window_mlp import WindowConfig, WindowMLP
+from engram_ff.model.lm import FFLM, PRESETS, LMConfig
+from engram_ff.model.train import BPTrainer, FFTrainer, byte_batches, evaluate_nats, train
+from engram_ff.model.window_mlp import WindowConfig, WindowMLP
 
 TEXT = b"the cat sat on the mat. " * 40
 

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from bench.chaos import LINE_BYTES, check_state, load_run, make_line
+from engram_ff.bench.chaos import LINE_BYTES, check_state, load_run, make_line
 from tests.daemon_helpers import NotifySocket, environment, query, wait_for, write_day
 
 
@@ -42,7 +42,7 @@ def test_appends_while_an_update_trains_and_a_user_reads_with_sqlite3(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     env = environment(NOTIFY_SOCKET=notify.path, ENGRAM_FF_UPDATE_MIN_STEPS="100000",
                       ENGRAM_FF_UPDATE_MAX_STEPS="100000", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data",
+    daemon = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data",
                                str(data)], env=env, stderr=subprocess.DEVNULL)
     burst = watch / "raw" / "burst.jsonl"
     try:

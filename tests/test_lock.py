@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from daemon.lock import AlreadyRunning, DataDirLock
+from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 
 
 def test_second_holder_gets_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from daemon.notify import Notifier
+from engram_ff.daemon.notify import Notifier
 
 
 @pytest.fixture(params=["path", "abstract"])

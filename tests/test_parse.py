@@ -2,7 +2,7 @@
 import orjson
 import pytest
 
-from ingest.parse import BadLine, Event, LineContext, Message, Skip, context_for, parse_line
+from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, Skip, context_for, parse_line
 
 CTX = LineContext(day="2026-11-20", session="file-session")
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ingest.samples import STRATEGIES, conversation, negatives, unigram, windows
+from engram_ff.ingest.samples import STRATEGIES, conversation, negatives, unigram, windows
 
 TEXT = b"alice: hello there, how are you today?\nbot: fine thanks, and you?\n" * 20
 

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from daemon import sandbox
+from engram_ff.daemon import sandbox
 
 TRAIN = """
 import sys, torch
-from daemon import sandbox
+from engram_ff.daemon import sandbox
 assert sandbox.deny_write_execute(), "cannot impose MDWE"
 assert sandbox.write_execute_denied()
 if sys.argv[1] == "adapt":
@@ -23,7 +23,7 @@ print("trained")
 
 
 def mdwe_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "from daemon import sandbox; "
+    probe = subprocess.run([sys.executable, "-c", "from engram_ff.daemon import sandbox; "
                             "raise SystemExit(0 if sandbox.deny_write_execute() else 1)"])
     return probe.returncode == 0
 

@@ -16,7 +16,7 @@ def daemon(tmp_path):
     config.write_text('schedule = "03:00"\n')
     write_day(watch, "2026-01-01", 40)
     env = environment(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data),
+    proc = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data),
                              "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
     yield proc, notify, watch, data, config
     if proc.poll() is None:
@@ -68,7 +68,7 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
 def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):
     proc, notify, watch, data, config = daemon
     notify.wait("READY", "1")
-    second = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+    second = subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
                             env=environment(), capture_output=True, text=True, timeout=60)
     assert second.returncode == 1
     assert "already uses" in second.stderr

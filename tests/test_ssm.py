@@ -3,8 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.lm import FFLM, PRESETS
-from model.ssm import SSM, scan, scan_loop
+from engram_ff.model.lm import FFLM, PRESETS
+from engram_ff.model.ssm import SSM, scan, scan_loop
 
 
 def test_scan_matches_the_recurrence_at_every_length():

@@ -5,10 +5,10 @@ import threading
 import orjson
 import pytest
 
-from ingest.reader import catch_up
-from state import queries
-from state.db import open_db
-from state.schema import migrations
+from engram_ff.ingest.reader import catch_up
+from engram_ff.state import queries
+from engram_ff.state.db import open_db
+from engram_ff.state.schema import migrations
 
 
 def write_day(folder, day, lines):

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from daemon.cli import main
+from engram_ff.daemon.cli import main
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import update
-from daemon.cli import main
-from daemon.config import load_config
-from ingest.reader import catch_up
-from model.checkpoint import load_checkpoint
-from state.db import open_db
+from engram_ff.daemon import update
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.config import load_config
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 
 
@@ -115,9 +115,9 @@ def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
     env = environment(ENGRAM_FF_DATA_DIR=str(data), ENGRAM_FF_WATCH_DIR=str(watch),
                       ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
                       ENGRAM_FF_UPDATE_BUDGET_MINUTES="10", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="1000")
-    assert subprocess.run([sys.executable, "-m", "daemon.cli", "ingest", "--watch", str(watch), "--data", str(data)],
+    assert subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest", "--watch", str(watch), "--data", str(data)],
                           env=env, capture_output=True).returncode == 0
-    child = subprocess.Popen([sys.executable, "-m", "daemon.update"], env=env, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.update"], env=env, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: query(data / "engram-ff.db", "SELECT 1 FROM runs WHERE status = 'running'"), what="training")
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) == 3, child.stderr.read()

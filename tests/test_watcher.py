@@ -5,9 +5,9 @@ import time
 import orjson
 import pytest
 
-from ingest import watcher as watcher_module
-from ingest.watcher import Watcher
-from state.db import open_db
+from engram_ff.ingest import watcher as watcher_module
+from engram_ff.ingest.watcher import Watcher
+from engram_ff.state.db import open_db
 
 
 def line(text: str) -> bytes:
@@ -134,7 +134,7 @@ def test_stop_ends_both_threads_and_start_fails_clearly(tmp_path):
 
 
 def test_stop_during_a_backlog_returns_promptly_and_loses_nothing(tmp_path, monkeypatch):
-    from ingest import reader
+    from engram_ff.ingest import reader
 
     monkeypatch.setattr(reader, "BATCH_LINES", 500)
     folder, db_path = tmp_path / "engram", tmp_path / "state.db"

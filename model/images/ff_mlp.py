@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.ff import FFConfig, FFLayer, normalise
+from engram_ff.model.images.ff import FFConfig, FFLayer, normalise
 
 
 @dataclass

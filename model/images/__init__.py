@@ -1,0 +1,1 @@
+"""Phase 1: Forward-Forward image classifiers (Fashion-MNIST) and their backprop baseline."""
