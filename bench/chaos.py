@@ -17,9 +17,11 @@ exactly once. A second part drops 1,000 files of 1,000 lines at once into a runn
 reports its peak RSS. Results go to bench/results/chaos.md, with `systemd-analyze security` for
 both units.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
@@ -61,8 +63,13 @@ FAST_ENV = {
 # --- the data: fixed-width recorder lines with unique texts -------------------------------------------
 def make_line(tag: str, n: int) -> bytes:
     """A recorder line of exactly LINE_BYTES bytes whose text `tag nNNNNNN` is unique."""
-    head = {"timestamp": "2026-01-01T10:00:00Z", "session_key": f"s-{tag}", "direction": "in",
-            "sender": "chaos", "content": f"{tag} n{n:07d} "}
+    head = {
+        "timestamp": "2026-01-01T10:00:00Z",
+        "session_key": f"s-{tag}",
+        "direction": "in",
+        "sender": "chaos",
+        "content": f"{tag} n{n:07d} ",
+    }
     raw = orjson.dumps(head)
     pad = LINE_BYTES - 1 - len(raw)
     assert pad >= 0, tag
@@ -134,7 +141,7 @@ class Daemon:
 
     def __init__(self, watch: Path, data: Path, env: dict[str, str], log_path: Path):
         self.data = data
-        self.log = open(log_path, "ab")
+        self.log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.notify_path = log_path.with_name(f"notify-{os.getpid()}-{time.monotonic_ns()}.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
@@ -142,8 +149,12 @@ class Daemon:
         self.was_ready = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
-            env={**env, "NOTIFY_SOCKET": str(self.notify_path)}, cwd=REPO, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.started = time.monotonic()
 
     def ready(self) -> bool:
@@ -165,10 +176,8 @@ class Daemon:
     def kill(self) -> float:
         """SIGKILL the whole session; returns seconds since start."""
         alive = time.monotonic() - self.started
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         _reap_session(self.proc.pid)
         self._close()
@@ -229,6 +238,7 @@ def read_db(path: Path, sql: str, params=()) -> list[tuple]:
 @dataclass
 class Check:
     """What the state shows once the daemon is dead (or stopped)."""
+
     expected: int = 0  # lines wholly before a committed offset (or, settled, in the files)
     stored: int = 0
     lost: int = 0  # expected but not stored
@@ -244,8 +254,7 @@ class Check:
 
     @property
     def ok(self) -> bool:
-        return (self.lost == self.duplicated == self.phantom == 0 and self.integrity == "ok"
-                and not self.bad_checkpoints)
+        return self.lost == self.duplicated == self.phantom == 0 and self.integrity == "ok" and not self.bad_checkpoints
 
 
 def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
@@ -261,7 +270,7 @@ def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
         end = len(data_bytes) if settled else offsets.get(str(path), 0)
         check.pending_bytes += len(data_bytes) - offsets.get(str(path), 0)
         whole = data_bytes[:end]
-        whole = whole[:whole.rfind(b"\n") + 1]
+        whole = whole[: whole.rfind(b"\n") + 1]
         expected.update(text_of(line) for line in whole.splitlines())
     stored = Counter(text for (text,) in read_db(db, "SELECT text FROM messages"))
     check.expected, check.stored = sum(expected.values()), sum(stored.values())
@@ -290,8 +299,9 @@ def phases_at_kill(data: Path, check: Check, runs_before: int, files_before: set
     """What the daemon was doing when it died, from the evidence it left: runs it started that are still
     'running', checkpoint files it began (a temp file, or a .pt with no row yet), bytes not yet read."""
     db = data / "engram-ff.db"
-    running = {kind for (kind,) in read_db(db, "SELECT kind FROM runs WHERE status = 'running' AND id > ?",
-                                           [runs_before])}
+    running = {
+        kind for (kind,) in read_db(db, "SELECT kind FROM runs WHERE status = 'running' AND id > ?", [runs_before])
+    }
     known = {Path(path) for (path,) in read_db(db, "SELECT path FROM checkpoints")}
     new_files = set(checkpoint_files(data)) - files_before
     phases = ["ingest"] * bool(check.pending_bytes) + ["training"] * ("update" in running)
@@ -312,8 +322,7 @@ def resume_target(data: Path) -> int | None:
     for run_id, status in read_db(db, "SELECT id, status FROM runs WHERE kind = 'update' ORDER BY id DESC"):
         if status not in ("running", "interrupted"):
             return None
-        if read_db(db, "SELECT 1 FROM checkpoints WHERE run_id = ? AND kind = 'partial' AND status = 'good'",
-                   [run_id]):
+        if read_db(db, "SELECT 1 FROM checkpoints WHERE run_id = ? AND kind = 'partial' AND status = 'good'", [run_id]):
             return run_id
     return None
 
@@ -352,8 +361,11 @@ class Chaos:
         self.watch, self.data = root / "engram", root / "data"
         self.log_path = root / "daemon.log"
         self.rng = random.Random(seed)
-        self.env = {**{k: v for k, v in os.environ.items()
-                       if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET", "WATCHDOG_"))}, **FAST_ENV, **(env or {})}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET", "WATCHDOG_"))},
+            **FAST_ENV,
+            **(env or {}),
+        }
         self.burst_lines = burst_lines
         self.writer = Writer(self.watch, seed)
         self.writer.start()
@@ -378,8 +390,9 @@ class Chaos:
         if trigger != "ingest":  # the ingest trigger sends its burst once the start-up scan is done
             self.writer.burst(f"t{trial.number:03d}", self.burst_lines, seconds=self.rng.uniform(0.5, 3.0))
         try:
-            trial.triggered = self._wait_for_trigger(trigger, daemon, timeout, runs_before, files_before,
-                                                     f"t{trial.number:03d}")
+            trial.triggered = self._wait_for_trigger(
+                trigger, daemon, timeout, runs_before, files_before, f"t{trial.number:03d}"
+            )
         finally:
             trial.alive_s = daemon.kill()
         trial.ready = daemon.was_ready
@@ -389,8 +402,9 @@ class Chaos:
         self.trials.append(trial)
         return trial
 
-    def _wait_for_trigger(self, trigger: str, daemon: Daemon, timeout: float, before: int,
-                          files_before: set[Path], tag: str) -> bool:
+    def _wait_for_trigger(
+        self, trigger: str, daemon: Daemon, timeout: float, before: int, files_before: set[Path], tag: str
+    ) -> bool:
         """Wait for the trigger's moment (plus a random jitter); False if it never came in `timeout`."""
         checkpoints = self.data / "checkpoints"
         burst: list[bool] = []
@@ -403,22 +417,34 @@ class Chaos:
                 burst.append(True)
                 self.writer.burst(tag, 20 * self.burst_lines, seconds=0.2)
             return self._ingesting()
+
         delay = self.rng.uniform(0.2, 9.0)
         conditions = {
             "uniform": lambda: time.monotonic() - daemon.started >= delay,
             "ingest": ingesting,
-            "training": lambda: read_db(self.db, "SELECT 1 FROM runs r JOIN checkpoints c ON c.run_id = r.id "
-                                                 "WHERE r.kind = 'update' AND r.status = 'running' AND r.id > ? "
-                                                 "AND c.kind = 'partial'", [before]),
-            "checkpoint": lambda: checkpoints.exists() and any(p not in files_before
-                                                               for p in checkpoints.glob(".*.tmp")),
-            "update-start": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'update' AND id > ?",
-                                            [before]),
-            "probes": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' "
-                                               "AND id > ?", [before]),
+            "training": lambda: read_db(
+                self.db,
+                "SELECT 1 FROM runs r JOIN checkpoints c ON c.run_id = r.id "
+                "WHERE r.kind = 'update' AND r.status = 'running' AND r.id > ? "
+                "AND c.kind = 'partial'",
+                [before],
+            ),
+            "checkpoint": lambda: (
+                checkpoints.exists() and any(p not in files_before for p in checkpoints.glob(".*.tmp"))
+            ),
+            "update-start": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'update' AND id > ?", [before]),
+            "probes": lambda: read_db(
+                self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' AND id > ?", [before]
+            ),
         }
-        jitter = {"uniform": 0.0, "ingest": 0.1, "training": 0.5, "checkpoint": 0.0, "update-start": 0.0,
-                  "probes": 0.05}[trigger]
+        jitter = {
+            "uniform": 0.0,
+            "ingest": 0.1,
+            "training": 0.5,
+            "checkpoint": 0.0,
+            "update-start": 0.0,
+            "probes": 0.05,
+        }[trigger]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             daemon.ready()
@@ -439,8 +465,9 @@ class Chaos:
         """The first update started after a kill resumes from what the interrupted ones left; then the
         expectation for the next one is taken from the state this kill left."""
         bound, expected = self._expect_resume
-        rows = read_db(self.db, "SELECT id, resumed_from FROM runs WHERE kind = 'update' AND id > ? "
-                                "ORDER BY id LIMIT 1", [bound])
+        rows = read_db(
+            self.db, "SELECT id, resumed_from FROM runs WHERE kind = 'update' AND id > ? ORDER BY id LIMIT 1", [bound]
+        )
         if rows:
             self.resumes_checked += 1
             if rows[0][1] != expected:
@@ -454,8 +481,9 @@ class Chaos:
         bound = self._max_run()
         daemon = Daemon(self.watch, self.data, self.env, self.log_path)
         deadline = time.monotonic() + timeout
-        while not (daemon.ready() and check_state(self.watch, self.data).pending_bytes == 0
-                   and self._update_done(bound)):
+        while not (
+            daemon.ready() and check_state(self.watch, self.data).pending_bytes == 0 and self._update_done(bound)
+        ):
             if daemon.proc.poll() is not None:
                 raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
             if time.monotonic() > deadline:
@@ -472,8 +500,9 @@ class Chaos:
         rows = read_db(self.db, "SELECT id, status FROM runs WHERE kind = 'update' AND id > ?", [bound])
         if not rows or rows[0][1] == "running":
             return False
-        return rows[0][1] != "ok" or bool(read_db(
-            self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND id > ? AND status != 'running'", [rows[0][0]]))
+        return rows[0][1] != "ok" or bool(
+            read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND id > ? AND status != 'running'", [rows[0][0]])
+        )
 
     def recoveries(self) -> int:
         """Restarts after a kill that came back up (READY=1): every later trial that got that far before
@@ -508,8 +537,11 @@ def load_run(root: Path, files: int, lines: int, env: dict | None = None, timeou
     """Start the daemon, drop files x lines at once, wait for every line; meanwhile a reader keeps
     opening read transactions (as a user's `sqlite3` would) and we time how long each statement waits."""
     watch, data = root / "engram", root / "data"
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET"))},
-                **FAST_ENV, **(env or {})}
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET"))},
+        **FAST_ENV,
+        **(env or {}),
+    }
     (watch / "raw").mkdir(parents=True, exist_ok=True)
     daemon = Daemon(watch, data, full_env, root / "daemon.log")
     db = data / "engram-ff.db"
@@ -574,16 +606,18 @@ def unit_security(user: bool) -> str:
     unit = REPO / "systemd" / ("engram-ff.user.service" if user else "engram-ff.service")
     if shutil.which("systemd-analyze") is None:
         return "systemd-analyze not installed"
-    with tempfile.TemporaryDirectory() as runtime:
-        with tempfile.TemporaryDirectory() as folder:  # the file name must be a plain unit name
-            copy = Path(folder) / ("engram-ff.service")
-            copy.write_text(unit.read_text())
-            env = {**os.environ, "XDG_RUNTIME_DIR": runtime}
-            cmd = ["systemd-analyze", "security", "--offline=true", "--no-pager"] + (["--user"] if user else [])
-            out = subprocess.run(cmd + [str(copy)], capture_output=True, text=True, env=env, timeout=60)
+    with tempfile.TemporaryDirectory() as runtime, tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "engram-ff.service"  # the file name must be a plain unit name
+        copy.write_text(unit.read_text())
+        env = {**os.environ, "XDG_RUNTIME_DIR": runtime}
+        cmd = ["systemd-analyze", "security", "--offline=true", "--no-pager"] + (["--user"] if user else [])
+        out = subprocess.run(cmd + [str(copy)], capture_output=True, text=True, env=env, timeout=60)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if "Overall exposure level" in line]
-    return lines[0].split("Overall exposure level for engram-ff.service:")[-1].strip() if lines else \
-        (out.stdout + out.stderr).strip()[-200:]
+    return (
+        lines[0].split("Overall exposure level for engram-ff.service:")[-1].strip()
+        if lines
+        else (out.stdout + out.stderr).strip()[-200:]
+    )
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -607,22 +641,34 @@ def main(argv: list[str] | None = None) -> int:
             trigger = TRIGGERS[i % len(TRIGGERS)]
             trial = chaos.trial(trigger)
             c = trial.check
-            print(f"trial {trial.number:3d} {trigger:10s} killed after {trial.alive_s:5.2f} s during "
-                  f"{'+'.join(trial.phases):24s} lost {c.lost} dup {c.duplicated} phantom {c.phantom} "
-                  f"integrity {c.integrity} checkpoints {c.checkpoints} bad {len(c.bad_checkpoints)} "
-                  f"temp files {c.temp_files}", flush=True)
+            print(
+                f"trial {trial.number:3d} {trigger:10s} killed after {trial.alive_s:5.2f} s during "
+                f"{'+'.join(trial.phases):24s} lost {c.lost} dup {c.duplicated} phantom {c.phantom} "
+                f"integrity {c.integrity} checkpoints {c.checkpoints} bad {len(c.bad_checkpoints)} "
+                f"temp files {c.temp_files}",
+                flush=True,
+            )
         final = chaos.settle()
         trial_seconds = time.monotonic() - started
-        print(f"settled: {final.stored} lines stored of {final.expected}, lost {final.lost}, "
-              f"duplicated {final.duplicated}", flush=True)
+        print(
+            f"settled: {final.stored} lines stored of {final.expected}, lost {final.lost}, "
+            f"duplicated {final.duplicated}",
+            flush=True,
+        )
         load = load_run(root / "load", args.files, args.lines)
         print(f"load: {load}", flush=True)
     security = {"system": unit_security(False), "user": unit_security(True)}
     plot_trials(chaos.trials, RESULTS / Path(args.out).with_suffix(".png").name)
     path = write_result(args.out, report(args, chaos, final, trial_seconds, load, security))
     print(f"wrote {path}")
-    ok = final.ok and all(t.check.ok for t in chaos.trials) and not chaos.resume_errors \
-        and load.stored == args.files * args.lines and load.duplicated == 0 and not load.reader_torn
+    ok = (
+        final.ok
+        and all(t.check.ok for t in chaos.trials)
+        and not chaos.resume_errors
+        and load.stored == args.files * args.lines
+        and load.duplicated == 0
+        and not load.reader_torn
+    )
     return 0 if ok else 1
 
 
@@ -637,9 +683,13 @@ def plot_trials(trials: list[Trial], path: Path) -> Path:
     for phase, marker in (("idle", "o"), ("ingest", "s"), ("training", "^"), ("checkpoint", "x"), ("probes", "D")):
         hits = [t for t in trials if phase in t.phases]
         ax.scatter([t.number for t in hits], [t.alive_s for t in hits], marker=marker, label=phase, alpha=0.7)
-    ax.set(xlabel="trial", ylabel="seconds from start to SIGKILL",
-           title="Where the kills landed (every trial: 0 lines lost, 0 duplicated)"
-           if all(t.check.ok for t in trials) else "Where the kills landed")
+    ax.set(
+        xlabel="trial",
+        ylabel="seconds from start to SIGKILL",
+        title="Where the kills landed (every trial: 0 lines lost, 0 duplicated)"
+        if all(t.check.ok for t in trials)
+        else "Where the kills landed",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
@@ -664,15 +714,21 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         ["lines duplicated (all trials + end)", dup],
         ["phantom rows (past a committed offset)", sum(t.check.phantom for t in trials) + final.phantom],
         ["integrity_check not ok", sum(t.check.integrity != "ok" for t in trials) + (final.integrity != "ok")],
-        ["good checkpoints with a bad sha256 or unloadable",
-         sum(len(t.check.bad_checkpoints) for t in trials) + len(final.bad_checkpoints)],
+        [
+            "good checkpoints with a bad sha256 or unloadable",
+            sum(len(t.check.bad_checkpoints) for t in trials) + len(final.bad_checkpoints),
+        ],
         ["recoveries: restarts after a kill that came back up (READY=1)", f"{chaos.recoveries()} / {len(trials)}"],
         ["kills that landed before READY=1 (start-up scan, migrations)", sum(not t.ready for t in trials)],
         ["trials whose trigger never came (killed at the timeout)", sum(not t.triggered for t in trials)],
-        ["updates that resumed as expected", f"{chaos.resumes_checked - len(chaos.resume_errors)} / "
-                                              f"{chaos.resumes_checked} checked"],
-        ["checkpoint temp files left by kills (removed at next update)",
-         max((t.check.temp_files for t in trials), default=0)],
+        [
+            "updates that resumed as expected",
+            f"{chaos.resumes_checked - len(chaos.resume_errors)} / {chaos.resumes_checked} checked",
+        ],
+        [
+            "checkpoint temp files left by kills (removed at next update)",
+            max((t.check.temp_files for t in trials), default=0),
+        ],
         ["wall time of the trials", f"{seconds:.0f} s"],
     ]
     load_rows = [
@@ -686,19 +742,43 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
     ]
     errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"
     per_trial = markdown_table(
-        ["trial", "trigger", "killed after s", "running at the kill", "lost", "duplicated", "integrity",
-         "good checkpoints", "up (READY) first"],
-        [[t.number, t.trigger, f"{t.alive_s:.2f}", "+".join(t.phases), t.check.lost, t.check.duplicated,
-          t.check.integrity, t.check.checkpoints, "yes" if t.ready else "no"] for t in trials])
-    return (f"# Chaos: SIGKILL trials, load, security\n\n"
-            f"`python -m engram_ff.bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
-            f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
-            f"## SIGKILL trials\n\n{markdown_table(['measure', 'value'], rows)}\n"
-            f"Resume mismatches: {errors}\n\n"
-            f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}\n"
-            f"## systemd-analyze security --offline=true\n\n"
-            f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}\n"
-            f"## Every trial\n\n![kills]({Path(args.out).with_suffix('.png').name})\n\n{per_trial}")
+        [
+            "trial",
+            "trigger",
+            "killed after s",
+            "running at the kill",
+            "lost",
+            "duplicated",
+            "integrity",
+            "good checkpoints",
+            "up (READY) first",
+        ],
+        [
+            [
+                t.number,
+                t.trigger,
+                f"{t.alive_s:.2f}",
+                "+".join(t.phases),
+                t.check.lost,
+                t.check.duplicated,
+                t.check.integrity,
+                t.check.checkpoints,
+                "yes" if t.ready else "no",
+            ]
+            for t in trials
+        ],
+    )
+    return (
+        f"# Chaos: SIGKILL trials, load, security\n\n"
+        f"`python -m engram_ff.bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
+        f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
+        f"## SIGKILL trials\n\n{markdown_table(['measure', 'value'], rows)}\n"
+        f"Resume mismatches: {errors}\n\n"
+        f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}\n"
+        f"## systemd-analyze security --offline=true\n\n"
+        f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}\n"
+        f"## Every trial\n\n![kills]({Path(args.out).with_suffix('.png').name})\n\n{per_trial}"
+    )
 
 
 if __name__ == "__main__":

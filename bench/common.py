@@ -1,14 +1,15 @@
 """Small helpers the benchmarks share: peak memory, running a job in a process of its own, timing,
 and writing Markdown tables and PNG plots under bench/results/."""
+
 from __future__ import annotations
 
 import multiprocessing
 import resource
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Public-domain text the benchmarks and tests read, carried with the project (data/README.md).
@@ -96,9 +97,7 @@ def write_result(name: str, text: str, results_dir: Path = RESULTS) -> Path:
     return path
 
 
-def plot_series(
-    path: Path, series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str
-) -> Path:
+def plot_series(path: Path, series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str) -> Path:
     """One line per named series against 1, 2, ... (e.g. epochs), saved as a PNG."""
     import matplotlib
 

@@ -10,13 +10,14 @@ PNG of test error per epoch.
     python -m engram_ff.bench.images --quick           # under 2 minutes, a subset
     python -m engram_ff.bench.images --preset hinton --epochs 2   # Hinton's 4x2000 net, timed per epoch
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -78,8 +79,18 @@ def error_rates(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> d
 def build(kind: str, s: Setup) -> torch.nn.Module:
     if kind == "bp":
         return BPMLP(BPMLPConfig(hidden=s.hidden, lr=s.lr))
-    return FFMLP(FFMLPConfig(hidden=s.hidden, goodness=s.goodness, loss=s.loss, theta=s.theta,
-                             negatives=s.negatives, label_scale=s.label_scale, lr=s.lr, readout_lr=s.lr))
+    return FFMLP(
+        FFMLPConfig(
+            hidden=s.hidden,
+            goodness=s.goodness,
+            loss=s.loss,
+            theta=s.theta,
+            negatives=s.negatives,
+            label_scale=s.label_scale,
+            lr=s.lr,
+            readout_lr=s.lr,
+        )
+    )
 
 
 def train(kind: str, s: Setup, data_dir: str) -> Iterator[dict]:
@@ -107,8 +118,7 @@ def train(kind: str, s: Setup, data_dir: str) -> Iterator[dict]:
             errors = error_rates(model, x_test, y_test)
         shown = "  ".join(f"{name} {e:.2f}%" for name, e in errors.items())
         print(f"[{kind}] epoch {epoch}/{s.epochs}  train {train_time[0]:.1f}s  test error {shown}", flush=True)
-        result = {"seconds": train_time[0], "eval_seconds": eval_time[0], "test_error": errors,
-                  "device": str(device)}
+        result = {"seconds": train_time[0], "eval_seconds": eval_time[0], "test_error": errors, "device": str(device)}
         if epoch == s.epochs:
             result["train_error"] = error_rates(model, x, y)
         yield result
@@ -141,29 +151,50 @@ def report(s: Setup, results: dict[str, dict], rss: dict[str, float], command: s
     rows = []
     for kind, r in results.items():
         for name, curve in r["curves"].items():
-            rows.append([
-                f"{kind.upper()} ({name})" if kind == "ff" else "BP", f"{curve[-1]:.2f}", f"{min(curve):.2f}",
-                f"{r['train_error'][name]:.2f}", f"{r['seconds_per_epoch']:.1f}", f"{r['fastest_epoch']:.1f}",
-                f"{r['eval_seconds']:.1f}",
-                f"{rss[kind]:.0f}",
-            ])
-    headers = ["model", "test error %", "best epoch's test error %", "train error %", "train s/epoch",
-               "fastest epoch s", "test eval s", "peak RSS MiB"]
+            rows.append(
+                [
+                    f"{kind.upper()} ({name})" if kind == "ff" else "BP",
+                    f"{curve[-1]:.2f}",
+                    f"{min(curve):.2f}",
+                    f"{r['train_error'][name]:.2f}",
+                    f"{r['seconds_per_epoch']:.1f}",
+                    f"{r['fastest_epoch']:.1f}",
+                    f"{r['eval_seconds']:.1f}",
+                    f"{rss[kind]:.0f}",
+                ]
+            )
+    headers = [
+        "model",
+        "test error %",
+        "best epoch's test error %",
+        "train error %",
+        "train s/epoch",
+        "fastest epoch s",
+        "test eval s",
+        "peak RSS MiB",
+    ]
     bp = results["bp"]["curves"]["bp"][-1]
     ratio = results["ff"]["seconds_per_epoch"] / results["bp"]["seconds_per_epoch"]
     fastest = results["ff"]["fastest_epoch"] / results["bp"]["fastest_epoch"]
-    checks = [f"- FF seconds per epoch / BP's: {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}; "
-              f"fastest epochs' ratio {fastest:.2f}"]
+    checks = [
+        f"- FF seconds per epoch / BP's: {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}; "
+        f"fastest epochs' ratio {fastest:.2f}"
+    ]
     for name, curve in results["ff"]["curves"].items():
         ff = curve[-1]
         met = ff <= 11.0 and ff <= 1.10 * bp
-        checks.append(f"- FF ({name}) test error {ff:.2f}% vs BP {bp:.2f}% (x{ff / bp:.2f}; target <= 11.0% "
-                      f"and <= x1.10): {'met' if met else 'MISSED'}")
+        checks.append(
+            f"- FF ({name}) test error {ff:.2f}% vs BP {bp:.2f}% (x{ff / bp:.2f}; target <= 11.0% "
+            f"and <= x1.10): {'met' if met else 'MISSED'}"
+        )
     setup = ", ".join(f"{k}={v}" for k, v in asdict(s).items())
-    return (f"# Forward-Forward vs backprop on images\n\n`{command}` on {results['ff']['device']}, "
-            f"{s.threads} threads.\n\n{markdown_table(headers, rows)}\n" + "\n".join(checks)
-            + f"\n\nSetup: {setup}.\nErrors are after the last epoch; train error is on the training set "
-            f"used.\n")
+    return (
+        f"# Forward-Forward vs backprop on images\n\n`{command}` on {results['ff']['device']}, "
+        f"{s.threads} threads.\n\n{markdown_table(headers, rows)}\n"
+        + "\n".join(checks)
+        + f"\n\nSetup: {setup}.\nErrors are after the last epoch; train error is on the training set "
+        f"used.\n"
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -20,6 +20,7 @@ From R, in loss form (bits per byte, lower is better):
 Beside the Markdown it writes the measurements as JSON, so that methods run in separate processes (two
 cores, two studies side by side) can be merged into one report with `--merge A.json B.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,15 +77,26 @@ METHODS = {
 }
 # The issue's comparison and the daemon's default recipe: about 11 minutes a method at 300 steps a night on
 # one core; split them with --methods over two processes and join them with --merge.
-DEFAULT_METHODS = ["ff", "bp", "ff-replay1", "ff-replay2", "bp-replay1", "ff-slow0.1", "bp-slow0.1",
-                   "ff-replay2-slow0.3", "bp-replay2-slow0.3"]
-QUICK = dict(days=3, steps_per_day=4, methods="ff,bp,ff-freeze1", preset="tiny", batch_size=4, seq_len=64,
-             eval_bytes=1024)
+DEFAULT_METHODS = [
+    "ff",
+    "bp",
+    "ff-replay1",
+    "ff-replay2",
+    "bp-replay1",
+    "ff-slow0.1",
+    "bp-slow0.1",
+    "ff-replay2-slow0.3",
+    "bp-replay2-slow0.3",
+]
+QUICK = dict(
+    days=3, steps_per_day=4, methods="ff,bp,ff-freeze1", preset="tiny", batch_size=4, seq_len=64, eval_bytes=1024
+)
 
 
 @dataclass
 class Run:
     """One method on the stream: R[i][j] and the per-update measurements, i = update, j = day."""
+
     method: str
     R: list[list[float]] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of update_and_probe
@@ -121,17 +133,28 @@ class Run:
 def method_config(folder: Path, overrides: dict, args) -> object:
     """The daemon configuration of one method: fixed steps a day, so every method sees the same data."""
     return load_config(
-        environ={}, data_dir=str(folder / "data"), watch_dir=str(folder / "engram"), facts_file=str(FACTS),
-        model_preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
-        update_min_steps=args.steps_per_day, update_max_steps=args.steps_per_day, update_budget_minutes=600,
-        checkpoint_every_seconds=3600, **{**PLAIN, **overrides})
+        environ={},
+        data_dir=str(folder / "data"),
+        watch_dir=str(folder / "engram"),
+        facts_file=str(FACTS),
+        model_preset=args.preset,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        update_min_steps=args.steps_per_day,
+        update_max_steps=args.steps_per_day,
+        update_budget_minutes=600,
+        checkpoint_every_seconds=3600,
+        **{**PLAIN, **overrides},
+    )
 
 
 def write_days(out: Path, stream: str, n_days: int, repeat: int) -> list[Path]:
     """The stream's day files in `out`, the facts planted on day 1."""
     facts = load_facts()
-    return [write_day(out, day, day_lines(day, speeches, source, facts if i == 0 else None, repeat if i == 0 else 0))
-            for i, (day, source, speeches) in enumerate(stream_days(stream, n_days))]
+    return [
+        write_day(out, day, day_lines(day, speeches, source, facts if i == 0 else None, repeat if i == 0 else 0))
+        for i, (day, source, speeches) in enumerate(stream_days(stream, n_days))
+    ]
 
 
 def probe_texts(day_files: list[Path], folder: Path, max_bytes: int) -> list[bytes]:
@@ -153,8 +176,9 @@ def fact_scores(config, checkpoint_id: int) -> dict[str, tuple[float, int]]:
     """The fact probes the daemon recorded for this checkpoint."""
     db = open_db(config.db_path)
     try:
-        rows = db.query("SELECT probe, metric, value FROM probe_scores WHERE kind = 'fact' AND checkpoint_id = ?",
-                        [checkpoint_id])
+        rows = db.query(
+            "SELECT probe, metric, value FROM probe_scores WHERE kind = 'fact' AND checkpoint_id = ?", [checkpoint_id]
+        )
         scores: dict[str, dict] = {}
         for row in rows:
             scores.setdefault(row["probe"], {})[row["metric"]] = row["value"]
@@ -188,8 +212,11 @@ def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: 
             db.close()
         run.R.append([evaluate_nats(model, text) / LN2 for text in probes])
         run.facts.append(fact_scores(config, row["checkpoint_id"]))
-        print(f"{method} day {i + 1}: new {run.R[-1][i]:.3f} bpb, all days {sum(run.R[-1]) / len(probes):.3f}, "
-              f"{run.cpu_seconds[-1]:.0f} CPU s", flush=True)
+        print(
+            f"{method} day {i + 1}: new {run.R[-1][i]:.3f} bpb, all days {sum(run.R[-1]) / len(probes):.3f}, "
+            f"{run.cpu_seconds[-1]:.0f} CPU s",
+            flush=True,
+        )
     return run
 
 
@@ -204,13 +231,20 @@ def plot_heatmaps(path: Path, runs: list[Run]) -> Path:
     lo = min(min(map(min, r.R)) for r in runs)
     hi = max(max(map(max, r.R)) for r in runs)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(runs):]:
+    for ax in axes.flat[len(runs) :]:
         ax.axis("off")
     for ax, run in zip(axes.flat, runs):
         n = len(run.R)
         image = ax.imshow(run.R, vmin=lo, vmax=hi, cmap="viridis_r")
-        ax.set(title=run.method, xlabel="probe day j", ylabel="after update i",
-               xticks=range(n), xticklabels=range(1, n + 1), yticks=range(n), yticklabels=range(1, n + 1))
+        ax.set(
+            title=run.method,
+            xlabel="probe day j",
+            ylabel="after update i",
+            xticks=range(n),
+            xticklabels=range(1, n + 1),
+            yticks=range(n),
+            yticklabels=range(1, n + 1),
+        )
     fig.colorbar(image, ax=axes, shrink=0.8, label="bits per byte (lower is better)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -229,12 +263,20 @@ def plot_frontier(path: Path, runs: list[Run]) -> Path:
     for run in runs:
         s = run.summary()
         x, y = s["newest_bpb"], s["forgetting_bpb"] * LN2
-        ax.scatter(x, y, marker="o" if run.trainer == "ff" else "s", s=36,
-                   color="tab:blue" if run.trainer == "ff" else "tab:orange", alpha=0.5 if run.replays else 1.0)
+        ax.scatter(
+            x,
+            y,
+            marker="o" if run.trainer == "ff" else "s",
+            s=36,
+            color="tab:blue" if run.trainer == "ff" else "tab:orange",
+            alpha=0.5 if run.replays else 1.0,
+        )
         ax.annotate(run.method, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set(xlabel="newest day after its update, bits/byte (lower: more plastic)",
-           ylabel="average forgetting, nats/byte (lower: more stable)",
-           title="Plasticity against stability (FF circles, BP squares, faded: replay)")
+    ax.set(
+        xlabel="newest day after its update, bits/byte (lower: more plastic)",
+        ylabel="average forgetting, nats/byte (lower: more stable)",
+        title="Plasticity against stability (FF circles, BP squares, faded: replay)",
+    )
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
@@ -243,7 +285,7 @@ def verdicts(text: str) -> list[str]:
     """The target lines of a results file: its "## Targets" table as bullets, else its `- ` bullets."""
     lines = text.splitlines()
     if "## Targets" in lines:
-        section = lines[lines.index("## Targets") + 1:]
+        section = lines[lines.index("## Targets") + 1 :]
         table = list(itertools.takewhile(lambda line: line.startswith("|") or not line.strip(), section))
         rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if line.startswith("|")]
         if len(rows) > 2:
@@ -254,6 +296,7 @@ def verdicts(text: str) -> list[str]:
 def answers_section() -> str:
     """The plan's four questions: the first three quote the target lines of the other benchmarks'
     committed results when they exist, the fourth points at this study."""
+
     def cite(name: str, command: str) -> str:
         path = RESULTS / name
         if not path.exists():
@@ -272,18 +315,24 @@ def answers_section() -> str:
         "   Here: the new-day column, a play learned the night it arrives.\n"
         f"3. Can SSM layers replace linear ones? {cite('text.md', 'engram-ff bench text')}"
         "4. Does it enable incremental learning? The summary, targets and matrices above "
-        "(`flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental`).\n")
+        "(`flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental`).\n"
+    )
 
 
 def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
     heatmap = plot_heatmaps(results / f"{stem}_R.png", runs)
     frontier = plot_frontier(results / f"{stem}_frontier.png", runs)
-    chart = plot_series(results / f"{stem}_forgetting.png",
-                        {r.method: [r.forgetting_after(i) * LN2 for i in range(1, len(r.R))] for r in runs},
-                        xlabel="update i - 1 (days learned before the newest)",
-                        ylabel="average forgetting (nats/byte)", title="Forgetting of earlier days, update by update")
+    chart = plot_series(
+        results / f"{stem}_forgetting.png",
+        {r.method: [r.forgetting_after(i) * LN2 for i in range(1, len(r.R))] for r in runs},
+        xlabel="update i - 1 (days learned before the newest)",
+        ylabel="average forgetting (nats/byte)",
+        title="Forgetting of earlier days, update by update",
+    )
     n = len(meta["day_names"])
-    commands = "".join(f"\n    flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental {c}" for c in meta["commands"])
+    commands = "".join(
+        f"\n    flock /tmp/engram-bench.lock python -m engram_ff.bench.incremental {c}" for c in meta["commands"]
+    )
     lines = [
         "# Incremental learning: FF against BP, replay against none\n",
         f"Stream `{meta['stream']}`, {n} days ({', '.join(meta['day_names'])}), facts planted on day 1 "
@@ -298,37 +347,74 @@ def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
         "is better; negative: the newest update left old days better than any earlier checkpoint), also in "
         "nats/byte.\n",
     ]
-    headers = ["method", "avg bpb", "new bpb", "newest bpb", "BWT bpb", "forgetting bpb", "forgetting nats/B",
-               "CPU s/day", "update wall s/day", "facts rank 1 after day N"]
+    headers = [
+        "method",
+        "avg bpb",
+        "new bpb",
+        "newest bpb",
+        "BWT bpb",
+        "forgetting bpb",
+        "forgetting nats/B",
+        "CPU s/day",
+        "update wall s/day",
+        "facts rank 1 after day N",
+    ]
     rows = []
     for r in runs:
         s = r.summary()
         top = sum(rank == 1 for _, rank in r.facts[-1].values())
-        rows.append([r.method, f"{s['avg_bpb']:.3f}", f"{s['new_bpb']:.3f}", f"{s['newest_bpb']:.3f}",
-                     f"{s['bwt_bpb']:+.3f}", f"{s['forgetting_bpb']:.3f}", f"{s['forgetting_bpb'] * LN2:.3f}",
-                     f"{sum(r.cpu_seconds) / n:.1f}", f"{sum(r.update_seconds) / n:.1f}",
-                     f"{top}/{len(r.facts[-1])}"])
+        rows.append(
+            [
+                r.method,
+                f"{s['avg_bpb']:.3f}",
+                f"{s['new_bpb']:.3f}",
+                f"{s['newest_bpb']:.3f}",
+                f"{s['bwt_bpb']:+.3f}",
+                f"{s['forgetting_bpb']:.3f}",
+                f"{s['forgetting_bpb'] * LN2:.3f}",
+                f"{sum(r.cpu_seconds) / n:.1f}",
+                f"{sum(r.update_seconds) / n:.1f}",
+                f"{top}/{len(r.facts[-1])}",
+            ]
+        )
     lines += ["## Summary\n", markdown_table(headers, rows)]
     lines.append(targets_section(runs, n))
-    lines += ["## Plasticity against stability\n", f"![frontier]({frontier.name})\n",
-              "A method lower and further left than another learns the newest day better and forgets less; "
-              "the learning-rate variants (`-lr0.5`, `-lr0.25`) trace each trainer's own trade-off.\n"]
-    lines += ["## Forgetting over days (nats/byte)\n", f"![forgetting]({chart.name})\n",
-              markdown_table(["method"] + [f"after {i + 1}" for i in range(1, n)],
-                             [[r.method] + [f"{r.forgetting_after(i) * LN2:.3f}" for i in range(1, n)] for r in runs])]
+    lines += [
+        "## Plasticity against stability\n",
+        f"![frontier]({frontier.name})\n",
+        "A method lower and further left than another learns the newest day better and forgets less; "
+        "the learning-rate variants (`-lr0.5`, `-lr0.25`) trace each trainer's own trade-off.\n",
+    ]
+    lines += [
+        "## Forgetting over days (nats/byte)\n",
+        f"![forgetting]({chart.name})\n",
+        markdown_table(
+            ["method"] + [f"after {i + 1}" for i in range(1, n)],
+            [[r.method] + [f"{r.forgetting_after(i) * LN2:.3f}" for i in range(1, n)] for r in runs],
+        ),
+    ]
     lines += ["## Fact probes (planted on day 1): rank among distractors / answer bpb, per fact, after each update\n"]
     names = sorted(runs[0].facts[0])
     for r in runs:
         lines.append(f"**{r.method}**\n")
-        lines.append(markdown_table(["fact"] + [f"day {i + 1}" for i in range(n)],
-                                    [[name] + [f"{r.facts[i][name][1]} / {r.facts[i][name][0]:.2f}" for i in range(n)]
-                                     for name in names]))
-    lines += ["## Accuracy matrices R[i][j] (bits per byte on day j's probe split after update i)\n",
-              f"![R heatmaps]({heatmap.name})\n"]
+        lines.append(
+            markdown_table(
+                ["fact"] + [f"day {i + 1}" for i in range(n)],
+                [[name] + [f"{r.facts[i][name][1]} / {r.facts[i][name][0]:.2f}" for i in range(n)] for name in names],
+            )
+        )
+    lines += [
+        "## Accuracy matrices R[i][j] (bits per byte on day j's probe split after update i)\n",
+        f"![R heatmaps]({heatmap.name})\n",
+    ]
     for r in runs:
         lines.append(f"**{r.method}** (CPU s per update: {', '.join(f'{c:.0f}' for c in r.cpu_seconds)})\n")
-        lines.append(markdown_table(["after \\ day"] + [str(j + 1) for j in range(n)],
-                                    [[str(i + 1)] + [f"{v:.3f}" for v in row] for i, row in enumerate(r.R)]))
+        lines.append(
+            markdown_table(
+                ["after \\ day"] + [str(j + 1) for j in range(n)],
+                [[str(i + 1)] + [f"{v:.3f}" for v in row] for i, row in enumerate(r.R)],
+            )
+        )
     lines.append(answers_section())
     return "\n".join(lines)
 
@@ -341,30 +427,44 @@ def targets_section(runs: list[Run], n: int) -> str:
     own = [m for m in by if m.startswith("ff") and "replay" not in m]
     if "bp" in by and own:
         if by["bp"]["forgetting_bpb"] <= 0:
-            out.append("- FF forgetting <= 0.5 x BP's: BP does not forget on this stream at this budget, so the "
-                       "ratio says nothing.")
+            out.append(
+                "- FF forgetting <= 0.5 x BP's: BP does not forget on this stream at this budget, so the "
+                "ratio says nothing."
+            )
         else:
             both = [m for m in own if _both_targets(by[m], by["bp"])]
-            out.append("- FF forgetting <= 0.5 x that of BP fine-tuning (`bp`, its tuned rate, no replay) while the "
-                       "newest day stays within 5% of BP's: "
-                       + (f"met by {', '.join(both)}." if both else "missed by every FF method without replay."))
-        out.append("\nEach FF method without replay against each BP one: forgetting ratio (FF / BP), newest-day "
-                   "loss (FF against BP), and whether both targets hold.\n")
-        out.append(markdown_table(["FF method"] + [f"vs {m}" for m in fine_tuned],
-                                  [[m] + [_against(by[m], by[b]) for b in fine_tuned] for m in own]))
+            out.append(
+                "- FF forgetting <= 0.5 x that of BP fine-tuning (`bp`, its tuned rate, no replay) while the "
+                "newest day stays within 5% of BP's: "
+                + (f"met by {', '.join(both)}." if both else "missed by every FF method without replay.")
+            )
+        out.append(
+            "\nEach FF method without replay against each BP one: forgetting ratio (FF / BP), newest-day "
+            "loss (FF against BP), and whether both targets hold.\n"
+        )
+        out.append(
+            markdown_table(
+                ["FF method"] + [f"vs {m}" for m in fine_tuned],
+                [[m] + [_against(by[m], by[b]) for b in fine_tuned] for m in own],
+            )
+        )
     replayed = {m: s for m, s in by.items() if m.startswith("ff") and "replay" in m}
     if replayed:
         best = min(replayed, key=lambda m: replayed[m]["forgetting_bpb"])
         value = replayed[best]["forgetting_bpb"] * LN2
-        out.append(f"- FF with replay, forgetting <= 0.02 nats/byte: best {best} {value:.3f}: "
-                   f"{'met' if value <= 0.02 else 'missed'}.")
+        out.append(
+            f"- FF with replay, forgetting <= 0.02 nats/byte: best {best} {value:.3f}: "
+            f"{'met' if value <= 0.02 else 'missed'}."
+        )
     for r in runs:
         if r.method.startswith("ff") and n >= 8:
             top = [name for name, (_, rank) in r.facts[-1].items() if rank == 1]
             kept = [name for name in top if r.facts[0][name][1] == 1]
-            out.append(f"- {r.method}: facts planted on day 1 ranking first after {n - 1} more days: "
-                       f"{len(top)}/{len(r.facts[-1])} ({', '.join(top) or 'none'}); of those, first already "
-                       f"right after day 1 (retained, not found later): {', '.join(kept) or 'none'}.")
+            out.append(
+                f"- {r.method}: facts planted on day 1 ranking first after {n - 1} more days: "
+                f"{len(top)}/{len(r.facts[-1])} ({', '.join(top) or 'none'}); of those, first already "
+                f"right after day 1 (retained, not found later): {', '.join(kept) or 'none'}."
+            )
     return "\n".join(out) + "\n"
 
 
@@ -386,23 +486,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engram-ff bench incremental", description=__doc__.split("\n")[0])
     parser.add_argument("--stream", choices=["plays", "tiny"], default="plays")
     parser.add_argument("--days", type=int, default=8)
-    parser.add_argument("--steps-per-day", type=int, default=Config().update_min_steps,
-                        help="training steps of every update (default: the daemon's own minimum a night)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, of: {', '.join(METHODS)}")
+    parser.add_argument(
+        "--steps-per-day",
+        type=int,
+        default=Config().update_min_steps,
+        help="training steps of every update (default: the daemon's own minimum a night)",
+    )
+    parser.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of: {', '.join(METHODS)}"
+    )
     parser.add_argument("--preset", default="daemon", choices=list(PRESETS))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-bytes", type=int, default=8192, help="bytes of each day's probe split scored in R")
     parser.add_argument("--repeat", type=int, default=8, help="times the fact conversation occurs on day 1")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (on 2 shared cores one thread ran a step 2.5x faster than two)")
-    parser.add_argument("--quick", action="store_true",
-                        help="defaults for a smoke test: 3 days, 4 steps, tiny model, 3 methods")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (on 2 shared cores one thread ran a step 2.5x faster than two)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults for a smoke test: 3 days, 4 steps, tiny model, 3 methods"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", help="name of the result files (default: incremental, or incremental-quick)")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                        help="write one report from studies' JSON files instead of running one")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="write one report from studies' JSON files instead of running one",
+    )
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
@@ -425,8 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         day_files = write_days(work / "stream", args.stream, args.days, args.repeat)
         probes = probe_texts(day_files, work / "reference", args.eval_bytes)
         meta = {key: getattr(args, key) for key in SHARED}
-        meta.update(threads=args.threads, commands=[" ".join(argv)], day_names=[p.stem for p in day_files],
-                    probe_bytes=[len(p) for p in probes])
+        meta.update(
+            threads=args.threads,
+            commands=[" ".join(argv)],
+            day_names=[p.stem for p in day_files],
+            probe_bytes=[len(p) for p in probes],
+        )
         runs = []
         for method in methods:  # the report is rewritten after each method, so a long study shows progress
             runs.append(run_method(method, day_files, probes, work / method, args))

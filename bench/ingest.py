@@ -9,6 +9,7 @@
 Targets on 2 cores: >= 100,000 lines/s, p95 <= 1 s, peak RSS <= 300 MB for 1 GB.
 Run it under the shared lock: flock /tmp/engram-bench.lock python -m engram_ff.bench.ingest
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,66 @@ import orjson
 
 from engram_ff.bench.common import RESULTS, markdown_table, run_isolated, write_result
 
-WORDS = ("the a to and of I you it is that in we this for not on be with have are do what but can so "
-         "just like will if about my your was at as think know how get there all would one they when "
-         "model daemon night logs byte state train forward probe memory session update checkpoint").split()
+WORDS = [
+    "the",
+    "a",
+    "to",
+    "and",
+    "of",
+    "I",
+    "you",
+    "it",
+    "is",
+    "that",
+    "in",
+    "we",
+    "this",
+    "for",
+    "not",
+    "on",
+    "be",
+    "with",
+    "have",
+    "are",
+    "do",
+    "what",
+    "but",
+    "can",
+    "so",
+    "just",
+    "like",
+    "will",
+    "if",
+    "about",
+    "my",
+    "your",
+    "was",
+    "at",
+    "as",
+    "think",
+    "know",
+    "how",
+    "get",
+    "there",
+    "all",
+    "would",
+    "one",
+    "they",
+    "when",
+    "model",
+    "daemon",
+    "night",
+    "logs",
+    "byte",
+    "state",
+    "train",
+    "forward",
+    "probe",
+    "memory",
+    "session",
+    "update",
+    "checkpoint",
+]
 
 
 def write_lines(folder: Path, n_lines: int, days: int, seed: int = 0) -> int:
@@ -41,12 +99,19 @@ def write_lines(folder: Path, n_lines: int, days: int, seed: int = 0) -> int:
         count = min(per_day, n_lines - day * per_day)
         lines = []
         for i in range(count):
-            lines.append(orjson.dumps({
-                "timestamp": f"2026-11-{day + 1:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
-                "session_key": f"agent:main:telegram:{i % 13}", "direction": "in" if i % 2 else "out",
-                "channel": "telegram", "sender": "alice" if i % 2 else "assistant",
-                "content": " ".join(rng.choices(WORDS, k=rng.randint(4, 30))) + f" #{day}.{i}",
-                "tool_calls": []}))
+            lines.append(
+                orjson.dumps(
+                    {
+                        "timestamp": f"2026-11-{day + 1:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
+                        "session_key": f"agent:main:telegram:{i % 13}",
+                        "direction": "in" if i % 2 else "out",
+                        "channel": "telegram",
+                        "sender": "alice" if i % 2 else "assistant",
+                        "content": " ".join(rng.choices(WORDS, k=rng.randint(4, 30))) + f" #{day}.{i}",
+                        "tool_calls": [],
+                    }
+                )
+            )
             if len(lines) == 50_000:
                 written += _append(raw / f"2026-11-{day + 1:02d}.jsonl", lines)
                 lines = []
@@ -79,9 +144,15 @@ def ingest_folder(folder: str, db_path: str) -> dict:
     wall = time.perf_counter() - start
     sampler.stop()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"lines": stats.lines, "messages": stats.messages, "wall_s": wall,
-            "writer_cpu_s": time.process_time() - cpu, "parser_cpu_s": children.ru_utime + children.ru_stime,
-            "peak_rss_mib": sampler.peak, "writer_hwm_mib": _status_mib("self", "VmHWM")}
+    return {
+        "lines": stats.lines,
+        "messages": stats.messages,
+        "wall_s": wall,
+        "writer_cpu_s": time.process_time() - cpu,
+        "parser_cpu_s": children.ru_utime + children.ru_stime,
+        "peak_rss_mib": sampler.peak,
+        "writer_hwm_mib": _status_mib("self", "VmHWM"),
+    }
 
 
 def _status_mib(pid: int | str, key: str) -> float:
@@ -137,8 +208,18 @@ def append_latencies(folder: Path, db_path: Path, appends: int, debounce_s: floa
         time.sleep(1.0)  # let the start-up scan of the big folder finish
         for i in range(appends):
             text = f"latency probe {i}"
-            line = orjson.dumps({"timestamp": "2026-12-01T00:00:00Z", "session_key": "bench", "direction": "in",
-                                 "sender": "bench", "content": text}) + b"\n"
+            line = (
+                orjson.dumps(
+                    {
+                        "timestamp": "2026-12-01T00:00:00Z",
+                        "session_key": "bench",
+                        "direction": "in",
+                        "sender": "bench",
+                        "content": text,
+                    }
+                )
+                + b"\n"
+            )
             with open(path, "ab") as f:
                 f.write(line)
             sent = time.perf_counter()
@@ -168,8 +249,11 @@ def plot_latency(latencies: list[float], path: Path) -> None:
     ax.hist(ms, bins=40, color="#4477aa")
     for q, style in ((50, "--"), (95, ":")):
         ax.axvline(percentile(ms, q), color="k", linestyle=style, label=f"p{q} {percentile(ms, q):.0f} ms")
-    ax.set(xlabel="append -> committed row (ms)", ylabel="appends",
-           title=f"Ingest latency under the watcher ({len(ms)} appends)")
+    ax.set(
+        xlabel="append -> committed row (ms)",
+        ylabel="appends",
+        title=f"Ingest latency under the watcher ({len(ms)} appends)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -197,22 +281,45 @@ def main(argv: list[str] | None = None) -> int:
         assert result["messages"] == args.lines, result
         rate = result["lines"] / result["wall_s"]
         writer_us, parser_us = (result[k] / result["lines"] * 1e6 for k in ("writer_cpu_s", "parser_cpu_s"))
-        print(f"throughput: {result['lines']:,} lines ({size / 1e6:.0f} MB) in {result['wall_s']:.1f} s = "
-              f"{rate:,.0f} lines/s; CPU a line: writer {writer_us:.1f} us, parser {parser_us:.1f} us")
-        rows.append([f"lines per second, {args.lines:,} lines (catch-up: parse + commit)", f"{rate:,.0f}",
-                     ">= 100,000", _verdict(rate >= 100_000)])
-        rows.append(["CPU a line: SQLite writer process / parsing process", f"{writer_us:.1f} / {parser_us:.1f} us",
-                     "", ""])
-        rows.append(["lines per second if each process had a core to itself (1 / the larger CPU a line)",
-                     f"{1e6 / max(writer_us, parser_us):,.0f}", "", "estimate"])
+        print(
+            f"throughput: {result['lines']:,} lines ({size / 1e6:.0f} MB) in {result['wall_s']:.1f} s = "
+            f"{rate:,.0f} lines/s; CPU a line: writer {writer_us:.1f} us, parser {parser_us:.1f} us"
+        )
+        rows.append(
+            [
+                f"lines per second, {args.lines:,} lines (catch-up: parse + commit)",
+                f"{rate:,.0f}",
+                ">= 100,000",
+                _verdict(rate >= 100_000),
+            ]
+        )
+        rows.append(
+            ["CPU a line: SQLite writer process / parsing process", f"{writer_us:.1f} / {parser_us:.1f} us", "", ""]
+        )
+        rows.append(
+            [
+                "lines per second if each process had a core to itself (1 / the larger CPU a line)",
+                f"{1e6 / max(writer_us, parser_us):,.0f}",
+                "",
+                "estimate",
+            ]
+        )
 
         latencies = append_latencies(tmp / "engram", tmp / "state.db", args.appends, args.debounce)
         p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
-        print(f"latency over {len(latencies)} appends: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-              f"max {max(latencies) * 1000:.0f} ms")
+        print(
+            f"latency over {len(latencies)} appends: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+            f"max {max(latencies) * 1000:.0f} ms"
+        )
         rows.append([f"append -> row, p50 (debounce {args.debounce} s)", f"{p50 * 1000:.0f} ms", "", ""])
-        rows.append([f"append -> row, p95 (debounce {args.debounce} s)", f"{p95 * 1000:.0f} ms", "<= 1000 ms",
-                     _verdict(p95 <= 1.0)])
+        rows.append(
+            [
+                f"append -> row, p95 (debounce {args.debounce} s)",
+                f"{p95 * 1000:.0f} ms",
+                "<= 1000 ms",
+                _verdict(p95 <= 1.0),
+            ]
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         plot_latency(latencies, args.out / "ingest_latency.png")
 
@@ -224,19 +331,30 @@ def main(argv: list[str] | None = None) -> int:
             result, _ = run_isolated(ingest_folder, str(tmp / "engram"), str(tmp / "state.db"))
             assert result["messages"] == n, result
             peak = result["peak_rss_mib"]
-            print(f"memory: {size_gb / 1e9:.2f} GB ({n:,} lines) ingested in {result['wall_s']:.0f} s, peak RSS "
-                  f"{peak:.0f} MiB (writer alone {result['writer_hwm_mib']:.0f} MiB)")
-            rows.append([f"peak RSS ingesting {size_gb / 1e9:.2f} GB, writer + parsing process",
-                         f"{peak * 1.048576:.0f} MB", "<= 300 MB", _verdict(peak * 1.048576 <= 300)])
-            rows.append(["  of which the writer process (VmHWM)", f"{result['writer_hwm_mib'] * 1.048576:.0f} MB",
-                         "", ""])
+            print(
+                f"memory: {size_gb / 1e9:.2f} GB ({n:,} lines) ingested in {result['wall_s']:.0f} s, peak RSS "
+                f"{peak:.0f} MiB (writer alone {result['writer_hwm_mib']:.0f} MiB)"
+            )
+            rows.append(
+                [
+                    f"peak RSS ingesting {size_gb / 1e9:.2f} GB, writer + parsing process",
+                    f"{peak * 1.048576:.0f} MB",
+                    "<= 300 MB",
+                    _verdict(peak * 1.048576 <= 300),
+                ]
+            )
+            rows.append(
+                ["  of which the writer process (VmHWM)", f"{result['writer_hwm_mib'] * 1.048576:.0f} MB", "", ""]
+            )
             rows.append([f"lines per second for {size_gb / 1e9:.2f} GB", f"{n / result['wall_s']:,.0f}", "", ""])
 
-    text = (f"# Ingest benchmark\n\n`python -m engram_ff.bench.ingest{''.join(' ' + a for a in argv)}`\n\n"
-            f"Machine: {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at start "
-            f"(other jobs share the CPUs).\n\n"
-            + markdown_table(["measure", "measured", "target", ""], rows)
-            + "\n![latency histogram](ingest_latency.png)\n")
+    text = (
+        f"# Ingest benchmark\n\n`python -m engram_ff.bench.ingest{''.join(' ' + a for a in argv)}`\n\n"
+        f"Machine: {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at start "
+        f"(other jobs share the CPUs).\n\n"
+        + markdown_table(["measure", "measured", "target", ""], rows)
+        + "\n![latency histogram](ingest_latency.png)\n"
+    )
     print(f"wrote {write_result('ingest.md', text, args.out)}")
     return 0
 

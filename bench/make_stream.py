@@ -9,6 +9,7 @@ conversation, repeated so that one night's update can learn them.
 
     python -m engram_ff.bench.make_stream plays OUT_DIR [--days N] [--plant-day 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,16 @@ import orjson
 
 from engram_ff.bench.common import DATA
 
-PLAYS = ["hamlet", "macbeth", "othello", "lear", "julius_caesar", "twelfth_night",
-         "midsummer_nights_dream", "much_ado_about_nothing"]
+PLAYS = [
+    "hamlet",
+    "macbeth",
+    "othello",
+    "lear",
+    "julius_caesar",
+    "twelfth_night",
+    "midsummer_nights_dream",
+    "much_ado_about_nothing",
+]
 FACTS = Path(__file__).with_name("study_facts.toml")
 FIRST_DAY = date(2026, 1, 1)
 
@@ -75,26 +84,58 @@ def _stamp(day: date, second: int) -> str:
 
 def day_lines(day: date, speeches, source: str, facts: list[dict] | None = None, repeat: int = 0) -> list[dict]:
     """A day's file: a gateway start-up, a command at each new scene, a recorder line per speech."""
-    lines = [{"timestamp": _stamp(day, 6 * 3600), "type": "gateway", "action": "startup",
-              "sessionKey": "agent:main", "source": "gateway", "workspaceDir": "/srv/engram"}]
+    lines = [
+        {
+            "timestamp": _stamp(day, 6 * 3600),
+            "type": "gateway",
+            "action": "startup",
+            "sessionKey": "agent:main",
+            "source": "gateway",
+            "workspaceDir": "/srv/engram",
+        }
+    ]
     second, scene = 6 * 3600 + 60, None
     conversation = []
     for fact in facts or []:
         conversation += [("user", fact["prompt_user"]), ("assistant", fact["answer"])]
     for n in range(repeat):  # the planted facts, spread over the day
         for sender, content in conversation:
-            lines.append({"timestamp": _stamp(day, 5 * 3600 + n * 60), "session_key": f"chat:{day}:{n}",
-                          "direction": "in" if sender == "user" else "out", "channel": "telegram",
-                          "sender": sender, "content": content, "tool_calls": []})
+            lines.append(
+                {
+                    "timestamp": _stamp(day, 5 * 3600 + n * 60),
+                    "session_key": f"chat:{day}:{n}",
+                    "direction": "in" if sender == "user" else "out",
+                    "channel": "telegram",
+                    "sender": sender,
+                    "content": content,
+                    "tool_calls": [],
+                }
+            )
     for current_scene, speaker, speech in speeches:
         second += 7
         if current_scene != scene:
             scene = current_scene
-            lines.append({"timestamp": _stamp(day, second), "type": "command", "action": "new",
-                          "sessionKey": f"{source}:{scene}", "senderId": "stage", "source": source})
-        lines.append({"timestamp": _stamp(day, second), "session_key": f"{source}:{scene}",
-                      "direction": "in", "channel": source, "sender": speaker, "content": speech,
-                      "tool_calls": []})
+            lines.append(
+                {
+                    "timestamp": _stamp(day, second),
+                    "type": "command",
+                    "action": "new",
+                    "sessionKey": f"{source}:{scene}",
+                    "senderId": "stage",
+                    "source": source,
+                }
+            )
+        lines.append(
+            {
+                "timestamp": _stamp(day, second),
+                "session_key": f"{source}:{scene}",
+                "direction": "in",
+                "channel": source,
+                "sender": speaker,
+                "content": speech,
+                "tool_calls": [],
+            }
+        )
     return lines
 
 
@@ -106,12 +147,14 @@ def stream_days(stream: str, days: int | None = None) -> list[tuple[date, str, l
     """(day, source, speeches) for each day of the stream."""
     if stream == "plays":
         names = PLAYS[: days or len(PLAYS)]
-        return [(FIRST_DAY + timedelta(i), name, play_speeches((DATA / "plays" / f"{name}.txt").read_text()))
-                for i, name in enumerate(names)]
+        return [
+            (FIRST_DAY + timedelta(i), name, play_speeches((DATA / "plays" / f"{name}.txt").read_text()))
+            for i, name in enumerate(names)
+        ]
     speeches = tiny_speeches((DATA / "tinyshakespeare.txt").read_text())
     n = days or 8
     per_day = len(speeches) // n
-    return [(FIRST_DAY + timedelta(i), "tinyshakespeare", speeches[i * per_day:(i + 1) * per_day]) for i in range(n)]
+    return [(FIRST_DAY + timedelta(i), "tinyshakespeare", speeches[i * per_day : (i + 1) * per_day]) for i in range(n)]
 
 
 def write_day(raw_dir: Path, day: date, lines: list[dict]) -> Path:
@@ -121,8 +164,9 @@ def write_day(raw_dir: Path, day: date, lines: list[dict]) -> Path:
     return path
 
 
-def write_stream(out: Path, stream: str, days: int | None = None, plant_day: int | None = 1,
-                 repeat: int = 8) -> list[Path]:
+def write_stream(
+    out: Path, stream: str, days: int | None = None, plant_day: int | None = 1, repeat: int = 8
+) -> list[Path]:
     facts = load_facts()
     paths = []
     for i, (day, source, speeches) in enumerate(stream_days(stream, days), start=1):

@@ -9,6 +9,7 @@ Budgets are CPU time (process CPU seconds / threads), not wall time, so helpers 
 slow a run down without changing what it learns. Each model trains in a fresh process (its peak RSS
 is its own). Writes bench/results/text.md and text.png (validation loss against training time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,20 +33,45 @@ SAMPLE_PROMPT = b"ROMEO:\n"
 def model_specs() -> dict[str, dict]:
     """name -> how to build it; `budget` is a fraction of the run's budget."""
     return {
-        "ff-ssm": {"model": "ssm", "trainer": "ff", "budget": 1.0,
-                   "about": "FF, linear goodness, softmax over all 256 candidates per layer (main)"},
-        "bp-ssm": {"model": "ssm", "trainer": "bp", "budget": 1.0,
-                   "about": "same stack, end-to-end backprop on the final cross-entropy"},
-        "ff-window": {"model": "window", "trainer": "ff", "budget": 1.0,
-                      "about": "Phase 2: FF MLP over the previous 16 bytes, same heads and losses"},
-        "ff-ssm-relu": {"model": "ssm", "trainer": "ff", "budget": 0.25, "goodness": "relu",
-                        "about": "nonlinear goodness sum relu(q + E[c])^2, softmax over 256"},
-        "ff-ssm-pair": {"model": "ssm", "trainer": "ff", "budget": 0.25,
-                        "trainer_args": {"loss": "pair", "negatives": "model", "n_negatives": 16},
-                        "about": "Hinton-style pair loss, 16 hard negatives sampled from the layers below"},
-        "ff-ssm-sampled": {"model": "ssm", "trainer": "ff", "budget": 0.25,
-                           "trainer_args": {"loss": "sampled", "negatives": "unigram", "n_negatives": 16},
-                           "about": "softmax over the true byte + 16 unigram negatives, log q corrected"},
+        "ff-ssm": {
+            "model": "ssm",
+            "trainer": "ff",
+            "budget": 1.0,
+            "about": "FF, linear goodness, softmax over all 256 candidates per layer (main)",
+        },
+        "bp-ssm": {
+            "model": "ssm",
+            "trainer": "bp",
+            "budget": 1.0,
+            "about": "same stack, end-to-end backprop on the final cross-entropy",
+        },
+        "ff-window": {
+            "model": "window",
+            "trainer": "ff",
+            "budget": 1.0,
+            "about": "Phase 2: FF MLP over the previous 16 bytes, same heads and losses",
+        },
+        "ff-ssm-relu": {
+            "model": "ssm",
+            "trainer": "ff",
+            "budget": 0.25,
+            "goodness": "relu",
+            "about": "nonlinear goodness sum relu(q + E[c])^2, softmax over 256",
+        },
+        "ff-ssm-pair": {
+            "model": "ssm",
+            "trainer": "ff",
+            "budget": 0.25,
+            "trainer_args": {"loss": "pair", "negatives": "model", "n_negatives": 16},
+            "about": "Hinton-style pair loss, 16 hard negatives sampled from the layers below",
+        },
+        "ff-ssm-sampled": {
+            "model": "ssm",
+            "trainer": "ff",
+            "budget": 0.25,
+            "trainer_args": {"loss": "sampled", "negatives": "unigram", "n_negatives": 16},
+            "about": "softmax over the true byte + 16 unigram negatives, log q corrected",
+        },
     }
 
 
@@ -61,10 +87,11 @@ def cpu_clock() -> float:
 
 def build(spec: dict, lr: float | None = None):
     """The model and its trainer; lr None: the trainer's default, its best in a sweep."""
-    from engram_ff.model.lm import PRESETS, FFLM
+    from dataclasses import replace
+
+    from engram_ff.model.lm import FFLM, PRESETS
     from engram_ff.model.train import BPTrainer, FFTrainer
     from engram_ff.model.window_mlp import WindowConfig, WindowMLP
-    from dataclasses import replace
 
     if spec["model"] == "window":
         model = WindowMLP(WindowConfig())
@@ -109,11 +136,19 @@ def run_model(name: str, budget_s: float, lr: float | None = None) -> dict:
     generated = b"".join(generate(model, SAMPLE_PROMPT, n_gen, 0.8, torch.Generator().manual_seed(1)))
     gen_bps = n_gen / (time.perf_counter() - start)
     return {
-        "name": name, "about": spec["about"], "budget_s": budget_s, "steps": result.steps,
-        "train_seconds": result.seconds, "train_bytes": result.bytes,
-        "train_bytes_per_s": result.bytes / result.seconds, "layer_losses": result.losses,
-        "val_nats": val, "val_bits": val / math.log(2), "curve": curve,
-        "gen_bytes_per_s": gen_bps, "sample": (SAMPLE_PROMPT + generated[:300]).decode("utf-8", "replace"),
+        "name": name,
+        "about": spec["about"],
+        "budget_s": budget_s,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "train_bytes": result.bytes,
+        "train_bytes_per_s": result.bytes / result.seconds,
+        "layer_losses": result.losses,
+        "val_nats": val,
+        "val_bits": val / math.log(2),
+        "curve": curve,
+        "gen_bytes_per_s": gen_bps,
+        "sample": (SAMPLE_PROMPT + generated[:300]).decode("utf-8", "replace"),
         "params": sum(p.numel() for p in model.parameters()),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -121,10 +156,11 @@ def run_model(name: str, budget_s: float, lr: float | None = None) -> dict:
 
 def memory_probe(trainer: str, n_layers: int, seq_len: int) -> dict:
     """Peak RSS of this (fresh) process after building the model and two training steps at batch 1."""
+    from dataclasses import replace
+
     import torch
 
-    from dataclasses import replace
-    from engram_ff.model.lm import PRESETS, FFLM
+    from engram_ff.model.lm import FFLM, PRESETS
     from engram_ff.model.train import BPTrainer, FFTrainer
 
     torch.set_num_threads(THREADS)
@@ -163,9 +199,15 @@ def step_speed(rounds: int = 40, steps: int = 5) -> dict:
 
 def in_fresh_process(function: str, *args) -> dict:
     """Run bench.text.<function>(*args) in a new interpreter; its JSON result."""
-    code = f"import json, sys; from bench.text import {function}; print(json.dumps({function}(*json.loads(sys.argv[1]))))"
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        f"import json, sys; from bench.text import {function}; print(json.dumps({function}(*json.loads(sys.argv[1]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{function}{args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -203,27 +245,65 @@ def render(results: dict, out_dir: Path) -> str:
         rows = []
         for r in models.values():
             ratio = f"{r['val_nats'] / bp:.3f}" if bp else "-"
-            rows.append([r["name"], f"{r['budget_s']:.0f}", r["steps"], f"{r['val_nats']:.3f}", f"{r['val_bits']:.3f}",
-                         ratio, f"{r['train_bytes_per_s']:,.0f}", f"{r['peak_rss_mib']:.0f}",
-                         f"{r['gen_bytes_per_s']:,.0f}", f"{r['params']:,}"])
-        lines.append("Budgets are CPU seconds (process CPU time / 2 threads). Validation: all of the last "
-                     "10%, read as one stream in recurrent mode.\n")
-        lines.append(markdown_table(["model", "CPU s", "steps", "val nats/byte", "val bits/byte", "/ BP",
-                                     "train bytes/s", "peak RSS MiB", "gen bytes/s", "params"], rows))
+            rows.append(
+                [
+                    r["name"],
+                    f"{r['budget_s']:.0f}",
+                    r["steps"],
+                    f"{r['val_nats']:.3f}",
+                    f"{r['val_bits']:.3f}",
+                    ratio,
+                    f"{r['train_bytes_per_s']:,.0f}",
+                    f"{r['peak_rss_mib']:.0f}",
+                    f"{r['gen_bytes_per_s']:,.0f}",
+                    f"{r['params']:,}",
+                ]
+            )
+        lines.append(
+            "Budgets are CPU seconds (process CPU time / 2 threads). Validation: all of the last "
+            "10%, read as one stream in recurrent mode.\n"
+        )
+        lines.append(
+            markdown_table(
+                [
+                    "model",
+                    "CPU s",
+                    "steps",
+                    "val nats/byte",
+                    "val bits/byte",
+                    "/ BP",
+                    "train bytes/s",
+                    "peak RSS MiB",
+                    "gen bytes/s",
+                    "params",
+                ],
+                rows,
+            )
+        )
         lines.append("\n" + "\n".join(f"- `{r['name']}`: {r['about']}" for r in models.values()) + "\n")
         lines.append("![validation loss against training CPU time](text.png)\n")
         plot_curves(models, out_dir / "text.png")
     if results.get("memory"):
         mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m for m in results["memory"] if "peak_mib" in m}
         keys = sorted({(d, s) for _, d, s in mem})
-        rows = [[d, s, f"{mem[('ff', d, s)]['peak_mib']:.0f}", f"{mem[('bp', d, s)]['peak_mib']:.0f}",
-                 f"{mem[('ff', d, s)]['peak_mib'] / mem[('bp', d, s)]['peak_mib']:.2f}"]
-                for d, s in keys if ("ff", d, s) in mem and ("bp", d, s) in mem]
+        rows = [
+            [
+                d,
+                s,
+                f"{mem[('ff', d, s)]['peak_mib']:.0f}",
+                f"{mem[('bp', d, s)]['peak_mib']:.0f}",
+                f"{mem[('ff', d, s)]['peak_mib'] / mem[('bp', d, s)]['peak_mib']:.2f}",
+            ]
+            for d, s in keys
+            if ("ff", d, s) in mem and ("bp", d, s) in mem
+        ]
         lines.append("\n## Peak training memory (batch 1, a fresh process for each point)\n")
-        lines.append("Peak resident set (ru_maxrss) of a process that builds the model and takes two training "
-                     "steps: torch itself and the model are included (about 320 MiB at 2 layers x 256), so "
-                     "the ratio understates FF's saving on activations. tracemalloc cannot see torch's C++ "
-                     "allocations, hence a fresh process per point.\n")
+        lines.append(
+            "Peak resident set (ru_maxrss) of a process that builds the model and takes two training "
+            "steps: torch itself and the model are included (about 320 MiB at 2 layers x 256), so "
+            "the ratio understates FF's saving on activations. tracemalloc cannot see torch's C++ "
+            "allocations, hence a fresh process per point.\n"
+        )
         lines.append(markdown_table(["layers", "seq len", "FF peak MiB", "BP peak MiB", "FF / BP"], rows))
     targets = target_rows(results)
     if targets:
@@ -231,9 +311,15 @@ def render(results: dict, out_dir: Path) -> str:
         lines.append(markdown_table(["target", "measured", "met"], targets))
     if results.get("scan"):
         lines.append("\n## Associative scan against a Python loop over time (forward + backward, B=8, N=128)\n")
-        lines.append(markdown_table(["T", "scan ms", "loop ms", "speed-up"],
-                                    [[r["T"], f"{r['scan_ms']:.1f}", f"{r['loop_ms']:.1f}",
-                                      f"{r['loop_ms'] / r['scan_ms']:.1f}x"] for r in results["scan"]]))
+        lines.append(
+            markdown_table(
+                ["T", "scan ms", "loop ms", "speed-up"],
+                [
+                    [r["T"], f"{r['scan_ms']:.1f}", f"{r['loop_ms']:.1f}", f"{r['loop_ms'] / r['scan_ms']:.1f}x"]
+                    for r in results["scan"]
+                ],
+            )
+        )
     if models:
         lines.append("\n## Samples (temperature 0.8, prompt `ROMEO:`)\n")
         for r in models.values():
@@ -253,23 +339,41 @@ def target_rows(results: dict) -> list[list[str]]:
         ratio = ff["val_nats"] / bp["val_nats"]
         row("FF-SSM val <= 1.05 x BP-SSM", f"{ff['val_nats']:.3f} / {bp['val_nats']:.3f} = {ratio:.3f}", ratio <= 1.05)
         speed = ff["train_bytes_per_s"] / bp["train_bytes_per_s"]
-        row("FF train bytes/s >= BP (the two runs)",
-            f"{ff['train_bytes_per_s']:,.0f} vs {bp['train_bytes_per_s']:,.0f} ({speed:.2f}x)", speed >= 1)
+        row(
+            "FF train bytes/s >= BP (the two runs)",
+            f"{ff['train_bytes_per_s']:,.0f} vs {bp['train_bytes_per_s']:,.0f} ({speed:.2f}x)",
+            speed >= 1,
+        )
     if results.get("speed"):
         ff_bps, bp_bps = results["speed"]["ff_bytes_per_s"], results["speed"]["bp_bytes_per_s"]
-        row("FF train bytes/s >= BP (interleaved in one process)",
-            f"{ff_bps:,.0f} vs {bp_bps:,.0f} ({ff_bps / bp_bps:.2f}x)", ff_bps >= bp_bps)
+        row(
+            "FF train bytes/s >= BP (interleaved in one process)",
+            f"{ff_bps:,.0f} vs {bp_bps:,.0f} ({ff_bps / bp_bps:.2f}x)",
+            ff_bps >= bp_bps,
+        )
     if ff:
-        row(f"FF-SSM val <= 1.75 nats/byte in {ff['budget_s']:.0f} CPU s", f"{ff['val_nats']:.3f}", ff["val_nats"] <= 1.75)
+        row(
+            f"FF-SSM val <= 1.75 nats/byte in {ff['budget_s']:.0f} CPU s",
+            f"{ff['val_nats']:.3f}",
+            ff["val_nats"] <= 1.75,
+        )
         row("generation >= 5,000 bytes/s, one stream", f"{ff['gen_bytes_per_s']:,.0f}", ff["gen_bytes_per_s"] >= 5000)
     if ff and window:
-        row("FF-SSM well ahead of the FF window MLP", f"{ff['val_nats']:.3f} vs {window['val_nats']:.3f}",
-            ff["val_nats"] < window["val_nats"] - 0.1)
-    mem = {(m["trainer"], m["n_layers"], m["seq_len"]): m["peak_mib"] for m in results.get("memory", []) if "peak_mib" in m}
+        row(
+            "FF-SSM well ahead of the FF window MLP",
+            f"{ff['val_nats']:.3f} vs {window['val_nats']:.3f}",
+            ff["val_nats"] < window["val_nats"] - 0.1,
+        )
+    mem = {
+        (m["trainer"], m["n_layers"], m["seq_len"]): m["peak_mib"] for m in results.get("memory", []) if "peak_mib" in m
+    }
     if ("ff", 8, 4096) in mem and ("bp", 8, 4096) in mem:
         ratio = mem[("ff", 8, 4096)] / mem[("bp", 8, 4096)]
-        row("FF peak training memory <= 0.6 x BP at 8 layers, seq 4096",
-            f"{mem[('ff', 8, 4096)]:.0f} / {mem[('bp', 8, 4096)]:.0f} MiB = {ratio:.2f}", ratio <= 0.6)
+        row(
+            "FF peak training memory <= 0.6 x BP at 8 layers, seq 4096",
+            f"{mem[('ff', 8, 4096)]:.0f} / {mem[('bp', 8, 4096)]:.0f} MiB = {ratio:.2f}",
+            ratio <= 0.6,
+        )
     return rows
 
 
@@ -283,8 +387,12 @@ def plot_curves(models: dict, path: Path) -> None:
     for r in models.values():
         xs, ys = zip(*r["curve"])
         ax.plot(xs, ys, label=r["name"])
-    ax.set(xlabel="training CPU seconds (2 threads)", ylabel=f"validation nats/byte (first {CURVE_BYTES:,} bytes)",
-           title="TinyShakespeare: validation loss against training time", ylim=(1.3, 3.5))
+    ax.set(
+        xlabel="training CPU seconds (2 threads)",
+        ylabel=f"validation nats/byte (first {CURVE_BYTES:,} bytes)",
+        title="TinyShakespeare: validation loss against training time",
+        ylim=(1.3, 3.5),
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
@@ -319,14 +427,21 @@ def main(argv: list[str] | None = None) -> int:
         results = {"models": {}, "memory": [], "scan": []}
         if {"ff-ssm", "bp-ssm"} <= set(names):
             results["speed"] = in_fresh_process("step_speed", *((2, 2) if args.quick else ()))
-            print("interleaved steps: FF {ff_bytes_per_s:,.0f} B/s, BP {bp_bytes_per_s:,.0f} B/s".format(
-                **results["speed"]), flush=True)
+            print(
+                "interleaved steps: FF {ff_bytes_per_s:,.0f} B/s, BP {bp_bytes_per_s:,.0f} B/s".format(
+                    **results["speed"]
+                ),
+                flush=True,
+            )
         for name in names:
             r = in_fresh_process("run_model", name, budget * model_specs()[name]["budget"], args.lr)
             results["models"][name] = r
-            print(f"{name:15s} val {r['val_nats']:.3f} nats/byte ({r['val_bits']:.3f} bits)  "
-                  f"train {r['train_bytes_per_s']:,.0f} B/s  gen {r['gen_bytes_per_s']:,.0f} B/s  "
-                  f"RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"{name:15s} val {r['val_nats']:.3f} nats/byte ({r['val_bits']:.3f} bits)  "
+                f"train {r['train_bytes_per_s']:,.0f} B/s  gen {r['gen_bytes_per_s']:,.0f} B/s  "
+                f"RSS {r['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
         if not args.skip_memory:
             depths, lengths = ((2, 8), (256, 4096)) if args.quick else ((2, 4, 8), (256, 1024, 4096))
             for d in depths:

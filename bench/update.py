@@ -7,6 +7,7 @@ process, then the probes.
 Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
 CPU time and RSS from /proc while it idles.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-from engram_ff.bench.common import markdown_table, write_result
-from engram_ff.daemon.config import load_config
-from engram_ff.bench.common import DATA
+from engram_ff.bench.common import DATA, markdown_table, write_result
 from engram_ff.bench.make_stream import PLAYS, day_lines, play_speeches, tiny_speeches, write_day
+from engram_ff.daemon.config import load_config
 
 MIB = 1 << 20
 
@@ -57,15 +57,22 @@ def proc_sample(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
-    rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS"))
+    rss_kib = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS")
+    )
     return cpu, rss_kib / 1024
 
 
 def measure_idle(env: dict, seconds: float) -> tuple[float, float]:
     """(CPU percent, peak RSS MiB) of the running daemon over `seconds` after it is ready."""
-    proc = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engram_ff.daemon.cli", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(10)  # start-up scan and imports done
         cpu0, _ = proc_sample(proc.pid)
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
         if args.quick:
             env["ENGRAM_FF_UPDATE_BUDGET_MINUTES"] = "1"
-        subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True
+        )
         wall, peak, code = run_update(env)
         import sqlite3
 
@@ -105,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         db.row_factory = sqlite3.Row
         run = dict(db.execute("SELECT * FROM runs WHERE kind = 'update'").fetchone())
         probe = dict(db.execute("SELECT * FROM runs WHERE kind = 'probe'").fetchone() or {})
-        scores = {r["metric"]: r["value"] for r in db.execute(
-            "SELECT metric, avg(value) AS value FROM probe_scores WHERE kind != 'fact' GROUP BY metric")}
+        scores = {
+            r["metric"]: r["value"]
+            for r in db.execute(
+                "SELECT metric, avg(value) AS value FROM probe_scores WHERE kind != 'fact' GROUP BY metric"
+            )
+        }
         db.close()
         idle_cpu, idle_rss = measure_idle(env, idle)
         effective = load_config(environ=env)
@@ -114,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = "defaults" if not args.quick else "defaults, budget 1 min (--quick)"
     rows = [
-        ["new text", f"{run['new_bytes'] / MIB:.2f} MiB of train split ({text_bytes:,} bytes of speeches ingested)", "1 MiB"],
+        [
+            "new text",
+            f"{run['new_bytes'] / MIB:.2f} MiB of train split ({text_bytes:,} bytes of speeches ingested)",
+            "1 MiB",
+        ],
         ["update wall time, with probes", f"{wall / 60:.1f} min (exit {code})", "<= 15 min"],
         ["training steps", f"{run['steps']}", ""],
         ["trained bytes per second", f"{run['steps'] * step_bytes / run['wall_seconds']:,.0f}", ""],
@@ -125,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = markdown_table(["measure", "value", "target"], rows)
     print(table)
-    header = (f"# Nightly update benchmark\n\n`engram-ff bench update{' --quick' if args.quick else ''}` on "
-              f"{os.cpu_count()} cores, configuration: {config}; final per-layer losses "
-              f"{run['layer_losses']}; probe pass {probe.get('wall_seconds') or '-'} s.\n\n")
+    header = (
+        f"# Nightly update benchmark\n\n`engram-ff bench update{' --quick' if args.quick else ''}` on "
+        f"{os.cpu_count()} cores, configuration: {config}; final per-layer losses "
+        f"{run['layer_losses']}; probe pass {probe.get('wall_seconds') or '-'} s.\n\n"
+    )
     path = args.out or Path(__file__).resolve().parent / "results" / ("update-quick.md" if args.quick else "update.md")
     write_result(path.name, header + table, path.parent)
     print(f"wrote {path}")

@@ -3,6 +3,7 @@
 Each subcommand parses its flags here and calls one function elsewhere; modules are imported only
 when their command runs, so `engram-ff --help` stays instant and never loads torch.
 """
+
 from __future__ import annotations
 
 import argparse

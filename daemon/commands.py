@@ -3,18 +3,15 @@
 Every handler returns an exit code; an expected failure (bad configuration, a second daemon, a bad
 checkpoint) prints one clear line on stderr and returns 1 or 2, never a traceback.
 """
+
 from __future__ import annotations
 
-import logging
-import shutil
 import sqlite3
 import sys
-from pathlib import Path
 
 from engram_ff.daemon.config import Config, ConfigError, config_from_args
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
-
 
 DEMO_BUDGET_MINUTES = 2.0
 
@@ -32,8 +29,7 @@ def _config(args) -> Config:
 
 def _table(rows: list[dict], columns: list[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)
 
@@ -64,8 +60,22 @@ def update(args) -> int:
         return _fail(f"bad configuration: {exc}", 2)
     except AlreadyRunning as exc:
         return _fail(f"{exc} (the running daemon does the updates)")
-    print(_table([row], ["id", "status", "new_bytes", "replay_bytes", "steps", "wall_seconds",
-                         "peak_rss_mb", "checkpoint_id", "error"]))
+    print(
+        _table(
+            [row],
+            [
+                "id",
+                "status",
+                "new_bytes",
+                "replay_bytes",
+                "steps",
+                "wall_seconds",
+                "peak_rss_mb",
+                "checkpoint_id",
+                "error",
+            ],
+        )
+    )
     return EXIT_CODES.get(row["status"], 1)
 
 
@@ -116,8 +126,9 @@ def install_service(args) -> int:
     from engram_ff.daemon.install import install_unit
 
     try:
-        path = install_unit(user=args.user, output=args.output, watch=args.watch, data=args.data,
-                            config_file=args.config)
+        path = install_unit(
+            user=args.user, output=args.output, watch=args.watch, data=args.data, config_file=args.config
+        )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     scope = "--user " if args.user else ""
@@ -139,7 +150,9 @@ def generate(args) -> int:
         return _fail(f"--bytes must be >= 0, not {args.bytes}", 2)
     out = sys.stdout.buffer
     out.write(args.prompt.encode())
-    for byte in stream(model, args.prompt.encode(), args.bytes, args.temperature, torch.Generator().manual_seed(args.seed)):
+    for byte in stream(
+        model, args.prompt.encode(), args.bytes, args.temperature, torch.Generator().manual_seed(args.seed)
+    ):
         out.write(byte)
         out.flush()
     out.write(b"\n")
@@ -156,18 +169,26 @@ def ingest(args) -> int:
         with DataDirLock(config.lock_path):
             if not config.watch.is_dir():
                 return _fail(f"watch folder {config.watch} does not exist")
-            stats = catch_up(open_db(config.db_path), config.watch, probe_fraction=config.probe_fraction,
-                             max_line_bytes=config.max_line_bytes)
+            stats = catch_up(
+                open_db(config.db_path),
+                config.watch,
+                probe_fraction=config.probe_fraction,
+                max_line_bytes=config.max_line_bytes,
+            )
     except ConfigError as exc:
         return _fail(f"bad configuration: {exc}", 2)
     except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
-        return _fail(f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
-                     "stored before is kept: run it again once there is space")
+        return _fail(
+            f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
+            "stored before is kept: run it again once there is space"
+        )
     except AlreadyRunning as exc:
         return _fail(f"{exc} (the running daemon ingests as files change)")
-    print(f"{config.watch}: {stats.files} files, {stats.lines} lines read: {stats.messages} new messages, "
-          f"{stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
-          f"{stats.quarantined} quarantined, {stats.errors} files unreadable")
+    print(
+        f"{config.watch}: {stats.files} files, {stats.lines} lines read: {stats.messages} new messages, "
+        f"{stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
+        f"{stats.quarantined} quarantined, {stats.errors} files unreadable"
+    )
     return 1 if stats.errors else 0
 
 
@@ -183,8 +204,12 @@ def status(args) -> int:
         return _fail(f"no database at {config.db_path} yet: run `engram-ff ingest` or `engram-ff run`")
     db = open_db(config.db_path)
     print(f"database {config.db_path}, watching {config.watch}\n")
-    print(_table(queries.files(db), ["path", "size", "committed_offset", "pending", "generation", "messages",
-                                     "last_seen", "error"]))
+    print(
+        _table(
+            queries.files(db),
+            ["path", "size", "committed_offset", "pending", "generation", "messages", "last_seen", "error"],
+        )
+    )
     print()
     print(_table(queries.day_splits(db), ["day", "split", "messages", "bytes"]))
     events = queries.event_counts(db)
@@ -197,10 +222,18 @@ def status(args) -> int:
         print(_table(queries.quarantine(db, 5), ["path", "line_offset", "length", "reason"]))
     if db["runs"].exists():
         print("\nlast update:")
-        print(_table(queries.latest(db, "runs", "kind = 'update'"),
-                     ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"]))
+        print(
+            _table(
+                queries.latest(db, "runs", "kind = 'update'"),
+                ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"],
+            )
+        )
     if db["checkpoints"].exists():
         print("\ncurrent checkpoint:")
-        print(_table(queries.latest(db, "checkpoints", "kind = 'final' AND status = 'good'"),
-                     ["id", "run_id", "path", "steps", "created_at"]))
+        print(
+            _table(
+                queries.latest(db, "checkpoints", "kind = 'final' AND status = 'good'"),
+                ["id", "run_id", "path", "steps", "created_at"],
+            )
+        )
     return 0

@@ -3,6 +3,7 @@
 Bad configuration is refused at start with a message that names the key, so a typo in a unit file or
 a TOML file never silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,12 +38,18 @@ class Config:
     update_min_steps: int = 300  # a small day is seen many times: one night must be enough to learn it
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
-    replay_ratio: float = 2.0  # replayed bytes per new byte; with lower_lr 0.3, FF forgot 0.010 nats/byte over 8 nights, against 0.403 without either (bench/results/incremental.md)
+    # replayed bytes per new byte; with lower_lr 0.3, FF forgot 0.010 nats/byte over 8 nights, against
+    # 0.403 without either (bench/results/incremental.md)
+    replay_ratio: float = 2.0
     trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
-    lr_scale: float = 1.0  # multiplier of the trainer's tuned learning rate (FF 8e-3, BP 4e-3): below 1 a night learns less and overwrites less
-    freeze_layers: int = 0  # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
+    # multiplier of the trainer's tuned learning rate (FF 8e-3, BP 4e-3): below 1 a night learns less and
+    # overwrites less
+    lr_scale: float = 1.0
+    # FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)
+    freeze_layers: int = 0
     lower_lr: float = 0.3  # learning-rate multiplier of every layer below the top once trained for one update
-    replay_layers: str = "all"  # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
+    # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
+    replay_layers: str = "all"
     batch_size: int = 16
     seq_len: int = 256
     checkpoint_every_seconds: float = 60.0
@@ -118,7 +125,9 @@ def _coerce(name: str, raw: object, source: str) -> object:
         try:
             value = int(raw) if kind == "int" else float(raw)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from None
+            raise ConfigError(
+                f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}"
+            ) from None
         if kind == "int" and isinstance(raw, float) and raw != int(raw):
             raise ConfigError(f"{where}: expected an integer, got {raw!r}")
         return value
@@ -132,11 +141,25 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"schedule: expected local time HH:MM, got {config.schedule!r}")
     if not 0.0 < config.probe_fraction < 1.0:
         raise ConfigError(f"probe_fraction: must be between 0 and 1, got {config.probe_fraction}")
-    for name in ("update_budget_minutes", "update_epochs", "checkpoint_every_seconds", "debounce_seconds", "rescan_seconds",
-                 "misfire_grace_hours"):
+    for name in (
+        "update_budget_minutes",
+        "update_epochs",
+        "checkpoint_every_seconds",
+        "debounce_seconds",
+        "rescan_seconds",
+        "misfire_grace_hours",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(config, name)}")
-    for name in ("update_min_steps", "update_max_steps", "batch_size", "seq_len", "keep_checkpoints", "max_line_bytes", "probe_max_bytes"):
+    for name in (
+        "update_min_steps",
+        "update_max_steps",
+        "batch_size",
+        "seq_len",
+        "keep_checkpoints",
+        "max_line_bytes",
+        "probe_max_bytes",
+    ):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:
@@ -161,8 +184,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 
 
-def load_config(config_file: str | os.PathLike | None = None, environ: dict | None = None,
-                **flags: object) -> Config:
+def load_config(config_file: str | os.PathLike | None = None, environ: dict | None = None, **flags: object) -> Config:
     """Merge the sources in order of strength; flags left as None do not override."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
@@ -183,7 +205,7 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
             values[key] = _coerce(key, raw, str(path))
     for env_key, raw in environ.items():
         if env_key.startswith(ENV_PREFIX) and env_key != ENV_PREFIX + "CONFIG":
-            key = env_key[len(ENV_PREFIX):].lower()
+            key = env_key[len(ENV_PREFIX) :].lower()
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from environment {env_key}): unknown key")
             values[key] = _coerce(key, raw, f"environment {env_key}")
@@ -197,5 +219,6 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
 
 def config_from_args(args) -> Config:
     """The CLI's view: --config, --watch and --data flags over file and environment."""
-    return load_config(getattr(args, "config", None), watch_dir=getattr(args, "watch", None),
-                       data_dir=getattr(args, "data", None))
+    return load_config(
+        getattr(args, "config", None), watch_dir=getattr(args, "watch", None), data_dir=getattr(args, "data", None)
+    )

@@ -1,4 +1,5 @@
 """`engram-ff run --demo`: a few bundled days of Engram logs, among them facts about Victor."""
+
 from __future__ import annotations
 
 import logging

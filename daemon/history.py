@@ -1,4 +1,5 @@
 """`engram-ff history`: the probe history, one row per probe pass, and a plot of it."""
+
 from __future__ import annotations
 
 import sqlite_utils
@@ -13,18 +14,30 @@ SUMMARY_COLUMNS = {
 
 def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     """Newest last: per probe pass, the averages over days and how many facts rank first."""
-    passes = list(db.query(
-        "SELECT run_id, checkpoint_id, min(recorded_at) AS recorded_at FROM probe_scores "
-        "GROUP BY run_id ORDER BY run_id DESC LIMIT ?", [limit]))
+    passes = list(
+        db.query(
+            "SELECT run_id, checkpoint_id, min(recorded_at) AS recorded_at FROM probe_scores "
+            "GROUP BY run_id ORDER BY run_id DESC LIMIT ?",
+            [limit],
+        )
+    )
     rows = []
     for p in reversed(passes):
         row = {"run": p["run_id"], "checkpoint": p["checkpoint_id"], "recorded_at": p["recorded_at"]}
-        scores = {r["metric"]: r["value"] for r in db.query(
-            "SELECT metric, value FROM probe_scores WHERE run_id = ? AND kind = 'summary'", [p["run_id"]])}
+        scores = {
+            r["metric"]: r["value"]
+            for r in db.query(
+                "SELECT metric, value FROM probe_scores WHERE run_id = ? AND kind = 'summary'", [p["run_id"]]
+            )
+        }
         for metric, column in SUMMARY_COLUMNS.items():
             row[column] = f"{scores[metric]:.3f}" if metric in scores else "-"
-        ranks = [r["value"] for r in db.query(
-            "SELECT value FROM probe_scores WHERE run_id = ? AND metric = 'answer_rank'", [p["run_id"]])]
+        ranks = [
+            r["value"]
+            for r in db.query(
+                "SELECT value FROM probe_scores WHERE run_id = ? AND metric = 'answer_rank'", [p["run_id"]]
+            )
+        ]
         row["facts_first"] = f"{sum(r == 1 for r in ranks)}/{len(ranks)}" if ranks else "-"
         rows.append(row)
     return rows
@@ -38,11 +51,16 @@ def plot_history(db: sqlite_utils.Database, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, title in ((axes[0], "probe_bpb", "retention: held-out bits per byte of each day"),
-                              (axes[1], "forgetting_probe_bpb", "forgetting: now minus best earlier (bpb)")):
+    for ax, metric, title in (
+        (axes[0], "probe_bpb", "retention: held-out bits per byte of each day"),
+        (axes[1], "forgetting_probe_bpb", "forgetting: now minus best earlier (bpb)"),
+    ):
         series: dict[str, list[tuple[int, float]]] = {}
-        for r in db.query("SELECT checkpoint_id, day, value FROM probe_scores WHERE metric = ? "
-                          "AND checkpoint_id IS NOT NULL ORDER BY id", [metric]):
+        for r in db.query(
+            "SELECT checkpoint_id, day, value FROM probe_scores WHERE metric = ? "
+            "AND checkpoint_id IS NOT NULL ORDER BY id",
+            [metric],
+        ):
             series.setdefault(r["day"], []).append((r["checkpoint_id"], r["value"]))
         for day, points in sorted(series.items()):
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=day)

@@ -1,4 +1,5 @@
 """`engram-ff install-service`: the unit from systemd/, with this installation's paths written in."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ def executable() -> str:
     return which or f"{sys.executable} -m engram_ff.daemon.cli"
 
 
-def render_unit(*, user: bool, watch: str | None = None, data: str | None = None,
-                config_file: str | None = None) -> str:
+def render_unit(
+    *, user: bool, watch: str | None = None, data: str | None = None, config_file: str | None = None
+) -> str:
     template = (UNITS / ("engram-ff.user.service" if user else "engram-ff.service")).read_text()
     command = [executable(), "run"]
     if config_file:
@@ -39,8 +41,14 @@ def render_unit(*, user: bool, watch: str | None = None, data: str | None = None
     return re.sub(r"^ExecStart=.*$", "ExecStart=" + " ".join(command), template, count=1, flags=re.M)
 
 
-def install_unit(*, user: bool, output: str | None = None, watch: str | None = None,
-                 data: str | None = None, config_file: str | None = None) -> Path:
+def install_unit(
+    *,
+    user: bool,
+    output: str | None = None,
+    watch: str | None = None,
+    data: str | None = None,
+    config_file: str | None = None,
+) -> Path:
     if output:
         path = Path(output)
     elif user:

@@ -1,4 +1,5 @@
 """One daemon per data directory: an exclusive flock on a lock file that the kernel drops if we die."""
+
 from __future__ import annotations
 
 import fcntl
@@ -15,7 +16,7 @@ class DataDirLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self) -> "DataDirLock":
+    def acquire(self) -> DataDirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -25,7 +26,8 @@ class DataDirLock:
             os.close(fd)
             raise AlreadyRunning(
                 f"another engram-ff (pid {holder}) already uses {self.path.parent}; "
-                "stop it or pick another --data directory") from None
+                "stop it or pick another --data directory"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -36,7 +38,7 @@ class DataDirLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "DataDirLock":
+    def __enter__(self) -> DataDirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

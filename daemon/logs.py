@@ -1,4 +1,5 @@
 """One log format for the daemon and its update child; journald adds its own timestamps."""
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 A few lines over a unix datagram socket are all sd_notify is, so we speak it ourselves rather than
 depend on libsystemd. Outside systemd (no NOTIFY_SOCKET) every call is a cheap no-op.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ Scores are bits per byte, lower is better. For day d at checkpoint k:
   backward transfer (GEM, Lopez-Paz and Ranzato 2017): mean over days before the newest of
               (score when d was first probed - score now); positive means later learning helped d.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,16 +52,30 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
     rows: list[dict] = []
 
     def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None) -> None:
-        rows.append(dict(run_id=run_id, checkpoint_id=checkpoint_id, probe=probe_name, kind=kind,
-                         day=day, metric=metric, value=float(value)))
+        rows.append(
+            dict(
+                run_id=run_id,
+                checkpoint_id=checkpoint_id,
+                probe=probe_name,
+                kind=kind,
+                day=day,
+                metric=metric,
+                value=float(value),
+            )
+        )
 
     days = queries.days(db)
     for day in days:
         for split, metric in (("probe", "probe_bpb"), ("train", "trained_bpb")):
             text = queries.day_text(db, day, split, max_bytes=config.probe_max_bytes)
             if len(text) >= 2:
-                add("retention", "probe" if split == "probe" else "trained", metric,
-                    evaluate_nats(model, text) / LN2, day)
+                add(
+                    "retention",
+                    "probe" if split == "probe" else "trained",
+                    metric,
+                    evaluate_nats(model, text) / LN2,
+                    day,
+                )
 
     if checkpoint_id is not None:
         for metric in ("probe_bpb", "trained_bpb"):
@@ -71,17 +86,26 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
             for day in older:
                 add("forgetting", "forgetting", f"forgetting_{metric}", now[day] - best[day], day)
             if older:
-                add("forgetting", "summary", f"avg_forgetting_{metric}",
-                    sum(now[d] - best[d] for d in older) / len(older))
-                add("forgetting", "summary", f"bwt_{metric}",
-                    sum(first[d] - now[d] for d in older if d in first) / len(older))
+                add(
+                    "forgetting",
+                    "summary",
+                    f"avg_forgetting_{metric}",
+                    sum(now[d] - best[d] for d in older) / len(older),
+                )
+                add(
+                    "forgetting",
+                    "summary",
+                    f"bwt_{metric}",
+                    sum(first[d] - now[d] for d in older if d in first) / len(older),
+                )
             if now:
                 add("retention", "summary", f"avg_{metric}", sum(now.values()) / len(now))
 
     facts = load_facts(config.facts_file)
     for fact in facts:
-        bpb, rank = rank_among(model, fact["prompt"].encode(), fact["answer"].encode(),
-                               [d.encode() for d in fact.get("distractors", [])])
+        bpb, rank = rank_among(
+            model, fact["prompt"].encode(), fact["answer"].encode(), [d.encode() for d in fact.get("distractors", [])]
+        )
         add(fact["name"], "fact", "answer_bpb", bpb)
         add(fact["name"], "fact", "answer_rank", rank)
     runs.record_scores(db, rows)

@@ -4,6 +4,7 @@ MemoryDenyWriteExecute= (a prctl(PR_SET_MDWE) or seccomp rule) forbids the writa
 that oneDNN's JIT builds its kernels in: torch then fails with "could not create a primitive". When the
 process runs under that rule we turn oneDNN off, and torch's plain CPU kernels serve instead.
 """
+
 from __future__ import annotations
 
 import ctypes

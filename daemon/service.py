@@ -4,6 +4,7 @@ The main thread only waits, pings the watchdog and handles signals; the watcher 
 threads; each update runs in a child process (`python -m engram_ff.daemon.update`), so the idle daemon never
 holds torch's memory, and a crash inside training cannot take the watcher down with it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -73,8 +74,9 @@ class Service:
             if self.stop_requested.is_set():
                 return None
             log.info("update starting")
-            self.child = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.update", str(os.getpid())],
-                                          env=child_environment(self.config))
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "engram_ff.daemon.update", str(os.getpid())], env=child_environment(self.config)
+            )
             code = self.child.wait()
             self.child = None
             self._refresh_last_update()
@@ -112,14 +114,18 @@ class Service:
         if last is None:
             return True
         ended = datetime.fromisoformat(last["ended_at"])
-        return datetime.now(timezone.utc) - ended > PERIOD
+        return datetime.now(UTC) - ended > PERIOD
 
     # --- main loop -----------------------------------------------------------------------------
     def _make_scheduler(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         hour, minute = self.config.schedule_hour_minute
-        scheduler.add_job(self.run_update, CronTrigger(hour=hour, minute=minute), id="nightly",
-                          misfire_grace_time=int(self.config.misfire_grace_hours * 3600))
+        scheduler.add_job(
+            self.run_update,
+            CronTrigger(hour=hour, minute=minute),
+            id="nightly",
+            misfire_grace_time=int(self.config.misfire_grace_hours * 3600),
+        )
         return scheduler
 
     def _reload(self, scheduler: BackgroundScheduler) -> None:
@@ -171,12 +177,15 @@ class Service:
                 from engram_ff.daemon.demo import seed
 
                 seed(self.config.watch)
-            watcher = Watcher(self.config.db_path, self.config.watch,
-                              probe_fraction=self.config.probe_fraction,
-                              max_line_bytes=self.config.max_line_bytes,
-                              debounce_s=self.config.debounce_seconds,
-                              rescan_s=self.config.rescan_seconds,
-                              polling=self.config.polling)
+            watcher = Watcher(
+                self.config.db_path,
+                self.config.watch,
+                probe_fraction=self.config.probe_fraction,
+                max_line_bytes=self.config.max_line_bytes,
+                debounce_s=self.config.debounce_seconds,
+                rescan_s=self.config.rescan_seconds,
+                polling=self.config.polling,
+            )
             scheduler = self._make_scheduler()
             try:
                 watcher.start()  # observer first, then the start-up scan
@@ -213,8 +222,11 @@ class Service:
             if self.healthy(watcher, scheduler, db):
                 self.notifier.watchdog()
             else:
-                log.error("unhealthy: no watchdog ping (observer alive: %s, scheduler running: %s)",
-                          watcher.healthy(), scheduler.running)
+                log.error(
+                    "unhealthy: no watchdog ping (observer alive: %s, scheduler running: %s)",
+                    watcher.healthy(),
+                    scheduler.running,
+                )
             if time.monotonic() >= next_status:
                 self.notifier.status(self.status_line(watcher))
                 next_status = time.monotonic() + STATUS_EVERY_S
@@ -228,7 +240,9 @@ class Service:
         try:
             child.wait(CHILD_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            log.error("the update did not stop in %.0f s; killing it (it resumes from its last checkpoint)",
-                      CHILD_STOP_GRACE_S)
+            log.error(
+                "the update did not stop in %.0f s; killing it (it resumes from its last checkpoint)",
+                CHILD_STOP_GRACE_S,
+            )
             child.kill()
             child.wait()

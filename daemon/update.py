@@ -6,6 +6,7 @@ is; so the current model, the newest good final checkpoint, is always one that l
 checkpoint, written every `checkpoint_every_seconds`, lets an update killed half-way resume where it
 stopped, with its optimiser state, rather than start again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,10 @@ def load(payload: dict, checkpoint_id: int, trainer: str = "ff") -> Loaded:
     optimiser per layer, BP one for the whole model, and neither can continue the other's."""
     held = payload.get("trainer_kind", "ff")  # checkpoints from before the BP option are FF's
     if held != trainer:
-        raise TrainerMismatch(f"trainer: the current checkpoint holds {held!r} trainer state but the configuration "
-                              f"asks for {trainer!r}; set trainer = {held!r}, or use a new data_dir to start afresh")
+        raise TrainerMismatch(
+            f"trainer: the current checkpoint holds {held!r} trainer state but the configuration "
+            f"asks for {trainer!r}; set trainer = {held!r}, or use a new data_dir to start afresh"
+        )
     model = FFLM(LMConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["model"])
     state = TRAINERS[trainer](model)
@@ -77,19 +80,22 @@ def load_current(db, config: Config, kind: str = "final") -> Loaded | None:
     return None
 
 
-def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_id: int | None,
-         meta: dict) -> int:
+def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_id: int | None, meta: dict) -> int:
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = config.checkpoint_dir / f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}.pt"
-    digest = ckpt.save_checkpoint(path, {
-        "model": loaded.model.state_dict(),
-        "config": loaded.model.config.to_dict(),
-        "trainer": loaded.trainer.state_dict(),
-        "trainer_kind": "bp" if isinstance(loaded.trainer, BPTrainer) else "ff",
-        "meta": meta,
-    })
-    return runs.add_checkpoint(db, run_id=run_id, path=str(path), sha256=digest, kind=kind,
-                               parent_id=parent_id, steps=loaded.trainer.steps)
+    digest = ckpt.save_checkpoint(
+        path,
+        {
+            "model": loaded.model.state_dict(),
+            "config": loaded.model.config.to_dict(),
+            "trainer": loaded.trainer.state_dict(),
+            "trainer_kind": "bp" if isinstance(loaded.trainer, BPTrainer) else "ff",
+            "meta": meta,
+        },
+    )
+    return runs.add_checkpoint(
+        db, run_id=run_id, path=str(path), sha256=digest, kind=kind, parent_id=parent_id, steps=loaded.trainer.steps
+    )
 
 
 def prune(db, keep: int, folder: Path) -> None:
@@ -160,8 +166,14 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
         return _update(db, config, run_id, resume, started, should_stop)
     except Exception as exc:
         log.exception("update %d failed; the previous checkpoint stays current", run_id)
-        runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}",
-                        wall_seconds=time.monotonic() - started, peak_rss_mb=peak_rss_mb())
+        runs.finish_run(
+            db,
+            run_id,
+            "failed",
+            error=f"{type(exc).__name__}: {exc}",
+            wall_seconds=time.monotonic() - started,
+            peak_rss_mb=peak_rss_mb(),
+        )
         return _row(db, run_id)
     finally:
         db.close()
@@ -191,8 +203,9 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
         first_id, last_id = meta["first_message_id"], meta["last_message_id"]
         spent = meta.get("seconds", 0.0)
         parent_id = meta.get("parent_id")
-        log.info("resuming interrupted update %d from its checkpoint at step %d", resume["run_id"],
-                 current.trainer.steps)
+        log.info(
+            "resuming interrupted update %d from its checkpoint at step %d", resume["run_id"], current.trainer.steps
+        )
     else:
         current = load_current(db, config) or fresh(config)
         first_id = runs.trained_through(db)
@@ -201,9 +214,17 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
         parent_id = current.checkpoint_id
     new_text = queries.text_between(db, first_id, last_id, split="train")
     if not new_text:
-        runs.finish_run(db, run_id, "skipped", error="no new training text since the last update",
-                        first_message_id=first_id, last_message_id=last_id, new_bytes=0,
-                        wall_seconds=time.monotonic() - started, peak_rss_mb=peak_rss_mb())
+        runs.finish_run(
+            db,
+            run_id,
+            "skipped",
+            error="no new training text since the last update",
+            first_message_id=first_id,
+            last_message_id=last_id,
+            new_bytes=0,
+            wall_seconds=time.monotonic() - started,
+            peak_rss_mb=peak_rss_mb(),
+        )
         return _row(db, run_id)
     replay = replay_sample(db, int(len(new_text) * config.replay_ratio), first_id, seed=run_id)
     text = new_text + replay
@@ -213,11 +234,23 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
     resuming = resume_id is not None and current.meta.get("run_id") == resume_id
     steps_done = current.meta.get("update_steps", 0) if resuming else 0
     steps_left = max(0, step_budget - steps_done)
-    log.info("update %d: %d new bytes, %d replayed, up to %d steps in %.0f s", run_id, len(new_text),
-             len(replay), steps_left, budget_s)
+    log.info(
+        "update %d: %d new bytes, %d replayed, up to %d steps in %.0f s",
+        run_id,
+        len(new_text),
+        len(replay),
+        steps_left,
+        budget_s,
+    )
 
-    meta = {"run_id": run_id, "parent_id": parent_id, "first_message_id": first_id,
-            "last_message_id": last_id, "seconds": spent, "update_steps": steps_done}
+    meta = {
+        "run_id": run_id,
+        "parent_id": parent_id,
+        "first_message_id": first_id,
+        "last_message_id": last_id,
+        "seconds": spent,
+        "update_steps": steps_done,
+    }
     last_save = time.monotonic()
 
     def on_step(step: int, losses, result) -> None:
@@ -232,20 +265,42 @@ def _update(db, config: Config, run_id: int, resume: dict | None, started: float
     generator = torch.Generator().manual_seed(run_id)
     batches, replay_rows = update_batches(new_text, replay, config, generator)
     plan_layers(current.trainer, config, matured=parent_id is not None, replay_rows=replay_rows)
-    result = train(current.trainer, batches, budget_s=budget_s, max_steps=steps_left,
-                   on_step=on_step, should_stop=should_stop)
+    result = train(
+        current.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
+    )
     meta["seconds"] = spent + time.monotonic() - started
-    fields = dict(first_message_id=first_id, last_message_id=last_id, new_bytes=len(new_text),
-                  replay_bytes=len(replay), steps=steps_done + result.steps, layer_losses=result.losses,
-                  parent_checkpoint_id=parent_id)
+    fields = dict(
+        first_message_id=first_id,
+        last_message_id=last_id,
+        new_bytes=len(new_text),
+        replay_bytes=len(replay),
+        steps=steps_done + result.steps,
+        layer_losses=result.losses,
+        parent_checkpoint_id=parent_id,
+    )
     if should_stop():
         checkpoint_id = save(db, config, current, run_id=run_id, kind="partial", parent_id=parent_id, meta=meta)
-        runs.finish_run(db, run_id, "interrupted", checkpoint_id=checkpoint_id, error="stopped by a signal",
-                        wall_seconds=time.monotonic() - started, peak_rss_mb=peak_rss_mb(), **fields)
+        runs.finish_run(
+            db,
+            run_id,
+            "interrupted",
+            checkpoint_id=checkpoint_id,
+            error="stopped by a signal",
+            wall_seconds=time.monotonic() - started,
+            peak_rss_mb=peak_rss_mb(),
+            **fields,
+        )
         return _row(db, run_id)
     checkpoint_id = save(db, config, current, run_id=run_id, kind="final", parent_id=parent_id, meta=meta)
-    runs.finish_run(db, run_id, "ok", checkpoint_id=checkpoint_id,
-                    wall_seconds=time.monotonic() - started, peak_rss_mb=peak_rss_mb(), **fields)
+    runs.finish_run(
+        db,
+        run_id,
+        "ok",
+        checkpoint_id=checkpoint_id,
+        wall_seconds=time.monotonic() - started,
+        peak_rss_mb=peak_rss_mb(),
+        **fields,
+    )
     prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return _row(db, run_id)
 

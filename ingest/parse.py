@@ -10,11 +10,13 @@ checked for type):
 - generic chat lines {"role", "content"}
 A message's day is its timestamp's UTC date, else a YYYY-MM-DD in the file name, else today (UTC).
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +56,7 @@ class BadLine(ValueError):
 
 class LineContext(NamedTuple):
     """What a line falls back to when it does not say: the file's day and session."""
+
     day: str
     session: str
 
@@ -63,11 +66,9 @@ def context_for(path: str | Path) -> LineContext:
     match = _DAY.search(os.fsencode(path.name))
     day = None
     if match:
-        try:
+        with contextlib.suppress(ValueError):  # 2026-13-45.jsonl: not a date after all
             day = date(*map(int, match.groups())).isoformat()
-        except ValueError:
-            pass  # 2026-13-45.jsonl: not a date after all
-    return LineContext(day or datetime.now(timezone.utc).date().isoformat(), path.stem)
+    return LineContext(day or datetime.now(UTC).date().isoformat(), path.stem)
 
 
 def parse_line(raw: bytes, ctx: LineContext) -> Message | Event | Skip:
@@ -140,8 +141,13 @@ def _chat(obj: dict, ctx: LineContext) -> Message | Skip:
 
 def _event(obj: dict, ctx: LineContext) -> Event:
     day, ts = _when(obj.get("timestamp"), ctx)
-    return Event(day, ts, _str(obj.get("type")) or "unknown", _str(obj.get("action")) or "",
-                 _str(obj.get("sessionKey")) or _str(obj.get("sessionId")))
+    return Event(
+        day,
+        ts,
+        _str(obj.get("type")) or "unknown",
+        _str(obj.get("action")) or "",
+        _str(obj.get("sessionKey")) or _str(obj.get("sessionId")),
+    )
 
 
 def _text(content: object, key: str) -> str:
@@ -151,9 +157,11 @@ def _text(content: object, key: str) -> str:
     if content is None:
         return ""
     if isinstance(content, list):
-        return "\n".join(part["text"] for part in content
-                         if isinstance(part, dict) and part.get("type") == "text"
-                         and isinstance(part.get("text"), str))
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
     raise BadLine(f"{key}: expected a string or a list of parts, got {type(content).__name__}")
 
 
@@ -166,10 +174,10 @@ def _when(value: object, ctx: LineContext) -> tuple[str, str | None]:
                 date.fromisoformat(value[:10])
                 return value[:10], value
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return moment.astimezone(timezone.utc).date().isoformat(), value
+            return moment.astimezone(UTC).date().isoformat(), value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             seconds = value / 1000 if value > 1e11 else value  # JavaScript's Date.now() is in ms
-            moment = datetime.fromtimestamp(seconds, timezone.utc)
+            moment = datetime.fromtimestamp(seconds, UTC)
             return moment.date().isoformat(), moment.isoformat().replace("+00:00", "Z")
     except (ValueError, OverflowError, OSError):
         pass  # an impossible date: fall back like a missing one

@@ -8,6 +8,7 @@ is read again from the start; the unique hash of each raw line makes that re-rea
 already stored. A line over the size limit is quarantined from its first max_line_bytes and the rest
 is skipped up to its newline without holding it in memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,10 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
 
@@ -50,7 +52,7 @@ class Limits:
     max_line_bytes: int = 1 << 20
 
     @classmethod
-    def of(cls, config: object | None) -> "Limits":
+    def of(cls, config: object | None) -> Limits:
         """From anything with probe_fraction and max_line_bytes attributes (daemon.config.Config)."""
         if config is None:
             return cls()
@@ -75,6 +77,7 @@ class FileResult:
 @dataclass
 class IngestStats:
     """Totals over many FileResults: what `engram-ff ingest` prints and the watcher reports."""
+
     files: int = 0
     lines: int = 0
     messages: int = 0
@@ -108,8 +111,14 @@ def split_of(text: str, probe_fraction: float) -> str:
     return "probe" if h < probe_fraction * 2**64 else "train"
 
 
-def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: object | None = None, *,
-                should_stop: Callable[[], bool] = lambda: False, parser: ParsingProcess | None = None) -> FileResult:
+def ingest_file(
+    db: sqlite_utils.Database,
+    path: str | os.PathLike,
+    config: object | None = None,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    parser: ParsingProcess | None = None,
+) -> FileResult:
     """Store the new complete lines of one file. Errors reading the file are logged and returned,
     never raised; database errors (disk full, lock timeout) are raised with nothing half-stored.
     should_stop is asked after every committed batch, so a shutdown never waits for a whole backlog.
@@ -135,8 +144,14 @@ def ingest_file(db: sqlite_utils.Database, path: str | os.PathLike, config: obje
     return result
 
 
-def catch_up(db: sqlite_utils.Database, watch_dir: str | os.PathLike, *, probe_fraction: float = 0.10,
-             max_line_bytes: int = 1 << 20, should_stop: Callable[[], bool] = lambda: False) -> IngestStats:
+def catch_up(
+    db: sqlite_utils.Database,
+    watch_dir: str | os.PathLike,
+    *,
+    probe_fraction: float = 0.10,
+    max_line_bytes: int = 1 << 20,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> IngestStats:
     """One pass over every *.jsonl below watch_dir, in path order (daily files oldest first)."""
     limits = Limits(probe_fraction, max_line_bytes)
     stats = IngestStats()
@@ -187,14 +202,17 @@ def _failed(db: sqlite_utils.Database, result: FileResult, error: str) -> FileRe
     result.error = error
     log.warning("%s: cannot read: %s", result.path, error)
     with db.conn:
-        db.conn.execute("INSERT INTO files (path, error) VALUES (?, ?) "
-                        "ON CONFLICT (path) DO UPDATE SET error = excluded.error", (path_key(result.path), error))
+        db.conn.execute(
+            "INSERT INTO files (path, error) VALUES (?, ?) ON CONFLICT (path) DO UPDATE SET error = excluded.error",
+            (path_key(result.path), error),
+        )
     return result
 
 
 @dataclass
 class Batch:
     """Consecutive complete lines of one file, ready to store with the offset just past them."""
+
     messages: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
     quarantine: list[tuple] = field(default_factory=list)  # (file_id, offset, length, reason, excerpt, hash)
@@ -204,8 +222,9 @@ class Batch:
     skipping: bool = False  # end is inside an over-size line: skip to its newline next time
 
 
-def read_batches(fd: int, start: int, skipping: bool, file_id: int, ctx: LineContext,
-                 limits: Limits, batch_lines: int | None = None) -> Iterator[Batch]:
+def read_batches(
+    fd: int, start: int, skipping: bool, file_id: int, ctx: LineContext, limits: Limits, batch_lines: int | None = None
+) -> Iterator[Batch]:
     """Parse an open file from start to its last newline, a batch every batch_lines (default
     BATCH_LINES) lines and one at the end. Touches no database, so it can run in another process.
     Memory: one chunk plus at most max_line_bytes of a line still being read."""
@@ -221,7 +240,7 @@ def read_batches(fd: int, start: int, skipping: bool, file_id: int, ctx: LineCon
             pos += len(chunk) if newline < 0 else newline + 1
             if newline < 0:
                 continue
-            chunk, skipping = chunk[newline + 1:], False
+            chunk, skipping = chunk[newline + 1 :], False
         lines = (carry + chunk).split(b"\n")
         carry = lines.pop()
         for line in lines:
@@ -246,8 +265,9 @@ def read_batches(fd: int, start: int, skipping: bool, file_id: int, ctx: LineCon
 def _add_line(batch: Batch, line: bytes, offset: int, file_id: int, ctx: LineContext, limits: Limits) -> None:
     batch.lines += 1
     if len(line) > limits.max_line_bytes:
-        _add_quarantine(batch, file_id, offset, line[:limits.max_line_bytes], len(line),
-                        f"line over {limits.max_line_bytes} bytes")
+        _add_quarantine(
+            batch, file_id, offset, line[: limits.max_line_bytes], len(line), f"line over {limits.max_line_bytes} bytes"
+        )
         return
     if line.endswith(b"\r"):
         line = line[:-1]
@@ -257,11 +277,23 @@ def _add_line(batch: Batch, line: bytes, offset: int, file_id: int, ctx: LineCon
         _add_quarantine(batch, file_id, offset, line, len(line), str(exc))
         return
     if type(item) is Message:
-        batch.messages.append((file_id, offset, item.day, item.ts, item.session, item.role, item.sender, item.text,
-                               line_hash(line), split_of(item.text, limits.probe_fraction), item.shape))
+        batch.messages.append(
+            (
+                file_id,
+                offset,
+                item.day,
+                item.ts,
+                item.session,
+                item.role,
+                item.sender,
+                item.text,
+                line_hash(line),
+                split_of(item.text, limits.probe_fraction),
+                item.shape,
+            )
+        )
     elif type(item) is Event:
-        batch.events.append((file_id, offset, item.day, item.ts, item.type, item.action, item.session,
-                             line_hash(line)))
+        batch.events.append((file_id, offset, item.day, item.ts, item.type, item.action, item.session, line_hash(line)))
     else:
         batch.skipped.append((offset, item.reason))
 
@@ -277,8 +309,17 @@ class _FileReader:
     Batches are inserted as they arrive and committed together with the file's offset every
     BATCH_LINES lines (or COMMIT_SECONDS), so the parsing process's small batches cost no extra fsyncs."""
 
-    def __init__(self, db, path: str, fd: int, st: os.stat_result, limits: Limits, result: FileResult,
-                 should_stop: Callable[[], bool], parser: "ParsingProcess | None"):
+    def __init__(
+        self,
+        db,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        limits: Limits,
+        result: FileResult,
+        should_stop: Callable[[], bool],
+        parser: ParsingProcess | None,
+    ):
         self.conn, self.should_stop, self.parser = db.conn, should_stop, parser
         self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
         self.key = path_key(path)
@@ -293,17 +334,25 @@ class _FileReader:
         # The first bytes as this read starts: the fingerprint stored with each batch is of these, not of
         # whatever the file holds by then, or a file truncated and rewritten mid-read would pass for read.
         self.head = os.pread(self.fd, HEAD_BYTES, 0)
-        same = (row["inode"] == self.st.st_ino and row["device"] == self.st.st_dev
-                and self.st.st_size >= row["committed_offset"] and self._head_matches(row)
-                and self._at_line_end(row))
+        same = (
+            row["inode"] == self.st.st_ino
+            and row["device"] == self.st.st_dev
+            and self.st.st_size >= row["committed_offset"]
+            and self._head_matches(row)
+            and self._at_line_end(row)
+        )
         if row["inode"] is None or same:
             start, skipping, self.generation = row["committed_offset"], bool(row["skipping"]), row["generation"]
         else:
             start, skipping, self.generation = 0, False, row["generation"] + 1
             self.head_len = 0
             self.result.reread = True
-            log.info("%s: truncated, replaced or rotated (offset %d, size %d): reading again from the start",
-                     self.path, row["committed_offset"], self.st.st_size)
+            log.info(
+                "%s: truncated, replaced or rotated (offset %d, size %d): reading again from the start",
+                self.path,
+                row["committed_offset"],
+                self.st.st_size,
+            )
         self.result.offset = start
         self.record = not same or row["error"] is not None
         if self.st.st_size == start and not self.record:
@@ -324,8 +373,9 @@ class _FileReader:
             self._store(read_batches(self.fd, self.result.offset, self.skipping, self.file_id, ctx, self.limits))
         self.result.pending = max(0, os.fstat(self.fd).st_size - self.result.offset)
         if self.warnings > WARNINGS_PER_FILE:
-            log.warning("%s: %d more lines quarantined (see the quarantine table)",
-                        self.path, self.warnings - WARNINGS_PER_FILE)
+            log.warning(
+                "%s: %d more lines quarantined (see the quarantine table)", self.path, self.warnings - WARNINGS_PER_FILE
+            )
 
     def _store(self, batches: Iterator[Batch]) -> None:
         """Insert every batch; commit every BATCH_LINES lines, when a parsing process fails (what it sent
@@ -338,8 +388,11 @@ class _FileReader:
                     if pending.lines >= BATCH_LINES or time.monotonic() - pending.began > COMMIT_SECONDS:
                         self._commit()
                         if self.should_stop():
-                            log.info("%s: stopping at offset %d; the rest is read at the next start", self.path,
-                                     self.result.offset)
+                            log.info(
+                                "%s: stopping at offset %d; the rest is read at the next start",
+                                self.path,
+                                self.result.offset,
+                            )
                             return
             except WorkerFailed:
                 self._commit()
@@ -357,8 +410,9 @@ class _FileReader:
             if moved is not None and not _is_same_file(moved["path"], self.st) and self._head_matches(moved):
                 with self.conn:
                     self.conn.execute("UPDATE files SET path = ? WHERE id = ?", (self.key, moved["id"]))
-                log.info("%s: renamed from %s: continuing at offset %d", self.path, moved["path"],
-                         moved["committed_offset"])
+                log.info(
+                    "%s: renamed from %s: continuing at offset %d", self.path, moved["path"], moved["committed_offset"]
+                )
                 return self._select("id = ?", moved["id"])
             with self.conn:
                 self.conn.execute("INSERT INTO files (path) VALUES (?)", (self.key,))
@@ -394,13 +448,19 @@ class _FileReader:
             pending.open, pending.began = True, time.monotonic()
         pending.messages += self._insert_new(
             "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash,"
-            " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.messages)
+            " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            batch.messages,
+        )
         pending.events += self._insert_new(
             "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.events)
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            batch.events,
+        )
         pending.quarantined += self._insert_new(
             "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?)", batch.quarantine)
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            batch.quarantine,
+        )
         pending.lines += batch.lines
         pending.quarantine.extend((offset, reason) for _, offset, _, reason, _, _ in batch.quarantine)
         pending.end, pending.skipping = batch.end, batch.skipping
@@ -421,7 +481,7 @@ class _FileReader:
         end, skipping = (pending.end, pending.skipping) if pending.open else (result.offset, self.skipping)
         if self.head_len < HEAD_BYTES and end > self.head_len:
             self.head_len = min(HEAD_BYTES, end, len(self.head))
-        head_hash = _head_hash(self.head[:self.head_len]) if self.head_len else None
+        head_hash = _head_hash(self.head[: self.head_len]) if self.head_len else None
         try:
             if not pending.open:
                 conn.execute("BEGIN IMMEDIATE")
@@ -429,8 +489,18 @@ class _FileReader:
                 "UPDATE files SET committed_offset = ?, skipping = ?, size = ?, device = ?, inode = ?,"
                 " generation = ?, head_len = ?, head_hash = ?, error = NULL,"
                 " last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-                (end, int(skipping), os.fstat(self.fd).st_size, self.st.st_dev, self.st.st_ino,
-                 self.generation, self.head_len, head_hash, self.file_id))
+                (
+                    end,
+                    int(skipping),
+                    os.fstat(self.fd).st_size,
+                    self.st.st_dev,
+                    self.st.st_ino,
+                    self.generation,
+                    self.head_len,
+                    head_hash,
+                    self.file_id,
+                ),
+            )
             conn.commit()
         except BaseException:
             self._rollback()
@@ -456,6 +526,7 @@ class _FileReader:
 @dataclass
 class _Pending:
     """What the open transaction holds, made known to the FileResult only once it commits."""
+
     open: bool = False
     began: float = 0.0
     lines: int = 0
@@ -484,7 +555,7 @@ class ParsingProcess:
     def __init__(self):
         self._proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ParsingProcess":
+    def __enter__(self) -> ParsingProcess:
         return self
 
     def __exit__(self, *exc) -> None:

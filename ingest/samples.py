@@ -9,9 +9,10 @@ by name, each keeping something of the positive so the model must learn more tha
 - model:         the positive's first part, continued by a generator (the model's own samples).
 The generator is a plain callable, so this module never imports the model.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 

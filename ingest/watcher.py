@@ -7,18 +7,25 @@ appended to continuously is still read every interval). The first scan runs afte
 has started, so a file created between the two is seen by one or the other, and reading it twice
 is harmless: the second read starts at the committed offset.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from watchdog.events import (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED,
-                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -44,9 +51,18 @@ class WatcherStats(IngestStats):
 
 
 class Watcher:
-    def __init__(self, db_path: str | os.PathLike, watch_dir: str | os.PathLike, *, probe_fraction: float = 0.10,
-                 max_line_bytes: int = 1 << 20, debounce_s: float = 0.2, rescan_s: float = 60.0,
-                 polling: bool = False, on_ingest: Callable[[FileResult], None] | None = None):
+    def __init__(
+        self,
+        db_path: str | os.PathLike,
+        watch_dir: str | os.PathLike,
+        *,
+        probe_fraction: float = 0.10,
+        max_line_bytes: int = 1 << 20,
+        debounce_s: float = 0.2,
+        rescan_s: float = 60.0,
+        polling: bool = False,
+        on_ingest: Callable[[FileResult], None] | None = None,
+    ):
         self.db_path, self.watch_dir = Path(db_path), Path(watch_dir)
         self.limits = Limits(probe_fraction, max_line_bytes)
         self.debounce_s, self.rescan_s, self.polling = debounce_s, rescan_s, polling
@@ -85,14 +101,21 @@ class Watcher:
 
     def healthy(self) -> bool:
         """Both threads alive and the database taking writes."""
-        return (self._writer is not None and self._writer.is_alive() and self._observer is not None
-                and self._observer.is_alive() and self.stats.failures < UNHEALTHY_AFTER_FAILURES)
+        return (
+            self._writer is not None
+            and self._writer.is_alive()
+            and self._observer is not None
+            and self._observer.is_alive()
+            and self.stats.failures < UNHEALTHY_AFTER_FAILURES
+        )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=."""
         s = self.stats
-        line = (f"ingested {s.messages} messages, {s.events} events, {s.quarantined} quarantined lines; "
-                f"{s.queued} files queued")
+        line = (
+            f"ingested {s.messages} messages, {s.events} events, {s.quarantined} quarantined lines; "
+            f"{s.queued} files queued"
+        )
         return line + (f"; last error: {s.last_error}" if s.failures else "")
 
     def request(self, path: str | os.PathLike | None = None) -> None:

@@ -7,6 +7,7 @@ stdin closes. It never touches the database: the process that started it stores 
 offset, so killing either one loses nothing. A plain subprocess rather than multiprocessing, whose
 spawn re-imports the caller's __main__.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ sha256 of the bytes goes beside it in `PATH.sha256` (written the same way, after
 `load_checkpoint` checks that digest before unpickling anything, then loads with weights_only=True,
 so a truncated, bit-flipped or foreign file raises CheckpointError naming it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     actual = hashlib.sha256(data).hexdigest()
     if actual != recorded:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt: sha256 {actual[:12]}... but {digest_path(path).name} records {recorded[:12]}..."
+            f"checkpoint {path} is truncated or corrupt: sha256 {actual[:12]}... "
+            f"but {digest_path(path).name} records {recorded[:12]}..."
         )
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

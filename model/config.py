@@ -1,5 +1,6 @@
 """The language model's shape and its named presets, kept free of torch so that the daemon can
 check `model_preset` at start without loading it."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -20,7 +21,7 @@ class LMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LMConfig":
+    def from_dict(cls, d: dict) -> LMConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -1,7 +1,8 @@
 """Streaming generation in recurrent mode: constant memory per byte, however long the output."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn

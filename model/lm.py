@@ -15,9 +15,10 @@ Layer l's logits are the sum of its own scores and the (detached) scores of the 
 p(c | prefix) is proportional to exp(sum of all layers' goodness): a proper distribution whose
 cross-entropy is a true bits-per-byte. The same module trained end to end is the backprop baseline.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -44,7 +45,9 @@ class Layer(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D] -> (what the layer above reads [B, T, D], what this layer's head reads [B, T, D],
         last SSM state [B, N])."""
         y, h = self.ssm(self.ln1(x), h0)
@@ -89,7 +92,11 @@ class FFLM(nn.Module):
         return groups
 
     def features(
-        self, x: torch.Tensor, detach: bool = True, state: list[torch.Tensor] | None = None, new_state: list | None = None
+        self,
+        x: torch.Tensor,
+        detach: bool = True,
+        state: list[torch.Tensor] | None = None,
+        new_state: list | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield each layer's output z_l [B, T, D] for bytes x [B, T], lazily.
 
@@ -123,7 +130,7 @@ class FFLM(nn.Module):
         """Recurrent mode, one byte per stream: byte [B] -> (logits [B, 256], state). Inference only."""
         return self.recurrent()(state, byte)
 
-    def recurrent(self) -> "Recurrent":
+    def recurrent(self) -> Recurrent:
         """The fast one-byte step for the current weights (a snapshot, rebuilt when any weight changes)."""
         version = [(p.data_ptr(), p._version) for p in self.parameters()]
         if getattr(self, "_recurrent_version", None) != version:
@@ -162,7 +169,20 @@ class Recurrent:
             w_head = (w_q.T @ (2 * head.table.T)).contiguous()  # [D, 256]
             self.bias = self.bias + 2 * head.table @ b_q + head.table.square().sum(-1)
             out, fc2 = layer.ssm.out_proj, layer.fc2
-            self.layers.append((w_in, b_in, a, out.weight.T.contiguous(), out.bias, w1, b1, fc2.weight.T.contiguous(), fc2.bias, w_head))
+            self.layers.append(
+                (
+                    w_in,
+                    b_in,
+                    a,
+                    out.weight.T.contiguous(),
+                    out.bias,
+                    w1,
+                    b1,
+                    fc2.weight.T.contiguous(),
+                    fc2.bias,
+                    w_head,
+                )
+            )
 
     def __call__(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         D, N = (self.d_model,), self.d_state
@@ -174,10 +194,7 @@ class Recurrent:
             s = torch.addcmul(ug[:, :N], a, s)  # h_t = a h_{t-1} + gain u_t
             h = torch.addmm(h, F.silu(ug[:, N:]).mul_(s), w_out).add_(b_out)
             z = torch.addmm(h, F.gelu(torch.addmm(b1, F.layer_norm(h, D), w1), approximate="tanh"), w2).add_(b2)
-            if self.linear_heads:
-                logits = torch.addmm(logits, F.layer_norm(z, D), w_head)
-            else:
-                logits = logits + head(z)
+            logits = torch.addmm(logits, F.layer_norm(z, D), w_head) if self.linear_heads else logits + head(z)
             if not self.mlp_in_head:
                 h = z
             new_state.append(s)

@@ -1,4 +1,5 @@
 """Likelihood of a continuation: how the fact probes ask a model "Who is Victor?"."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ def continuation_nats(model, prompt: bytes, continuation: bytes) -> float:
     x = torch.tensor(list(text), dtype=torch.long)[None]  # (1, T)
     log_probs = F.log_softmax(model.logits(x[:, :-1]).float(), dim=-1)  # (1, T-1, 256)
     picked = log_probs.gather(-1, x[:, 1:, None])[0, :, 0]  # (T-1,)
-    return -picked[len(text) - len(continuation) - 1:].mean().item()
+    return -picked[len(text) - len(continuation) - 1 :].mean().item()
 
 
 def rank_among(model, prompt: bytes, answer: bytes, distractors: list[bytes]) -> tuple[float, int]:

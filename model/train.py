@@ -14,12 +14,13 @@ Local losses (`loss=`):
 Negatives (`negatives=`): "uniform"; "unigram" (byte frequencies seen so far in training); "model"
 (hard negatives drawn from the layers below's own distribution; uniform at layer 0).
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -140,7 +141,9 @@ class FFTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["optimizers"]) != len(self.optimizers):
-            raise ValueError(f"trainer state has {len(state['optimizers'])} layer optimisers, model has {len(self.optimizers)}")
+            raise ValueError(
+                f"trainer state has {len(state['optimizers'])} layer optimisers, model has {len(self.optimizers)}"
+            )
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         self.steps = state["steps"]
@@ -169,8 +172,12 @@ class BPTrainer:
         loss.backward()
         if self.clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        slowed = [(p, p.detach().clone(), rate) for params, rate in zip(self.layers, self.layer_lr) if rate != 1
-                  for p in params]
+        slowed = [
+            (p, p.detach().clone(), rate)
+            for params, rate in zip(self.layers, self.layer_lr)
+            if rate != 1
+            for p in params
+        ]
         self.optimizer.step()
         with torch.no_grad():  # a slowed layer keeps `rate` of its step: Adam's step is linear in its rate
             for p, before, rate in slowed:
@@ -257,7 +264,9 @@ def byte_batches(
 
 
 @torch.inference_mode()
-def evaluate_nats(model: nn.Module, data: bytes | np.ndarray, seq_len: int = 1024, max_bytes: int | None = None) -> float:
+def evaluate_nats(
+    model: nn.Module, data: bytes | np.ndarray, seq_len: int = 1024, max_bytes: int | None = None
+) -> float:
     """Mean nats per byte of predicting bytes 1..n-1 of `data`, each from everything before it.
 
     The model reads the text as one stream, seq_len bytes at a time, carrying its recurrent state

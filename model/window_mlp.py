@@ -5,10 +5,11 @@ Same candidate heads and the same layer-local training as the SSM model (it expo
 difference is that its context is the last `window` bytes instead of a recurrent state, which is
 what the SSM has to beat to earn its place.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,7 @@ class WindowConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WindowConfig":
+    def from_dict(cls, d: dict) -> WindowConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown WindowConfig keys: {sorted(unknown)}")

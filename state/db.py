@@ -12,6 +12,7 @@ offset together, so the database is always at a line boundary of every file it h
   synchronous=FULL fsyncs the WAL at every COMMIT, so whatever the daemon has acted on is on disk.
   Its cost is one fsync per batch of up to 20,000 lines, so we pay it.
 """
+
 from __future__ import annotations
 
 import os

@@ -2,10 +2,11 @@
 
 Message ids only grow, so `text_since(db, last_id)` is the cursor an incremental update resumes from.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import sqlite_utils
 
@@ -35,15 +36,18 @@ def day_text(db: sqlite_utils.Database, day: str, split: str = "train", max_byte
     return _take(day_rows(db, day, split), max_bytes)[0]
 
 
-def text_since(db: sqlite_utils.Database, message_id: int, split: str = "train",
-               max_bytes: int | None = None) -> tuple[bytes, int]:
+def text_since(
+    db: sqlite_utils.Database, message_id: int, split: str = "train", max_bytes: int | None = None
+) -> tuple[bytes, int]:
     """Messages after message_id as one stream, grouped by day and session; and the last id included.
 
     With max_bytes, stops at the message that reaches it, so the returned id is exactly what the
     bytes cover and the next call continues from there.
     """
-    rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? AND split = ? ORDER BY id",
-                    [message_id, split])
+    rows = db.query(
+        "SELECT id, day, session, sender, text FROM messages WHERE id > ? AND split = ? ORDER BY id",
+        [message_id, split],
+    )
     included = _take(rows, max_bytes, whole_messages=True)[1]
     last_id = max((row["id"] for row in included), default=message_id)
     return _grouped(included), last_id
@@ -51,13 +55,16 @@ def text_since(db: sqlite_utils.Database, message_id: int, split: str = "train",
 
 def text_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> bytes:
     """Messages with first_id < id <= last_id: what an update that recorded those bounds trains on."""
-    rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? AND id <= ? AND split = ?"
-                    " ORDER BY id", [first_id, last_id, split])
+    rows = db.query(
+        "SELECT id, day, session, sender, text FROM messages WHERE id > ? AND id <= ? AND split = ? ORDER BY id",
+        [first_id, last_id, split],
+    )
     return _grouped(list(rows))
 
 
-def sample_text(db: sqlite_utils.Database, n_bytes: int, *, max_id: int, split: str = "train", seed: int = 0,
-                span_bytes: int = 4096) -> bytes:
+def sample_text(
+    db: sqlite_utils.Database, n_bytes: int, *, max_id: int, split: str = "train", seed: int = 0, span_bytes: int = 4096
+) -> bytes:
     """About n_bytes of runs of consecutive messages with id <= max_id, from random places (replay)."""
     first = db.execute("SELECT min(id) FROM messages WHERE split = ? AND id <= ?", [split, max_id]).fetchone()[0]
     if first is None or n_bytes <= 0:
@@ -66,8 +73,10 @@ def sample_text(db: sqlite_utils.Database, n_bytes: int, *, max_id: int, split: 
     spans, size = [], 0
     while size < n_bytes:
         start = rng.randint(first, max_id)
-        rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id >= ? AND id <= ? AND split = ?"
-                        " ORDER BY id", [start, max_id, split])
+        rows = db.query(
+            "SELECT id, day, session, sender, text FROM messages WHERE id >= ? AND id <= ? AND split = ? ORDER BY id",
+            [start, max_id, split],
+        )
         span = _take(rows, min(span_bytes, n_bytes - size), whole_messages=True)[0]
         if not span:  # start fell after the last message of the split: wrap to the first
             continue
@@ -89,24 +98,33 @@ def day_splits(db: sqlite_utils.Database) -> list[dict]:
 
 def files(db: sqlite_utils.Database) -> list[dict]:
     """Every file seen, with its message count and bytes still waiting for a newline."""
-    return list(db.query("""
+    return list(
+        db.query("""
         SELECT f.path, f.size, f.committed_offset, f.size - f.committed_offset AS pending, f.generation,
                f.first_seen, f.last_seen, coalesce(f.error, '') AS error,
                (SELECT count(*) FROM messages m WHERE m.file_id = f.id) AS messages
-        FROM files f ORDER BY f.path"""))
+        FROM files f ORDER BY f.path""")
+    )
 
 
 def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     """The most recent quarantined lines."""
-    return list(db.query("""
+    return list(
+        db.query(
+            """
         SELECT f.path, q.line_offset, q.length, q.reason, q.excerpt, q.quarantined_at
-        FROM quarantine q JOIN files f ON f.id = q.file_id ORDER BY q.id DESC LIMIT ?""", [limit]))
+        FROM quarantine q JOIN files f ON f.id = q.file_id ORDER BY q.id DESC LIMIT ?""",
+            [limit],
+        )
+    )
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, int]:
     """Row counts of the ingest tables."""
-    return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("files", "messages", "events", "quarantine")}
+    return {
+        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("files", "messages", "events", "quarantine")
+    }
 
 
 def event_counts(db: sqlite_utils.Database) -> list[dict]:

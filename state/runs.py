@@ -1,9 +1,10 @@
 """Updates, checkpoints and probe scores: the rows the nightly job writes and users query with sqlite3."""
+
 from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -11,14 +12,15 @@ import sqlite_utils
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int | None = None) -> int:
     with db.conn:
         cursor = db.execute(
             "INSERT INTO runs (kind, started_at, status, pid, resumed_from) VALUES (?, ?, 'running', ?, ?)",
-            [kind, now(), os.getpid(), resumed_from])
+            [kind, now(), os.getpid(), resumed_from],
+        )
     return cursor.lastrowid
 
 
@@ -33,12 +35,17 @@ def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **fields: ob
 
 def mark_dead_runs_interrupted(db: sqlite_utils.Database) -> list[int]:
     """A run still 'running' whose process is gone was killed (power loss, SIGKILL): say so."""
-    dead = [row["id"] for row in db.query("SELECT id, pid, started_at FROM runs WHERE status = 'running'")
-            if not _alive(row["pid"], row["started_at"])]
+    dead = [
+        row["id"]
+        for row in db.query("SELECT id, pid, started_at FROM runs WHERE status = 'running'")
+        if not _alive(row["pid"], row["started_at"])
+    ]
     with db.conn:
         for run_id in dead:
-            db.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
-                       [now(), "the process died before the run finished", run_id])
+            db.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
+                [now(), "the process died before the run finished", run_id],
+            )
     return dead
 
 
@@ -58,23 +65,26 @@ def _alive(pid: int | None, started_at: str) -> bool:
 
 
 def last_successful_update(db: sqlite_utils.Database) -> dict | None:
-    rows = list(db.query(
-        "SELECT * FROM runs WHERE kind = 'update' AND status = 'ok' ORDER BY id DESC LIMIT 1"))
+    rows = list(db.query("SELECT * FROM runs WHERE kind = 'update' AND status = 'ok' ORDER BY id DESC LIMIT 1"))
     return rows[0] if rows else None
 
 
 def trained_through(db: sqlite_utils.Database) -> int:
     """The highest message id any successful update trained on: the next update starts after it."""
-    return db.execute("SELECT coalesce(max(last_message_id), 0) FROM runs "
-                      "WHERE kind = 'update' AND status = 'ok'").fetchone()[0]
+    return db.execute(
+        "SELECT coalesce(max(last_message_id), 0) FROM runs WHERE kind = 'update' AND status = 'ok'"
+    ).fetchone()[0]
 
 
-def add_checkpoint(db: sqlite_utils.Database, *, run_id: int, path: str, sha256: str, kind: str,
-                   parent_id: int | None, steps: int) -> int:
+def add_checkpoint(
+    db: sqlite_utils.Database, *, run_id: int, path: str, sha256: str, kind: str, parent_id: int | None, steps: int
+) -> int:
     with db.conn:
         cursor = db.execute(
             "INSERT INTO checkpoints (run_id, path, sha256, kind, parent_id, steps, status, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'good', ?)", [run_id, path, sha256, kind, parent_id, steps, now()])
+            "VALUES (?, ?, ?, ?, ?, ?, 'good', ?)",
+            [run_id, path, sha256, kind, parent_id, steps, now()],
+        )
     return cursor.lastrowid
 
 
@@ -95,19 +105,29 @@ def record_scores(db: sqlite_utils.Database, rows: list[dict]) -> None:
         db.conn.executemany(
             "INSERT INTO probe_scores (run_id, checkpoint_id, probe, kind, day, metric, value, recorded_at) "
             "VALUES (:run_id, :checkpoint_id, :probe, :kind, :day, :metric, :value, :recorded_at)",
-            [{"day": None, **row, "recorded_at": stamp} for row in rows])
+            [{"day": None, **row, "recorded_at": stamp} for row in rows],
+        )
 
 
 def best_earlier(db: sqlite_utils.Database, metric: str, before_checkpoint: int) -> dict[str, float]:
     """Per day, the best (lowest) score any earlier checkpoint had: the reference for forgetting."""
-    return {row["day"]: row["best"] for row in db.query(
-        "SELECT day, min(value) AS best FROM probe_scores WHERE metric = ? AND checkpoint_id < ? "
-        "AND day IS NOT NULL GROUP BY day", [metric, before_checkpoint])}
+    return {
+        row["day"]: row["best"]
+        for row in db.query(
+            "SELECT day, min(value) AS best FROM probe_scores WHERE metric = ? AND checkpoint_id < ? "
+            "AND day IS NOT NULL GROUP BY day",
+            [metric, before_checkpoint],
+        )
+    }
 
 
 def first_scores(db: sqlite_utils.Database, metric: str) -> dict[str, float]:
     """Per day, its score the first time it was probed, i.e. right after the update that learned it."""
-    return {row["day"]: row["value"] for row in db.query(
-        "SELECT day, value FROM probe_scores WHERE metric = ? AND day IS NOT NULL AND id IN "
-        "(SELECT min(id) FROM probe_scores WHERE metric = ? AND day IS NOT NULL GROUP BY day)",
-        [metric, metric])}
+    return {
+        row["day"]: row["value"]
+        for row in db.query(
+            "SELECT day, value FROM probe_scores WHERE metric = ? AND day IS NOT NULL AND id IN "
+            "(SELECT min(id) FROM probe_scores WHERE metric = ? AND day IS NOT NULL GROUP BY day)",
+            [metric, metric],
+        )
+    }

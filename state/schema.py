@@ -25,6 +25,7 @@ Views: event_counts (day, type, action, count), day_splits (day, split, messages
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
+
 from __future__ import annotations
 
 from sqlite_utils.migrations import Migrations
@@ -41,8 +42,10 @@ def _run(db, statements: list[str]) -> None:
 
 @migrations(name="0001_ingest")
 def _ingest_tables(db) -> None:
-    _run(db, [
-        f"""CREATE TABLE files (
+    _run(
+        db,
+        [
+            f"""CREATE TABLE files (
             id INTEGER PRIMARY KEY,
             path TEXT NOT NULL UNIQUE,
             device INTEGER,
@@ -57,7 +60,7 @@ def _ingest_tables(db) -> None:
             last_seen TEXT NOT NULL DEFAULT {_NOW},
             error TEXT
         )""",
-        """CREATE TABLE messages (
+            """CREATE TABLE messages (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             file_id INTEGER NOT NULL REFERENCES files(id),
             line_offset INTEGER NOT NULL,
@@ -71,8 +74,8 @@ def _ingest_tables(db) -> None:
             split TEXT NOT NULL CHECK (split IN ('train', 'probe')),
             shape TEXT NOT NULL CHECK (shape IN ('recorder', 'transcript', 'chat'))
         )""",
-        "CREATE INDEX messages_day_split ON messages (day, split, id)",
-        """CREATE TABLE events (
+            "CREATE INDEX messages_day_split ON messages (day, split, id)",
+            """CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             file_id INTEGER NOT NULL REFERENCES files(id),
             line_offset INTEGER NOT NULL,
@@ -83,8 +86,8 @@ def _ingest_tables(db) -> None:
             session TEXT,
             hash INTEGER NOT NULL UNIQUE
         )""",
-        "CREATE INDEX events_day ON events (day, type, action)",
-        f"""CREATE TABLE quarantine (
+            "CREATE INDEX events_day ON events (day, type, action)",
+            f"""CREATE TABLE quarantine (
             id INTEGER PRIMARY KEY,
             file_id INTEGER NOT NULL REFERENCES files(id),
             line_offset INTEGER NOT NULL,
@@ -94,20 +97,23 @@ def _ingest_tables(db) -> None:
             hash INTEGER NOT NULL UNIQUE,
             quarantined_at TEXT NOT NULL DEFAULT {_NOW}
         )""",
-        "CREATE INDEX quarantine_file ON quarantine (file_id, line_offset)",
-        """CREATE VIEW event_counts AS
+            "CREATE INDEX quarantine_file ON quarantine (file_id, line_offset)",
+            """CREATE VIEW event_counts AS
             SELECT day, type, action, count(*) AS count FROM events GROUP BY day, type, action""",
-        """CREATE VIEW day_splits AS
+            """CREATE VIEW day_splits AS
             SELECT day, split, count(*) AS messages, sum(length(CAST(text AS BLOB))) AS bytes
             FROM messages GROUP BY day, split""",
-    ])
+        ],
+    )
 
 
 @migrations(name="0100_runs_checkpoints_probes")
 def _run_tables(db) -> None:
     """Nightly updates, the checkpoints they write and the probe scores measured on them."""
-    _run(db, [
-        """CREATE TABLE runs (
+    _run(
+        db,
+        [
+            """CREATE TABLE runs (
             id INTEGER PRIMARY KEY,
             kind TEXT NOT NULL,  -- 'update' or 'probe'
             started_at TEXT NOT NULL,
@@ -127,7 +133,7 @@ def _run_tables(db) -> None:
             parent_checkpoint_id INTEGER,
             error TEXT
         )""",
-        """CREATE TABLE checkpoints (
+            """CREATE TABLE checkpoints (
             id INTEGER PRIMARY KEY,
             run_id INTEGER NOT NULL REFERENCES runs(id),
             path TEXT NOT NULL,
@@ -138,7 +144,7 @@ def _run_tables(db) -> None:
             status TEXT NOT NULL CHECK (status IN ('good', 'corrupt', 'pruned')),
             created_at TEXT NOT NULL
         )""",
-        """CREATE TABLE probe_scores (
+            """CREATE TABLE probe_scores (
             id INTEGER PRIMARY KEY,
             run_id INTEGER NOT NULL REFERENCES runs(id),
             checkpoint_id INTEGER REFERENCES checkpoints(id),
@@ -149,22 +155,25 @@ def _run_tables(db) -> None:
             value REAL NOT NULL,
             recorded_at TEXT NOT NULL
         )""",
-        "CREATE INDEX probe_scores_metric_day ON probe_scores (metric, day, checkpoint_id)",
-        "CREATE INDEX probe_scores_run ON probe_scores (run_id)",
-        """CREATE VIEW probe_history AS
+            "CREATE INDEX probe_scores_metric_day ON probe_scores (metric, day, checkpoint_id)",
+            "CREATE INDEX probe_scores_run ON probe_scores (run_id)",
+            """CREATE VIEW probe_history AS
             SELECT s.recorded_at, s.run_id AS run, s.checkpoint_id AS checkpoint, s.probe, s.kind,
                    s.day, s.metric, round(s.value, 4) AS value
             FROM probe_scores s ORDER BY s.id""",
-    ])
+        ],
+    )
 
 
 @migrations(name="0101_messages_cheap_checks")
 def _cheap_checks(db) -> None:
     """The same table, rows and ids; cheap CHECKs and one index (see the module docstring)."""
     sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
-    _run(db, [
-        "DROP VIEW day_splits",
-        """CREATE TABLE messages_new (
+    _run(
+        db,
+        [
+            "DROP VIEW day_splits",
+            """CREATE TABLE messages_new (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             file_id INTEGER NOT NULL REFERENCES files(id),
             line_offset INTEGER NOT NULL,
@@ -178,14 +187,15 @@ def _cheap_checks(db) -> None:
             split TEXT NOT NULL CHECK (split = 'train' OR split = 'probe'),
             shape TEXT NOT NULL CHECK (shape = 'recorder' OR shape = 'transcript' OR shape = 'chat')
         )""",
-        "INSERT INTO messages_new SELECT id, file_id, line_offset, day, ts, session, role, sender, text, hash,"
-        " split, shape FROM messages ORDER BY id",
-        "DROP TABLE messages",
-        "ALTER TABLE messages_new RENAME TO messages",
-        "CREATE UNIQUE INDEX messages_day_split_hash ON messages (day, split, hash)",
-        """CREATE VIEW day_splits AS
+            "INSERT INTO messages_new SELECT id, file_id, line_offset, day, ts, session, role, sender, text, hash,"
+            " split, shape FROM messages ORDER BY id",
+            "DROP TABLE messages",
+            "ALTER TABLE messages_new RENAME TO messages",
+            "CREATE UNIQUE INDEX messages_day_split_hash ON messages (day, split, hash)",
+            """CREATE VIEW day_splits AS
             SELECT day, split, count(*) AS messages, sum(length(CAST(text AS BLOB))) AS bytes
             FROM messages GROUP BY day, split""",
-    ])
+        ],
+    )
     if sequence is not None:  # ids never go back, even past rows deleted at the end
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", [sequence[0]])

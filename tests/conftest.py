@@ -1,4 +1,5 @@
 """Fixtures shared by the ingest and bad-input tests."""
+
 import pytest
 
 from engram_ff.state.db import open_db

@@ -1,4 +1,5 @@
 """Shared by the daemon's tests: a real notify socket, an environment for a small fast model, polling."""
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,20 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def recorder_line(day: str, n: int, sender: str = "user", text: str | None = None) -> bytes:
-    return orjson.dumps({"timestamp": f"{day}T10:{n // 60 % 60:02d}:{n % 60:02d}Z", "session_key": f"s-{day}",
-                         "direction": "in", "channel": "test", "sender": sender,
-                         "content": text or f"message number {n} of {day}: the quick brown fox", "tool_calls": []}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "timestamp": f"{day}T10:{n // 60 % 60:02d}:{n % 60:02d}Z",
+                "session_key": f"s-{day}",
+                "direction": "in",
+                "channel": "test",
+                "sender": sender,
+                "content": text or f"message number {n} of {day}: the quick brown fox",
+                "tool_calls": [],
+            }
+        )
+        + b"\n"
+    )
 
 
 def write_day(watch: Path, day: str, lines: int, start: int = 0) -> Path:
@@ -78,7 +90,7 @@ class NotifySocket:
         while True:
             try:
                 data = self.sock.recv(65536).decode()
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 return
             self.messages.append(dict(line.split("=", 1) for line in data.split("\n") if "=" in line))
 

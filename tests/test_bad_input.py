@@ -4,6 +4,7 @@ Every kind is handled with a log line naming the file (and offset, for a line), 
 is a line, and never costs a line stored before or after it. Also the security side of bad input: SQL
 in names and texts is stored as data, and a checkpoint that would run code when unpickled is refused.
 """
+
 import gzip
 import hashlib
 import json
@@ -23,46 +24,51 @@ from engram_ff.model.checkpoint import CheckpointError, digest_path, load_checkp
 from engram_ff.state.db import open_db
 from tests.test_ingest import append, ingest, line, quarantined, texts
 
-
 # --- lines: quarantined with a reason, the lines around them stored ---------------------------------
 DEEP = b'{"content": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}"  # orjson stops at depth 1024
 
 
-@pytest.mark.parametrize("bad,reason", [
-    (DEEP, "depth limit exceeded"),  # deeply nested JSON: refused by the parser, no RecursionError
-    (b'{"content": "big", "timestamp": 1e400}', "infinity"),  # a number beyond a double
-    (b'{"content": NaN}', "malformed JSON"),  # JavaScript's NaN/Infinity are not JSON
-    (b'{"content": "a\x01b"}', "control character"),  # a raw control byte inside a string
-    (b'{"content": "half an emoji \\ud83d"}', "surrogate"),  # a UTF-16 string cut between surrogates
-    (b'{"content": "a"}{"content": "b"}', "unexpected content after document"),  # two objects, one line
-    (b'"just a string"', "not a JSON object: str"),  # a JSON scalar
-    (b"null", "not a JSON object: NoneType"),
-    (b"{'content': 'python repr'}", "malformed JSON"),  # a dict printed by Python
-    (b'{"content": "a",}', "trailing comma"),
-    ('{"content": "hi"}'.encode("utf-16"), "invalid UTF-8 at byte 0"),  # a UTF-16 file's line
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        (DEEP, "depth limit exceeded"),  # deeply nested JSON: refused by the parser, no RecursionError
+        (b'{"content": "big", "timestamp": 1e400}', "infinity"),  # a number beyond a double
+        (b'{"content": NaN}', "malformed JSON"),  # JavaScript's NaN/Infinity are not JSON
+        (b'{"content": "a\x01b"}', "control character"),  # a raw control byte inside a string
+        (b'{"content": "half an emoji \\ud83d"}', "surrogate"),  # a UTF-16 string cut between surrogates
+        (b'{"content": "a"}{"content": "b"}', "unexpected content after document"),  # two objects, one line
+        (b'"just a string"', "not a JSON object: str"),  # a JSON scalar
+        (b"null", "not a JSON object: NoneType"),
+        (b"{'content': 'python repr'}", "malformed JSON"),  # a dict printed by Python
+        (b'{"content": "a",}', "trailing comma"),
+        ('{"content": "hi"}'.encode("utf-16"), "invalid UTF-8 at byte 0"),  # a UTF-16 file's line
+    ],
+)
 def test_a_bad_line_is_quarantined_with_its_reason_and_the_rest_stored(db, daily, caplog, bad, reason):
     append(daily, line("before"), bad + b"\n", line("after"))
     with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert texts(db) == ["before", "after"]
-    (offset, stored_reason), = quarantined(db)
+    ((offset, stored_reason),) = quarantined(db)
     assert offset == len(line("before")) and reason in stored_reason
     assert f"{daily}:{offset}: quarantined: " in caplog.text and reason in caplog.text
     assert result.offset == daily.stat().st_size
 
 
-@pytest.mark.parametrize("odd,expected", [
-    (b'{"content": "first", "content": "second"}', "second"),  # duplicate keys: the last wins, as in JS
-    (b'{"content": "huge", "n": 123456789012345678901234567890}', "huge"),  # big int in a field we ignore
-    (b'{"content": "far", "timestamp": 1e300}', "far"),  # an impossible epoch: the file's day
-    (b'{"content": "year", "timestamp": "9999-12-31T23:59:59-14:00"}', "year"),  # overflows once in UTC
-    (b'{"content": "month", "timestamp": "2026-13-45T00:00:00Z"}', "month"),
-    (b'{"content": "nul\\u0000inside"}', "nul\x00inside"),  # an escaped NUL is text: kept verbatim
-    ('{"content": "sep\u2028ar\u2029ators \U0001f600"}'.encode(), "sep\u2028ar\u2029ators \U0001f600"),
-    (b'{"content": "obj sender", "sender": {"id": 1}, "session_key": ["x"]}', "obj sender"),
-    (b'\xef\xbb\xbf{"content": "after a byte order mark"}', "after a byte order mark"),
-])
+@pytest.mark.parametrize(
+    "odd,expected",
+    [
+        (b'{"content": "first", "content": "second"}', "second"),  # duplicate keys: the last wins, as in JS
+        (b'{"content": "huge", "n": 123456789012345678901234567890}', "huge"),  # big int in a field we ignore
+        (b'{"content": "far", "timestamp": 1e300}', "far"),  # an impossible epoch: the file's day
+        (b'{"content": "year", "timestamp": "9999-12-31T23:59:59-14:00"}', "year"),  # overflows once in UTC
+        (b'{"content": "month", "timestamp": "2026-13-45T00:00:00Z"}', "month"),
+        (b'{"content": "nul\\u0000inside"}', "nul\x00inside"),  # an escaped NUL is text: kept verbatim
+        ('{"content": "sep\u2028ar\u2029ators \U0001f600"}'.encode(), "sep\u2028ar\u2029ators \U0001f600"),
+        (b'{"content": "obj sender", "sender": {"id": 1}, "session_key": ["x"]}', "obj sender"),
+        (b'\xef\xbb\xbf{"content": "after a byte order mark"}', "after a byte order mark"),
+    ],
+)
 def test_odd_but_usable_lines_are_stored(db, daily, odd, expected):
     append(daily, odd + b"\n", line("after"))
     ingest(db, daily)
@@ -213,8 +219,12 @@ def test_permission_revoked_mid_read_by_the_kernel(tmp_path, caplog):
     path, db_path = folder / "2026-11-27.jsonl", folder / "state.db"
     append(path, *(line(f"m{i}") for i in range(6)))
     os.chown(path, nobody, nobody)
-    child = subprocess.run([sys.executable, "-c", CHMOD_CHILD, str(db_path), str(path), str(nobody), str(LINE)],
-                           capture_output=True, text=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", CHMOD_CHILD, str(db_path), str(path), str(nobody), str(LINE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout) == [6, None, 0, "Permission denied"]
     assert f"{path}: cannot read: Permission denied" in child.stderr
@@ -243,8 +253,12 @@ def test_a_100_mb_line_without_newline_is_read_in_bounded_memory(tmp_path, daily
     with open(daily, "r+b") as f:
         f.truncate(100 << 20)  # a sparse 100 MB line: NUL bytes, written in no time
     append(daily, b'"}\n', line("after"))
-    child = subprocess.run([sys.executable, "-c", BIG_LINE_CHILD, str(tmp_path / "state.db"), str(daily)],
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", BIG_LINE_CHILD, str(tmp_path / "state.db"), str(daily)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == 0, child.stderr
     messages, quarantined_lines, peak_mib = map(int, child.stdout.split())
     assert (messages, quarantined_lines) == (2, 1)
@@ -262,15 +276,19 @@ HOSTILE = ["'); DROP TABLE messages;--", 'Robert"); DELETE FROM files; --', "1 O
 def test_sql_in_file_names_senders_and_texts_is_stored_verbatim(db, tmp_path):
     raw = tmp_path / "engram" / "raw"
     raw.mkdir(parents=True)
-    for i, evil in enumerate(HOSTILE):
+    for evil in HOSTILE:
         name = evil.replace("/", "_") + ".jsonl"
-        (raw / name).write_bytes(orjson.dumps({"session_key": evil, "direction": "in", "sender": evil,
-                                               "content": evil}) + b"\n" + f"{evil}\n".encode())
+        (raw / name).write_bytes(
+            orjson.dumps({"session_key": evil, "direction": "in", "sender": evil, "content": evil})
+            + b"\n"
+            + f"{evil}\n".encode()
+        )
     stats = catch_up(db, tmp_path / "engram")
     assert (stats.messages, stats.quarantined) == (len(HOSTILE), len(HOSTILE))
     assert sorted(db.execute("SELECT text, sender, session FROM messages")) == sorted((e, e, e) for e in HOSTILE)
     assert sorted(r[0] for r in db.execute("SELECT path FROM files")) == sorted(
-        str(raw / (e + ".jsonl")) for e in HOSTILE)
+        str(raw / (e + ".jsonl")) for e in HOSTILE
+    )
     assert sorted(r[0] for r in db.execute("SELECT excerpt FROM quarantine")) == sorted(HOSTILE)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -3,6 +3,7 @@
 The trials use the harness of `engram-ff bench chaos` (bench/chaos.py), which runs 50 of them; here a
 handful, seeded, one per kind of instant, on one data directory that each kill leaves as it is.
 """
+
 import os
 import signal
 import subprocess
@@ -94,8 +95,10 @@ def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(t
     done = update.run_update(config)
     assert done["status"] == "ok" and done["resumed_from"] == interrupted["id"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        Path(path).name + suffix for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
-        for suffix in ("", ".sha256")]
+        Path(path).name + suffix
+        for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
+        for suffix in ("", ".sha256")
+    ]
     assert [row[0] for row in db.execute("SELECT DISTINCT kind FROM checkpoints WHERE status = 'good'")] == ["final"]
     db.close()
 
@@ -109,9 +112,18 @@ def _running(pid: int) -> bool:
 
 
 def _update_pid(db_path: Path) -> int:
-    return wait_for(lambda: (query(db_path, "SELECT pid FROM runs r JOIN checkpoints c ON c.run_id = r.id "
-                                            "WHERE r.status = 'running' AND c.kind = 'partial'") or [[None]])[0][0],
-                    timeout=90, what="an update with a partial checkpoint")
+    return wait_for(
+        lambda: (
+            query(
+                db_path,
+                "SELECT pid FROM runs r JOIN checkpoints c ON c.run_id = r.id "
+                "WHERE r.status = 'running' AND c.kind = 'partial'",
+            )
+            or [[None]]
+        )[0][0],
+        timeout=90,
+        what="an update with a partial checkpoint",
+    )
 
 
 def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(tmp_path):
@@ -120,8 +132,12 @@ def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(
     watch, data = tmp_path / "engram", tmp_path / "data"
     db = data / "engram-ff.db"
     write_day(watch, "2026-01-01", 200)
-    env = environment(ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
-                      ENGRAM_FF_UPDATE_BUDGET_MINUTES="5", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
+    env = environment(
+        ENGRAM_FF_UPDATE_MIN_STEPS="100000",
+        ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+        ENGRAM_FF_UPDATE_BUDGET_MINUTES="5",
+        ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2",
+    )
     cmd = [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)]
     daemon = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     child = _update_pid(db)
@@ -132,12 +148,15 @@ def test_killing_only_the_daemon_stops_its_update_which_the_next_daemon_resumes(
     finally:
         if _running(child):
             os.kill(child, signal.SIGKILL)
-    (run_id, status, error), = query(db, "SELECT id, status, error FROM runs WHERE kind = 'update'")
+    ((run_id, status, error),) = query(db, "SELECT id, status, error FROM runs WHERE kind = 'update'")
     assert (status, error) == ("interrupted", "stopped by a signal")  # recorded by the update itself
     restarted = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE kind = 'update' AND resumed_from = ?", [run_id]),
-                 timeout=60, what="the next update to resume")
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM runs WHERE kind = 'update' AND resumed_from = ?", [run_id]),
+            timeout=60,
+            what="the next update to resume",
+        )
     finally:
         restarted.send_signal(signal.SIGTERM)
         assert restarted.wait(timeout=90) == 0
@@ -151,7 +170,7 @@ def _socket_inodes(pid: int) -> set[str]:
         except OSError:
             continue  # closed meanwhile
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     return inodes
 
 
@@ -168,16 +187,27 @@ def test_the_daemon_and_its_update_open_no_network_socket(tmp_path):
     watch, data = tmp_path / "engram", tmp_path / "data"
     write_day(watch, "2026-01-01", 200)
     notify = NotifySocket(tmp_path / "notify.sock")
-    env = environment(NOTIFY_SOCKET=notify.path, ENGRAM_FF_UPDATE_MIN_STEPS="100000",
-                      ENGRAM_FF_UPDATE_MAX_STEPS="100000", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
-    daemon = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
-                              env=env, stderr=subprocess.DEVNULL)
+    env = environment(
+        NOTIFY_SOCKET=notify.path,
+        ENGRAM_FF_UPDATE_MIN_STEPS="100000",
+        ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+        ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2",
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         notify.wait("READY", "1")
         child = _update_pid(data / "engram-ff.db")  # training: torch loaded, checkpoints being written
         net = Path(f"/proc/{daemon.pid}/net")
-        network = set().union(*(_inodes_in(net / name) for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6",
-                                                                      "udplite", "udplite6", "packet")))
+        network = set().union(
+            *(
+                _inodes_in(net / name)
+                for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite", "udplite6", "packet")
+            )
+        )
         unix = _inodes_in(net / "unix")
         for pid in (daemon.pid, child):
             sockets = _socket_inodes(pid)
@@ -206,15 +236,19 @@ def test_a_torn_current_checkpoint_is_passed_over_by_the_daemons_update(tmp_path
     catch_up(db, config.watch)
     db.close()
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
-    child = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert child.returncode == 0, child.stderr
     assert f"checkpoint {path} is unusable" in child.stderr and "falling back" in child.stderr
-    (run_id, parent, status), = query(config.db_path, "SELECT id, parent_checkpoint_id, status FROM runs "
-                                                      "WHERE kind = 'update' ORDER BY id DESC LIMIT 1")
+    ((run_id, parent, status),) = query(
+        config.db_path,
+        "SELECT id, parent_checkpoint_id, status FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1",
+    )
     assert (parent, status) == (good["checkpoint_id"], "ok")
-    assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?",
-                 [torn["checkpoint_id"]]) == [("corrupt",)]
+    assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?", [torn["checkpoint_id"]]) == [
+        ("corrupt",)
+    ]
     state = check_state(config.watch, config.data_dir)
     assert state.bad_checkpoints == [] and state.integrity == "ok"
     current = query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [state.current_checkpoint])[0][0]
@@ -226,16 +260,20 @@ def test_a_run_whose_pid_is_a_zombie_or_was_reused_counts_as_dead(tmp_path):
     another process: either way the run is over and must be marked interrupted, so it can be resumed."""
     db = open_db(tmp_path / "state.db")
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
-    wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
-             what="the child to exit (and stay unreaped)")
+    wait_for(
+        lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+        what="the child to exit (and stay unreaped)",
+    )
     reused = subprocess.Popen(["sleep", "30"])  # alive, but started after the run below
     alive = subprocess.Popen(["sleep", "30"])
     try:
         time.sleep(1.1)
         ids = {}
-        for name, pid, started in (("zombie", zombie.pid, runs.now()),
-                                   ("reused", reused.pid, "2026-01-01T00:00:00+00:00"),
-                                   ("alive", alive.pid, runs.now())):
+        for name, pid, started in (
+            ("zombie", zombie.pid, runs.now()),
+            ("reused", reused.pid, "2026-01-01T00:00:00+00:00"),
+            ("alive", alive.pid, runs.now()),
+        ):
             ids[name] = runs.start_run(db, "update")
             db.execute("UPDATE runs SET pid = ?, started_at = ? WHERE id = ?", [pid, started, ids[name]])
         db.conn.commit()

@@ -61,8 +61,20 @@ def test_missing_checkpoint_or_digest_is_refused(trained, tmp_path):
 
 def test_generate_cli_streams_from_a_checkpoint(trained):
     _, _, path = trained
-    cmd = [sys.executable, "-m", "engram_ff.daemon.cli", "generate", "--checkpoint", str(path), "--prompt", "hel",
-           "--bytes", "40", "--seed", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engram_ff.daemon.cli",
+        "generate",
+        "--checkpoint",
+        str(path),
+        "--prompt",
+        "hel",
+        "--bytes",
+        "40",
+        "--seed",
+        "3",
+    ]
     first = subprocess.run(cmd, capture_output=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith(b"hel") and len(first.stdout) == 3 + 40 + 1

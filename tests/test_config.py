@@ -1,4 +1,5 @@
 """Configuration: defaults < TOML file < ENGRAM_FF_* environment < flags, and bad values named."""
+
 import pytest
 
 from engram_ff.daemon.cli import main
@@ -9,9 +10,9 @@ def test_sources_in_order_of_strength(tmp_path):
     toml = tmp_path / "engram-ff.toml"
     toml.write_text('schedule = "02:30"\nreplay_ratio = 0.5\nwatch_dir = "/from/file"\n')
     config = load_config(toml, environ={"ENGRAM_FF_REPLAY_RATIO": "2"}, watch_dir="/from/flag")
-    assert config.schedule == "02:30"          # file over default
-    assert config.replay_ratio == 2.0          # environment over file
-    assert str(config.watch) == "/from/flag"   # flag over file
+    assert config.schedule == "02:30"  # file over default
+    assert config.replay_ratio == 2.0  # environment over file
+    assert str(config.watch) == "/from/flag"  # flag over file
 
 
 def test_defaults_live_under_the_data_dir(tmp_path):
@@ -20,16 +21,19 @@ def test_defaults_live_under_the_data_dir(tmp_path):
     assert config.watch == tmp_path / "d" / "engram"
 
 
-@pytest.mark.parametrize("text, key", [
-    ('schedul = "03:00"', "schedul"),
-    ('schedule = "25:61"', "schedule"),
-    ('replay_ratio = "lots"', "replay_ratio"),
-    ("update_max_steps = 2.5", "update_max_steps"),
-    ("polling = 3", "polling"),
-    ("probe_fraction = 1.5", "probe_fraction"),
-    ('model_preset = "huge"', "model_preset"),
-    ("schedule = ", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('schedul = "03:00"', "schedul"),
+        ('schedule = "25:61"', "schedule"),
+        ('replay_ratio = "lots"', "replay_ratio"),
+        ("update_max_steps = 2.5", "update_max_steps"),
+        ("polling = 3", "polling"),
+        ("probe_fraction = 1.5", "probe_fraction"),
+        ('model_preset = "huge"', "model_preset"),
+        ("schedule = ", "not valid TOML"),
+    ],
+)
 def test_bad_file_values_name_the_key(tmp_path, text, key):
     toml = tmp_path / "bad.toml"
     toml.write_text(text + "\n")

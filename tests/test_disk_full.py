@@ -4,6 +4,7 @@ SIGXFSZ is ignored in the limited process, so a write past the limit fails with 
 full disk fails with ENOSPC. SQLite reports EFBIG as "disk I/O error" (ENOSPC: "database or disk is
 full"), a checkpoint write raises OSError "File too large"; both take the same paths.
 """
+
 import resource
 import signal
 import subprocess
@@ -57,16 +58,26 @@ def test_ingest_on_a_full_disk_fails_clearly_keeps_everything_and_resumes(tmp_pa
     for day in range(2, 6):  # about 2.4 MB of new lines, far past what the limit lets the WAL grow
         write_lines(config.watch / "raw" / f"2026-01-0{day}.jsonl", f"day{day}", 4000)
     args = ("ingest", "--watch", str(config.watch), "--data", str(config.data_dir))
-    full = subprocess.run(limited(512 * KIB, "engram_ff.daemon.cli", *args), env=environment(), capture_output=True,
-                          text=True, timeout=120)
+    full = subprocess.run(
+        limited(512 * KIB, "engram_ff.daemon.cli", *args),
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert full.returncode == 1
     assert "the database refused a write (disk I/O error" in full.stderr and "Traceback" not in full.stderr
     assert "run it again once there is space" in full.stderr
     state = check_state(config.watch, config.data_dir)  # lines before each committed offset: once each
     assert state.ok and state.pending_bytes > 0, state
     assert state.current_checkpoint is not None
-    again = subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", *args], env=environment(), capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.cli", *args],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     settled = check_state(config.watch, config.data_dir, settled=True)
     assert settled.ok and settled.stored == 300 + 4 * 4000
@@ -80,22 +91,29 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     db.close()
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
     size = config.checkpoint_dir.joinpath(next(p.name for p in config.checkpoint_dir.glob("*.pt"))).stat().st_size
-    full = subprocess.run(limited(size // 2, "engram_ff.daemon.update"), env=env, capture_output=True, text=True, timeout=120)
+    full = subprocess.run(
+        limited(size // 2, "engram_ff.daemon.update"), env=env, capture_output=True, text=True, timeout=120
+    )
     assert full.returncode == 1, full.stderr
     assert "failed; the previous checkpoint stays current" in full.stderr and "File too large" in full.stderr
-    (status, error), = query(config.db_path, "SELECT status, error FROM runs WHERE id = 2")
+    ((status, error),) = query(config.db_path, "SELECT status, error FROM runs WHERE id = 2")
     assert status == "failed" and "File too large" in error
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
     assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [
-        f"run000001-final-{first['steps']:07d}.pt", f"run000001-final-{first['steps']:07d}.pt.sha256"]
-    ok = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True,
-                        timeout=120)
+        f"run000001-final-{first['steps']:07d}.pt",
+        f"run000001-final-{first['steps']:07d}.pt.sha256",
+    ]
+    ok = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
-    (status, checkpoint_id), = query(config.db_path, "SELECT status, checkpoint_id FROM runs "
-                                                   "WHERE kind = 'update' ORDER BY id DESC LIMIT 1")
-    assert status == "ok" and load_checkpoint(query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?",
-                                                    [checkpoint_id])[0][0])
+    ((status, checkpoint_id),) = query(
+        config.db_path, "SELECT status, checkpoint_id FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
+    )
+    assert status == "ok" and load_checkpoint(
+        query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [checkpoint_id])[0][0]
+    )
 
 
 def _quiet(notify: NotifySocket, key: str, seconds: float) -> bool:
@@ -113,18 +131,29 @@ def test_the_running_daemon_retries_through_a_full_disk_and_recovers_when_space_
     env = environment(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log_file:
-        daemon = subprocess.Popen(limited(256 * KIB, "engram_ff.daemon.cli", "run", "--watch", str(config.watch), "--data",
-                                          str(config.data_dir)), env=env, stderr=log_file)
+        daemon = subprocess.Popen(
+            limited(
+                256 * KIB, "engram_ff.daemon.cli", "run", "--watch", str(config.watch), "--data", str(config.data_dir)
+            ),
+            env=env,
+            stderr=log_file,
+        )
     try:
         notify.wait("READY", "1")
         for day in range(2, 5):
             write_lines(config.watch / "raw" / f"2026-01-0{day}.jsonl", f"day{day}", 3000)
-        wait_for(lambda: _quiet(notify, "WATCHDOG", 1.5), timeout=60,
-                 what="the watchdog pings to stop: three failed reads in a row, so systemd would restart us")
+        wait_for(
+            lambda: _quiet(notify, "WATCHDOG", 1.5),
+            timeout=60,
+            what="the watchdog pings to stop: three failed reads in a row, so systemd would restart us",
+        )
         assert query(config.db_path, "PRAGMA integrity_check") == [("ok",)]
         resource.prlimit(daemon.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        wait_for(lambda: query(config.db_path, "SELECT count(*) FROM messages")[0][0] == 300 + 3 * 3000,
-                 timeout=90, what="the lines to be stored once space returned")
+        wait_for(
+            lambda: query(config.db_path, "SELECT count(*) FROM messages")[0][0] == 300 + 3 * 3000,
+            timeout=90,
+            what="the lines to be stored once space returned",
+        )
         notify.wait("WATCHDOG", "1", after=len(notify.messages))  # healthy again
     finally:
         daemon.send_signal(signal.SIGTERM)

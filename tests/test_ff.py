@@ -1,4 +1,5 @@
 """The FF core: losses, the first layer's label trick, locality of learning, and learning itself."""
+
 import torch
 import torch.nn.functional as F
 
@@ -50,8 +51,11 @@ def test_no_gradient_crosses_a_layer_boundary():
 
     def watch(i, learn):
         def learn_and_check(h):
-            earlier = [(p.detach().clone(), None if p.grad is None else p.grad.clone())
-                       for layer in layers[:i] for p in layer.parameters()]
+            earlier = [
+                (p.detach().clone(), None if p.grad is None else p.grad.clone())
+                for layer in layers[:i]
+                for p in layer.parameters()
+            ]
             own = [p.detach().clone() for p in layers[i].parameters()]
             loss = learn(h)
             after = [p for layer in layers[:i] for p in layer.parameters()]
@@ -61,6 +65,7 @@ def test_no_gradient_crosses_a_layer_boundary():
             assert any(not torch.equal(a, b) for a, b in zip(own, layers[i].parameters()))
             stepped.append(i)
             return loss
+
         return learn_and_check
 
     for i, layer in enumerate(layers):
@@ -94,7 +99,7 @@ def test_ff_learns_a_small_ten_class_problem():
     x, y = synthetic(2000, seed=1)
     x_test, y_test = synthetic(1000, seed=2)
     model = FFMLP(FFMLPConfig(d_in=40, hidden=(64, 64), lr=3e-3, readout_lr=3e-3))
-    for epoch in range(2):
+    for _epoch in range(2):
         for i in torch.randperm(len(y)).split(50):
             model.train_batch(x[i], y[i])
     for name, pred in model.predict(x_test).items():

@@ -1,4 +1,5 @@
 """The IDX loader on files the tests write: good raw and .gz files, and each way a file can be bad."""
+
 import gzip
 import struct
 

@@ -1,4 +1,5 @@
 """The image benchmark end to end on a tiny synthetic IDX set, so CI without Fashion-MNIST runs it too."""
+
 import gzip
 import struct
 

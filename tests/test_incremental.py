@@ -1,5 +1,6 @@
 """The incremental study's knobs (trainer, freeze_layers, replay_layers) on the daemon's real update path,
 and the study itself in its quick mode."""
+
 import copy
 import json
 
@@ -23,8 +24,14 @@ def make(tmp_path):
     opened = []
 
     def make(**fields):
-        config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"),
-                             update_min_steps=6, update_max_steps=6, **fields)
+        config = load_config(
+            environ=FAST,
+            data_dir=str(tmp_path / "data"),
+            watch_dir=str(tmp_path / "engram"),
+            update_min_steps=6,
+            update_max_steps=6,
+            **fields,
+        )
         if not opened:
             write_day(config.watch, "2026-01-01", 60)
         db = open_db(config.db_path)
@@ -47,14 +54,17 @@ def checkpoint(db, row):
     return load_checkpoint(path)
 
 
-@pytest.mark.parametrize("fields, key", [
-    (dict(trainer="sgd"), "trainer"),
-    (dict(replay_layers="middle"), "replay_layers"),
-    (dict(freeze_layers=-1), "freeze_layers"),
-    (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
-    (dict(lower_lr=1.5), "lower_lr"),
-    (dict(lr_scale=0), "lr_scale"),
-])
+@pytest.mark.parametrize(
+    "fields, key",
+    [
+        (dict(trainer="sgd"), "trainer"),
+        (dict(replay_layers="middle"), "replay_layers"),
+        (dict(freeze_layers=-1), "freeze_layers"),
+        (dict(trainer="bp", freeze_layers=1), "freeze_layers"),
+        (dict(lower_lr=1.5), "lower_lr"),
+        (dict(lr_scale=0), "lr_scale"),
+    ],
+)
 def test_bad_knobs_are_refused_by_name(tmp_path, fields, key):
     with pytest.raises(ConfigError, match=key):
         load_config(environ={}, data_dir=str(tmp_path), **fields)
@@ -149,7 +159,10 @@ def test_lr_scale_scales_the_trainers_own_rate(make, monkeypatch, trainer):
 
 
 def test_the_four_answers_quote_a_results_files_target_table_or_its_bullets():
-    table = "# x\n\n- `ff`: a model\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n| a <= 1 | 0.9 | yes |\n\n## Next\n"
+    table = (
+        "# x\n\n- `ff`: a model\n\n## Targets\n\n"
+        "| target | measured | met |\n|---|---|---|\n| a <= 1 | 0.9 | yes |\n\n## Next\n"
+    )
     assert incremental.verdicts(table) == ["- a <= 1: 0.9 (met: yes)"]
     assert incremental.verdicts("# y\n\n- FF error 9.66%: met\n") == ["- FF error 9.66%: met"]
 
@@ -189,8 +202,7 @@ def test_replay_rows_come_last_and_only_chosen_layers_see_them(make):
 
 
 def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
-    assert incremental.main(["--quick", "--days", "2", "--methods", "ff,ff-freeze1",
-                             "--results", str(tmp_path)]) == 0
+    assert incremental.main(["--quick", "--days", "2", "--methods", "ff,ff-freeze1", "--results", str(tmp_path)]) == 0
     report = (tmp_path / "incremental-quick.md").read_text()
     assert "| ff-freeze1 |" in report and "## The plan's four questions" in report
     assert report.count("| after \\ day | 1 | 2 |") == 2  # an R matrix per method, every day probed
@@ -201,8 +213,12 @@ def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
 
 def test_studies_run_apart_merge_into_one_report_only_when_their_settings_agree(tmp_path):
     for part, methods in (("a", "ff"), ("b", "bp")):
-        assert incremental.main(["--quick", "--days", "2", "--methods", methods, "--results", str(tmp_path),
-                                 "--stem", part]) == 0
+        assert (
+            incremental.main(
+                ["--quick", "--days", "2", "--methods", methods, "--results", str(tmp_path), "--stem", part]
+            )
+            == 0
+        )
     parts = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     assert incremental.main(["--merge", *parts, "--results", str(tmp_path), "--stem", "both"]) == 0
     report = (tmp_path / "both.md").read_text()

@@ -1,4 +1,5 @@
 """Reading files into the database: every line exactly once, through bad input, rewrites and SIGKILL."""
+
 import logging
 import os
 import signal
@@ -18,8 +19,18 @@ LIMIT = 4096  # max_line_bytes in these tests, so an over-size line is cheap to 
 
 
 def line(text: str, session: str = "s1") -> bytes:
-    return orjson.dumps({"timestamp": "2026-11-27T10:00:00Z", "session_key": session, "direction": "in",
-                         "sender": "alice", "content": text}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "timestamp": "2026-11-27T10:00:00Z",
+                "session_key": session,
+                "direction": "in",
+                "sender": "alice",
+                "content": text,
+            }
+        )
+        + b"\n"
+    )
 
 
 def append(path, *chunks: bytes) -> None:
@@ -72,16 +83,19 @@ def test_crlf_line_endings(db, daily):
     assert texts(db) == ["windows"]
 
 
-@pytest.mark.parametrize("bad,reason", [
-    (b"{this is not json\n", "malformed JSON"),
-    (b"[1, 2, 3]\n", "not a JSON object: list"),
-    (b'{"content": "caf\xe9 au lait"}\n', "invalid UTF-8"),
-    (bytes(b for b in range(256) if b != 10) + b"\n", "invalid UTF-8"),  # binary junk
-    (b"\x00" * 32 + b"\n", "binary data"),
-    (b'{"content": 42}\n', "content: expected a string"),
-    (b'{"type": "message", "message": {"content": "no role"}}\n', "message.role"),
-    (b'{"unrelated": true}\n', "unknown shape"),
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        (b"{this is not json\n", "malformed JSON"),
+        (b"[1, 2, 3]\n", "not a JSON object: list"),
+        (b'{"content": "caf\xe9 au lait"}\n', "invalid UTF-8"),
+        (bytes(b for b in range(256) if b != 10) + b"\n", "invalid UTF-8"),  # binary junk
+        (b"\x00" * 32 + b"\n", "binary data"),
+        (b'{"content": 42}\n', "content: expected a string"),
+        (b'{"type": "message", "message": {"content": "no role"}}\n', "message.role"),
+        (b'{"unrelated": true}\n', "unknown shape"),
+    ],
+)
 def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, bad, reason):
     append(daily, line("before"), bad, line("after"))
     with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
@@ -89,7 +103,7 @@ def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, 
     offset = len(line("before"))
     assert texts(db) == ["before", "after"]
     assert result.quarantined == 1
-    (q_offset, q_reason), = quarantined(db)
+    ((q_offset, q_reason),) = quarantined(db)
     assert q_offset == offset and reason in q_reason
     assert f"{daily}:{offset}: quarantined: " in caplog.text and reason in caplog.text
 
@@ -108,7 +122,7 @@ def test_an_over_size_line_is_quarantined(db, daily, caplog):
     with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         ingest(db, daily)
     assert texts(db) == ["a", "b"]
-    (offset, reason), = quarantined(db)
+    ((offset, reason),) = quarantined(db)
     assert offset == len(line("a")) and reason == f"line over {LIMIT} bytes"
     assert f"{daily}:{offset}: quarantined: line over" in caplog.text
     excerpt, length = db.execute("SELECT excerpt, length FROM quarantine").fetchone()
@@ -252,10 +266,15 @@ def test_a_line_is_stored_once_a_day(db, tmp_path):
     append(tmp_path / "copy" / "2026-11-01.jsonl", line("timed"), undated)  # a copy adds nothing
     stats = catch_up(db, tmp_path)
     assert (stats.messages, stats.duplicates) == (3, 3)
-    assert list(db.execute("SELECT day, text FROM messages ORDER BY id")) == \
-        [("2026-11-27", "timed"), ("2026-11-01", "ok"), ("2026-11-02", "ok")]
-    plan = " ".join(row[3] for row in db.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE day = '2026-11-01' AND split = 'train'"))
+    assert list(db.execute("SELECT day, text FROM messages ORDER BY id")) == [
+        ("2026-11-27", "timed"),
+        ("2026-11-01", "ok"),
+        ("2026-11-02", "ok"),
+    ]
+    plan = " ".join(
+        row[3]
+        for row in db.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE day = '2026-11-01' AND split = 'train'")
+    )
     assert "messages_day_split_hash" in plan  # the uniqueness index also finds a day's messages
 
 
@@ -270,8 +289,10 @@ def test_a_deleted_file_keeps_its_messages(db, tmp_path, daily):
 def test_a_refused_commit_stores_nothing_and_keeps_the_offset(db, daily):
     """Lines and offset are one transaction: if the database refuses, neither moves."""
     append(daily, line("a"), line("poison"), line("c"))
-    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
-               "BEGIN SELECT RAISE(ABORT, 'simulated refusal'); END")
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated refusal'); END"
+    )
     with pytest.raises(sqlite3.DatabaseError, match="simulated refusal"):
         ingest(db, daily)
     assert texts(db) == []
@@ -293,8 +314,14 @@ reader.catch_up(open_db(sys.argv[1]), sys.argv[2])
 
 def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, monkeypatch, caplog):
     folder = tmp_path / "engram"
-    append(folder / "raw" / "2026-11-27.jsonl", *(line(f"m{i}") for i in range(500)), b"junk\n", b"\n",
-           line("last"), line("half")[:9])
+    append(
+        folder / "raw" / "2026-11-27.jsonl",
+        *(line(f"m{i}") for i in range(500)),
+        b"junk\n",
+        b"\n",
+        line("last"),
+        line("half")[:9],
+    )
     in_process = open_db(tmp_path / "a.db")
     catch_up(in_process, folder)
     monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
@@ -306,8 +333,9 @@ def test_the_parsing_process_stores_what_in_process_reading_stores(tmp_path, mon
     query = "SELECT line_offset, day, ts, session, role, sender, text, hash, split FROM messages ORDER BY id"
     assert list(worker.execute(query)) == list(in_process.execute(query))
     assert quarantined(worker) == quarantined(in_process)
-    assert list(worker.execute("SELECT committed_offset, head_hash FROM files")) == \
-        list(in_process.execute("SELECT committed_offset, head_hash FROM files"))
+    assert list(worker.execute("SELECT committed_offset, head_hash FROM files")) == list(
+        in_process.execute("SELECT committed_offset, head_hash FROM files")
+    )
     assert "quarantined: malformed JSON" in caplog.text and "skipped: empty line" in caplog.text
 
 
@@ -366,8 +394,10 @@ def test_one_parsing_process_serves_a_whole_pass_and_a_stop_mid_file_replaces_it
         rest = [reader.ingest_file(db, folder / "raw" / f"2026-11-2{day}.jsonl", parser=parser) for day in range(3)]
     assert 100 <= first.messages < 250 and first.messages + sum(r.messages for r in rest) == 750
     assert len(starts.read_text().splitlines()) == 3  # the abandoned one was killed, a new one took over
-    assert sorted(texts(db)) == sorted([f"day {d} m{i}" for d in range(3) for i in range(250)]
-                                       + [f"day {d} more {i}" for d in range(3) for i in range(250)])
+    assert sorted(texts(db)) == sorted(
+        [f"day {d} m{i}" for d in range(3) for i in range(250)]
+        + [f"day {d} more {i}" for d in range(3) for i in range(250)]
+    )
 
 
 @pytest.mark.parametrize("parallel_min_bytes", [1 << 40, 0], ids=["in-process", "parsing-process"])
@@ -375,8 +405,10 @@ def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path, parallel_min_byt
     n = 20_000
     folder = tmp_path / "engram"
     for day in range(4):
-        append(folder / "raw" / f"2026-11-2{day}.jsonl", *(line(f"day {day} message {i}", f"s{i % 3}")
-                                                            for i in range(n // 4)))
+        append(
+            folder / "raw" / f"2026-11-2{day}.jsonl",
+            *(line(f"day {day} message {i}", f"s{i % 3}") for i in range(n // 4)),
+        )
     db_path = tmp_path / "state.db"
     open_db(db_path).close()
     watcher_db = sqlite3.connect(db_path)
@@ -410,11 +442,19 @@ def test_sigkill_mid_ingest_loses_and_repeats_nothing(tmp_path, parallel_min_byt
 
 def test_ingest_and_status_commands(tmp_path):
     folder, data = tmp_path / "engram", tmp_path / "data"
-    append(folder / "raw" / "2026-11-27.jsonl", line("a"), line("b"), b"junk\n",
-           b'{"timestamp": "2026-11-27T10:00:00Z", "type": "gateway", "action": "startup"}\n')
+    append(
+        folder / "raw" / "2026-11-27.jsonl",
+        line("a"),
+        line("b"),
+        b"junk\n",
+        b'{"timestamp": "2026-11-27T10:00:00Z", "type": "gateway", "action": "startup"}\n',
+    )
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    run = lambda *argv: subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", *argv, "--watch", str(folder),  # noqa: E731
-                                        "--data", str(data)], capture_output=True, text=True, env=env)
+
+    def run(*argv):
+        command = [sys.executable, "-m", "engram_ff.daemon.cli", *argv, "--watch", str(folder), "--data", str(data)]
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
     ingested = run("ingest")
     assert ingested.returncode == 0, ingested.stderr
     assert "4 lines read: 2 new messages, 1 events, 0 skipped, 0 already stored, 1 quarantined" in ingested.stdout
@@ -422,8 +462,13 @@ def test_ingest_and_status_commands(tmp_path):
     assert "1 files, 0 lines read: 0 new messages" in run("ingest").stdout  # offsets kept: nothing re-read
     status = run("status")
     assert status.returncode == 0, status.stderr
-    for expected in ("2026-11-27.jsonl", "2026-11-27  train", "gateway  startup  1", "1 quarantined lines",
-                     "malformed JSON"):
+    for expected in (
+        "2026-11-27.jsonl",
+        "2026-11-27  train",
+        "gateway  startup  1",
+        "1 quarantined lines",
+        "malformed JSON",
+    ):
         assert expected in status.stdout
 
 

@@ -36,7 +36,7 @@ def test_upper_layer_loss_leaves_lower_layers_without_gradient():
     model = FFLM(LMConfig(n_layers=2, d_model=16, d_state=16, d_score=8))
     x = torch.randint(0, 256, (2, 20))
     features = model.features(x, detach=True)
-    z0 = next(features)
+    next(features)  # layer 0
     z1 = next(features)
     model.heads[1](z1).logsumexp(-1).mean().backward()
     lower = model.layer_parameters()[0]

@@ -2,6 +2,7 @@
 
 Small here (100 files x 100 lines); `engram-ff bench chaos` drops 1,000 x 1,000 and reports the peak RSS.
 """
+
 import signal
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from tests.daemon_helpers import NotifySocket, environment, query, wait_for, wri
 
 def test_files_dropped_at_once_are_all_stored_once_in_bounded_memory(tmp_path):
     result = load_run(tmp_path, files=100, lines=100, timeout=120)
-    print(f"\n100 x 100 lines dropped at once: stored in {result.seconds:.1f} s, daemon peak RSS "
-          f"{result.daemon_peak_rss_mib:.0f} MiB, longest reader wait {result.reader_max_wait_s * 1000:.0f} ms")
+    print(
+        f"\n100 x 100 lines dropped at once: stored in {result.seconds:.1f} s, daemon peak RSS "
+        f"{result.daemon_peak_rss_mib:.0f} MiB, longest reader wait {result.reader_max_wait_s * 1000:.0f} ms"
+    )
     assert (result.stored, result.duplicated) == (100 * 100, 0)
     assert result.reader_torn == []
     assert result.reader_max_wait_s < 1.0
@@ -40,15 +43,25 @@ def test_appends_while_an_update_trains_and_a_user_reads_with_sqlite3(tmp_path):
     db = data / "engram-ff.db"
     write_day(watch, "2026-01-01", 200)
     notify = NotifySocket(tmp_path / "notify.sock")
-    env = environment(NOTIFY_SOCKET=notify.path, ENGRAM_FF_UPDATE_MIN_STEPS="100000",
-                      ENGRAM_FF_UPDATE_MAX_STEPS="100000", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2")
-    daemon = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data",
-                               str(data)], env=env, stderr=subprocess.DEVNULL)
+    env = environment(
+        NOTIFY_SOCKET=notify.path,
+        ENGRAM_FF_UPDATE_MIN_STEPS="100000",
+        ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+        ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="0.2",
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     burst = watch / "raw" / "burst.jsonl"
     try:
         notify.wait("READY", "1")
-        wait_for(lambda: query(db, "SELECT 1 FROM checkpoints c JOIN runs r ON r.id = c.run_id "
-                                   "WHERE r.status = 'running'"), timeout=90, what="the update to train")
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.status = 'running'"),
+            timeout=90,
+            what="the update to train",
+        )
         reader = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=reader.communicate, args=(READER,), daemon=True).start()
         latencies = []
@@ -56,9 +69,19 @@ def test_appends_while_an_update_trains_and_a_user_reads_with_sqlite3(tmp_path):
             with open(burst, "ab") as f:
                 f.write(b"".join(make_line("burst", n * 100 + i) for i in range(100)))
             start = time.monotonic()
-            wait_for(lambda: query(db, "SELECT count(*) FROM messages m JOIN files f ON f.id = m.file_id "
-                                       "WHERE f.path = ?", [str(burst)])[0][0] == (n + 1) * 100,
-                     timeout=30, interval=0.01, what=f"burst {n}")
+            wait_for(
+                lambda n=n: (
+                    query(
+                        db,
+                        "SELECT count(*) FROM messages m JOIN files f ON f.id = m.file_id WHERE f.path = ?",
+                        [str(burst)],
+                    )[0][0]
+                    == (n + 1) * 100
+                ),
+                timeout=30,
+                interval=0.01,
+                what=f"burst {n}",
+            )
             latencies.append(time.monotonic() - start)
             time.sleep(0.15)
         out, _ = reader.communicate(timeout=30)

@@ -1,4 +1,5 @@
 """The sd_notify protocol over a real unix datagram socket, path and abstract names alike."""
+
 import os
 import socket
 

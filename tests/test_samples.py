@@ -1,4 +1,5 @@
 """Positives are the conversation as bytes; each negative strategy keeps what it says and breaks the rest."""
+
 import numpy as np
 import pytest
 
@@ -12,8 +13,14 @@ def rows(*items):
 
 
 def test_conversation_groups_sessions_with_a_blank_line():
-    data = conversation(rows(("d1", "s1", "alice", "hi"), ("d1", "s1", "bot", "hello\nthere"),
-                             ("d1", "s2", "carol", "yo"), ("d2", "s2", "carol", "next day")))
+    data = conversation(
+        rows(
+            ("d1", "s1", "alice", "hi"),
+            ("d1", "s1", "bot", "hello\nthere"),
+            ("d1", "s2", "carol", "yo"),
+            ("d2", "s2", "carol", "next day"),
+        )
+    )
     assert data == b"alice: hi\nbot: hello\nthere\n\ncarol: yo\n\ncarol: next day\n"
     assert conversation(rows(("d", "s", "\u00e9ve", "\u2713"))) == "\u00e9ve: \u2713\n".encode()
 
@@ -52,8 +59,8 @@ def test_shuffled_span_keeps_the_spans_and_changes_their_order():
     x = windows(TEXT, 64, 8, rng)
     neg = negatives(x, "shuffled_span", rng, span=8)
     for pos_row, neg_row in zip(x, neg):
-        spans = sorted(pos_row[i:i + 8].tobytes() for i in range(0, 64, 8))
-        assert sorted(neg_row[i:i + 8].tobytes() for i in range(0, 64, 8)) == spans
+        spans = sorted(pos_row[i : i + 8].tobytes() for i in range(0, 64, 8))
+        assert sorted(neg_row[i : i + 8].tobytes() for i in range(0, 64, 8)) == spans
     assert (neg != x).any()
 
 

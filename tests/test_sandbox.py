@@ -1,4 +1,5 @@
 """torch trains under MemoryDenyWriteExecute once engram-ff has adapted it, as the system unit needs."""
+
 import subprocess
 import sys
 
@@ -23,8 +24,13 @@ print("trained")
 
 
 def mdwe_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "from engram_ff.daemon import sandbox; "
-                            "raise SystemExit(0 if sandbox.deny_write_execute() else 1)"])
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from engram_ff.daemon import sandbox; raise SystemExit(0 if sandbox.deny_write_execute() else 1)",
+        ]
+    )
     return probe.returncode == 0
 
 

@@ -1,4 +1,5 @@
 """The daemon as systemd runs it: a real subprocess speaking the notify protocol over a real socket."""
+
 import signal
 import subprocess
 import sys
@@ -16,8 +17,23 @@ def daemon(tmp_path):
     config.write_text('schedule = "03:00"\n')
     write_day(watch, "2026-01-01", 40)
     env = environment(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
-    proc = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data),
-                             "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engram_ff.daemon.cli",
+            "run",
+            "--watch",
+            str(watch),
+            "--data",
+            str(data),
+            "--config",
+            str(config),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     yield proc, notify, watch, data, config
     if proc.poll() is None:
         proc.kill()
@@ -35,11 +51,17 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     assert "messages" in next(m["STATUS"] for m in notify.messages if "STATUS" in m)
 
     # No successful update yet, so one runs at once instead of waiting for 03:00.
-    wait_for(lambda: query(db, "SELECT status FROM runs WHERE kind = 'update' AND status != 'running'"),
-             timeout=120, what="the catch-up update")
+    wait_for(
+        lambda: query(db, "SELECT status FROM runs WHERE kind = 'update' AND status != 'running'"),
+        timeout=120,
+        what="the catch-up update",
+    )
     assert query(db, "SELECT status FROM runs WHERE kind = 'update'")[0][0] == "ok"
-    wait_for(lambda: query(db, "SELECT status FROM runs WHERE kind = 'probe' AND status = 'ok'"),
-             timeout=60, what="the probes after the update")
+    wait_for(
+        lambda: query(db, "SELECT status FROM runs WHERE kind = 'probe' AND status = 'ok'"),
+        timeout=60,
+        what="the probes after the update",
+    )
     assert query(db, "SELECT count(*) FROM probe_scores")[0][0] > 0
 
     # An append while running is ingested by the watcher.
@@ -68,8 +90,13 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
 def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):
     proc, notify, watch, data, config = daemon
     notify.wait("READY", "1")
-    second = subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
-                            env=environment(), capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1
     assert "already uses" in second.stderr
     proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,5 @@
 """The database: pragmas, migrations applied once, and the read functions the daemon builds on."""
+
 import sqlite3
 import threading
 
@@ -16,8 +17,18 @@ def write_day(folder, day, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as f:
         for session, sender, text in lines:
-            f.write(orjson.dumps({"timestamp": f"{day}T10:00:00Z", "session_key": session, "direction": "in",
-                                  "sender": sender, "content": text}) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "timestamp": f"{day}T10:00:00Z",
+                        "session_key": session,
+                        "direction": "in",
+                        "sender": sender,
+                        "content": text,
+                    }
+                )
+                + b"\n"
+            )
     return path
 
 
@@ -71,15 +82,19 @@ def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
     assert db.execute("SELECT id FROM messages WHERE text = 'new'").fetchone()[0] == 6
     assert [row["messages"] for row in queries.day_splits(db)] != []
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        db.execute("INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
-                   " shape) VALUES (1, 0, 'd', 's', 'r', 's', 't', 7, 'test', 'chat')")
+        db.execute(
+            "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
+            " shape) VALUES (1, 0, 'd', 's', 'r', 's', 't', 7, 'test', 'chat')"
+        )
 
 
 def test_foreign_keys_are_enforced(tmp_path):
     db = open_db(tmp_path / "state.db")
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        db.execute("INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
-                   " shape) VALUES (99, 0, 'd', 's', 'r', 's', 't', x'00', 'train', 'chat')")
+        db.execute(
+            "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
+            " shape) VALUES (99, 0, 'd', 's', 'r', 's', 't', x'00', 'train', 'chat')"
+        )
 
 
 def test_day_text_groups_sessions_and_respects_max_bytes(tmp_path):

@@ -1,8 +1,10 @@
 """The units verify, and systemd's own security analysis scores the hardening."""
+
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +17,9 @@ def analyze(*args, user=False, tmp_path=None):
     env = dict(os.environ)
     if user:  # a user manager needs a runtime dir even offline
         env["XDG_RUNTIME_DIR"] = str(tmp_path)
-    return subprocess.run(["systemd-analyze", *(["--user"] if user else []), *args],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        ["systemd-analyze", *(["--user"] if user else []), *args], capture_output=True, text=True, env=env
+    )
 
 
 def exposure(output: str) -> float:
@@ -37,7 +40,13 @@ def test_installed_unit_verifies_and_is_hardened(tmp_path, user, capsys):
 
 
 def test_system_unit_runs_unprivileged_and_idle():
-    text = open(os.path.join(os.path.dirname(__file__), "..", "systemd", "engram-ff.service")).read()
-    for line in ("DynamicUser=yes", "StateDirectory=engram-ff", "CPUSchedulingPolicy=idle",
-                 "IOSchedulingClass=idle", "PrivateNetwork=yes", "MemoryDenyWriteExecute=yes"):
+    text = (Path(__file__).parents[1] / "systemd" / "engram-ff.service").read_text()
+    for line in (
+        "DynamicUser=yes",
+        "StateDirectory=engram-ff",
+        "CPUSchedulingPolicy=idle",
+        "IOSchedulingClass=idle",
+        "PrivateNetwork=yes",
+        "MemoryDenyWriteExecute=yes",
+    ):
         assert line in text

@@ -1,4 +1,5 @@
 """The nightly update and its probes on a real database, real checkpoint files and a real subprocess."""
+
 import hashlib
 import logging
 import signal
@@ -50,9 +51,18 @@ def test_update_trains_records_and_chains_checkpoints(setup):
     assert second["first_message_id"] == first["last_message_id"]
 
     metrics = {row[0] for row in db.execute("SELECT DISTINCT metric FROM probe_scores")}
-    assert {"probe_bpb", "trained_bpb", "forgetting_probe_bpb", "avg_forgetting_probe_bpb", "bwt_probe_bpb",
-            "answer_bpb", "answer_rank"} <= metrics
-    days = {row[0] for row in db.execute("SELECT DISTINCT day FROM probe_history WHERE metric = 'forgetting_trained_bpb'")}
+    assert {
+        "probe_bpb",
+        "trained_bpb",
+        "forgetting_probe_bpb",
+        "avg_forgetting_probe_bpb",
+        "bwt_probe_bpb",
+        "answer_bpb",
+        "answer_rank",
+    } <= metrics
+    days = {
+        row[0] for row in db.execute("SELECT DISTINCT day FROM probe_history WHERE metric = 'forgetting_trained_bpb'")
+    }
     assert days == {"2026-01-01"}  # forgetting is about the days before the newest
 
 
@@ -91,7 +101,9 @@ def test_corrupt_current_checkpoint_falls_back_to_the_previous(setup, caplog):
         current = update.load_current(db, config)
     assert current.checkpoint_id == first["checkpoint_id"]
     assert str(newest) in caplog.text
-    assert db.execute("SELECT status FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0] == "corrupt"
+    assert (
+        db.execute("SELECT status FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0] == "corrupt"
+    )
 
 
 def test_failed_update_leaves_the_previous_checkpoint_current(setup, monkeypatch):
@@ -112,18 +124,31 @@ def test_failed_update_leaves_the_previous_checkpoint_current(setup, monkeypatch
 def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
     data, watch = tmp_path / "data", tmp_path / "engram"
     write_day(watch, "2026-01-01", 200)
-    env = environment(ENGRAM_FF_DATA_DIR=str(data), ENGRAM_FF_WATCH_DIR=str(watch),
-                      ENGRAM_FF_UPDATE_MIN_STEPS="100000", ENGRAM_FF_UPDATE_MAX_STEPS="100000",
-                      ENGRAM_FF_UPDATE_BUDGET_MINUTES="10", ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="1000")
-    assert subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest", "--watch", str(watch), "--data", str(data)],
-                          env=env, capture_output=True).returncode == 0
-    child = subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.update"], env=env, stderr=subprocess.PIPE, text=True)
+    env = environment(
+        ENGRAM_FF_DATA_DIR=str(data),
+        ENGRAM_FF_WATCH_DIR=str(watch),
+        ENGRAM_FF_UPDATE_MIN_STEPS="100000",
+        ENGRAM_FF_UPDATE_MAX_STEPS="100000",
+        ENGRAM_FF_UPDATE_BUDGET_MINUTES="10",
+        ENGRAM_FF_CHECKPOINT_EVERY_SECONDS="1000",
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "engram_ff.daemon.cli", "ingest", "--watch", str(watch), "--data", str(data)],
+            env=env,
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, stderr=subprocess.PIPE, text=True
+    )
     wait_for(lambda: query(data / "engram-ff.db", "SELECT 1 FROM runs WHERE status = 'running'"), what="training")
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) == 3, child.stderr.read()
-    (status, checkpoint_id), = query(data / "engram-ff.db", "SELECT status, checkpoint_id FROM runs")
+    ((status, checkpoint_id),) = query(data / "engram-ff.db", "SELECT status, checkpoint_id FROM runs")
     assert status == "interrupted"
-    (path,), = query(data / "engram-ff.db", "SELECT path FROM checkpoints WHERE id = ?", [checkpoint_id])
+    ((path,),) = query(data / "engram-ff.db", "SELECT path FROM checkpoints WHERE id = ?", [checkpoint_id])
     assert load_checkpoint(path)["meta"]["run_id"] == 1
 
 

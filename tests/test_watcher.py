@@ -1,4 +1,5 @@
 """The running watcher with the real watchdog observer: start-up scan, appends, new folders, rescans."""
+
 import os
 import time
 
@@ -11,8 +12,18 @@ from engram_ff.state.db import open_db
 
 
 def line(text: str) -> bytes:
-    return orjson.dumps({"timestamp": "2026-11-27T10:00:00Z", "session_key": "s", "direction": "in",
-                         "sender": "alice", "content": text}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "timestamp": "2026-11-27T10:00:00Z",
+                "session_key": "s",
+                "direction": "in",
+                "sender": "alice",
+                "content": text,
+            }
+        )
+        + b"\n"
+    )
 
 
 def append(path, data: bytes) -> None:

@@ -1,4 +1,5 @@
 """The backprop baseline: an MLP of exactly the FF classifier's shape, trained end to end."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

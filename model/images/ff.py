@@ -6,6 +6,7 @@ positive and low for the negatives. The input is length-normalised, so only the 
 previous layer's activity passes on: a layer cannot cheat by reading the previous layer's goodness.
 Each layer owns its optimiser and callers hand it detached inputs, so no gradient crosses a layer boundary.
 """
+
 from __future__ import annotations
 
 import math

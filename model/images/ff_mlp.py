@@ -11,6 +11,7 @@ The first layer's cost hardly depends on how many labels it sees. Every label ve
 so the length of the layer's input does not depend on the label, and the label's share of W x is W's
 label columns times the label vector: one matmul for the image, then a cheap (10, H) add per label.
 """
+
 from __future__ import annotations
 
 import math

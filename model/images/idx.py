@@ -3,6 +3,7 @@
 An IDX file is two zero bytes, a type code, the number of dimensions, each dimension as a big-endian
 int32, then the values in C order.
 """
+
 from __future__ import annotations
 
 import gzip
