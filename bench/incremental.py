@@ -39,7 +39,7 @@ from engram_ff.bench.common import RESULTS, markdown_table, peak_rss_mib, plot_s
 from engram_ff.bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
 from engram_ff.daemon.config import Config, load_config
 from engram_ff.daemon.update import load_current, update_and_probe
-from engram_ff.ingest.reader import catch_up
+from engram_ff.ingest.reader import Limits, catch_up
 from engram_ff.model.lm import PRESETS
 from engram_ff.model.train import evaluate_nats
 from engram_ff.state import queries
@@ -166,7 +166,7 @@ def probe_texts(day_files: list[Path], folder: Path, max_bytes: int) -> list[byt
         shutil.copy(path, raw / path.name)
     db = open_db(config.db_path)
     try:
-        catch_up(db, config.watch, probe_fraction=config.probe_fraction)
+        catch_up(db, config.watch, limits=Limits.of(config))
         return [queries.day_text(db, day, "probe", max_bytes=max_bytes) for day in queries.days(db)]
     finally:
         db.close()
@@ -196,7 +196,7 @@ def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: 
         shutil.copy(path, raw / path.name)  # the day's log lands in the watched folder
         db = open_db(config.db_path)
         try:
-            catch_up(db, config.watch, probe_fraction=config.probe_fraction, max_line_bytes=config.max_line_bytes)
+            catch_up(db, config.watch, limits=Limits.of(config))
         finally:
             db.close()
         cpu = time.process_time()

@@ -161,7 +161,7 @@ def generate(args) -> int:
 
 
 def ingest(args) -> int:
-    from engram_ff.ingest.reader import catch_up
+    from engram_ff.ingest.reader import Limits, catch_up
     from engram_ff.state.db import open_db
 
     try:
@@ -172,8 +172,7 @@ def ingest(args) -> int:
             stats = catch_up(
                 open_db(config.db_path),
                 config.watch,
-                probe_fraction=config.probe_fraction,
-                max_line_bytes=config.max_line_bytes,
+                limits=Limits.of(config),
             )
     except ConfigError as exc:
         return _fail(f"bad configuration: {exc}", 2)

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engram_ff.ingest.reader import Limits
+
 ENV_PREFIX = "ENGRAM_FF_"
 
 
@@ -55,10 +57,10 @@ class Config:
     checkpoint_every_seconds: float = 60.0
     keep_checkpoints: int = 5
     model_preset: str = "daemon"
-    probe_fraction: float = 0.10
+    probe_fraction: float = Limits.probe_fraction
     probe_max_bytes: int = 4096  # per day and split, so probing stays cheap as days pile up
     facts_file: Path | None = None  # None: the bundled example facts
-    max_line_bytes: int = 1 << 20
+    max_line_bytes: int = Limits.max_line_bytes
     debounce_seconds: float = 0.2
     rescan_seconds: float = 60.0
     polling: bool = False

@@ -22,6 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
+from engram_ff.ingest.reader import Limits
 from engram_ff.ingest.watcher import Watcher
 from engram_ff.state import runs
 from engram_ff.state.db import open_db
@@ -180,8 +181,7 @@ class Service:
             watcher = Watcher(
                 self.config.db_path,
                 self.config.watch,
-                probe_fraction=self.config.probe_fraction,
-                max_line_bytes=self.config.max_line_bytes,
+                limits=Limits.of(self.config),
                 debounce_s=self.config.debounce_seconds,
                 rescan_s=self.config.rescan_seconds,
                 polling=self.config.polling,

@@ -1,1 +1,1 @@
-"""Reading Engram JSONL logs exactly once and turning messages into training samples."""
+"""Reading Engram JSONL logs: parsing each line, and storing every new complete line exactly once."""

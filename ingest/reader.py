@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
+from engram_ff.state import files
 
 if TYPE_CHECKING:  # the parsing process imports this module: keep it light
     import sqlite_utils
@@ -148,12 +149,11 @@ def catch_up(
     db: sqlite_utils.Database,
     watch_dir: str | os.PathLike,
     *,
-    probe_fraction: float = 0.10,
-    max_line_bytes: int = 1 << 20,
+    limits: Limits | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> IngestStats:
     """One pass over every *.jsonl below watch_dir, in path order (daily files oldest first)."""
-    limits = Limits(probe_fraction, max_line_bytes)
+    limits = limits or Limits()
     stats = IngestStats()
     with ParsingProcess() as parser:  # started only if some file has a large backlog
         for path in jsonl_files(watch_dir):
@@ -166,7 +166,7 @@ def catch_up(
 def jsonl_files(root: str | os.PathLike) -> Iterator[Path]:
     """Every *.jsonl below root, following symlinked folders but never around a loop."""
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True, onerror=_walk_error):
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=_walk_error):
         try:
             st = os.stat(folder)
         except OSError as exc:
@@ -182,7 +182,7 @@ def jsonl_files(root: str | os.PathLike) -> Iterator[Path]:
         for name in dirs:
             if name.endswith(".jsonl"):
                 log.info("%s: skipped: a directory, not a JSONL file", os.path.join(folder, name))
-        for name in sorted(files):
+        for name in sorted(names):
             if name.endswith(".jsonl"):
                 yield Path(folder, name)
 
@@ -201,11 +201,7 @@ def _failed(db: sqlite_utils.Database, result: FileResult, error: str) -> FileRe
     """Log an unreadable file and note it on its row, so `status` shows why it is not growing."""
     result.error = error
     log.warning("%s: cannot read: %s", result.path, error)
-    with db.conn:
-        db.conn.execute(
-            "INSERT INTO files (path, error) VALUES (?, ?) ON CONFLICT (path) DO UPDATE SET error = excluded.error",
-            (path_key(result.path), error),
-        )
+    files.note_error(db.conn, path_key(result.path), error)
     return result
 
 
@@ -404,25 +400,16 @@ class _FileReader:
 
     def _row(self) -> dict:
         """This path's row; a renamed file (same device, inode and head) keeps its row and offset."""
-        row = self._select("path = ?", self.key)
+        row = files.by_path(self.conn, self.key)
         if row is None:
-            moved = self._select("device = ? AND inode = ? AND head_len > 0", self.st.st_dev, self.st.st_ino)
+            moved = files.by_identity(self.conn, self.st.st_dev, self.st.st_ino)
             if moved is not None and not _is_same_file(moved["path"], self.st) and self._head_matches(moved):
-                with self.conn:
-                    self.conn.execute("UPDATE files SET path = ? WHERE id = ?", (self.key, moved["id"]))
                 log.info(
                     "%s: renamed from %s: continuing at offset %d", self.path, moved["path"], moved["committed_offset"]
                 )
-                return self._select("id = ?", moved["id"])
-            with self.conn:
-                self.conn.execute("INSERT INTO files (path) VALUES (?)", (self.key,))
-            row = self._select("path = ?", self.key)
+                return files.rename(self.conn, moved["id"], self.key)
+            row = files.add(self.conn, self.key)
         return row
-
-    def _select(self, where: str, *params) -> dict | None:
-        cursor = self.conn.execute(f"SELECT * FROM files WHERE {where}", params)
-        values = cursor.fetchone()
-        return None if values is None else dict(zip([c[0] for c in cursor.description], values))
 
     def _head_matches(self, row: dict) -> bool:
         if not row["head_len"]:
@@ -444,32 +431,17 @@ class _FileReader:
         if batch.end == (pending.end if pending.open else self.result.offset):
             return  # only a half-written line so far
         if not pending.open:
-            conn.execute("BEGIN IMMEDIATE")
+            files.begin(conn)
             pending.open, pending.began = True, time.monotonic()
-        pending.messages += self._insert_new(
-            "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash,"
-            " split, shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            batch.messages,
-        )
-        pending.events += self._insert_new(
-            "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            batch.events,
-        )
-        pending.quarantined += self._insert_new(
-            "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            batch.quarantine,
-        )
+        pending.messages += self._counted(files.insert_messages(conn, batch.messages), batch.messages)
+        pending.events += self._counted(files.insert_events(conn, batch.events), batch.events)
+        pending.quarantined += self._counted(files.insert_quarantine(conn, batch.quarantine), batch.quarantine)
         pending.lines += batch.lines
         pending.quarantine.extend((offset, reason) for _, offset, _, reason, _, _ in batch.quarantine)
         pending.end, pending.skipping = batch.end, batch.skipping
 
-    def _insert_new(self, sql: str, rows: list[tuple]) -> int:
-        """Insert the rows not stored yet; counts those, and the others as duplicates."""
-        before = self.conn.total_changes
-        self.conn.executemany(sql, rows)
-        added = self.conn.total_changes - before
+    def _counted(self, added: int, rows: list[tuple]) -> int:
+        """Rows the insert found already stored are duplicates."""
         self._pending.duplicates += len(rows) - added
         return added
 
@@ -483,25 +455,18 @@ class _FileReader:
             self.head_len = min(HEAD_BYTES, end, len(self.head))
         head_hash = _head_hash(self.head[: self.head_len]) if self.head_len else None
         try:
-            if not pending.open:
-                conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE files SET committed_offset = ?, skipping = ?, size = ?, device = ?, inode = ?,"
-                " generation = ?, head_len = ?, head_hash = ?, error = NULL,"
-                " last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-                (
-                    end,
-                    int(skipping),
-                    os.fstat(self.fd).st_size,
-                    self.st.st_dev,
-                    self.st.st_ino,
-                    self.generation,
-                    self.head_len,
-                    head_hash,
-                    self.file_id,
-                ),
+            files.commit_read(
+                conn,
+                self.file_id,
+                offset=end,
+                skipping=skipping,
+                size=os.fstat(self.fd).st_size,
+                device=self.st.st_dev,
+                inode=self.st.st_ino,
+                generation=self.generation,
+                head_len=self.head_len,
+                head_hash=head_hash,
             )
-            conn.commit()
         except BaseException:
             self._rollback()
             raise
@@ -518,8 +483,7 @@ class _FileReader:
         self._pending = _Pending()
 
     def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.rollback()
+        files.rollback(self.conn)
         self._pending = _Pending()
 
 

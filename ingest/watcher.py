@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from engram_ff.ingest.reader import FileResult, IngestStats, Limits, ingest_file, jsonl_files
+from engram_ff.ingest.reader import IngestStats, Limits, ingest_file, jsonl_files
 from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
@@ -56,17 +55,14 @@ class Watcher:
         db_path: str | os.PathLike,
         watch_dir: str | os.PathLike,
         *,
-        probe_fraction: float = 0.10,
-        max_line_bytes: int = 1 << 20,
+        limits: Limits | None = None,
         debounce_s: float = 0.2,
         rescan_s: float = 60.0,
         polling: bool = False,
-        on_ingest: Callable[[FileResult], None] | None = None,
     ):
         self.db_path, self.watch_dir = Path(db_path), Path(watch_dir)
-        self.limits = Limits(probe_fraction, max_line_bytes)
+        self.limits = limits or Limits()
         self.debounce_s, self.rescan_s, self.polling = debounce_s, rescan_s, polling
-        self.on_ingest = on_ingest
         self.stats = WatcherStats()
         self._due: dict[str, float] = {}  # path -> monotonic time it may be read
         self._scan_due = 0.0  # monotonic time of the next full scan; 0: at once
@@ -184,11 +180,6 @@ class Watcher:
         self.stats.queued = len(self._due)
         if result.messages or result.events:
             self.stats.last_ingest = time.time()
-            if self.on_ingest is not None:
-                try:
-                    self.on_ingest(result)
-                except Exception:
-                    log.exception("on_ingest callback failed for %s", path)
 
 
 class _Handler(FileSystemEventHandler):

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 import sqlite_utils
 
-from engram_ff.ingest.samples import conversation, message_line
+from engram_ff.state.text import conversation, message_line
 
 _DAY_ROWS = """
     SELECT m.id, m.day, m.session, m.sender, m.text FROM messages m

@@ -6,7 +6,7 @@ import threading
 import orjson
 import pytest
 
-from engram_ff.ingest.reader import catch_up
+from engram_ff.ingest.reader import Limits, catch_up
 from engram_ff.state import queries
 from engram_ff.state.db import open_db
 from engram_ff.state.schema import migrations
@@ -101,7 +101,7 @@ def test_day_text_groups_sessions_and_respects_max_bytes(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s1", "alice", "one"), ("s2", "carol", "two"), ("s1", "bot", "three")])
     write_day(tmp_path, "2026-11-26", [("s9", "dave", "earlier")])
     db = open_db(tmp_path / "state.db")
-    catch_up(db, tmp_path, probe_fraction=0.0001)  # everything in train
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))  # everything in train
     assert queries.days(db) == ["2026-11-26", "2026-11-27"]
     assert queries.day_text(db, "2026-11-27") == b"alice: one\nbot: three\n\ncarol: two\n"
     assert queries.day_text(db, "2026-11-27", max_bytes=7) == b"alice: "
@@ -114,7 +114,7 @@ def test_text_since_orders_like_day_text(tmp_path):
     write_day(tmp_path, "2026-11-27", [("zeta", "z", "first"), ("alpha", "a", "second"), ("zeta", "z", "third")])
     write_day(tmp_path, "2026-11-26", [("s", "u", "the day before")])
     db = open_db(tmp_path / "state.db")
-    catch_up(db, tmp_path, probe_fraction=0.0001)
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
     since = queries.text_since(db, 0)[0]
     assert since == queries.day_text(db, "2026-11-26") + b"\n" + queries.day_text(db, "2026-11-27")
     assert queries.day_text(db, "2026-11-27") == b"z: first\nz: third\n\na: second\n"
@@ -123,7 +123,7 @@ def test_text_since_orders_like_day_text(tmp_path):
 def test_text_since_is_a_cursor_that_loses_nothing(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s", "u", f"message {i}") for i in range(50)])
     db = open_db(tmp_path / "state.db")
-    catch_up(db, tmp_path, probe_fraction=0.0001)
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
     chunks, cursor = [], 0
     while True:
         data, cursor_next = queries.text_since(db, cursor, max_bytes=40)
@@ -139,20 +139,20 @@ def test_text_since_is_a_cursor_that_loses_nothing(tmp_path):
 def test_probe_split_is_about_the_fraction_and_never_in_train_text(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s", "u", f"line number {i}") for i in range(2000)])
     db = open_db(tmp_path / "state.db")
-    catch_up(db, tmp_path, probe_fraction=0.10)
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.10))
     probe = [r["text"] for r in db.query("SELECT text FROM messages WHERE split = 'probe'")]
     assert 150 < len(probe) < 250
     train_text = queries.text_since(db, 0)[0]
     assert not any(f"u: {t}\n".encode() in train_text for t in probe)
     again = open_db(tmp_path / "other.db")
-    catch_up(again, tmp_path, probe_fraction=0.10)
+    catch_up(again, tmp_path, limits=Limits(probe_fraction=0.10))
     assert [r["text"] for r in again.query("SELECT text FROM messages WHERE split = 'probe'")] == probe
 
 
 def test_sample_text_is_seeded_and_sized(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s", "u", f"replayed text {i}") for i in range(300)])
     db = open_db(tmp_path / "state.db")
-    catch_up(db, tmp_path, probe_fraction=0.0001)
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
     a = queries.sample_text(db, 500, max_id=100, seed=1)
     assert len(a) == 500 and a == queries.sample_text(db, 500, max_id=100, seed=1)
     assert a != queries.sample_text(db, 500, max_id=100, seed=2)

@@ -1,0 +1,115 @@
+"""The files table, and what one read of one file stores: its new rows and its committed offset.
+
+The reader (ingest/reader.py) decides what to read; every statement it needs is here. A read's rows
+and the offset just past them are written in one transaction (`begin`, `insert_*`, `commit_read`), so
+the database always sits at a line boundary of every file: see ingest/reader.py for the argument.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+_MESSAGES = (
+    "INSERT OR IGNORE INTO messages (file_id, line_offset, day, ts, session, role, sender, text, hash, split, shape)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EVENTS = (
+    "INSERT OR IGNORE INTO events (file_id, line_offset, day, ts, type, action, session, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_QUARANTINE = (
+    "INSERT OR IGNORE INTO quarantine (file_id, line_offset, length, reason, excerpt, hash) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _one(conn: sqlite3.Connection, where: str, *params) -> dict | None:
+    cursor = conn.execute(f"SELECT * FROM files WHERE {where}", params)
+    values = cursor.fetchone()
+    return None if values is None else dict(zip([c[0] for c in cursor.description], values))
+
+
+def by_path(conn: sqlite3.Connection, key: str) -> dict | None:
+    return _one(conn, "path = ?", key)
+
+
+def by_id(conn: sqlite3.Connection, file_id: int) -> dict | None:
+    return _one(conn, "id = ?", file_id)
+
+
+def by_identity(conn: sqlite3.Connection, device: int, inode: int) -> dict | None:
+    """A file already read whose device and inode these are (a rename keeps both)."""
+    return _one(conn, "device = ? AND inode = ? AND head_len > 0", device, inode)
+
+
+def add(conn: sqlite3.Connection, key: str) -> dict:
+    with conn:
+        conn.execute("INSERT INTO files (path) VALUES (?)", (key,))
+    return by_path(conn, key)
+
+
+def rename(conn: sqlite3.Connection, file_id: int, key: str) -> dict:
+    with conn:
+        conn.execute("UPDATE files SET path = ? WHERE id = ?", (key, file_id))
+    return by_id(conn, file_id)
+
+
+def note_error(conn: sqlite3.Connection, key: str, error: str) -> None:
+    """An unreadable file keeps its row and offset, with the reason, so `status` shows why it is not growing."""
+    with conn:
+        conn.execute(
+            "INSERT INTO files (path, error) VALUES (?, ?) ON CONFLICT (path) DO UPDATE SET error = excluded.error",
+            (key, error),
+        )
+
+
+def begin(conn: sqlite3.Connection) -> None:
+    """The write lock now, not at the first insert: a read never fails half-way on a busy database."""
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _insert_new(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> int:
+    before = conn.total_changes
+    conn.executemany(sql, rows)
+    return conn.total_changes - before
+
+
+def insert_messages(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Rows not stored yet (unique on day, split and the line's hash); returns how many were new."""
+    return _insert_new(conn, _MESSAGES, rows)
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    return _insert_new(conn, _EVENTS, rows)
+
+
+def insert_quarantine(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    return _insert_new(conn, _QUARANTINE, rows)
+
+
+def commit_read(
+    conn: sqlite3.Connection,
+    file_id: int,
+    *,
+    offset: int,
+    skipping: bool,
+    size: int,
+    device: int,
+    inode: int,
+    generation: int,
+    head_len: int,
+    head_hash: bytes | None,
+) -> None:
+    """The file's new committed offset, in the transaction that holds the rows before it; commits."""
+    if not conn.in_transaction:
+        begin(conn)
+    conn.execute(
+        "UPDATE files SET committed_offset = ?, skipping = ?, size = ?, device = ?, inode = ?, generation = ?,"
+        " head_len = ?, head_hash = ?, error = NULL, last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+        (offset, int(skipping), size, device, inode, generation, head_len, head_hash, file_id),
+    )
+    conn.commit()
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.rollback()
