@@ -37,8 +37,9 @@ import torch
 
 from engram_ff.bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
 from engram_ff.bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
+from engram_ff.daemon.checkpoints import load_current
 from engram_ff.daemon.config import Config, load_config
-from engram_ff.daemon.update import load_current, update_and_probe
+from engram_ff.daemon.update import update_and_probe
 from engram_ff.ingest.reader import Limits, catch_up
 from engram_ff.model.lm import PRESETS
 from engram_ff.model.train import evaluate_nats

@@ -1,7 +1,7 @@
 """`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost.
 
 Part 1 writes a day of Engram logs whose train split holds 1 MiB of text (TinyShakespeare, then the
-plays), ingests it and runs exactly the daemon's update (`python -m engram_ff.daemon.update`, the child the
+plays), ingests it and runs exactly the daemon's update (`python -m engram_ff.daemon.child`, the child the
 daemon starts at night) with the default configuration: wall time, steps, peak RSS of the update
 process, then the probes.
 Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
@@ -45,7 +45,7 @@ def make_day(watch: Path, n_bytes: int) -> int:
 def run_update(env: dict) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB of the child, exit code)"""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from engram_ff.state import runs
+
 SUMMARY_COLUMNS = {
     "avg_probe_bpb": "held_out_bpb",
     "avg_trained_bpb": "trained_bpb",
@@ -14,30 +16,14 @@ SUMMARY_COLUMNS = {
 
 def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     """Newest last: per probe pass, the averages over days and how many facts rank first."""
-    passes = list(
-        db.query(
-            "SELECT run_id, checkpoint_id, min(recorded_at) AS recorded_at FROM probe_scores "
-            "GROUP BY run_id ORDER BY run_id DESC LIMIT ?",
-            [limit],
-        )
-    )
+    passes = runs.probe_passes(db, limit)
     rows = []
     for p in reversed(passes):
         row = {"run": p["run_id"], "checkpoint": p["checkpoint_id"], "recorded_at": p["recorded_at"]}
-        scores = {
-            r["metric"]: r["value"]
-            for r in db.query(
-                "SELECT metric, value FROM probe_scores WHERE run_id = ? AND kind = 'summary'", [p["run_id"]]
-            )
-        }
+        scores = {r["metric"]: r["value"] for r in runs.pass_scores(db, p["run_id"], kind="summary")}
         for metric, column in SUMMARY_COLUMNS.items():
             row[column] = f"{scores[metric]:.3f}" if metric in scores else "-"
-        ranks = [
-            r["value"]
-            for r in db.query(
-                "SELECT value FROM probe_scores WHERE run_id = ? AND metric = 'answer_rank'", [p["run_id"]]
-            )
-        ]
+        ranks = [r["value"] for r in runs.pass_scores(db, p["run_id"], metric="answer_rank")]
         row["facts_first"] = f"{sum(r == 1 for r in ranks)}/{len(ranks)}" if ranks else "-"
         rows.append(row)
     return rows
@@ -56,11 +42,7 @@ def plot_history(db: sqlite_utils.Database, path: str) -> None:
         (axes[1], "forgetting_probe_bpb", "forgetting: now minus best earlier (bpb)"),
     ):
         series: dict[str, list[tuple[int, float]]] = {}
-        for r in db.query(
-            "SELECT checkpoint_id, day, value FROM probe_scores WHERE metric = ? "
-            "AND checkpoint_id IS NOT NULL ORDER BY id",
-            [metric],
-        ):
+        for r in runs.metric_series(db, metric):
             series.setdefault(r["day"], []).append((r["checkpoint_id"], r["value"]))
         for day, points in sorted(series.items()):
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=day)

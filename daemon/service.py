@@ -1,7 +1,7 @@
 """The long-running service: watcher + nightly scheduler + systemd notify, driven from one main loop.
 
 The main thread only waits, pings the watchdog and handles signals; the watcher ingests on its own
-threads; each update runs in a child process (`python -m engram_ff.daemon.update`), so the idle daemon never
+threads; each update runs in a child process (`python -m engram_ff.daemon.child`), so the idle daemon never
 holds torch's memory, and a crash inside training cannot take the watcher down with it.
 """
 
@@ -76,7 +76,7 @@ class Service:
                 return None
             log.info("update starting")
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "engram_ff.daemon.update", str(os.getpid())], env=child_environment(self.config)
+                [sys.executable, "-m", "engram_ff.daemon.child", str(os.getpid())], env=child_environment(self.config)
             )
             code = self.child.wait()
             self.child = None
@@ -89,11 +89,11 @@ class Service:
             self.update_lock.release()
 
     def _print_latest_probes(self) -> None:
-        from engram_ff.daemon.commands import probe_table
+        from engram_ff.daemon.output import probe_table
 
         db = open_db(self.config.db_path)
         try:
-            rows = list(db.query("SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores)"))
+            rows = runs.latest_probe_pass(db)
         finally:
             db.close()
         print(probe_table(rows) if rows else "no probe scores yet", flush=True)
@@ -101,8 +101,8 @@ class Service:
     def _refresh_last_update(self) -> None:
         db = open_db(self.config.db_path)
         try:
-            row = list(db.query("SELECT id, status, ended_at FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"))
-            self.last_update = f"run {row[0]['id']} {row[0]['status']} at {row[0]['ended_at']}" if row else "never"
+            row = runs.last_update(db)
+            self.last_update = f"run {row['id']} {row['status']} at {row['ended_at']}" if row else "never"
         finally:
             db.close()
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,30 +84,64 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def model_payload(model: torch.nn.Module, trainer=None, **meta) -> dict:
-    """What a checkpoint holds: model kind, config, weights, trainer state and plain metadata."""
+FORMAT = 2
+
+
+@dataclass
+class Saved:
+    """What a checkpoint holds, whatever format wrote it."""
+
+    model: torch.nn.Module
+    trainer_kind: str | None  # "ff", "bp", or None: saved without an optimiser
+    trainer_state: dict | None
+    meta: dict  # plain values: what the daemon needs to resume and to audit a run
+    format: int
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, trainer=None, meta: dict | None = None) -> str:
+    """Write a model (and its trainer's state, to continue training) in the current format; its sha256.
+
+    Format 2 holds: format, kind ("ssm": FFLM, "window": WindowMLP), config, model (the state dict),
+    trainer_kind and trainer (the trainer's state dict, or both None), and meta.
+    """
     from engram_ff.model.lm import FFLM
 
-    return {
-        "kind": "ssm" if isinstance(model, FFLM) else "window",
-        "config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "trainer": None if trainer is None else trainer.state_dict(),
-        "meta": meta,
-    }
+    return save_checkpoint(
+        path,
+        {
+            "format": FORMAT,
+            "kind": "ssm" if isinstance(model, FFLM) else "window",
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "trainer_kind": None if trainer is None else trainer.kind,
+            "trainer": None if trainer is None else trainer.state_dict(),
+            "meta": meta or {},
+        },
+    )
 
 
-def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a checkpoint holds; returns (model, payload). CheckpointError names the file."""
+def load_model(path: str | os.PathLike) -> Saved:
+    """The one loader: rebuild the model a checkpoint holds, of any format; CheckpointError names the file.
+
+    Format 1, written by the daemon up to commit 0ffcbd0, had no "format" and no "kind": it always held
+    the SSM model, with "trainer_kind" ("ff" when absent, from before the BP option).
+    """
     from engram_ff.model.lm import FFLM, LMConfig
     from engram_ff.model.window_mlp import WindowConfig, WindowMLP
 
     payload = load_checkpoint(path)
+    version = payload.get("format", 1)
+    if version > FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {version}, newer than this engram-ff reads ({FORMAT})")
     builders = {"ssm": (FFLM, LMConfig), "window": (WindowMLP, WindowConfig)}
     try:
         model_cls, config_cls = builders[payload.get("kind", "ssm")]
         model = model_cls(config_cls.from_dict(payload["config"]))
         model.load_state_dict(payload["model"])
+        trainer_kind = payload.get("trainer_kind", "ff" if version == 1 else None)
+        trainer_state = payload.get("trainer")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model: {e!r}") from None
-    return model, payload
+    return Saved(
+        model, trainer_kind if trainer_state is not None else None, trainer_state, payload.get("meta", {}), version
+    )

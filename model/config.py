@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+VOCAB = 256  # a byte model: every byte value is a symbol
+
 
 @dataclass
 class LMConfig:

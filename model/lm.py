@@ -24,10 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engram_ff.model.config import PRESETS, LMConfig  # noqa: F401  (PRESETS: re-exported)
+from engram_ff.model.config import PRESETS, VOCAB, LMConfig  # noqa: F401  (PRESETS: re-exported)
 from engram_ff.model.ssm import SSM
-
-VOCAB = 256
 
 
 class Layer(nn.Module):

@@ -27,8 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VOCAB = 256
-
+from engram_ff.model.config import VOCAB
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
 # CPU-s (batch 16 x 256, daemon preset): FF 1.766 / 1.745 / 1.757 nats a byte, BP 1.621 at 4e-3 and
@@ -44,6 +43,8 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
 
 class FFTrainer:
     """Forward-Forward: every layer has its own loss and its own optimiser."""
+
+    kind = "ff"
 
     def __init__(
         self,
@@ -154,6 +155,8 @@ class FFTrainer:
 class BPTrainer:
     """Backprop baseline: the same model trained end to end on the cross-entropy of its final logits."""
 
+    kind = "bp"
+
     def __init__(self, model: nn.Module, lr: float = BP_LR, clip: float = 1.0):
         self.model, self.lr, self.clip = model, lr, clip
         self.optimizer = _adam(list(model.parameters()), lr)
@@ -191,6 +194,9 @@ class BPTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = state["steps"]
+
+
+TRAINERS = {trainer.kind: trainer for trainer in (FFTrainer, BPTrainer)}
 
 
 @dataclass

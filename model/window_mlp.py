@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engram_ff.model.lm import VOCAB, CandidateHead
+from engram_ff.model.config import VOCAB
+from engram_ff.model.lm import CandidateHead
 
 PAD = VOCAB  # embedding row for "before the start of the text"
 

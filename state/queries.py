@@ -150,8 +150,3 @@ def _grouped(rows: list[dict]) -> bytes:
     for row in rows:
         first.setdefault((row["day"], row["session"]), row["id"])
     return conversation(sorted(rows, key=lambda row: (row["day"], first[row["day"], row["session"]], row["id"])))
-
-
-def latest(db: sqlite_utils.Database, table: str, where: str = "1") -> list[dict]:
-    """The newest row of a table (a list of at most one, for printing as a table)."""
-    return list(db.query(f"SELECT * FROM [{table}] WHERE {where} ORDER BY id DESC LIMIT 1"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,6 +65,20 @@ def _alive(pid: int | None, started_at: str) -> bool:
     return time.time() - age <= datetime.fromisoformat(started_at).timestamp() + 1.0
 
 
+def get_run(db: sqlite_utils.Database, run_id: int) -> dict:
+    return next(db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+
+
+def update_runs_newest_first(db: sqlite_utils.Database) -> Iterator[dict]:
+    return db.query("SELECT id, status FROM runs WHERE kind = 'update' ORDER BY id DESC")
+
+
+def last_update(db: sqlite_utils.Database) -> dict | None:
+    """The newest update run, whatever its status."""
+    rows = list(db.query("SELECT * FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"))
+    return rows[0] if rows else None
+
+
 def last_successful_update(db: sqlite_utils.Database) -> dict | None:
     rows = list(db.query("SELECT * FROM runs WHERE kind = 'update' AND status = 'ok' ORDER BY id DESC LIMIT 1"))
     return rows[0] if rows else None
@@ -93,6 +108,17 @@ def good_checkpoints(db: sqlite_utils.Database, kind: str = "final") -> list[dic
     return list(db.query("SELECT * FROM checkpoints WHERE kind = ? AND status = 'good' ORDER BY id DESC", [kind]))
 
 
+def checkpoint_paths(db: sqlite_utils.Database) -> list[str]:
+    """Every checkpoint file the database names, whatever its status."""
+    return [path for (path,) in db.execute("SELECT path FROM checkpoints")]
+
+
+def current_checkpoint(db: sqlite_utils.Database) -> dict | None:
+    """The newest good final checkpoint's row (the current model, if its file loads)."""
+    rows = good_checkpoints(db, "final")
+    return rows[0] if rows else None
+
+
 def set_checkpoint_status(db: sqlite_utils.Database, checkpoint_id: int, status: str) -> None:
     with db.conn:
         db.execute("UPDATE checkpoints SET status = ? WHERE id = ?", [status, checkpoint_id])
@@ -107,6 +133,45 @@ def record_scores(db: sqlite_utils.Database, rows: list[dict]) -> None:
             "VALUES (:run_id, :checkpoint_id, :probe, :kind, :day, :metric, :value, :recorded_at)",
             [{"day": None, **row, "recorded_at": stamp} for row in rows],
         )
+
+
+def latest_probe_pass(db: sqlite_utils.Database) -> list[dict]:
+    """Every score of the newest probe pass."""
+    return list(db.query("SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores)"))
+
+
+def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
+    """The newest `limit` probe passes, newest first: run, checkpoint, when."""
+    return list(
+        db.query(
+            "SELECT run_id, checkpoint_id, min(recorded_at) AS recorded_at FROM probe_scores "
+            "GROUP BY run_id ORDER BY run_id DESC LIMIT ?",
+            [limit],
+        )
+    )
+
+
+def pass_scores(
+    db: sqlite_utils.Database, run_id: int, *, kind: str | None = None, metric: str | None = None
+) -> list[dict]:
+    """One probe pass's scores, of one kind or metric if given."""
+    where, params = "run_id = ?", [run_id]
+    if kind is not None:
+        where, params = where + " AND kind = ?", params + [kind]
+    if metric is not None:
+        where, params = where + " AND metric = ?", params + [metric]
+    return list(db.query(f"SELECT * FROM probe_scores WHERE {where} ORDER BY id", params))
+
+
+def metric_series(db: sqlite_utils.Database, metric: str) -> list[dict]:
+    """Every score of one per-day metric, oldest first: checkpoint, day, value."""
+    return list(
+        db.query(
+            "SELECT checkpoint_id, day, value FROM probe_scores WHERE metric = ? AND checkpoint_id IS NOT NULL"
+            " ORDER BY id",
+            [metric],
+        )
+    )
 
 
 def best_earlier(db: sqlite_utils.Database, metric: str, before_checkpoint: int) -> dict[str, float]:

@@ -237,7 +237,7 @@ def test_a_torn_current_checkpoint_is_passed_over_by_the_daemons_update(tmp_path
     db.close()
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
     child = subprocess.run(
-        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True, timeout=120
     )
     assert child.returncode == 0, child.stderr
     assert f"checkpoint {path} is unusable" in child.stderr and "falling back" in child.stderr

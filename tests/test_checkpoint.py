@@ -1,10 +1,11 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from engram_ff.model.checkpoint import CheckpointError, load_checkpoint, load_model, model_payload, save_checkpoint
+from engram_ff.model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_model
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.train import FFTrainer, byte_batches
 
@@ -17,18 +18,18 @@ def trained(tmp_path):
     x, y = next(byte_batches(b"hello world, " * 20, 2, 16, torch.Generator().manual_seed(0)))
     trainer.train_step(x, y)
     path = tmp_path / "ckpt" / "model.pt"
-    save_checkpoint(path, model_payload(model, trainer, steps=1, note="test"))
+    save_model(path, model, trainer, {"steps": 1, "note": "test"})
     return model, trainer, path
 
 
 def test_round_trip_restores_weights_trainer_and_metadata(trained):
     model, trainer, path = trained
-    loaded, payload = load_model(path)
-    assert payload["meta"] == {"steps": 1, "note": "test"}
+    saved = load_model(path)
+    assert saved.meta == {"steps": 1, "note": "test"} and saved.format == FORMAT and saved.trainer_kind == "ff"
     for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, loaded.state_dict()[name])
-    resumed = FFTrainer(loaded)
-    resumed.load_state_dict(payload["trainer"])
+        assert torch.equal(tensor, saved.model.state_dict()[name])
+    resumed = FFTrainer(saved.model)
+    resumed.load_state_dict(saved.trainer_state)
     assert resumed.steps == trainer.steps
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt", "model.pt.sha256"]  # no temp left
 
@@ -88,3 +89,35 @@ def test_generate_cli_reports_a_bad_checkpoint_without_traceback(trained):
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert str(path) in bad.stderr and "Traceback" not in bad.stderr
+
+
+OLD = Path(__file__).parent / "data" / "checkpoint-0ffcbd0-ff-tiny.pt"
+
+
+def test_a_checkpoint_of_the_first_format_still_loads_and_continues():
+    """Written by daemon/update.py:save at commit 0ffcbd0 (format 1: no "format", no "kind")."""
+    saved = load_model(OLD)
+    assert saved.format == 1 and saved.trainer_kind == "ff" and saved.meta["update_steps"] == 3
+    with torch.inference_mode():
+        logits = saved.model.logits(torch.tensor([list(b"user: Who is Victor?\n")]))[0, -1]
+    assert torch.allclose(logits, torch.load(OLD.with_suffix(".logits.pt"), weights_only=True))
+    trainer = FFTrainer(saved.model)
+    trainer.load_state_dict(saved.trainer_state)
+    assert trainer.steps == 3
+    trainer.train_step(*next(byte_batches(b"Victor is your brother. " * 8, 2, 16, torch.Generator().manual_seed(0))))
+    assert trainer.steps == 4
+
+
+def test_a_model_saved_without_its_trainer_loads_for_inference(tmp_path):
+    model = FFLM(PRESETS["tiny"])
+    save_model(tmp_path / "m.pt", model)
+    saved = load_model(tmp_path / "m.pt")
+    assert saved.trainer_kind is None and saved.trainer_state is None
+
+
+def test_a_newer_format_is_refused_by_name(tmp_path):
+    from engram_ff.model.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "future.pt", {"format": FORMAT + 1, "kind": "ssm"})
+    with pytest.raises(CheckpointError, match="newer than this engram-ff reads"):
+        load_model(tmp_path / "future.pt")

@@ -92,7 +92,7 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
     size = config.checkpoint_dir.joinpath(next(p.name for p in config.checkpoint_dir.glob("*.pt"))).stat().st_size
     full = subprocess.run(
-        limited(size // 2, "engram_ff.daemon.update"), env=env, capture_output=True, text=True, timeout=120
+        limited(size // 2, "engram_ff.daemon.child"), env=env, capture_output=True, text=True, timeout=120
     )
     assert full.returncode == 1, full.stderr
     assert "failed; the previous checkpoint stays current" in full.stderr and "File too large" in full.stderr
@@ -105,7 +105,7 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
         f"run000001-final-{first['steps']:07d}.pt.sha256",
     ]
     ok = subprocess.run(
-        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True, timeout=120
     )
     assert ok.returncode == 0, ok.stderr
     ((status, checkpoint_id),) = query(

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from engram_ff.bench import incremental
-from engram_ff.daemon import update
+from engram_ff.daemon import recipe, update
 from engram_ff.daemon.config import ConfigError, load_config
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
 from engram_ff.model.lm import FFLM, PRESETS
-from engram_ff.model.train import FFTrainer
+from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
 from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, write_day
 
@@ -75,7 +75,7 @@ def test_bp_slows_its_lower_layers_by_exactly_lower_lr():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (2, 17))
     model = FFLM(PRESETS["tiny"])
-    full, slowed = update.BPTrainer(copy.deepcopy(model)), update.BPTrainer(copy.deepcopy(model))
+    full, slowed = BPTrainer(copy.deepcopy(model)), BPTrainer(copy.deepcopy(model))
     slowed.layer_lr = [0.25, 1.0]
     for trainer in (full, slowed):
         trainer.train_step(x[:, :-1], x[:, 1:])
@@ -136,9 +136,9 @@ def test_freeze_layers_keeps_the_lowest_layer_after_the_first_update(make):
 def test_lower_lr_slows_every_layer_below_the_top_once_matured(make):
     config, _ = make(lower_lr=0.25)
     trainer = FFTrainer(FFLM(PRESETS["tiny"]), lr=1e-3)
-    update.plan_layers(trainer, config, matured=False, replay_rows=0)
+    recipe.plan_layers(trainer, config, matured=False, replay_rows=0)
     assert trainer.layer_lr == [1.0, 1.0]  # the first night learns at full speed
-    update.plan_layers(trainer, config, matured=True, replay_rows=0)
+    recipe.plan_layers(trainer, config, matured=True, replay_rows=0)
     trainer.set_lr_scale(1.0)
     assert [opt.param_groups[0]["lr"] for opt in trainer.optimizers] == [0.25e-3, 1e-3]
 
@@ -155,7 +155,7 @@ def test_lr_scale_scales_the_trainers_own_rate(make, monkeypatch, trainer):
     real_train = update.train
     monkeypatch.setattr(update, "train", train)
     assert update.run_update(config)["status"] == "ok"
-    assert rates == [pytest.approx(update.TRAINERS[trainer](FFLM(PRESETS["tiny"])).lr * 0.5)]
+    assert rates == [pytest.approx(TRAINERS[trainer](FFLM(PRESETS["tiny"])).lr * 0.5)]
 
 
 def test_the_four_answers_quote_a_results_files_target_table_or_its_bullets():
@@ -182,17 +182,17 @@ def test_loss_rows_limit_a_layers_loss_to_the_first_rows():
 def test_replay_rows_come_last_and_only_chosen_layers_see_them(make):
     config, db = make(replay_layers="lower", replay_ratio=1.0)
     new, replay = b"n" * 500, b"r" * 1500
-    batches, replay_rows = update.update_batches(new, replay, config, torch.Generator().manual_seed(0))
+    batches, replay_rows = recipe.update_batches(new, replay, config, torch.Generator().manual_seed(0))
     x, y = next(batches)
     assert replay_rows == 3 and x.shape == (config.batch_size, config.seq_len)  # 3 of 4 rows: 3/4 of the bytes
     assert (x[:1] == ord("n")).all() and (x[1:] == ord("r")).all()
 
     trainer = FFTrainer(FFLM(PRESETS["tiny"]))
-    update.plan_layers(trainer, config, matured=True, replay_rows=replay_rows)
+    recipe.plan_layers(trainer, config, matured=True, replay_rows=replay_rows)
     assert trainer.loss_rows == [None, 1]  # the top layer learns from the new rows alone
     upper = load_config(environ=FAST, data_dir=str(config.data_dir), replay_layers="upper")
     trainer = FFTrainer(FFLM(PRESETS["tiny"]))
-    update.plan_layers(trainer, upper, matured=True, replay_rows=replay_rows)
+    recipe.plan_layers(trainer, upper, matured=True, replay_rows=replay_rows)
     assert trainer.loss_rows == [1, None]
 
     first = update.update_and_probe(config)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_ff.daemon import update
+from engram_ff.daemon import checkpoints, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
 from engram_ff.ingest.reader import catch_up
@@ -98,7 +98,7 @@ def test_corrupt_current_checkpoint_falls_back_to_the_previous(setup, caplog):
     newest.write_bytes(bytes(data))
 
     with caplog.at_level(logging.ERROR):
-        current = update.load_current(db, config)
+        current = checkpoints.load_current(db, config)
     assert current.checkpoint_id == first["checkpoint_id"]
     assert str(newest) in caplog.text
     assert (
@@ -118,7 +118,7 @@ def test_failed_update_leaves_the_previous_checkpoint_current(setup, monkeypatch
     monkeypatch.setattr(update, "train", broken_train)
     failed = update.run_update(config)
     assert failed["status"] == "failed" and "MemoryError" in failed["error"]
-    assert update.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+    assert checkpoints.load_current(db, config).checkpoint_id == first["checkpoint_id"]
 
 
 def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
@@ -141,7 +141,7 @@ def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
         == 0
     )
     child = subprocess.Popen(
-        [sys.executable, "-m", "engram_ff.daemon.update"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "engram_ff.daemon.child"], env=env, stderr=subprocess.PIPE, text=True
     )
     wait_for(lambda: query(data / "engram-ff.db", "SELECT 1 FROM runs WHERE status = 'running'"), what="training")
     child.send_signal(signal.SIGTERM)
