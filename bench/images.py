@@ -39,9 +39,10 @@ class Setup:
     batch_size: int = 250
     lr: float = 5e-4  # both models; constant for the first half, then linearly down to 0
     goodness: str = "sum"
-    loss: str = "multi"
+    loss: str = "softmax"
     theta: float = 2.0
-    negatives: int = 1
+    negatives: str = "model"
+    n_negatives: int = 1
     label_scale: float = 1.0
     train_limit: int = 0  # use only the first N training / test images (0: all)
     test_limit: int = 0
@@ -86,6 +87,7 @@ def build(kind: str, s: Setup) -> torch.nn.Module:
             loss=s.loss,
             theta=s.theta,
             negatives=s.negatives,
+            n_negatives=s.n_negatives,
             label_scale=s.label_scale,
             lr=s.lr,
             readout_lr=s.lr,
@@ -208,10 +210,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hidden", type=lambda v: tuple(int(w) for w in v.split("x")), help="e.g. 1000x1000")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=["multi", "pair"])
+    p.add_argument("--loss", choices=["softmax", "pair"], help='model/losses.py ("multi" before 2026-11-30)')
     p.add_argument("--goodness", choices=["mean", "sum"])
     p.add_argument("--theta", type=float)
-    p.add_argument("--negatives", type=int, help="wrong labels per image, drawn from the readout's belief (9: all)")
+    p.add_argument("--negatives", choices=["model", "uniform"], help="how wrong labels are drawn (model/losses.py)")
+    p.add_argument("--n-negatives", type=int, help="wrong labels per image (9: all)")
     p.add_argument("--label-scale", type=float)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--test-limit", type=int)

@@ -5,14 +5,11 @@ DETACHED output, scores all 256 candidates, adds the detached scores of the laye
 local loss on those logits; its backward and optimiser step run before layer l+1 is even computed, so
 only one layer's graph is alive at a time (the memory advantage) and no gradient crosses a layer.
 
-Local losses (`loss=`):
-- "softmax": cross-entropy over all 256 candidates (the main model; cheap with linear goodness).
-- "sampled": softmax over the true byte and K sampled negatives, corrected by the proposal's log q
-  (sampled softmax), so the scores still estimate the full likelihood.
-- "pair": Hinton-style, mean softplus(g_neg - g_pos) over K sampled negatives; no proposal
-  correction, so nothing ties the scores to a likelihood (the benchmark shows what that costs).
-Negatives (`negatives=`): "uniform"; "unigram" (byte frequencies seen so far in training); "model"
-(hard negatives drawn from the layers below's own distribution; uniform at layer 0).
+Local losses (`loss=`) and negatives (`negatives=`) are named as model/losses.py defines them:
+"softmax" over all 256 candidates (the main model, cheap with linear goodness); "sampled" softmax with
+the proposal's log q corrected; Hinton's "pair" loss, against the positive's own goodness; negatives
+"uniform", "unigram" (byte frequencies seen so far) or "model" (the layers below's distribution;
+uniform at layer 0).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engram_ff.model import losses
 from engram_ff.model.config import VOCAB
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
@@ -56,10 +54,7 @@ class FFTrainer:
         clip: float = 1.0,
         seed: int = 0,
     ):
-        if loss not in ("softmax", "sampled", "pair"):
-            raise ValueError(f"loss must be 'softmax', 'sampled' or 'pair', not {loss!r}")
-        if negatives not in ("uniform", "unigram", "model"):
-            raise ValueError(f"negatives must be 'uniform', 'unigram' or 'model', not {negatives!r}")
+        losses.check(loss, negatives)
         self.model, self.lr, self.loss, self.negatives = model, lr, loss, negatives
         self.n_negatives, self.clip = n_negatives, clip
         self.optimizers = [_adam(p, lr) for p in model.layer_parameters()]
@@ -87,7 +82,7 @@ class FFTrainer:
         self.model.train()
         if self.negatives == "unigram":
             self.byte_counts += torch.bincount(y.flatten(), minlength=VOCAB)
-        losses = []
+        layer_losses = []
         lower = None  # detached logits of the layers below, [B, T, 256]
         features = self.model.features(x, detach=True)
         for opt, head, layer_lr, rows in zip(self.optimizers, self.model.heads, self.layer_lr, self.loss_rows):
@@ -102,9 +97,9 @@ class FFTrainer:
                     nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
                 opt.step()
             lower = logits.detach()
-            losses.append(loss.item())
+            layer_losses.append(loss.item())
         self.steps += 1
-        return losses
+        return layer_losses
 
     def _local_loss(self, logits: torch.Tensor, y: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
         if self.loss == "softmax":

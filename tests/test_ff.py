@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from engram_ff.model.images.bp_mlp import BPMLP, BPMLPConfig
-from engram_ff.model.images.ff import FFConfig, FFLayer, goodness, multi_negative_loss, normalise, pair_loss
+from engram_ff.model.images.ff import FFConfig, FFLayer, goodness, normalise
 from engram_ff.model.images.ff_mlp import FFMLP, FFMLPConfig
+from engram_ff.model.losses import pair_loss, softmax_loss
 
 
 def test_losses_and_goodness():
@@ -13,7 +14,7 @@ def test_losses_and_goodness():
     assert goodness(h, "sum").tolist() == [5.0, 9.0]
     assert goodness(h, "mean").tolist() == [2.5, 4.5]
     g = torch.tensor([[3.0, 1.0, 0.5], [0.0, 2.0, 1.0]])  # (B, 1+K), positive first
-    assert torch.allclose(multi_negative_loss(g), F.cross_entropy(g, torch.zeros(2, dtype=torch.long)))
+    assert torch.allclose(softmax_loss(g), F.cross_entropy(g, torch.zeros(2, dtype=torch.long)))
     want = (F.softplus(2 - g[:, 0]) + F.softplus(g[:, 1:] - 2).mean(1)).mean()
     assert torch.allclose(pair_loss(g, theta=2.0), want)
     assert torch.allclose(normalise(torch.tensor([[3.0, 4.0]])).norm(), torch.tensor(2.0).sqrt())
@@ -31,7 +32,7 @@ def test_first_layer_trick_equals_the_plain_layer():
 
 def test_negatives_are_never_the_true_label():
     torch.manual_seed(0)
-    model = FFMLP(FFMLPConfig(d_in=30, hidden=(16, 16), negatives=3))
+    model = FFMLP(FFMLPConfig(d_in=30, hidden=(16, 16), n_negatives=3))
     seen = []
     original = model.first_layer
     model.first_layer = lambda image, scale, labels: seen.append(labels) or original(image, scale, labels)

@@ -1,4 +1,4 @@
-"""The Forward-Forward layer: a layer that learns from a local objective of its own.
+"""The image classifier's Forward-Forward layer: a ReLU layer that learns from a local objective of its own.
 
 A layer sees several candidates of the same example: candidate 0 is the positive (real data), the rest
 are negatives. Its goodness (the sum or the mean of its squared activities) should be high for the
@@ -16,12 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engram_ff.model import losses
+
 
 @dataclass
 class FFConfig:
     goodness: str = "sum"  # "sum" or "mean" of squared activities
-    loss: str = "multi"  # "pair": Hinton's softplus pair; "multi": softmax over positive and negatives
-    theta: float = 2.0  # the pair loss's threshold; the multi loss is shift-invariant and ignores it
+    loss: str = "softmax"  # model/losses.py: "softmax" over the positive and negatives, or Hinton's "pair"
+    theta: float = 2.0  # the pair loss's threshold; the softmax loss is shift-invariant and ignores it
     lr: float = 1e-3
     weight_decay: float = 0.0
 
@@ -45,27 +47,12 @@ def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"goodness must be 'mean' or 'sum', not {kind!r}")
 
 
-def pair_loss(g: torch.Tensor, theta: float) -> torch.Tensor:
-    """Hinton's loss, g (B, 1+K) with the positive first: push it above theta, the negatives below."""
-    return (F.softplus(theta - g[:, 0]) + F.softplus(g[:, 1:] - theta).mean(1)).mean()
-
-
-def multi_negative_loss(g: torch.Tensor) -> torch.Tensor:
-    """g (B, 1+K) with the positive first: cross-entropy of a softmax of goodness over the candidates.
-
-    Only differences of goodness matter, so no threshold is needed, and each negative is weighed by how
-    much it currently competes with the positive: the hard ones get most of the gradient.
-    """
-    return (torch.logsumexp(g, dim=1) - g[:, 0]).mean()
-
-
 class FFLayer(nn.Module):
     """A ReLU layer trained by its own loss and its own optimiser."""
 
     def __init__(self, d_in: int, d_out: int, cfg: FFConfig):
         super().__init__()
-        if cfg.loss not in ("pair", "multi"):
-            raise ValueError(f"loss must be 'pair' or 'multi', not {cfg.loss!r}")
+        losses.check(cfg.loss, "model", losses=("softmax", "pair"))
         self.cfg = cfg
         self.linear = nn.Linear(d_in, d_out)
         self.opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -80,7 +67,7 @@ class FFLayer(nn.Module):
     def loss(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, 1+K, D) activities of the positive then K negatives -> scalar local loss."""
         g = self.goodness(h)  # (B, 1+K)
-        return pair_loss(g, self.cfg.theta) if self.cfg.loss == "pair" else multi_negative_loss(g)
+        return losses.pair_loss(g, self.cfg.theta) if self.cfg.loss == "pair" else losses.softmax_loss(g)
 
     def learn(self, h: torch.Tensor) -> float:
         """One optimiser step on this layer's loss. h (B, 1+K, D) must come from a detached input."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engram_ff.model import losses
 from engram_ff.model.images.ff import FFConfig, FFLayer, normalise
 
 
@@ -30,9 +31,10 @@ class FFMLPConfig:
     n_labels: int = 10  # the label overwrites the first n_labels inputs
     hidden: tuple[int, ...] = (1000, 1000)
     goodness: str = "sum"
-    loss: str = "multi"
+    loss: str = "softmax"
     theta: float = 2.0  # pair loss only; with "sum" goodness it should grow with the width
-    negatives: int = 1  # wrong labels per image, sampled from the readout's belief; n_labels - 1 = all
+    negatives: str = "model"  # wrong labels from the readout's belief, or "uniform" (model/losses.py)
+    n_negatives: int = 1  # wrong labels per image; n_labels - 1 = all of them
     label_scale: float = 1.0  # length of the overlaid label vector; pixels are in [0, 1]
     lr: float = 5e-4
     readout_lr: float = 5e-4
@@ -41,8 +43,9 @@ class FFMLPConfig:
 class FFMLP(nn.Module):
     def __init__(self, cfg: FFMLPConfig):
         super().__init__()
-        if not 1 <= cfg.negatives <= cfg.n_labels - 1:
-            raise ValueError(f"negatives must be between 1 and {cfg.n_labels - 1}, not {cfg.negatives}")
+        losses.check(cfg.loss, cfg.negatives, losses=("softmax", "pair"), negative_kinds=("uniform", "model"))
+        if not 1 <= cfg.n_negatives <= cfg.n_labels - 1:
+            raise ValueError(f"n_negatives must be between 1 and {cfg.n_labels - 1}, not {cfg.n_negatives}")
         self.cfg = cfg
         ff = FFConfig(goodness=cfg.goodness, loss=cfg.loss, theta=cfg.theta, lr=cfg.lr)
         dims = (cfg.d_in, *cfg.hidden)
@@ -80,11 +83,12 @@ class FFMLP(nn.Module):
         self.readout_opt.zero_grad(set_to_none=True)
         readout_loss.backward()
         self.readout_opt.step()
-        if self.cfg.negatives == self.cfg.n_labels - 1:
+        if self.cfg.n_negatives == self.cfg.n_labels - 1:
             negatives = self.wrong[y]  # (B, L-1): all of them
         else:
-            p = F.softmax(logits.detach(), dim=1).scatter(1, y[:, None], 0.0)  # never the true label
-            negatives = torch.multinomial(p + 1e-12, self.cfg.negatives)  # (B, K)
+            belief = F.softmax(logits.detach(), dim=1) if self.cfg.negatives == "model" else torch.ones_like(logits)
+            p = belief.scatter(1, y[:, None], 0.0)  # never the true label
+            negatives = torch.multinomial(p + 1e-12, self.cfg.n_negatives)  # (B, K)
         labels = torch.cat([y[:, None], negatives], dim=1)  # (B, 1+K): the positive first
         h = self.first_layer(image, scale, self.one_hot[labels])  # (B, 1+K, H1)
         loss = self.layers[0].learn(h)
