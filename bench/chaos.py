@@ -621,7 +621,7 @@ def unit_security(user: bool) -> str:
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-ff bench chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="5 trials and a 100 x 100 load")
@@ -629,7 +629,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="chaos.md", help="file name under bench/results/")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.trials, args.files, args.lines = 5, 100, 100
 

@@ -199,7 +199,7 @@ def report(s: Setup, results: dict[str, dict], rss: dict[str, float], command: s
     )
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engram-ff bench images", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=["default", "hinton"], default="default")
     p.add_argument("--quick", action="store_true", help="a small net on a subset, under 2 minutes")
@@ -218,11 +218,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--label-scale", type=float)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--test-limit", type=int)
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     name = "quick" if args.quick else args.preset
     overrides = {k: v for k, v in vars(args).items() if k in Setup.__dataclass_fields__ and v is not None}
     s = replace(PRESETS[name], **overrides)

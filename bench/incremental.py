@@ -480,10 +480,7 @@ def _against(ff: dict, bp: dict) -> str:
     return f"{ratio:.2f}, {gap:+.1%}{': both met' if _both_targets(ff, bp) else ''}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-ff bench incremental", description=__doc__.split("\n")[0])
     parser.add_argument("--stream", choices=["plays", "tiny"], default="plays")
     parser.add_argument("--days", type=int, default=8)
@@ -519,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="write one report from studies' JSON files instead of running one",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)

@@ -260,7 +260,7 @@ def plot_latency(latencies: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-ff bench ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines for the throughput run")
     parser.add_argument("--appends", type=int, default=150, help="appends for the latency run")
@@ -268,8 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 40 appends, 0.05 GB")
     parser.add_argument("--debounce", type=float, default=0.2, help="the watcher's debounce (the default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where ingest.md and the PNG go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.lines, args.appends, args.gb = 100_000, 40, min(args.gb, 0.05)
     load = os.getloadavg()[0]

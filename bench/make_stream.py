@@ -175,14 +175,18 @@ def write_stream(
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engram_ff.bench.make_stream", description=__doc__.split("\n")[0])
     parser.add_argument("stream", choices=["plays", "tiny"])
     parser.add_argument("out", type=Path, help="the Engram folder to write raw/ into")
     parser.add_argument("--days", type=int)
     parser.add_argument("--plant-day", type=int, default=1, help="the day (1-based) that carries the facts; 0: none")
     parser.add_argument("--repeat", type=int, default=8, help="times the fact conversation occurs that day")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     for path in write_stream(args.out, args.stream, args.days, args.plant_day or None, args.repeat):
         print(path, path.stat().st_size)
     return 0

@@ -398,7 +398,7 @@ def plot_curves(models: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engram-ff bench text", description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=600, help="CPU seconds per model (variants get a fraction)")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 s per model, small memory grid")
@@ -408,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="also dump the raw results here")
     p.add_argument("--from-json", nargs="+", metavar="FILE", help="merge earlier --json runs and render only")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.from_json:
         results: dict = {"models": {}, "memory": [], "scan": []}
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         names = args.models.split(",") if args.models else list(model_specs())
         unknown = set(names) - set(model_specs())
         if unknown:
-            p.error(f"unknown models {sorted(unknown)}; choose from {', '.join(model_specs())}")
+            build_parser().error(f"unknown models {sorted(unknown)}; choose from {', '.join(model_specs())}")
         budget = 10 if args.quick else args.budget
         results = {"models": {}, "memory": [], "scan": []}
         if {"ff-ssm", "bp-ssm"} <= set(names):

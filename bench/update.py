@@ -87,13 +87,17 @@ def measure_idle(env: dict, seconds: float) -> tuple[float, float]:
         proc.wait(60)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-ff bench update", description=__doc__.split("\n")[0])
     parser.add_argument("--bytes", type=int, default=MIB, help="new text in the update (default 1 MiB)")
     parser.add_argument("--idle-seconds", type=float, default=120)
     parser.add_argument("--quick", action="store_true", help="64 KiB, a one-minute budget, 20 s idle")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/update.md)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     n_bytes, idle = (64 * 1024, 20.0) if args.quick else (args.bytes, args.idle_seconds)
 
     with tempfile.TemporaryDirectory() as tmp:
