@@ -14,6 +14,12 @@ variant, g(c) = sum_j relu(q_j + E[c]_j)^2, which costs a [B, T, 256, G] broadca
 Layer l's logits are the sum of its own scores and the (detached) scores of the layers below, so
 p(c | prefix) is proportional to exp(sum of all layers' goodness): a proper distribution whose
 cross-entropy is a true bits-per-byte. The same module trained end to end is the backprop baseline.
+
+Glossary (shapes in comments use these):
+    B  batch: windows per step            T  time: bytes per window
+    D  d_model: width of the stream       N  d_state: SSM channels per layer
+    G  d_score: width of a candidate table  V  VOCAB = 256 candidate next bytes
+    L  n_layers                           z_l  layer l's features, what its head scores [B, T, D]
 """
 
 from __future__ import annotations
