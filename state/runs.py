@@ -13,7 +13,8 @@ import sqlite_utils
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """UTC with milliseconds and a Z: the format SQLite's defaults write in the ingest tables (migration 0400)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int | None = None) -> int:
