@@ -369,7 +369,7 @@ def reset(args) -> int:
             if not args.yes:
                 if not sys.stdin.isatty():
                     raise UserError("reset asks before it removes anything; without a terminal, pass --yes", 2)
-                if input("Type yes to remove them: ").strip().lower() != "yes":
+                if _answer("Type yes to remove them: ") != "yes":
                     print("nothing removed")
                     return 1
             resetting.remove(config, found)
@@ -377,6 +377,13 @@ def reset(args) -> int:
         raise UserError(f"{exc}; reset only a data directory no daemon uses") from None
     print(f"removed {len(found.files)} files from {config.data_dir}")
     return 0
+
+
+def _answer(question: str) -> str:
+    try:
+        return input(question).strip().lower()
+    except EOFError:  # stdin closed: no answer is no
+        return ""
 
 
 @command(

@@ -58,6 +58,16 @@ def _when(stamp: str) -> datetime:
 
 
 def plot_history(db: sqlite_utils.Database, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(db)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def history_figure(db: sqlite_utils.Database):
     """Three panels over dates: held-out text, facts, and the nightly updates."""
     import matplotlib
 
@@ -102,7 +112,8 @@ def plot_history(db: sqlite_utils.Database, path: str) -> None:
                 facecolors="none",
                 edgecolors=line.get_color(),
             )
-    facts_ax.set_title("facts: the true answer after its question (filled dot: ranked first)", fontsize=10, loc="left")
+    dots = " (filled dot: ranked first among its distractors)" if marker else ""
+    facts_ax.set_title(f"facts: the true answer after its question{dots}", fontsize=10, loc="left")
     facts_ax.set_ylabel("bits per byte\n(lower is better)")
     if by_fact and len(by_fact) <= 10:
         facts_ax.legend(fontsize=7, loc="upper right")
@@ -133,5 +144,4 @@ def plot_history(db: sqlite_utils.Database, path: str) -> None:
     nights_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     nights_ax.set_xlabel("date (local time)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -42,6 +42,11 @@ def cell(value: object) -> str:
     return printable(str(value))
 
 
+def plural(n: int, word: str) -> str:
+    """1 file, 2 files; with thousands separators."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def size(n_bytes: float | None) -> str:
     """Decimal units, as file managers show sizes: 812 B, 1.6 kB, 23 MB."""
     if n_bytes is None:

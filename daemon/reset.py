@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engram_ff.daemon.config import Config
-from engram_ff.daemon.output import size
+from engram_ff.daemon.output import plural, size
 from engram_ff.state import queries
 from engram_ff.state.db import open_existing
 
@@ -59,15 +59,14 @@ def _describe(db_path: Path) -> str:
             db.close()
     except sqlite3.DatabaseError as exc:  # a damaged database is a reason to reset: say so, go on
         return f"the database (unreadable: {exc})"
-    return (
-        f"the database ({counts['messages']:,} messages from {counts['files']:,} files, {size(db_path.stat().st_size)})"
-    )
+    messages, files = plural(counts["messages"], "message"), plural(counts["files"], "file")
+    return f"the database ({messages} from {files}, {size(db_path.stat().st_size)})"
 
 
 def question(config: Config, found: Plan) -> str:
     watch = config.watch
     return (
-        f"This removes from {config.data_dir}: {found.database} and {found.checkpoints} checkpoint files "
+        f"This removes from {config.data_dir}: {found.database} and {plural(found.checkpoints, 'checkpoint file')} "
         f"({size(found.bytes)} in all). The model and its history are lost.\n"
         f"The Engram logs in {watch} are not touched; a later run reads them all again."
     )

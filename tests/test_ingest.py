@@ -113,7 +113,7 @@ def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
     with caplog.at_level(logging.DEBUG, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert (result.skipped, result.messages, result.quarantined) == (3, 2, 0)
-    assert f"{daily}:0: skipped: empty line" in caplog.text
+    assert f"{daily}: byte 0: skipped: empty line" in caplog.text
 
 
 def test_an_over_size_line_is_quarantined(db, daily, caplog):
