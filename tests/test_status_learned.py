@@ -89,3 +89,17 @@ def test_learned_reads_a_promotion_gates_decision(trained, tmp_path, capsys):
     db.close()
     out = run(capsys, "learned", "--data", str(copy))
     assert "the gate's decision: promote, held-out text improved (old_days_bpb 3.510)" in out.splitlines()[0]
+
+
+def test_status_stays_short_with_100000_files(tmp_path, capsys):
+    db = open_db(tmp_path / "engram-ff.db")
+    with db.conn:
+        db.conn.executemany(
+            "INSERT INTO files (path, size, committed_offset, error) VALUES (?, ?, ?, ?)",
+            [(f"/w/raw/{n:06d}\x1b[2J.jsonl", 100, 100, "EACCES" if n % 1000 == 0 else None) for n in range(100_000)],
+        )
+    db.close()
+    out = run(capsys, "status", "--data", str(tmp_path))
+    assert "100,000 (10 MB), 0 B waiting for a newline, 100 unreadable" in out
+    assert len(out.splitlines()) < 40 and "\x1b" not in out
+    assert out.rstrip().endswith("`engram-ff status --verbose` lists every file, day and event.")
