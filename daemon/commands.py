@@ -132,6 +132,8 @@ def update(args) -> int:
         )
     else:
         print(_update_sentence(row))
+        if stop.requested:  # the update itself finished; Ctrl-C came during its probes
+            print("engram-ff: the probes were stopped; `engram-ff probe` runs them", file=sys.stderr)
     return EXIT_CODES.get(row["status"], 1)
 
 
