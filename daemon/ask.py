@@ -1,9 +1,9 @@
 """`engram-ff ask`: a question to the current model, asked in the form the model learned from.
 
 The training text writes a conversation as `sender: text` lines (state/text.py), so the question is a
-new session in which the user's usual sender name says it and the assistant's name has just begun
-its line. The answer is what the model writes up to the end of that line's turn: where a line of a
-known sender, or a blank line, begins. Greedy by default, so the same model answers the same way.
+line in which the user's usual sender name says it, and the assistant's name has just begun the
+next. The answer is what the model writes up to the end of that line's turn: where a line of a known
+sender, or a blank line, begins. Greedy by default, so the same model answers the same way.
 """
 
 from __future__ import annotations

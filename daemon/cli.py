@@ -33,6 +33,7 @@ BENCHMARK_HELP = {
     "chaos": "SIGKILL trials, load and the units' security",
 }
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+BROKEN_PIPE = 141  # and by SIGPIPE, which is how `git log | head` ends git
 
 
 def installed_version() -> str:
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), getattr(exc, "code", 1))
     except KeyboardInterrupt:  # a command that saves its own work on Ctrl-C (update) never gets here
         return _fail("interrupted", INTERRUPTED)
+    except BrokenPipeError:  # `engram-ff status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return BROKEN_PIPE
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -252,7 +252,7 @@ def ask(args) -> int:
     )
     noise = torch.Generator().manual_seed(args.seed)
     answer = asking.answer(model, prompt, who, max_bytes=args.bytes, temperature=temperature, generator=noise)
-    shown = (prompt.lstrip(b"\n") if args.show_prompt else b"") + answer
+    shown = (prompt if args.show_prompt else b"") + answer
     for line in shown.decode("utf-8", "replace").split("\n"):
         print(printable(line))
     return 0

@@ -27,9 +27,13 @@ def conversation(rows: Iterable[Mapping]) -> bytes:
 
 
 def question_prompt(question: str, asker: str, answerer: str) -> bytes:
-    """A new session in which `asker` says `question` and `answerer`'s line has just begun: the leading
-    newline is the blank line that separates sessions in the training text."""
-    return b"\n" + message_line(asker, question) + f"{answerer}: ".encode("utf-8", "surrogatepass")
+    """`asker` says `question` and `answerer`'s line has just begun, as the fact probes ask.
+
+    No blank line before it, although one starts every session in the training text: on the demo's
+    model (`run --demo`, then `ask`) a leading blank line drew "Victor is your brother…" for three of
+    its four questions, while without it three of four got their own answer
+    (bench/results/fresh-clone.md)."""
+    return message_line(asker, question) + f"{answerer}: ".encode("utf-8", "surrogatepass")
 
 
 def end_of_turn(answer: bytes, senders: Iterable[str], *, complete: bool = False) -> int | None:

@@ -27,7 +27,7 @@ def test_a_message_line_keeps_lone_surrogates_of_odd_input():
 def test_a_question_is_a_new_session_in_the_training_format():
     from engram_ff.state.text import question_prompt
 
-    assert question_prompt("Who is Victor?", "me", "bot") == b"\nme: Who is Victor?\nbot: "
+    assert question_prompt("Who is Victor?", "me", "bot") == b"me: Who is Victor?\nbot: "
 
 
 def test_the_turn_ends_where_the_next_message_or_session_begins():
