@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -103,3 +104,11 @@ def test_status_stays_short_with_100000_files(tmp_path, capsys):
     assert "100,000 (10 MB), 0 B waiting for a newline, 100 unreadable" in out
     assert len(out.splitlines()) < 40 and "\x1b" not in out
     assert out.rstrip().endswith("`engram-ff status --verbose` lists every file, day and event.")
+
+
+def test_probe_json_is_the_stored_scores(trained, capsys):
+    rows = json.loads(run(capsys, "probe", "--data", str(trained.data_dir), "--json"))
+    assert {r["metric"] for r in rows} >= {"probe_bpb", "answer_rank"}
+    assert all(isinstance(r["value"], float) for r in rows)  # unrounded, for scripts
+    table = run(capsys, "probe", "--data", str(trained.data_dir))
+    assert re.search(r"answer_rank +[1-4]$", table, flags=re.M) and ".0000" not in table  # a rank, for people
