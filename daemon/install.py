@@ -56,6 +56,19 @@ def executable() -> str:
     return which or f"{sys.executable} -m engram_ff.daemon.cli"
 
 
+@dataclass
+class Installation:
+    """What ExecStart= runs, and every path running it reads."""
+
+    command: str
+    paths: dict[str, Path]
+
+
+def this_installation() -> Installation:
+    command = executable()
+    return Installation(command, program_paths(command))
+
+
 def program_paths(command: str) -> dict[str, Path]:
     """What running `command` reads: the command, the environment, the interpreter and its library, and
     the directory each imported package lives in (an editable install lives in its checkout)."""
@@ -91,9 +104,10 @@ def _fix_for_tmp(label: str, path: Path, user: bool) -> str:
         return f"watch a folder outside /tmp and /var/tmp (the unit has PrivateTmp=yes, so {path} would be empty to it)"
     home = "~/.local/share/engram-ff-venv" if user else "/opt/engram-ff"
     return (
-        f"{label} is {path}, in a temporary folder, which the unit's PrivateTmp=yes hides (and the system empties at "
-        f"boot). Install engram-ff where a service can run from: python3 -m venv {home} && {home}/bin/pip install "
-        f"torch engram-ff, then run {home}/bin/engram-ff install-service{' --user' if user else ''} again"
+        f"{label} is {path}, in a temporary folder, which the unit's PrivateTmp=yes hides (and systemd-tmpfiles "
+        f"cleans): install engram-ff where a service can run from, e.g. python3 -m venv {home}, then {home}/bin/pip "
+        f"install torch and {home}/bin/pip install YOUR-CLONE (not -e), and run {home}/bin/engram-ff "
+        f"install-service{' --user' if user else ''} again"
     )
 
 
@@ -123,12 +137,15 @@ def render_unit(
     data: str | None = None,
     config_file: str | None = None,
     facts_file: str | None = None,
+    installation: Installation | None = None,
 ) -> Unit:
+    """The unit for `installation` (default: the one running this), or Unreachable with the fix."""
     template = (UNITS / ("engram-ff.user.service" if user else "engram-ff.service")).read_text()
-    command = [executable(), "run"]
-    if any(c.isspace() for c in command[0]):
+    installation = installation or this_installation()
+    command = [installation.command, "run"]
+    if any(c.isspace() for c in installation.command.split(" -m ")[0]):
         raise Unreachable(f"the path {command[0]!r} holds a space, which ExecStart= cannot take unquoted")
-    needed = program_paths(" ".join(command))
+    needed = dict(installation.paths)
     if config_file:
         command += ["--config", str(Path(config_file).resolve())]
         needed["the configuration file"] = Path(config_file).resolve()

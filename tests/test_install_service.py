@@ -12,16 +12,24 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from engram_ff.daemon import install
 from engram_ff.daemon.cli import main
+from tests.daemon_helpers import installation_outside_tmp
 
 HOMES = ("/home", "/root", "/run/user")
 TEMPORARY = ("/tmp", "/var/tmp")
+RUNNING = install.this_installation  # the installation running these tests, wherever its checkout is
+
+
+@pytest.fixture(autouse=True)
+def outside_tmp(monkeypatch):
+    """Units for an installation outside /tmp, unless a test asks for another: .ci/run tests a copy of the
+    checkout in /tmp, which install-service (rightly) refuses to install."""
+    monkeypatch.setattr(install, "this_installation", installation_outside_tmp)
 
 
 def settings(text: str) -> dict[str, list[str]]:
@@ -58,20 +66,20 @@ def visible(path: str | Path, unit: dict[str, list[str]]) -> bool:
     return True
 
 
-def what_the_service_reads(unit: dict[str, list[str]]) -> dict[str, str]:
+def what_the_service_reads(unit: dict[str, list[str]], *, packages: bool) -> dict[str, str]:
     """Read from the unit itself: its ExecStart program, the interpreter in that program's #! line, the
-    watched folder it is given, and where this interpreter finds engram_ff and torch."""
+    watched folder it is given, the standard library, and (for this very installation) where it finds
+    engram_ff and torch."""
     argv = unit["ExecStart"][0].split()
-    paths = {"program": argv[0]}
+    paths = {"program": argv[0], "standard library": os.path.dirname(os.__file__)}
     with open(argv[0], "rb") as program:
         first = program.readline()
     if first.startswith(b"#!"):
         paths["interpreter"] = first[2:].split()[0].decode()
     if "--watch" in argv:
         paths["watched folder"] = argv[argv.index("--watch") + 1]
-    for module in ("engram_ff.daemon", "torch"):
+    for module in ("engram_ff.daemon", "torch") if packages else ():
         paths[module] = str(Path(importlib.util.find_spec(module).origin).parent)
-    paths["standard library"] = os.path.dirname(os.__file__)
     return paths
 
 
@@ -82,16 +90,34 @@ def render(*args: str, capsys) -> str:
 
 def test_the_system_unit_sees_its_own_program_and_watched_folder(capsys):
     unit = settings(render("--watch", "/home/someone/engram", capsys=capsys))
-    reads = what_the_service_reads(unit)
+    reads = what_the_service_reads(unit, packages=False)
     hidden = [f"{what}: {path}" for what, path in reads.items() if not visible(path, unit)]
     assert hidden == []
     assert unit["ProtectHome"] == ["tmpfs"]  # the rest of the home folders stays out of sight
     assert "/home/someone/engram" in unit["BindReadOnlyPaths"][0].split()
 
 
+def test_the_installation_running_these_tests_is_visible_to_its_unit_or_refused(monkeypatch, capsys):
+    monkeypatch.setattr(install, "this_installation", RUNNING)
+    in_tmp = [p for p in RUNNING().paths.values() if under(os.path.realpath(p), TEMPORARY)]
+    code = main(["install-service", "--output", "-", "--watch", "/home/someone/engram"])
+    out, err = capsys.readouterr()
+    if in_tmp:  # e.g. .ci/run's copy of the checkout: refused, with the fix
+        assert code == 1 and "PrivateTmp=yes hides" in err and "install-service again" in err
+        return
+    assert code == 0
+    unit = settings(out)
+    reads = what_the_service_reads(unit, packages=True)
+    assert [f"{what}: {path}" for what, path in reads.items() if not visible(path, unit)] == []
+
+
 def test_a_venv_and_a_watched_folder_under_home_are_bound_read_only(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "prefix", "/home/me/venvs/engram-ff")
-    monkeypatch.setattr(install, "executable", lambda: "/home/me/venvs/engram-ff/bin/engram-ff")
+    venv = Path("/home/me/venvs/engram-ff")
+    installed = install.Installation(
+        str(venv / "bin" / "engram-ff"),
+        {"the engram-ff command": venv / "bin" / "engram-ff", "its Python environment": venv, "lib": Path("/usr/lib")},
+    )
+    monkeypatch.setattr(install, "this_installation", lambda: installed)
     assert main(["install-service", "--output", "-", "--watch", "/home/me/engram"]) == 0
     out, err = capsys.readouterr()
     unit = settings(out)
@@ -118,7 +144,7 @@ def test_the_user_unit_reads_home_and_writes_only_its_data_dir(capsys):
     assert template["ReadWritePaths"] == ["-%h/.local/share/engram-ff"]  # `-`: starts before the folder exists
     unit = settings(render("--user", "--data", "/home/me/engram-data", "--watch", "/home/me/engram", capsys=capsys))
     assert unit["ProtectHome"] == ["read-only"] and unit["ReadWritePaths"] == ["-/home/me/engram-data"]
-    assert all(visible(path, unit) for path in what_the_service_reads(unit).values())
+    assert all(visible(path, unit) for path in what_the_service_reads(unit, packages=False).values())
 
 
 def test_the_system_units_data_dir_is_writable(capsys):
