@@ -187,6 +187,11 @@ def _data_dir(unit: Unit, data_dir: Path, *, user: bool) -> str:
         return _set(text, "StateDirectory", str(data_dir.relative_to(SYSTEM_STATE)))
     if _under(data_dir, TEMPORARY):
         raise Unreachable(f"the data directory {data_dir} is in a temporary folder, private to the unit: pick another")
+    if not user and _under(data_dir, HOMES):
+        raise Unreachable(
+            f"the system unit hides home directories (ProtectHome=), so it cannot keep its data in {data_dir}: "
+            "use --data /var/lib/NAME, or the user unit (--user)"
+        )
     if not user:
         unit.notes.append(
             f"the service runs as a dynamic user, which can write {data_dir} only if its permissions let it "

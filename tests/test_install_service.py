@@ -153,6 +153,8 @@ def test_the_system_units_data_dir_is_writable(capsys):
     assert "--data /srv/engram-ff" in elsewhere["ExecStart"][0]
     state = settings(render("--data", "/var/lib/engram-ff-2", capsys=capsys))
     assert state["StateDirectory"] == ["engram-ff-2"] and "ReadWritePaths" not in state
+    assert main(["install-service", "--output", "-", "--data", "/home/me/data"]) == 1
+    assert "use --data /var/lib/NAME, or the user unit" in capsys.readouterr().err
 
 
 def test_output_dash_is_standard_output(tmp_path, monkeypatch, capsys):
