@@ -56,6 +56,8 @@ class Progress:
         speed = result.bytes / result.seconds if result.seconds > 0 else 0.0
         if now >= self._next["log"]:
             self._next["log"] = now + LOG_EVERY_S
+            self.finish()  # the log line gets a line of its own; the bar is drawn again below it
+            self._next["bar"] = now
             log.info(
                 "update %d: step %d/%d, loss %.3f, %s/s, %s left",
                 self.run_id,
