@@ -334,7 +334,7 @@ def age_last_update(data: Path) -> None:
     conn = sqlite3.connect(data / "engram-ff.db", timeout=30)
     try:
         with conn:
-            conn.execute("UPDATE runs SET ended_at = '2000-01-01T00:00:00+00:00' WHERE status = 'ok'")
+            conn.execute("UPDATE runs SET ended_at = '2000-01-01T00:00:00.000Z' WHERE status = 'ok'")
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc):
             raise

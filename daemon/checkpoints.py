@@ -67,6 +67,18 @@ def load_current(db, config: Config) -> Loaded | None:
     return newest_loadable(db, runs.good_checkpoints(db, "final"), config)
 
 
+def current_model(db) -> tuple[FFLM, dict] | None:
+    """The current model for inference (`ask`, `generate`) and its checkpoint row, whatever trainer made
+    it. Read-only: a file that does not load is skipped with a log line and left for the next update to
+    mark corrupt."""
+    for row in runs.good_checkpoints(db, "final"):
+        try:
+            return ckpt.load_model(row["path"]).model, row
+        except ckpt.CheckpointError as exc:
+            log.warning("checkpoint %s is unusable (%s); trying the one before it", row["path"], exc)
+    return None
+
+
 def resumable(db, config: Config) -> Loaded | None:
     """The newest partial checkpoint of the newest interrupted update that left one that loads. A resumed
     update killed before its own first checkpoint leaves none: then the one it resumed from is resumed

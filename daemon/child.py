@@ -1,9 +1,15 @@
-"""The update child: `python -m engram_ff.daemon.child DAEMON_PID`, started by the service for each
-night, so the idle daemon never holds torch's memory and a crash in training cannot take the watcher
-down. Its configuration arrives as ENGRAM_FF_* variables; its exit code is update.EXIT_CODES'."""
+"""The update child: `python -m engram_ff.daemon.child DAEMON_PID [STATUS_FD]`, started by the service
+for each night, so the idle daemon never holds torch's memory and a crash in training cannot take the
+watcher down. Its configuration arrives as ENGRAM_FF_* variables; its exit code is update.EXIT_CODES'.
+
+Its progress goes to the log every 30 s, and as one line per status ("training: step 120/900, 3 min
+left") to STATUS_FD, a pipe the daemon reads and relays as systemd's STATUS=. Relayed rather than sent
+from here, so the unit keeps NotifyAccess=main (only the daemon may speak for the service) and the
+daemon's own status line can carry the training's."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -12,6 +18,7 @@ import sys
 
 from engram_ff.daemon.config import load_config
 from engram_ff.daemon.logs import setup_logging
+from engram_ff.daemon.progress import for_this_process
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
@@ -44,8 +51,20 @@ def main() -> int:
     if len(sys.argv) > 1 and not stop_with_parent(int(sys.argv[1])):
         log.warning("the daemon that started this update is gone: not starting")
         return EXIT_CODES["interrupted"]
-    row = update_and_probe(config, should_stop=lambda: stop["requested"])
+    status = _status_pipe(int(sys.argv[2])) if len(sys.argv) > 2 else None
+    row = update_and_probe(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
     return EXIT_CODES.get(row["status"], 1)
+
+
+def _status_pipe(fd: int):
+    """Each status as one line on the daemon's pipe; a daemon that stopped reading costs nothing."""
+    pipe = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
+
+    def send(text: str) -> None:
+        with contextlib.suppress(OSError):  # EPIPE: the daemon is gone, and PR_SET_PDEATHSIG stops us
+            pipe.write(text.replace("\n", " ") + "\n")
+
+    return send
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`engram-ff`: the command line. It builds one argparse parser from the commands registered in
 daemon/commands.py, runs the one asked for, and turns the failures a user can act on into one line
-on stderr and an exit code (2 for bad configuration or usage, 1 otherwise), never a traceback."""
+on stderr and an exit code (2 for bad configuration or usage, 1 otherwise, 130 for Ctrl-C), never a
+traceback. A misused command answers with its own usage, not the top-level one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from engram_ff.daemon.commands import AlreadyRunning
 from engram_ff.daemon.config import ConfigError
@@ -22,6 +24,23 @@ BENCHMARKS = {
     "incremental": "engram_ff.bench.incremental",
     "chaos": "engram_ff.bench.chaos",
 }
+BENCHMARK_HELP = {
+    "images": "Forward-Forward against backprop on Fashion-MNIST",
+    "text": "the FF-SSM language model against backprop and baselines on TinyShakespeare",
+    "ingest": "lines per second, latency and memory of ingest",
+    "update": "one nightly update's time and memory, and the idle daemon",
+    "incremental": "day-by-day learning and forgetting, method by method",
+    "chaos": "SIGKILL trials, load and the units' security",
+}
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+BROKEN_PIPE = 141  # and by SIGPIPE, which is how `git log | head` ends git
+
+
+def installed_version() -> str:
+    try:
+        return version("engram-ff")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a byte-level SSM language model learning every night from Engram logs, "
         "with Forward-Forward training on the CPU.",
     )
+    parser.add_argument("--version", action="version", version=f"engram-ff {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(
@@ -42,14 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in cmd.options:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(run=cmd.run)
+    listing = "\n".join(f"  {name:<12} {BENCHMARK_HELP[name]}" for name in sorted(BENCHMARKS))
     p = sub.add_parser(
         "bench",
         help="run a benchmark; `engram-ff bench NAME --help` for its flags",
-        epilog="example:\n  engram-ff bench ingest --quick",
+        description="Run a benchmark; its results go to bench/results/.",
+        epilog=f"benchmarks:\n{listing}\n\nexample:\n  engram-ff bench ingest --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=sorted(BENCHMARKS))
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.add_argument("name", nargs="?", choices=sorted(BENCHMARKS), metavar="NAME", help="which benchmark (below)")
+    p.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, metavar="FLAGS", help="its flags (`--quick` for a short run)"
+    )
+    p.set_defaults(help=p.print_help)
     return parser
 
 
@@ -59,18 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     # with spinning and 0.34 s without on 2 busy cores. Must be set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "bench":
-        return importlib.import_module(BENCHMARKS[args.name]).main(args.bench_args) or 0
     try:
+        if args.command == "bench":
+            if args.name is None:  # bare `engram-ff bench`: which benchmarks there are
+                args.help()
+                return 2
+            return importlib.import_module(BENCHMARKS[args.name]).main(args.bench_args) or 0
         return args.run(args) or 0
     except ConfigError as exc:
         return _fail(f"bad configuration: {exc}", 2)
     except (AlreadyRunning, UserError) as exc:
         return _fail(str(exc), getattr(exc, "code", 1))
+    except KeyboardInterrupt:  # a command that saves its own work on Ctrl-C (update) never gets here
+        return _fail("interrupted", INTERRUPTED)
+    except BrokenPipeError:  # `engram-ff status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return BROKEN_PIPE
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown flag of a command is reported with that command's usage."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        (commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _fail(message: str, code: int) -> int:

@@ -3,10 +3,16 @@
 Each is registered with `@command` (daemon/options.py) and returns an exit code. Failures a user can
 act on raise ConfigError, AlreadyRunning or UserError, which daemon/cli.py prints as one line. Heavy
 modules (torch, the watcher) are imported inside the command that needs them, so `--help` is instant.
+
+Conventions: a command that only reads (status, history, learned, probe, ask, generate) opens an
+existing database and never creates one, so a mistyped --data is an error, not a new empty database;
+numbers are rounded for people and `--json` gives scripts the stored values.
 """
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sqlite3
 import sys
 
@@ -14,10 +20,10 @@ from engram_ff.daemon.config import Config, config_from_args
 from engram_ff.daemon.errors import UserError
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
-from engram_ff.daemon.options import command, location_options, option
-from engram_ff.daemon.output import probe_table, table
+from engram_ff.daemon.options import command, json_option, location_options, option
+from engram_ff.daemon.output import as_json, duration, moment, printable, probe_table, size, table
 
-DEMO_BUDGET_MINUTES = 2.0
+ASK_SAMPLING_TEMPERATURE = 0.8
 
 
 def _config(args) -> Config:
@@ -26,57 +32,136 @@ def _config(args) -> Config:
     return config
 
 
+def _database(config: Config):
+    """The data directory's database, for a command that must not create one."""
+    from engram_ff.state.db import NoDatabase, open_existing
+
+    try:
+        return open_existing(config.db_path)
+    except NoDatabase:
+        raise UserError(
+            f"no engram-ff database in {config.data_dir}: check --data, or start with `engram-ff ingest` "
+            "or `engram-ff run`"
+        ) from None
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
 @command(
     "run",
     help="run the daemon: watch, ingest, update nightly, probe",
     example="engram-ff run --watch ~/engram --data /srv/engram-ff",
 )
 @location_options
-@option("--demo", action="store_true", help="seed the folder with a bundled sample and update at once")
+@option(
+    "--demo",
+    action="store_true",
+    help="a demo in its own data directory (~/.local/share/engram-ff-demo unless --data): three bundled days "
+    "of logs, one short update at once",
+)
 def run(args) -> int:
+    from engram_ff.daemon.demo import demo_config
     from engram_ff.daemon.service import Service
 
     config = _config(args)
-    if args.demo:  # a newcomer waits for the first update: keep it short
-        config.update_budget_minutes = min(config.update_budget_minutes, DEMO_BUDGET_MINUTES)
-    return Service(config, lambda: config_from_args(args), demo=args.demo).run()
+    if not args.demo:
+        return Service(config, lambda: config_from_args(args)).run()
+    if args.watch:
+        raise UserError("the demo watches a folder of its own: run it without --watch", 2)
+    given = args.data is not None
+    return Service(
+        demo_config(config, data_given=given), lambda: demo_config(config_from_args(args), data_given=given), demo=True
+    ).run()
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM asks the update to stop at its next step and save a partial checkpoint;
+    a second Ctrl-C gives up at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @command("update", help="run one nightly update now", example="engram-ff update --data ~/.local/share/engram-ff")
 @location_options
+@json_option
 def update(args) -> int:
+    from engram_ff.daemon.progress import for_this_process
     from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
     config = _config(args)
+    if args.watch and not config.watch.is_dir():
+        raise UserError(f"watch folder {config.watch} does not exist (an update trains on what was ingested from it)")
+    _database(config).close()  # there must be something to train on: nothing is created here
     try:
-        with DataDirLock(config.lock_path):
-            row = update_and_probe(config)
+        with DataDirLock(config.lock_path), _StopOnSignal() as stop:
+            row = update_and_probe(config, should_stop=lambda: stop.requested, progress=for_this_process())
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
-    columns = [
-        "id",
-        "status",
-        "new_bytes",
-        "replay_bytes",
-        "steps",
-        "wall_seconds",
-        "peak_rss_mb",
-        "checkpoint_id",
-        "error",
-    ]
-    print(table([row], columns))
+    if args.json:
+        print(as_json(row))
+    elif row["status"] == "interrupted":
+        print(
+            f"engram-ff: update {row['id']} interrupted at step {row['steps'] or 0}: its partial checkpoint is "
+            "saved and the next update resumes from it",
+            file=sys.stderr,
+        )
+    else:
+        print(_update_sentence(row))
+        if stop.requested:  # the update itself finished; Ctrl-C came during its probes
+            print("engram-ff: the probes were stopped; `engram-ff probe` runs them", file=sys.stderr)
     return EXIT_CODES.get(row["status"], 1)
+
+
+def _update_sentence(row: dict) -> str:
+    words = f"update {row['id']} {row['status']}"
+    if row["status"] in ("ok", "rejected"):
+        words += (
+            f": {size(row['new_bytes'])} new and {size(row['replay_bytes'])} replayed, {row['steps']:,} steps in "
+            f"{duration(row['wall_seconds'])}, peak memory {row['peak_rss_mb']:,.0f} MiB, "
+            f"checkpoint {row['checkpoint_id']}"
+        )
+    if row["error"]:
+        words += f": {row['error']}"
+    return printable(words)
 
 
 @command("probe", help="run the retention, forgetting and fact probes now", example="engram-ff probe")
 @location_options
+@json_option
 def probe(args) -> int:
     from engram_ff.daemon.update import run_probes
 
-    rows = run_probes(_config(args))
+    config = _config(args)
+    _database(config).close()
+    rows = run_probes(config)
     if not rows:
         raise UserError("no trained checkpoint yet: run `engram-ff update` first")
-    print(probe_table(rows))
+    print(as_json(rows) if args.json else probe_table(rows))
     return 0
 
 
@@ -87,67 +172,133 @@ def config(args) -> int:
     return 0
 
 
-@command("history", help="recent probe history as a table", example="engram-ff history --limit 30 --plot h.png")
+@command(
+    "history", help="recent probe history as a table, and a plot", example="engram-ff history --limit 30 --plot h.png"
+)
 @location_options
-@option("--limit", type=int, default=20, help="how many recent runs")
-@option("--plot", metavar="FILE.png", help="also draw retention and forgetting per day")
+@option("--limit", type=_positive, default=20, metavar="N", help="how many recent probe passes (default 20)")
+@option("--plot", metavar="FILE.png", help="also draw held-out text, facts and nightly updates over dates")
+@json_option
 def history(args) -> int:
-    from engram_ff.daemon.history import plot_history, recent_history
-    from engram_ff.state.db import open_db
+    from pathlib import Path
 
-    db = open_db(_config(args).db_path)
+    from engram_ff.daemon.history import plot_history, recent_history
+
+    config = _config(args)
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise UserError(f"cannot write {args.plot}: the folder {Path(args.plot).resolve().parent} does not exist")
+    db = _database(config)
     rows = recent_history(db, args.limit)
-    print(table(rows, list(rows[0]) if rows else ["run", "checkpoint", "recorded_at"]))
+    if args.json:
+        print(as_json(rows))
+    elif rows:
+        print("bits per byte, lower is better; forgetting > 0: older days got worse; bwt > 0: later nights helped them")
+        shown = [{"when": moment(r["recorded_at"]), **r} for r in rows]
+        print(table(shown, ["when", *(c for c in rows[0] if c != "recorded_at")]))
+    else:
+        print("no probe passes yet: `engram-ff update` trains and probes")
     if args.plot:
-        plot_history(db, args.plot)
-        print(f"wrote {args.plot}")
+        if not rows:
+            raise UserError("nothing to plot yet: no probe pass")
+        try:
+            plot_history(db, args.plot)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.plot}: {exc.strerror or exc}") from None
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+@command("learned", help="what the last night's update learned", example="engram-ff learned")
+@location_options
+@json_option
+def learned(args) -> int:
+    from engram_ff.daemon import learned as last_night
+
+    facts = last_night.gather(_database(_config(args)))
+    print(as_json(facts) if args.json else last_night.render(facts))
     return 0
 
 
 @command(
-    "install-service",
-    help="write the systemd unit for this installation",
-    example="engram-ff install-service --user --watch ~/engram",
+    "ask",
+    help="ask the current model a question and print its answer",
+    example='engram-ff ask "Who is Victor?"',
 )
-@option("--user", action="store_true", help="a unit for the user's own systemd manager")
-@option("--output", metavar="PATH", help="where to write it (default: systemd's unit folder)")
+@option("question", help="what to ask, as you would write it in the chat")
 @location_options
-def install_service(args) -> int:
-    from engram_ff.daemon.install import install_unit
+@option(
+    "--sample",
+    action="store_true",
+    help=f"sample the answer at temperature {ASK_SAMPLING_TEMPERATURE} (default: greedy, the likeliest byte each time)",
+)
+@option("--temperature", type=_temperature, metavar="T", help="sample at this temperature (0: greedy)")
+@option("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+@option("--bytes", type=_positive, default=400, metavar="N", help="the longest answer, in bytes (default 400)")
+@option("--show-prompt", action="store_true", help="print the text the model is given before its answer")
+@option("--checkpoint", metavar="PATH", help="ask this checkpoint file instead of the current model")
+def ask(args) -> int:
+    import torch
 
-    try:
-        path = install_unit(
-            user=args.user, output=args.output, watch=args.watch, data=args.data, config_file=args.config
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    scope = "--user " if args.user else ""
-    print(f"wrote {path}\nnext: systemctl {scope}daemon-reload && systemctl {scope}enable --now engram-ff")
+    from engram_ff.daemon import ask as asking
+
+    config = _config(args)
+    db = _database(config)
+    model = _model(db, args.checkpoint, config)
+    who = asking.voices(db)
+    prompt = asking.prompt(args.question, who)
+    temperature = (
+        args.temperature if args.temperature is not None else (ASK_SAMPLING_TEMPERATURE if args.sample else 0.0)
+    )
+    noise = torch.Generator().manual_seed(args.seed)
+    answer = asking.answer(model, prompt, who, max_bytes=args.bytes, temperature=temperature, generator=noise)
+    shown = (prompt if args.show_prompt else b"") + answer
+    for line in shown.decode("utf-8", "replace").split("\n"):
+        print(printable(line))
     return 0
+
+
+def _model(db, checkpoint: str | None, config: Config):
+    """The model of a checkpoint file, or the current model of the data directory."""
+    from engram_ff.daemon.checkpoints import current_model
+    from engram_ff.model.checkpoint import CheckpointError, load_model
+
+    if checkpoint:
+        try:
+            return load_model(checkpoint).model
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
+    found = current_model(db)
+    if found is None:
+        raise UserError(f"no trained model in {config.data_dir} yet: run `engram-ff update` first")
+    return found[0]
 
 
 @command(
     "generate",
-    help="stream text from a checkpoint in recurrent mode",
-    example="engram-ff generate --checkpoint model.pt --prompt 'user: Who is Victor?'",
+    help="stream raw text from the current model (or a checkpoint), byte by byte",
+    example="engram-ff generate --prompt 'user: Who is Victor?' --bytes 200",
 )
-@option("--checkpoint", required=True, metavar="PATH", help="the checkpoint file to read")
-@option("--prompt", default="", metavar="TEXT", help="text the model continues")
-@option("--bytes", type=int, default=300, metavar="N", help="how many bytes to generate")
-@option("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature; 0 is greedy")
-@option("--seed", type=int, default=0, help="seed of the sampling noise")
+@location_options
+@option("--checkpoint", metavar="PATH", help="the checkpoint file to read (default: the current model of --data)")
+@option("--prompt", default="", metavar="TEXT", help="text the model continues (default: none, a new line)")
+@option("--bytes", type=int, default=300, metavar="N", help="how many bytes to generate (default 300)")
+@option(
+    "--temperature", type=_temperature, default=0.8, metavar="T", help="sampling temperature; 0 is greedy (default 0.8)"
+)
+@option("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
 def generate(args) -> int:
     import torch
 
-    from engram_ff.model.checkpoint import CheckpointError, load_model
     from engram_ff.model.generate import generate as stream
 
     if args.bytes < 0:
         raise UserError(f"--bytes must be >= 0, not {args.bytes}", 2)
-    try:
-        model = load_model(args.checkpoint).model
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
+    if args.checkpoint:
+        model = _model(None, args.checkpoint, None)
+    else:
+        config = _config(args)
+        model = _model(_database(config), None, config)
     out = sys.stdout.buffer
     out.write(args.prompt.encode())
     noise = torch.Generator().manual_seed(args.seed)
@@ -166,10 +317,10 @@ def ingest(args) -> int:
     from engram_ff.state.db import open_db
 
     config = _config(args)
+    if not config.watch.is_dir():
+        raise UserError(f"watch folder {config.watch} does not exist: check --watch")
     try:
         with DataDirLock(config.lock_path):
-            if not config.watch.is_dir():
-                raise UserError(f"watch folder {config.watch} does not exist")
             stats = catch_up(open_db(config.db_path), config.watch, limits=Limits.of(config))
     except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
         raise UserError(
@@ -179,40 +330,132 @@ def ingest(args) -> int:
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon ingests as files change)") from None
     print(
-        f"{config.watch}: {stats.files} files, {stats.lines} lines read: {stats.messages} new messages, "
-        f"{stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
+        f"{printable(str(config.watch))}: {stats.files} files, {stats.lines} lines read: {stats.messages} new "
+        f"messages, {stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
         f"{stats.quarantined} quarantined, {stats.errors} files unreadable"
     )
     return 1 if stats.errors else 0
 
 
-@command("status", help="files, messages, quarantine, last update and checkpoint", example="engram-ff status")
+@command("status", help="is a daemon running, what was read, the model, the next update", example="engram-ff status")
 @location_options
+@option("--verbose", "-v", action="store_true", help="list every file, day and event, not only the newest")
+@json_option
 def status(args) -> int:
-    from engram_ff.state import queries, runs
-    from engram_ff.state.db import open_db
+    from engram_ff.daemon import status as report
 
     config = _config(args)
-    if not config.db_path.exists():
-        raise UserError(f"no database at {config.db_path} yet: run `engram-ff ingest` or `engram-ff run`")
-    db = open_db(config.db_path)
-    print(f"database {config.db_path}, watching {config.watch}\n")
-    columns = ["path", "size", "committed_offset", "pending", "generation", "messages", "last_seen", "error"]
-    print(table(queries.files(db), columns))
-    print()
-    print(table(queries.day_splits(db), ["day", "split", "messages", "bytes"]))
-    events = queries.event_counts(db)
-    if events:
-        print()
-        print(table(events, ["day", "type", "action", "count"]))
-    counts = queries.counts(db)
-    print(f"\n{counts['quarantine']} quarantined lines" + (", the latest:" if counts["quarantine"] else ""))
-    if counts["quarantine"]:
-        print(table(queries.quarantine(db, 5), ["path", "line_offset", "length", "reason"]))
-    if last := runs.last_update(db):
-        print("\nlast update:")
-        print(table([last], ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"]))
-    if current := runs.current_checkpoint(db):
-        print("\ncurrent checkpoint:")
-        print(table([current], ["id", "run_id", "path", "steps", "created_at"]))
+    facts = report.gather(_database(config), config, verbose=args.verbose)
+    print(as_json(facts) if args.json else report.render(facts, verbose=args.verbose))
+    return 0
+
+
+@command(
+    "reset",
+    help="remove a data directory's database and checkpoints (asks first)",
+    example="engram-ff reset --data ~/.local/share/engram-ff-demo",
+)
+@location_options
+@option("--yes", action="store_true", help="do not ask (for scripts)")
+def reset(args) -> int:
+    from engram_ff.daemon import reset as resetting
+
+    config = _config(args)
+    found = resetting.plan(config)
+    if not found.files:
+        raise UserError(f"nothing to reset in {config.data_dir}: no engram-ff database or checkpoints there")
+    try:
+        with DataDirLock(config.lock_path):
+            found = resetting.plan(config)  # again, now that no daemon can change it
+            print(resetting.question(config, found))
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    raise UserError("reset asks before it removes anything; without a terminal, pass --yes", 2)
+                if _answer("Type yes to remove them: ") != "yes":
+                    print("nothing removed")
+                    return 1
+            resetting.remove(config, found)
+    except AlreadyRunning as exc:
+        raise UserError(f"{exc}; reset only a data directory no daemon uses") from None
+    print(f"removed {len(found.files)} files from {config.data_dir}")
+    return 0
+
+
+def _answer(question: str) -> str:
+    try:
+        return input(question).strip().lower()
+    except EOFError:  # stdin closed: no answer is no
+        return ""
+
+
+@command(
+    "install-service",
+    help="write the systemd unit for this installation",
+    example="engram-ff install-service --user --watch ~/engram",
+)
+@option("--user", action="store_true", help="a unit for the user's own systemd manager")
+@option("--output", metavar="PATH", help="where to write it; - for standard output (default: systemd's unit folder)")
+@location_options
+def install_service(args) -> int:
+    from engram_ff.daemon.config import load_config
+    from engram_ff.daemon.install import Unreachable, install_unit, render_unit, unit_path
+
+    # the configuration file's own watch folder and facts file must be reachable too; the installing
+    # shell's environment is not the service's, so it is left out
+    settings = load_config(args.config, environ={}, watch_dir=args.watch, data_dir=args.data)
+    watch = args.watch or (str(settings.watch_dir) if settings.watch_dir else None)
+    try:
+        unit = render_unit(
+            user=args.user,
+            watch=watch,
+            data=args.data,
+            config_file=args.config,
+            facts_file=str(settings.facts_file) if settings.facts_file else None,
+        )
+        if args.output == "-":
+            sys.stdout.write(unit.text)
+        else:
+            path = unit_path(user=args.user, output=args.output)
+            install_unit(unit, path)
+    except (OSError, Unreachable) as exc:
+        raise UserError(str(exc)) from None
+    notes = sys.stderr if args.output == "-" else sys.stdout
+    if unit.bound:
+        print(
+            "bound read-only into the unit's sandbox (the rest of the home folders stays hidden): "
+            + ", ".join(unit.bound),
+            file=notes,
+        )
+    for note in unit.notes:
+        print(f"note: {note}", file=notes)
+    if args.output != "-":
+        scope = "--user " if args.user else ""
+        print(f"wrote {path}\nnext: systemctl {scope}daemon-reload && systemctl {scope}enable --now engram-ff")
+    return 0
+
+
+@command(
+    "uninstall-service",
+    help="remove the systemd unit install-service wrote (once disabled); the data stays",
+    example="engram-ff uninstall-service --user",
+)
+@option("--user", action="store_true", help="the unit of the user's own systemd manager")
+@option("--output", metavar="PATH", help="the unit file, if install-service wrote it elsewhere")
+def uninstall_service(args) -> int:
+    from engram_ff.daemon.install import StillEnabled, uninstall_unit, unit_path
+
+    path = unit_path(user=args.user, output=args.output)
+    scope = "--user " if args.user else ""
+    try:
+        uninstall_unit(path)
+    except StillEnabled as exc:
+        raise UserError(
+            f"the service is still enabled ({exc}): first run systemctl {scope}disable --now engram-ff"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"removed {path}\nnext: systemctl {scope}daemon-reload. The database and checkpoints stay where they are; "
+        "`engram-ff reset` removes them"
+    )
     return 0

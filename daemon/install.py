@@ -1,14 +1,50 @@
-"""`engram-ff install-service`: the unit from systemd/, with this installation's paths written in."""
+"""`engram-ff install-service` and `uninstall-service`: the unit from systemd/, with this installation's
+paths written in, and a sandbox that can still see them.
+
+A unit's sandbox can hide its own program. The system unit has ProtectHome=yes (/home, /root and
+/run/user are empty to it) and both units have PrivateTmp=yes (a private, empty /tmp and /var/tmp), so
+a virtual environment under /home, a pyenv interpreter under /root or a checkout in /tmp would vanish
+at start, and so would a watched folder in a home directory, where Engram writes. So the paths the
+service must reach (its command, its environment, the interpreter and the packages it imports, the
+watched folder, the configuration file) are checked against the unit's own settings:
+- under a home directory, the system unit binds exactly those paths read-only and hides the rest of
+  the home directories behind an empty tmpfs (ProtectHome=tmpfs, which systemd documents for this);
+- under /tmp or /var/tmp, installation is refused with the fix: /tmp is private to the unit, emptied
+  at boot, and no place for a service to run from.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"  # installed beside daemon/ as package data
+MARKER = "# Written by `engram-ff install-service`; `engram-ff uninstall-service` removes it."
+HOMES = ("/home", "/root", "/run/user")  # hidden by ProtectHome=yes, read-only under ProtectHome=read-only
+TEMPORARY = ("/tmp", "/var/tmp")  # private to the unit under PrivateTmp=yes
+# the modules the daemon and its update child import, wherever pip put them
+IMPORTS = ("engram_ff.daemon", "torch", "numpy", "watchdog", "apscheduler", "orjson", "sqlite_utils", "matplotlib")
+SYSTEM_STATE = Path("/var/lib")  # StateDirectory= is relative to it
+
+
+class Unreachable(ValueError):
+    """A path the service needs would be hidden by its own sandbox, and binding it is not the fix."""
+
+
+class StillEnabled(ValueError):
+    """The unit is still enabled: removing its file would leave systemd's links dangling."""
+
+
+@dataclass
+class Unit:
+    text: str
+    bound: list[str] = field(default_factory=list)  # read-only binds added for paths under a home directory
+    notes: list[str] = field(default_factory=list)  # what the user must still do
 
 
 def executable() -> str:
@@ -20,45 +56,176 @@ def executable() -> str:
     return which or f"{sys.executable} -m engram_ff.daemon.cli"
 
 
+@dataclass
+class Installation:
+    """What ExecStart= runs, and every path running it reads."""
+
+    command: str
+    paths: dict[str, Path]
+
+
+def this_installation() -> Installation:
+    command = executable()
+    return Installation(command, program_paths(command))
+
+
+def program_paths(command: str) -> dict[str, Path]:
+    """What running `command` reads: the command, the environment, the interpreter and its library, and
+    the directory each imported package lives in (an editable install lives in its checkout)."""
+    paths = {
+        "the engram-ff command": Path(command.split()[0]),
+        "its Python environment": Path(sys.prefix),
+        "the Python interpreter": Path(os.path.realpath(sys.executable)),
+        "the interpreter's library": Path(sys.base_prefix),
+    }
+    for name in IMPORTS:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            package = Path(spec.origin).parent  # .../site-packages/torch
+            paths[f"the {name.split('.')[0]} package"] = package.parent if name == "engram_ff.daemon" else package
+    return paths
+
+
+def _under(path: Path, roots: tuple[str, ...]) -> bool:
+    return any(path == Path(root) or Path(root) in path.parents for root in roots)
+
+
+def _covering(paths: list[Path]) -> list[Path]:
+    """The fewest of `paths` whose subtrees hold them all."""
+    kept: list[Path] = []
+    for path in sorted(set(paths)):
+        if not any(path == k or k in path.parents for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _fix_for_tmp(label: str, path: Path, user: bool) -> str:
+    if label == "the watched folder":
+        return f"watch a folder outside /tmp and /var/tmp (the unit has PrivateTmp=yes, so {path} would be empty to it)"
+    home = "~/.local/share/engram-ff-venv" if user else "/opt/engram-ff"
+    return (
+        f"{label} is {path}, in a temporary folder, which the unit's PrivateTmp=yes hides (and systemd-tmpfiles "
+        f"cleans): install engram-ff where a service can run from, e.g. python3 -m venv {home}, then {home}/bin/pip "
+        f"install torch and {home}/bin/pip install YOUR-CLONE (not -e), and run {home}/bin/engram-ff "
+        f"install-service{' --user' if user else ''} again"
+    )
+
+
+def reachable_paths(*, user: bool, needed: dict[str, Path]) -> list[Path]:
+    """The paths the unit must bind read-only for the service to see them; raises Unreachable for a path
+    in /tmp, naming the fix."""
+    resolved = {label: Path(os.path.realpath(path)) for label, path in needed.items()}
+    for label, path in resolved.items():
+        if _under(path, TEMPORARY):
+            raise Unreachable(_fix_for_tmp(label, path, user))
+    if user:  # ProtectHome=read-only: every home directory stays readable
+        return []
+    return _covering([path for path in resolved.values() if _under(path, HOMES)])
+
+
+def _set(text: str, key: str, value: str) -> str:
+    """Replace the unit's `key=` line, or add it after the line that anchors its section of settings."""
+    if re.search(rf"^{key}=", text, flags=re.M):
+        return re.sub(rf"^{key}=.*$", f"{key}={value}", text, count=1, flags=re.M)
+    return re.sub(r"^(UMask=.*)$", rf"\1\n{key}={value}", text, count=1, flags=re.M)
+
+
 def render_unit(
-    *, user: bool, watch: str | None = None, data: str | None = None, config_file: str | None = None
-) -> str:
-    template = (UNITS / ("engram-ff.user.service" if user else "engram-ff.service")).read_text()
-    command = [executable(), "run"]
-    if config_file:
-        command += ["--config", str(Path(config_file).resolve())]
-    if data:
-        command += ["--data", str(Path(data).resolve())]
-    if watch or not user:
-        watch_dir = str(Path(watch).resolve()) if watch else "/var/lib/engram"
-        command += ["--watch", watch_dir]
-        if not user:
-            template = re.sub(r"^BindReadOnlyPaths=.*$", f"BindReadOnlyPaths=-{watch_dir}", template, flags=re.M)
-    if data and user:
-        template = re.sub(r"^ReadWritePaths=.*$", f"ReadWritePaths={Path(data).resolve()}", template, flags=re.M)
-    if any(c.isspace() for c in command[0]):
-        raise ValueError(f"the path {command[0]!r} holds a space, which ExecStart= cannot take unquoted")
-    return re.sub(r"^ExecStart=.*$", "ExecStart=" + " ".join(command), template, count=1, flags=re.M)
-
-
-def install_unit(
     *,
     user: bool,
-    output: str | None = None,
     watch: str | None = None,
     data: str | None = None,
     config_file: str | None = None,
-) -> Path:
+    facts_file: str | None = None,
+    installation: Installation | None = None,
+) -> Unit:
+    """The unit for `installation` (default: the one running this), or Unreachable with the fix."""
+    template = (UNITS / ("engram-ff.user.service" if user else "engram-ff.service")).read_text()
+    installation = installation or this_installation()
+    command = [installation.command, "run"]
+    if any(c.isspace() for c in installation.command.split(" -m ")[0]):
+        raise Unreachable(f"the path {command[0]!r} holds a space, which ExecStart= cannot take unquoted")
+    needed = dict(installation.paths)
+    if config_file:
+        command += ["--config", str(Path(config_file).resolve())]
+        needed["the configuration file"] = Path(config_file).resolve()
+    if facts_file:
+        needed["the facts file"] = Path(facts_file).resolve()
+    unit = Unit(template)
+    if data:
+        data_dir = Path(data).resolve()
+        command += ["--data", str(data_dir)]
+        unit.text = _data_dir(unit, data_dir, user=user)
+    if watch or not user:
+        watch_dir = Path(watch).resolve() if watch else Path("/var/lib/engram")
+        command += ["--watch", str(watch_dir)]
+        needed["the watched folder"] = watch_dir
+    binds = reachable_paths(user=user, needed=needed)
+    if not user:
+        # Outside the home directories the watched folder is bound with `-`: the unit starts without it and
+        # the daemon waits for it to appear. Under ProtectHome=tmpfs a folder must exist to be bound.
+        watched = [] if _under(Path(os.path.realpath(watch_dir)), HOMES) else [f"-{watch_dir}"]
+        unit.text = _set(unit.text, "BindReadOnlyPaths", " ".join([*watched, *map(str, binds)]))
+        if binds:
+            unit.text = _set(unit.text, "ProtectHome", "tmpfs")
+            unit.bound = [str(b) for b in binds]
+            if not watched and not watch_dir.is_dir():
+                unit.notes.append(
+                    f"create {watch_dir} before starting the service: the unit binds it, so it must exist"
+                )
+    unit.text = re.sub(r"^ExecStart=.*$", "ExecStart=" + " ".join(command), unit.text, count=1, flags=re.M)
+    unit.text = re.sub(r"^\[Unit\]$", f"{MARKER}\n[Unit]", unit.text, count=1, flags=re.M)
+    return unit
+
+
+def _data_dir(unit: Unit, data_dir: Path, *, user: bool) -> str:
+    """The data directory must be writable under ProtectSystem=strict. Under /var/lib the system unit
+    asks systemd for it (StateDirectory=, created and owned by the unit's dynamic user); anywhere else a
+    ReadWritePaths= opens it, its `-` letting the unit start while it does not exist yet."""
+    text = unit.text
+    if not user and SYSTEM_STATE in data_dir.parents:
+        return _set(text, "StateDirectory", str(data_dir.relative_to(SYSTEM_STATE)))
+    if _under(data_dir, TEMPORARY):
+        raise Unreachable(f"the data directory {data_dir} is in a temporary folder, private to the unit: pick another")
+    if not user and _under(data_dir, HOMES):
+        raise Unreachable(
+            f"the system unit hides home directories (ProtectHome=), so it cannot keep its data in {data_dir}: "
+            "use --data /var/lib/NAME, or the user unit (--user)"
+        )
+    if not user:
+        unit.notes.append(
+            f"the service runs as a dynamic user, which can write {data_dir} only if its permissions let it "
+            "(systemd creates and owns a data directory for it only under /var/lib: --data /var/lib/NAME)"
+        )
+    return _set(text, "ReadWritePaths", f"-{data_dir}")
+
+
+def unit_path(*, user: bool, output: str | None = None) -> Path:
     if output:
-        path = Path(output)
-    elif user:
+        return Path(output)
+    if user:
         config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        path = config_home / "systemd" / "user" / "engram-ff.service"
-    else:
-        path = Path("/etc/systemd/system/engram-ff.service")
-    text = render_unit(user=user, watch=watch, data=data, config_file=config_file)
+        return config_home / "systemd" / "user" / "engram-ff.service"
+    return Path("/etc/systemd/system/engram-ff.service")
+
+
+def install_unit(unit: Unit, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(unit.text)
     tmp.replace(path)
-    return path
+
+
+def uninstall_unit(path: Path) -> None:
+    """Remove a unit this command wrote, once it is no longer enabled; anything else is refused."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"no unit at {path}: nothing to remove") from None
+    if MARKER not in text:
+        raise ValueError(f"{path} was not written by engram-ff install-service: not removing it")
+    for target in re.findall(r"^WantedBy=(.+)$", text, flags=re.M):
+        link = path.parent / f"{target.strip()}.wants" / path.name
+        if link.is_symlink() or link.exists():
+            raise StillEnabled(str(link))
+    path.unlink()

@@ -43,3 +43,24 @@ class DataDirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the engram-ff that holds the lock at `path`, or None if none does; read-only.
+
+    Held means the kernel lists an flock on the file's inode in /proc/locks: a pid file alone could be
+    stale after a SIGKILL or a reboot. The pid itself is the one the holder wrote into the file (the
+    kernel's may be from another pid namespace); 0 if it has not written it yet."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    if not any(" FLOCK " in line and inode in line for line in locks.splitlines()):
+        return None
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0

@@ -30,6 +30,10 @@ class FactsError(ValueError):
     pass
 
 
+class ProbesStopped(Exception):
+    """should_stop() said so between two days: the pass records nothing."""
+
+
 def load_facts(path: Path | None) -> list[dict]:
     path = Path(path) if path else BUNDLED_FACTS
     try:
@@ -46,7 +50,9 @@ def load_facts(path: Path | None) -> list[dict]:
     return facts
 
 
-def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) -> list[dict]:
+def probe(
+    db, config: Config, model, *, run_id: int, checkpoint_id: int | None, should_stop=lambda: False
+) -> list[dict]:
     """Score every day and every fact with `model`, record the rows in one transaction, return them."""
     model.eval()
     rows: list[dict] = []
@@ -66,6 +72,8 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
 
     days = queries.days(db)
     for day in days:
+        if should_stop():
+            raise ProbesStopped
         for split, metric in (("probe", "probe_bpb"), ("train", "trained_bpb")):
             text = queries.day_text(db, day, split, max_bytes=config.probe_max_bytes)
             if len(text) >= 2:

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
+from engram_ff.daemon import schedule
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
@@ -29,9 +28,9 @@ from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 
-PERIOD = timedelta(days=1)
 STATUS_EVERY_S = 30.0
 CHILD_STOP_GRACE_S = 60.0  # below the units' TimeoutStopSec=90: the child saves a checkpoint and exits
+WATCH_POLL_S = 5.0  # a missing watch folder is looked for this often (and the watchdog pinged)
 
 
 def child_environment(config: Config) -> dict[str, str]:
@@ -55,6 +54,8 @@ class Service:
         self.update_lock = threading.Lock()
         self.child: subprocess.Popen | None = None
         self.last_update: str = "never"
+        self.training: str | None = None  # the running update's own status line, relayed from its pipe
+        self.watcher: Watcher | None = None
 
     # --- signals -------------------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -75,11 +76,21 @@ class Service:
             if self.stop_requested.is_set():
                 return None
             log.info("update starting")
-            self.child = subprocess.Popen(
-                [sys.executable, "-m", "engram_ff.daemon.child", str(os.getpid())], env=child_environment(self.config)
-            )
+            status_read, status_write = os.pipe()
+            try:
+                self.child = subprocess.Popen(
+                    [sys.executable, "-m", "engram_ff.daemon.child", str(os.getpid()), str(status_write)],
+                    env=child_environment(self.config),
+                    pass_fds=(status_write,),
+                )
+            finally:
+                os.close(status_write)  # the child holds the only writer: EOF when it exits
+            relay = threading.Thread(target=self._relay_status, args=(status_read,), name="update-status", daemon=True)
+            relay.start()
             code = self.child.wait()
+            relay.join(timeout=5)
             self.child = None
+            self.training = None
             self._refresh_last_update()
             log.info("update finished with exit code %d (%s)", code, self.last_update)
             if self.demo:
@@ -87,6 +98,13 @@ class Service:
             return code
         finally:
             self.update_lock.release()
+
+    def _relay_status(self, fd: int) -> None:
+        """Each line the update child writes ("training: step 120/900, 3 min left") becomes STATUS=."""
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as pipe:
+            for line in pipe:
+                self.training = line.strip()
+                self.notifier.status(self.status_line(self.watcher))
 
     def _print_latest_probes(self) -> None:
         from engram_ff.daemon.output import probe_table
@@ -109,21 +127,16 @@ class Service:
     def update_overdue(self) -> bool:
         db = open_db(self.config.db_path)
         try:
-            last = runs.last_successful_update(db)
+            return schedule.overdue(runs.last_successful_update(db))
         finally:
             db.close()
-        if last is None:
-            return True
-        ended = datetime.fromisoformat(last["ended_at"])
-        return datetime.now(UTC) - ended > PERIOD
 
     # --- main loop -----------------------------------------------------------------------------
     def _make_scheduler(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
-        hour, minute = self.config.schedule_hour_minute
         scheduler.add_job(
             self.run_update,
-            CronTrigger(hour=hour, minute=minute),
+            schedule.nightly_trigger(self.config),
             id="nightly",
             misfire_grace_time=int(self.config.misfire_grace_hours * 3600),
         )
@@ -140,14 +153,15 @@ class Service:
                 log.warning("watch and data folders change only at restart; the rest is reloaded")
                 new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
             self.config = new
-            hour, minute = new.schedule_hour_minute
-            scheduler.reschedule_job("nightly", trigger=CronTrigger(hour=hour, minute=minute))
+            scheduler.reschedule_job("nightly", trigger=schedule.nightly_trigger(new))
             logging.getLogger().setLevel(new.log_level.upper())
             log.info("configuration reloaded; nightly update at %s", new.schedule)
         self.notifier.ready(self.status_line(None))
 
     def status_line(self, watcher: Watcher | None) -> str:
         counts = f"{watcher.status_line()}; " if watcher is not None else ""
+        if self.training:
+            return f"{self.training}; {counts}last update: {self.last_update}"
         return f"{counts}last update: {self.last_update}"
 
     def _wait_for_first_scan(self, watcher: Watcher) -> None:
@@ -157,6 +171,27 @@ class Service:
                 raise RuntimeError(f"ingest failed during the start-up scan: {watcher.stats.last_error}")
             self.notifier.status(f"start-up scan: {watcher.status_line()}")
             self.wake.wait(0.5)
+
+    def _wait_for_watch_folder(self) -> bool:
+        """A watch folder named in the configuration that does not exist yet (Engram not installed yet, a
+        drive not mounted) is waited for with a log line, not created: a mistyped path must not become
+        an empty folder that is watched forever. The default one, inside the data directory, is ours to
+        create. False if a stop came first."""
+        watch = self.config.watch
+        if self.config.watch_dir is None or watch.is_dir():
+            return True
+        log.warning(
+            "watch folder %s does not exist: waiting for it to appear (looked for every %.0f s)", watch, WATCH_POLL_S
+        )
+        self.notifier.ready(f"waiting for the watch folder {watch} to appear")
+        while not watch.is_dir():
+            if self.stop_requested.is_set():
+                return False
+            self.notifier.watchdog()
+            self.wake.wait(WATCH_POLL_S)
+            self.wake.clear()
+        log.info("watch folder %s is there now", watch)
+        return True
 
     def healthy(self, watcher: Watcher, scheduler: BackgroundScheduler, db) -> bool:
         try:
@@ -178,6 +213,8 @@ class Service:
                 from engram_ff.daemon.demo import seed
 
                 seed(self.config.watch)
+            if not self._wait_for_watch_folder():
+                return 0
             watcher = Watcher(
                 self.config.db_path,
                 self.config.watch,
@@ -186,6 +223,7 @@ class Service:
                 rescan_s=self.config.rescan_seconds,
                 polling=self.config.polling,
             )
+            self.watcher = watcher
             scheduler = self._make_scheduler()
             try:
                 watcher.start()  # observer first, then the start-up scan

@@ -16,6 +16,8 @@ import torch
 from engram_ff.daemon import checkpoints, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.output import duration, size
+from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
 from engram_ff.model.train import train
 from engram_ff.state import queries, runs
@@ -59,7 +61,7 @@ def plan_night(db, config: Config) -> Night:
     return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
 
 
-def run_update(config: Config, *, should_stop=lambda: False) -> dict:
+def run_update(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
     """One update, exactly the nightly job; returns its `runs` row."""
     db = open_db(config.db_path)
     runs.mark_dead_runs_interrupted(db)
@@ -68,7 +70,7 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
     try:
         night = plan_night(db, config)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
-        return _train_night(db, config, run_id, night, started, should_stop)
+        return _train_night(db, config, run_id, night, started, should_stop, progress or Progress())
     except Exception as exc:
         if run_id is None:
             run_id = runs.start_run(db, "update")
@@ -86,7 +88,9 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
         db.close()
 
 
-def _train_night(db, config: Config, run_id: int, night: Night, started: float, should_stop) -> dict:
+def _train_night(
+    db, config: Config, run_id: int, night: Night, started: float, should_stop, progress: Progress
+) -> dict:
     new_text = queries.text_between(db, night.first_id, night.last_id, split="train")
     bounds = dict(first_message_id=night.first_id, last_message_id=night.last_id)
     if not new_text:
@@ -105,12 +109,12 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     steps_left = max(0, recipe.step_budget(config, len(new_text) + len(replay)) - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
     log.info(
-        "update %d: %d new bytes, %d replayed, up to %d steps in %.0f s",
+        "update %d: %s new, %s replayed, up to %d steps in %s",
         run_id,
-        len(new_text),
-        len(replay),
+        size(len(new_text)),
+        size(len(replay)),
         steps_left,
-        budget_s,
+        duration(budget_s),
     )
     model = night.start
     meta = {
@@ -130,6 +134,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     def on_step(step: int, losses, result) -> None:
         nonlocal last_save
         meta["update_steps"] = night.steps_done + step
+        progress.step(step, losses, result)
         if time.monotonic() - last_save >= config.checkpoint_every_seconds:
             save("partial")
             last_save = time.monotonic()
@@ -137,14 +142,16 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     model.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
     batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
     recipe.plan_layers(model.trainer, config, matured=night.parent_id is not None, replay_rows=replay_rows)
+    progress.start(run_id, steps_left, budget_s)
     result = train(
         model.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
     )
+    progress.finish()
     fields = dict(
         new_bytes=len(new_text),
         replay_bytes=len(replay),
         steps=night.steps_done + result.steps,
-        layer_losses=result.losses,
+        layer_losses=[round(loss, 4) for loss in result.losses],  # for people reading the row: 4 decimals
         parent_checkpoint_id=night.parent_id,
         **bounds,
     )
@@ -165,16 +172,20 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     return runs.get_run(db, run_id)
 
 
-def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
+def update_and_probe(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
     """The nightly job: an update, then probes of the model it leaves current."""
-    row = run_update(config, should_stop=should_stop)
+    row = run_update(config, should_stop=should_stop, progress=progress)
     if row["status"] == "ok" and not should_stop():
-        run_probes(config)
+        if progress is not None:
+            progress.phase("probing the new model")
+        run_probes(config, should_stop=should_stop)
     return row
 
 
-def run_probes(config: Config) -> list[dict]:
-    from engram_ff.daemon.probes import probe
+def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
+    """A probe pass on the current model; [] if there is none, or if should_stop() ended it early (the
+    pass is then recorded as interrupted, with no scores: a reader never sees half a pass)."""
+    from engram_ff.daemon.probes import ProbesStopped, probe
 
     db = open_db(config.db_path)
     try:
@@ -184,7 +195,12 @@ def run_probes(config: Config) -> list[dict]:
             return []
         run_id = runs.start_run(db, "probe")
         try:
-            rows = probe(db, config, current.model, run_id=run_id, checkpoint_id=current.checkpoint_id)
+            rows = probe(
+                db, config, current.model, run_id=run_id, checkpoint_id=current.checkpoint_id, should_stop=should_stop
+            )
+        except ProbesStopped:
+            runs.finish_run(db, run_id, "interrupted", error="stopped by a signal")
+            return []
         except Exception as exc:
             runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             raise

@@ -427,7 +427,7 @@ class _FileReader:
         self.result.lines += batch.lines
         self.result.skipped += len(batch.skipped)
         for offset, reason in batch.skipped:
-            log.debug("%s:%d: skipped: %s", self.path, offset, reason)
+            log.debug("%s: byte %d: skipped: %s", self.path, offset, reason)
         if batch.end == (pending.end if pending.open else self.result.offset):
             return  # only a half-written line so far
         if not pending.open:
@@ -473,7 +473,7 @@ class _FileReader:
         for offset, reason in pending.quarantine:
             self.warnings += 1
             if self.warnings <= WARNINGS_PER_FILE:
-                log.warning("%s:%d: quarantined: %s", self.path, offset, reason)
+                log.warning("%s: byte %d: quarantined: %s", self.path, offset, reason)  # an offset, not a line number
         result.messages += pending.messages
         result.events += pending.events
         result.quarantined += pending.quarantined

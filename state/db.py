@@ -72,3 +72,15 @@ def open_db(path: str | os.PathLike, *, migrate: bool = True) -> sqlite_utils.Da
             raise
         db.conn.commit()
     return db
+
+
+class NoDatabase(FileNotFoundError):
+    """A command that only reads found no database where it was pointed."""
+
+
+def open_existing(path: str | os.PathLike) -> sqlite_utils.Database:
+    """open_db for commands that only read: a mistyped --data must not leave a new empty database (or
+    folder) behind, so a missing file is NoDatabase and nothing is created."""
+    if not Path(path).is_file():
+        raise NoDatabase(str(path))
+    return open_db(path)

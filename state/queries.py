@@ -150,3 +150,80 @@ def _grouped(rows: list[dict]) -> bytes:
     for row in rows:
         first.setdefault((row["day"], row["session"]), row["id"])
     return conversation(sorted(rows, key=lambda row: (row["day"], first[row["day"], row["session"]], row["id"])))
+
+
+def recent_senders(db: sqlite_utils.Database, limit: int = 10_000) -> list[dict]:
+    """role, sender and count over the newest `limit` messages, most frequent first: who speaks lately."""
+    return list(
+        db.query(
+            "SELECT role, sender, count(*) AS messages"
+            " FROM (SELECT role, sender FROM messages ORDER BY id DESC LIMIT ?)"
+            " GROUP BY role, sender ORDER BY messages DESC, sender",
+            [limit],
+        )
+    )
+
+
+def files_summary(db: sqlite_utils.Database) -> dict:
+    """Files seen, their bytes, the bytes still waiting for a newline, and how many could not be read."""
+    return next(
+        db.query(
+            "SELECT count(*) AS files, coalesce(sum(size), 0) AS bytes,"
+            " coalesce(sum(max(size - committed_offset, 0)), 0) AS pending, count(error) AS unreadable FROM files"
+        )
+    )
+
+
+def recent_files(db: sqlite_utils.Database, limit: int) -> list[dict]:
+    """The files read most recently: what `status` shows of a folder that may hold 100,000."""
+    return list(
+        db.query(
+            "SELECT path, size, size - committed_offset AS pending, generation, last_seen, error FROM files"
+            " ORDER BY last_seen DESC, id DESC LIMIT ?",
+            [limit],
+        )
+    )
+
+
+def unreadable_files(db: sqlite_utils.Database, limit: int) -> list[dict]:
+    return list(
+        db.query("SELECT path, last_seen, error FROM files WHERE error IS NOT NULL ORDER BY path LIMIT ?", [limit])
+    )
+
+
+def message_summary(db: sqlite_utils.Database) -> dict:
+    """Messages per split, and the days they cover. The days are counted by walking the day index from one
+    day to the next (one index seek a day), not by reading every message."""
+    splits = {
+        row["split"]: row["messages"]
+        for row in db.query("SELECT split, count(*) AS messages FROM messages GROUP BY split")
+    }
+    days = next(
+        db.query("""
+        WITH RECURSIVE walk(day) AS (
+            SELECT min(day) FROM messages
+            UNION ALL SELECT (SELECT min(day) FROM messages WHERE day > walk.day) FROM walk WHERE walk.day IS NOT NULL
+        )
+        SELECT count(day) AS days, min(day) AS first_day, max(day) AS last_day FROM walk""")
+    )
+    return {"train": splits.get("train", 0), "probe": splits.get("probe", 0), **days}
+
+
+def day_splits_since(db: sqlite_utils.Database, first_day: str) -> list[dict]:
+    """Messages and bytes per day and split, for the days from first_day on (the index finds them)."""
+    return list(db.query("SELECT * FROM day_splits WHERE day >= ? ORDER BY day, split", [first_day]))
+
+
+def event_counts_since(db: sqlite_utils.Database, first_day: str) -> list[dict]:
+    return list(db.query("SELECT * FROM event_counts WHERE day >= ? ORDER BY day, type, action", [first_day]))
+
+
+def new_days(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> list[dict]:
+    """The days of the messages with first_id < id <= last_id: what an update with those bounds learned."""
+    return list(
+        db.query(
+            "SELECT day, count(*) AS messages, sum(length(CAST(text AS BLOB))) AS bytes FROM messages"
+            " WHERE id > ? AND id <= ? AND split = ? GROUP BY day ORDER BY day",
+            [first_id, last_id, split],
+        )
+    )

@@ -13,7 +13,8 @@ import sqlite_utils
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """UTC with milliseconds and a Z: the format SQLite's defaults write in the ingest tables (migration 0400)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int | None = None) -> int:
@@ -196,3 +197,65 @@ def first_scores(db: sqlite_utils.Database, metric: str) -> dict[str, float]:
             [metric, metric],
         )
     }
+
+
+def last_trained_update(db: sqlite_utils.Database) -> dict | None:
+    """The newest update that finished training: promoted ('ok') or, with a promotion gate, 'rejected'."""
+    rows = list(
+        db.query("SELECT * FROM runs WHERE kind = 'update' AND status IN ('ok', 'rejected') ORDER BY id DESC LIMIT 1")
+    )
+    return rows[0] if rows else None
+
+
+def updates_after(db: sqlite_utils.Database, run_id: int) -> list[dict]:
+    return list(db.query("SELECT * FROM runs WHERE kind = 'update' AND id > ? ORDER BY id", [run_id]))
+
+
+def checkpoint_scores(db: sqlite_utils.Database, checkpoint_id: int | None) -> list[dict]:
+    """Every score of the newest probe pass on one checkpoint ([] if it was never probed)."""
+    if checkpoint_id is None:
+        return []
+    return list(
+        db.query(
+            "SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores WHERE checkpoint_id = ?)",
+            [checkpoint_id],
+        )
+    )
+
+
+def held_out_by_pass(db: sqlite_utils.Database) -> list[dict]:
+    """Per probe pass, oldest first: when, the newest day's held-out bits per byte (what the update just
+    learned) and the mean over the older days (what it had to keep)."""
+    return list(
+        db.query("""
+        WITH p AS (SELECT run_id, recorded_at, day, value FROM probe_scores WHERE metric = 'probe_bpb'
+                   AND day IS NOT NULL),
+             n AS (SELECT run_id, max(day) AS newest FROM p GROUP BY run_id)
+        SELECT p.run_id, min(p.recorded_at) AS recorded_at, n.newest AS newest_day,
+               max(CASE WHEN p.day = n.newest THEN p.value END) AS new_day_bpb,
+               avg(CASE WHEN p.day < n.newest THEN p.value END) AS old_days_bpb,
+               count(*) - 1 AS old_days
+        FROM p JOIN n USING (run_id) GROUP BY p.run_id ORDER BY p.run_id""")
+    )
+
+
+def fact_scores(db: sqlite_utils.Database) -> list[dict]:
+    """Every fact probe's score, oldest pass first: run, when, fact, metric, value."""
+    return list(
+        db.query(
+            "SELECT run_id, recorded_at, probe AS fact, metric, value FROM probe_scores WHERE kind = 'fact'"
+            " ORDER BY run_id, id"
+        )
+    )
+
+
+def finished_updates(db: sqlite_utils.Database) -> list[dict]:
+    """Every update that ended, oldest first: what the history plot marks as a night's decision."""
+    return list(db.query("SELECT * FROM runs WHERE kind = 'update' AND ended_at IS NOT NULL ORDER BY id"))
+
+
+def running_runs(db: sqlite_utils.Database) -> list[dict]:
+    """Runs still marked running, each with whether its process is still alive (read-only: nothing is
+    marked; `mark_dead_runs_interrupted` does that when a writer opens the database)."""
+    rows = list(db.query("SELECT * FROM runs WHERE status = 'running' ORDER BY id"))
+    return [{**row, "alive": _alive(row["pid"], row["started_at"])} for row in rows]

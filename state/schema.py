@@ -23,10 +23,16 @@ Views: event_counts (day, type, action, count), day_splits (day, split, messages
   line in two daily files is two messages, as it should be), and the split, a function of the text,
   adds nothing to the key but lets the index serve the day queries.
 
+0400 writes every timestamp of runs, checkpoints and probe_scores in the one format the ingest tables
+always had, UTC with milliseconds and a Z (`2026-11-27T06:27:08.000Z`), which sorts as text in time order.
+0401 makes runs.checkpoint_id and runs.parent_checkpoint_id foreign keys of checkpoints(id).
+
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
 
 from __future__ import annotations
+
+import re
 
 from sqlite_utils.migrations import Migrations
 
@@ -199,3 +205,49 @@ def _cheap_checks(db) -> None:
     )
     if sequence is not None:  # ids never go back, even past rows deleted at the end
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", [sequence[0]])
+
+
+_TIMESTAMPS = {"runs": ("started_at", "ended_at"), "checkpoints": ("created_at",), "probe_scores": ("recorded_at",)}
+
+
+@migrations(name="0400_one_timestamp_format")
+def _one_timestamp_format(db) -> None:
+    """Rows written as `…T06:27:08+00:00` become `…T06:27:08.000Z`; SQLite's strftime reads the offset,
+    so a value in any other zone is converted to UTC, not relabelled."""
+    for table, columns in _TIMESTAMPS.items():
+        for column in columns:
+            db.execute(
+                f"UPDATE {table} SET {column} = strftime('%Y-%m-%dT%H:%M:%fZ', {column})"
+                f" WHERE {column} IS NOT NULL AND {column} NOT LIKE '%Z'"
+            )
+
+
+@migrations(name="0401_runs_checkpoint_foreign_keys")
+def _runs_checkpoint_foreign_keys(db) -> None:
+    """Add REFERENCES checkpoints(id) to the two columns by editing the table's stored definition.
+
+    Why not rebuild the table: dropping `runs`, which checkpoints and probe_scores reference, counts a
+    foreign-key violation per child row that no later insert takes back, and foreign_keys cannot be
+    turned off inside the transaction a migration runs in. A REFERENCES clause changes no stored
+    record, so SQLite's documented procedure for such changes applies: rewrite the CREATE statement in
+    sqlite_schema and bump schema_version. Whatever else the table holds (columns, CHECKs that later
+    migrations added) is kept as it is. A reference to no checkpoint, which no code path writes, is
+    cleared first, so every row satisfies the new keys."""
+    for column in ("checkpoint_id", "parent_checkpoint_id"):
+        db.execute(f"UPDATE runs SET {column} = NULL WHERE {column} NOT IN (SELECT id FROM checkpoints)")
+    (sql,) = db.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'runs'").fetchone()
+    new_sql, added = re.subn(
+        r"\b((?:parent_)?checkpoint_id INTEGER)(?! REFERENCES)", r"\1 REFERENCES checkpoints(id)", sql
+    )
+    if added != 2:
+        raise RuntimeError(f"runs: expected two checkpoint columns to give keys to, found {added}: {sql}")
+    (version,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = 'runs'", [new_sql])
+        db.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+    violations = db.execute("PRAGMA foreign_key_check(runs)").fetchall()
+    if violations:
+        raise RuntimeError(f"runs: rows break the new foreign keys: {violations[:5]}")

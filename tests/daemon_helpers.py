@@ -106,3 +106,20 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def installation_outside_tmp():
+    """An installation install-service accepts wherever the checkout under test lives (.ci/run copies it
+    into /tmp, where install-service rightly refuses it): the base interpreter running the module."""
+    import sys
+
+    import pytest
+
+    from engram_ff.daemon.install import Installation
+
+    python = Path(os.path.realpath(sys.executable))
+    if str(python).startswith(("/tmp/", "/var/tmp/")):
+        pytest.skip(f"the interpreter itself lives in a temporary folder ({python})")
+    return Installation(
+        f"{python} -m engram_ff.daemon.cli", {"the Python interpreter": python, "its library": Path(sys.base_prefix)}
+    )

@@ -105,7 +105,7 @@ def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, 
     assert result.quarantined == 1
     ((q_offset, q_reason),) = quarantined(db)
     assert q_offset == offset and reason in q_reason
-    assert f"{daily}:{offset}: quarantined: " in caplog.text and reason in caplog.text
+    assert f"{daily}: byte {offset}: quarantined: " in caplog.text and reason in caplog.text
 
 
 def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
@@ -113,7 +113,7 @@ def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
     with caplog.at_level(logging.DEBUG, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert (result.skipped, result.messages, result.quarantined) == (3, 2, 0)
-    assert f"{daily}:0: skipped: empty line" in caplog.text
+    assert f"{daily}: byte 0: skipped: empty line" in caplog.text
 
 
 def test_an_over_size_line_is_quarantined(db, daily, caplog):
@@ -124,7 +124,7 @@ def test_an_over_size_line_is_quarantined(db, daily, caplog):
     assert texts(db) == ["a", "b"]
     ((offset, reason),) = quarantined(db)
     assert offset == len(line("a")) and reason == f"line over {LIMIT} bytes"
-    assert f"{daily}:{offset}: quarantined: line over" in caplog.text
+    assert f"{daily}: byte {offset}: quarantined: line over" in caplog.text
     excerpt, length = db.execute("SELECT excerpt, length FROM quarantine").fetchone()
     assert excerpt.startswith('{"content": "xxx') and len(excerpt) <= reader.EXCERPT_BYTES
     assert length > LIMIT
@@ -458,7 +458,7 @@ def test_ingest_and_status_commands(tmp_path):
     ingested = run("ingest")
     assert ingested.returncode == 0, ingested.stderr
     assert "4 lines read: 2 new messages, 1 events, 0 skipped, 0 already stored, 1 quarantined" in ingested.stdout
-    assert f"raw/2026-11-27.jsonl:{2 * len(line('a'))}: quarantined: malformed JSON" in ingested.stderr
+    assert f"raw/2026-11-27.jsonl: byte {2 * len(line('a'))}: quarantined: malformed JSON" in ingested.stderr
     assert "1 files, 0 lines read: 0 new messages" in run("ingest").stdout  # offsets kept: nothing re-read
     status = run("status")
     assert status.returncode == 0, status.stderr
@@ -466,7 +466,7 @@ def test_ingest_and_status_commands(tmp_path):
         "2026-11-27.jsonl",
         "2026-11-27  train",
         "gateway  startup  1",
-        "1 quarantined lines",
+        "quarantine   1 line",
         "malformed JSON",
     ):
         assert expected in status.stdout

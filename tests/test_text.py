@@ -22,3 +22,22 @@ def test_conversation_groups_sessions_with_a_blank_line():
 
 def test_a_message_line_keeps_lone_surrogates_of_odd_input():
     assert message_line("a", "\udcff") == b"a: \xed\xb3\xbf\n"
+
+
+def test_a_question_is_a_new_session_in_the_training_format():
+    from engram_ff.state.text import question_prompt
+
+    assert question_prompt("Who is Victor?", "me", "bot") == b"me: Who is Victor?\nbot: "
+
+
+def test_the_turn_ends_where_the_next_message_or_session_begins():
+    from engram_ff.state.text import end_of_turn
+
+    senders = ["user", "assistant"]
+    assert end_of_turn(b"He is your brother.\nuser: And", senders) == 19
+    assert end_of_turn(b"He is your brother.\n\ncarol: hi", senders) == 19
+    assert end_of_turn(b"line one\nline two\nassistant: x", senders) == 17  # a multi-line answer
+    assert end_of_turn(b"He is your brother.\nus", senders) is None  # may become "user: "
+    assert end_of_turn(b"He is your brother.\nus", senders, complete=True) == 19
+    assert end_of_turn(b"He is your brother.", senders) is None
+    assert end_of_turn(b"a\nnot a sender: x\nuser: y", senders) == 17

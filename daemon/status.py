@@ -1,0 +1,173 @@
+"""`engram-ff status`: is a daemon running, what has been read, what the model is, and when it learns next.
+
+Short whatever the folder holds: totals, then the newest days and the files read last, each a few rows,
+so 100,000 files print as many lines as ten; `--verbose` lists every file, day and event. Read-only: it
+opens an existing database and writes nothing (a run whose process died shows as such, without being
+marked).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from engram_ff.daemon import schedule
+from engram_ff.daemon.config import Config
+from engram_ff.daemon.lock import holder
+from engram_ff.daemon.output import duration, moment, printable, size, table
+from engram_ff.state import queries, runs
+
+RECENT_DAYS = 7
+RECENT_ROWS = 5
+
+
+def gather(db, config: Config, *, verbose: bool = False) -> dict:
+    """Every fact `status` shows, as plain values (what `--json` prints)."""
+    messages = queries.message_summary(db)
+    since = _days_before(messages["last_day"], RECENT_DAYS - 1)
+    last_update = runs.last_update(db)
+    pid = holder(config.lock_path)
+    facts = {
+        "database": str(config.db_path),
+        "daemon": {"running": pid is not None, "pid": pid or None},
+        "watch_dir": str(config.watch),
+        "watch_dir_exists": config.watch.is_dir(),
+        "files": queries.files_summary(db),
+        "messages": messages,
+        "quarantine": queries.counts(db)["quarantine"],
+        "last_update": last_update,
+        "running": runs.running_runs(db),
+        "next_update": _next_update(db, config, daemon_running=pid is not None),
+        "current_checkpoint": runs.current_checkpoint(db),
+        "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
+        "events": queries.event_counts(db) if verbose else queries.event_counts_since(db, since),
+        "files_read_last": queries.files(db) if verbose else queries.recent_files(db, RECENT_ROWS),
+        "unreadable_files": queries.unreadable_files(db, 1_000_000 if verbose else RECENT_ROWS),
+        "latest_quarantined": queries.quarantine(db, 1_000_000 if verbose else RECENT_ROWS),
+    }
+    return facts
+
+
+def _days_before(day: str | None, n: int) -> str:
+    if day is None:
+        return "9999-12-31"
+    return (datetime.fromisoformat(day) - timedelta(days=n)).date().isoformat()
+
+
+def _next_update(db, config: Config, *, daemon_running: bool) -> dict:
+    nightly = schedule.next_nightly(config)
+    catch_up = schedule.overdue(runs.last_successful_update(db))
+    return {
+        "nightly_at": nightly.isoformat(timespec="minutes"),
+        "catch_up_at_start": catch_up,
+        "daemon_running": daemon_running,
+    }
+
+
+def render(facts: dict, *, verbose: bool = False) -> str:
+    lines = [_summary(facts)]
+    sections = [
+        ("newest days" if not verbose else "days", _days(facts["days"]), ["day", "split", "messages", "bytes"]),
+        (
+            "files read last" if not verbose else "files",
+            _files(facts["files_read_last"], verbose),
+            _file_columns(verbose),
+        ),
+        ("unreadable files", facts["unreadable_files"], ["path", "last_seen", "error"]),
+        ("latest quarantined lines", facts["latest_quarantined"], ["path", "line_offset", "length", "reason"]),
+        ("events" + ("" if verbose else ", newest days"), facts["events"], ["day", "type", "action", "count"]),
+    ]
+    for title, rows, columns in sections:
+        if rows:
+            lines += ["", f"{title}:", table(rows, columns)]
+    if not verbose and facts["files"]["files"] > RECENT_ROWS:
+        lines += ["", "`engram-ff status --verbose` lists every file, day and event."]
+    return "\n".join(lines)
+
+
+def _days(rows: list[dict]) -> list[dict]:
+    return [{**r, "bytes": size(r["bytes"])} for r in rows]
+
+
+def _file_columns(verbose: bool) -> list[str]:
+    return (
+        ["path", "size", "pending", "generation", "messages", "last_seen", "error"]
+        if verbose
+        else [
+            "path",
+            "size",
+            "pending",
+            "last_seen",
+            "error",
+        ]
+    )
+
+
+def _files(rows: list[dict], verbose: bool) -> list[dict]:
+    """Sizes and times for people; `pending` is the bytes after the last newline (a line being written)."""
+    return [
+        {**r, "size": size(r["size"]), "pending": size(r["pending"]), "last_seen": moment(r["last_seen"])} for r in rows
+    ]
+
+
+def _summary(facts: dict) -> str:
+    f, m, daemon = facts["files"], facts["messages"], facts["daemon"]
+    rows = [
+        ("database", facts["database"]),
+        ("daemon", f"running (pid {daemon['pid']})" if daemon["running"] else "not running"),
+        ("next update", _next_line(facts["next_update"])),
+        (
+            "watching",
+            f"{facts['watch_dir']}" + ("" if facts["watch_dir_exists"] else " (does not exist)"),
+        ),
+        (
+            "files",
+            f"{f['files']:,} ({size(f['bytes'])}), {size(f['pending'])} waiting for a newline"
+            + (f", {f['unreadable']:,} unreadable" if f["unreadable"] else ""),
+        ),
+        ("messages", _messages_line(m)),
+        ("quarantine", f"{facts['quarantine']:,} line{'s' if facts['quarantine'] != 1 else ''}"),
+        ("last update", _update_line(facts["last_update"], facts["running"])),
+        ("model", _model_line(facts["current_checkpoint"])),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {printable(value)}" for label, value in rows)
+
+
+def _next_line(next_update: dict) -> str:
+    nightly = moment(next_update["nightly_at"])
+    if next_update["daemon_running"]:
+        return f"{nightly} (the running daemon's nightly update)"
+    when = "at once, as none succeeded in the last day" if next_update["catch_up_at_start"] else f"at {nightly}"
+    return f"none while no daemon runs; `engram-ff run` (or the service) updates {when}"
+
+
+def _messages_line(m: dict) -> str:
+    total = m["train"] + m["probe"]
+    if not total:
+        return "none yet"
+    span = f"{m['first_day']} to {m['last_day']}" if m["days"] > 1 else m["first_day"]
+    day_word = "day" if m["days"] == 1 else "days"
+    return f"{total:,} ({m['train']:,} to train on, {m['probe']:,} held out) over {m['days']:,} {day_word}, {span}"
+
+
+def _update_line(last: dict | None, running: list[dict]) -> str:
+    if last is None:
+        return "none yet"
+    if last["status"] == "running":
+        state = next((r for r in running if r["id"] == last["id"]), None)
+        if state is not None and not state["alive"]:
+            return f"run {last['id']} interrupted: its process died (started {moment(last['started_at'])})"
+        return f"run {last['id']} running since {moment(last['started_at'])}"
+    words = f"run {last['id']} {last['status']}, {moment(last['ended_at'])}, took {duration(last['wall_seconds'])}"
+    if last["new_bytes"]:
+        words += f": {size(last['new_bytes'])} new, {last['steps'] or 0:,} steps"
+    if last["error"] and last["status"] != "ok":
+        words += f" ({last['error']})"
+    return words
+
+
+def _model_line(current: dict | None) -> str:
+    if current is None:
+        return "none yet (a fresh model is built by the first update)"
+    steps = f"{current['steps']:,} steps"
+    return f"checkpoint {current['id']} of run {current['run_id']}, {steps}, {moment(current['created_at'])}"

@@ -1,0 +1,69 @@
+"""The demo keeps to a data directory of its own, and `reset` removes a data directory's state, only it,
+only after asking, and never while a daemon uses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.config import load_config
+from engram_ff.daemon.demo import demo_config
+from engram_ff.daemon.lock import DataDirLock
+from engram_ff.ingest.reader import catch_up
+from engram_ff.state.db import open_db
+from tests.daemon_helpers import write_day
+
+
+def test_the_demo_has_its_own_data_dir_and_watch_folder(tmp_path):
+    real = load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, watch_dir=str(tmp_path / "my-engram"))
+    demo = demo_config(real, data_given=False)
+    assert demo.data_dir != real.data_dir and demo.data_dir.name == "engram-ff-demo"
+    assert demo.watch == demo.data_dir / "engram"  # never the user's watch folder
+    assert demo.update_budget_minutes == 2.0
+    assert demo_config(real, data_given=True).data_dir == real.data_dir  # an explicit --data wins
+
+
+def test_the_demo_refuses_a_watch_folder(tmp_path, capsys):
+    assert main(["run", "--demo", "--watch", str(tmp_path)]) == 2
+    assert "the demo watches a folder of its own" in capsys.readouterr().err
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data directory with the default watch folder inside it, a database and checkpoint files."""
+    data = tmp_path / "data"
+    write_day(data / "engram", "2026-01-01", 5)
+    catch_up(open_db(data / "engram-ff.db"), data / "engram")
+    (data / "checkpoints").mkdir()
+    for name in ("run000001-final-0000300.pt", "run000001-final-0000300.pt.sha256", "x.pt.tmp"):
+        (data / "checkpoints" / name).write_bytes(b"checkpoint")
+    return data
+
+
+def test_reset_removes_the_state_and_keeps_the_logs(data_dir, tmp_path, capsys):
+    outside = tmp_path / "precious.pt"
+    outside.write_bytes(b"not ours")
+    (data_dir / "checkpoints" / "link.pt").symlink_to(outside)
+    (data_dir / "notes.txt").write_text("the user's own file")
+    assert main(["reset", "--data", str(data_dir), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "5 messages from 1 file" in out and "are not touched" in out
+    assert sorted(p.name for p in data_dir.iterdir()) == ["engram", "notes.txt"]
+    assert (data_dir / "engram" / "raw" / "2026-01-01.jsonl").stat().st_size > 0
+    assert outside.read_bytes() == b"not ours"  # a symlink goes, never what it points at
+
+
+def test_reset_asks_first(data_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda question: "no")
+    assert main(["reset", "--data", str(data_dir)]) == 1
+    assert capsys.readouterr().out.endswith("nothing removed\n") and (data_dir / "engram-ff.db").exists()
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["reset", "--data", str(data_dir)]) == 2
+    assert "pass --yes" in capsys.readouterr().err and (data_dir / "engram-ff.db").exists()
+
+
+def test_reset_refuses_while_a_daemon_holds_the_data_dir(data_dir, capsys):
+    with DataDirLock(data_dir / "engram-ff.lock"):
+        assert main(["reset", "--data", str(data_dir), "--yes"]) == 1
+    assert "already uses" in capsys.readouterr().err and (data_dir / "engram-ff.db").exists()

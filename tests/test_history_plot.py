@@ -1,0 +1,116 @@
+"""`history --plot` reads well with one night and with a year of them: dates on the x axis, units and
+"lower is better" on the y axes, old and new days, a facts panel and each night's outcome.
+
+The history is written with the same state/ functions the daemon records through, one row set per
+night, then dated a night apart (the functions stamp `now`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import matplotlib.dates as mdates
+import pytest
+
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.history import history_figure, recent_history
+from engram_ff.state import runs
+from engram_ff.state.db import open_db
+
+FACTS = ("who-is-victor", "victor-boat", "wifi-password")
+START = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def history_of(db, nights: int, failed: set[int] = frozenset()) -> None:
+    parent = None
+    for night in range(nights):
+        when = START + timedelta(days=night)
+        update = runs.start_run(db, "update")
+        if night in failed:
+            runs.finish_run(db, update, "failed", error="MemoryError: simulated")
+        else:
+            checkpoint = runs.add_checkpoint(
+                db, run_id=update, path=f"c{night}.pt", sha256="x", kind="final", parent_id=parent, steps=300
+            )
+            runs.finish_run(db, update, "ok", new_bytes=2000 + 10 * night, checkpoint_id=checkpoint)
+            parent = checkpoint
+            probe = runs.start_run(db, "probe")
+            scores = [
+                dict(
+                    run_id=probe,
+                    checkpoint_id=checkpoint,
+                    probe="retention",
+                    kind="probe",
+                    day=f"d{d:04d}",
+                    metric="probe_bpb",
+                    value=3.0 - 0.001 * night + (0.5 if d == night else 0.0),
+                )
+                for d in range(night + 1)
+            ]
+            for i, fact in enumerate(FACTS):
+                scores.append(
+                    dict(
+                        run_id=probe,
+                        checkpoint_id=checkpoint,
+                        probe=fact,
+                        kind="fact",
+                        metric="answer_bpb",
+                        value=2.0 / (1 + night + i),
+                    )
+                )
+                scores.append(
+                    dict(
+                        run_id=probe,
+                        checkpoint_id=checkpoint,
+                        probe=fact,
+                        kind="fact",
+                        metric="answer_rank",
+                        value=1.0 if night > i else 2.0,
+                    )
+                )
+            runs.record_scores(db, scores)
+            with db.conn:
+                db.execute(
+                    "UPDATE probe_scores SET recorded_at = ? WHERE run_id = ?",
+                    [stamp(when + timedelta(minutes=9)), probe],
+                )
+        with db.conn:
+            db.execute("UPDATE runs SET ended_at = ? WHERE id = ?", [stamp(when + timedelta(minutes=8)), update])
+
+
+@pytest.mark.parametrize("nights", [1, 365])
+def test_the_plot_reads_well_with_one_night_and_with_a_year(tmp_path, nights):
+    db = open_db(tmp_path / "engram-ff.db")
+    history_of(db, nights, failed={nights // 2} if nights > 1 else set())
+    fig = history_figure(db)
+    text_ax, facts_ax, nights_ax = fig.axes
+    assert isinstance(nights_ax.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+    assert nights_ax.get_xlabel() == "date (local time)"
+    for ax in (text_ax, facts_ax):
+        assert ax.get_ylabel() == "bits per byte\n(lower is better)"
+    assert nights_ax.get_ylabel() == "new text\n(kB)"
+    left, right = (mdates.num2date(x) for x in nights_ax.get_xlim())
+    assert right - left >= timedelta(days=4 if nights == 1 else nights - 1)  # one night is a window, not a dot
+    labels = [line.get_label() for line in text_ax.get_lines()]
+    assert labels == ["newest day (just learned)", "older days, mean (kept?)"]
+    assert len(text_ax.get_lines()[0].get_xdata()) == nights - (1 if nights > 1 else 0)
+    assert sorted(line.get_label().split()[0] for line in facts_ax.get_lines()) == sorted(FACTS)
+    outcomes = [t.get_text() for t in nights_ax.get_legend().get_texts()]
+    assert outcomes == (["kept (364)", "failed (1)"] if nights > 1 else ["kept (1)"])
+    fig.clf()
+
+
+def test_the_table_has_the_newest_and_older_days(tmp_path, capsys):
+    db = open_db(tmp_path / "engram-ff.db")
+    history_of(db, 3)
+    rows = recent_history(db, 2)
+    assert [r["run"] for r in rows] == [4, 6]  # the newest two passes, oldest first
+    assert rows[-1]["new_day_bpb"] == pytest.approx(3.498) and rows[-1]["old_days_bpb"] == pytest.approx(2.998)
+    assert rows[-1]["facts_first"] == "2/3"
+    assert main(["history", "--data", str(tmp_path), "--plot", str(tmp_path / "h.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bits per byte, lower is better") and "2026-01-0" in out  # local time
+    assert (tmp_path / "h.png").stat().st_size > 10_000

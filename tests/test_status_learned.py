@@ -1,0 +1,114 @@
+"""`status` and `learned` on a real data directory after two real updates (tiny model, about 20 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from engram_ff.daemon import update
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.config import load_config
+from engram_ff.daemon.lock import DataDirLock
+from engram_ff.ingest.reader import catch_up
+from engram_ff.state.db import open_db
+from tests.daemon_helpers import FAST, write_day
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("status")
+    config = load_config(environ=FAST, data_dir=str(root / "data"), watch_dir=str(root / "engram"))
+    write_day(config.watch, "2026-01-01", 40)
+    hostile = config.watch / "raw" / "2026-01-01 new\nline \x1b[31mred.jsonl"
+    hostile.write_bytes((config.watch / "raw" / "2026-01-01.jsonl").read_bytes()[:200] + b"\n")
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    update.update_and_probe(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    update.update_and_probe(config)
+    db.close()
+    return config
+
+
+def run(capsys, *args) -> str:
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def test_status_is_short_escaped_and_says_when_the_next_update_is(trained, capsys):
+    out = run(capsys, "status", "--data", str(trained.data_dir), "--watch", str(trained.watch))
+    assert "daemon       not running" in out
+    assert "next update  none while no daemon runs; `engram-ff run` (or the service) updates at " in out
+    assert "2026-01-01 to 2026-01-02" in out and "run 3 ok" in out  # update, probe, update
+    assert "\x1b" not in out and "new\\nline \\x1b[31mred.jsonl" in out  # a hostile name, escaped
+    assert len(out.splitlines()) < 60
+
+
+def test_status_names_the_daemon_that_holds_the_lock(trained, capsys):
+    with DataDirLock(trained.lock_path):
+        out = run(capsys, "status", "--data", str(trained.data_dir))
+        facts = json.loads(run(capsys, "status", "--data", str(trained.data_dir), "--json"))
+    assert f"running (pid {os.getpid()})" in out and "(the running daemon's nightly update)" in out
+    assert facts["daemon"] == {"running": True, "pid": os.getpid()}
+
+
+def test_status_verbose_lists_every_file_with_its_messages(trained, capsys):
+    out = run(capsys, "status", "--data", str(trained.data_dir), "--verbose")
+    assert "messages" in out.split("files:")[1].splitlines()[1]  # the column header of the file table
+    assert "2026-01-02.jsonl" in out and "2026-01-01.jsonl" in out
+
+
+def test_learned_says_what_the_last_night_learned(trained, capsys):
+    out = run(capsys, "learned", "--data", str(trained.data_dir))
+    lines = out.splitlines()
+    assert lines[0].startswith("update 3, ") and "kept" in lines[0]
+    assert "from 1 day, 2026-01-02" in out and "grown from checkpoint 1" in out
+    assert "biggest changes, in bits per byte (lower is better):" in out
+    facts = json.loads(run(capsys, "learned", "--data", str(trained.data_dir), "--json"))
+    assert facts["days"][0]["day"] == "2026-01-02" and facts["changes"][0]["change"] is not None
+    biggest = [abs(c["change"]) for c in facts["changes"] if c["change"] is not None]
+    assert biggest == sorted(biggest, reverse=True)
+
+
+def test_learned_reads_a_promotion_gates_decision(trained, tmp_path, capsys):
+    """A gate (another branch's) records its decision as JSON in runs.gate; learned shows it when present."""
+    copy = tmp_path / "data"
+    copy.mkdir()
+    (copy / "engram-ff.db").write_bytes(trained.db_path.read_bytes())
+    db = open_db(copy / "engram-ff.db")
+    if "gate" not in {c.name for c in db["runs"].columns}:
+        db.execute("ALTER TABLE runs ADD COLUMN gate TEXT")
+    with db.conn:
+        db.execute(
+            "UPDATE runs SET gate = ? WHERE id = 3",
+            ['{"decision": "promote", "reason": "held-out text improved", "scores": {"old_days_bpb": 3.51}}'],
+        )
+    db.close()
+    out = run(capsys, "learned", "--data", str(copy))
+    assert "the gate's decision: promote, held-out text improved (old_days_bpb 3.510)" in out.splitlines()[0]
+
+
+def test_status_stays_short_with_100000_files(tmp_path, capsys):
+    db = open_db(tmp_path / "engram-ff.db")
+    with db.conn:
+        db.conn.executemany(
+            "INSERT INTO files (path, size, committed_offset, error) VALUES (?, ?, ?, ?)",
+            [(f"/w/raw/{n:06d}\x1b[2J.jsonl", 100, 100, "EACCES" if n % 1000 == 0 else None) for n in range(100_000)],
+        )
+    db.close()
+    out = run(capsys, "status", "--data", str(tmp_path))
+    assert "100,000 (10 MB), 0 B waiting for a newline, 100 unreadable" in out
+    assert len(out.splitlines()) < 40 and "\x1b" not in out
+    assert out.rstrip().endswith("`engram-ff status --verbose` lists every file, day and event.")
+
+
+def test_probe_json_is_the_stored_scores(trained, capsys):
+    rows = json.loads(run(capsys, "probe", "--data", str(trained.data_dir), "--json"))
+    assert {r["metric"] for r in rows} >= {"probe_bpb", "answer_rank"}
+    assert all(isinstance(r["value"], float) for r in rows)  # unrounded, for scripts
+    table = run(capsys, "probe", "--data", str(trained.data_dir))
+    assert re.search(r"answer_rank +[1-4]$", table, flags=re.M) and ".0000" not in table  # a rank, for people
