@@ -201,6 +201,8 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
             raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level: `x = [[[...` 5,000 deep overflows the stack
+            raise ConfigError(f"configuration file {path} is not valid TOML: nested too deeply") from None
         for key, raw in table.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from {path}): unknown key; known keys: {', '.join(_FIELDS)}")

@@ -43,6 +43,12 @@ def child_environment(config: Config) -> dict[str, str]:
     return env
 
 
+def _one_line(exc: Exception) -> str:
+    """A ValueError's message names the key already; anything else also needs its kind."""
+    text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
 class Service:
     def __init__(self, config: Config, reload_config, *, demo: bool = False, notifier: Notifier | None = None):
         self.config = config
@@ -132,19 +138,22 @@ class Service:
     def _reload(self, scheduler: BackgroundScheduler) -> None:
         self.notifier.reloading()
         try:
-            new = self.reload_config()
-        except ValueError as exc:
-            log.error("configuration reload refused, keeping the running one: %s", exc)
-        else:
-            if (new.watch, new.data_dir) != (self.config.watch, self.config.data_dir):
-                log.warning("watch and data folders change only at restart; the rest is reloaded")
-                new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
-            self.config = new
-            hour, minute = new.schedule_hour_minute
-            scheduler.reschedule_job("nightly", trigger=CronTrigger(hour=hour, minute=minute))
-            logging.getLogger().setLevel(new.log_level.upper())
-            log.info("configuration reloaded; nightly update at %s", new.schedule)
+            self._apply(self.reload_config(), scheduler)
+        except Exception as exc:  # whatever a bad file raises, a running daemon must not exit over a reload
+            log.error("configuration reload refused, keeping the running one: %s", _one_line(exc))
         self.notifier.ready(self.status_line(None))
+
+    def _apply(self, new: Config, scheduler: BackgroundScheduler) -> None:
+        """Check all of `new` first, then switch to it: a refused reload leaves nothing half applied."""
+        hour, minute = new.schedule_hour_minute
+        trigger = CronTrigger(hour=hour, minute=minute)
+        if (new.watch, new.data_dir) != (self.config.watch, self.config.data_dir):
+            log.warning("watch and data folders change only at restart; the rest is reloaded")
+            new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
+        scheduler.reschedule_job("nightly", trigger=trigger)
+        self.config = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("configuration reloaded; nightly update at %s", new.schedule)
 
     def status_line(self, watcher: Watcher | None) -> str:
         counts = f"{watcher.status_line()}; " if watcher is not None else ""
