@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from engram_ff.daemon.config import Config
+from engram_ff.daemon.config import Config, ConfigError
+from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
 from engram_ff.ingest.reader import Limits
@@ -145,6 +146,7 @@ class Service:
 
     def _apply(self, new: Config, scheduler: BackgroundScheduler) -> None:
         """Check all of `new` first, then switch to it: a refused reload leaves nothing half applied."""
+        load_facts(new.facts_file)
         hour, minute = new.schedule_hour_minute
         trigger = CronTrigger(hour=hour, minute=minute)
         if (new.watch, new.data_dir) != (self.config.watch, self.config.data_dir):
@@ -179,6 +181,10 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        try:
+            load_facts(self.config.facts_file)
+        except FactsError as exc:
+            raise ConfigError(f"facts_file: {exc}") from None
         with DataDirLock(self.config.lock_path):
             db = open_db(self.config.db_path)  # migrations happen here, before READY
             runs.mark_dead_runs_interrupted(db)

@@ -82,7 +82,13 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     notify.wait("READY", "1", after=second)
     config.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")  # RecursionError in tomllib
     proc.send_signal(signal.SIGHUP)
-    notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=second + 1))
+    third = notify.wait("RELOADING", "1", after=second + 1)
+    notify.wait("READY", "1", after=third)
+    facts = config.with_name("facts.toml")
+    facts.write_text("fact = [1, 2]\n")
+    config.write_text(f'schedule = "05:00"\nfacts_file = "{facts}"\n')
+    proc.send_signal(signal.SIGHUP)
+    notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=third + 1))
     assert proc.poll() is None
 
     mark = len(notify.messages)
@@ -93,6 +99,8 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     assert "nightly update at 04:30" in log
     assert "reload refused" in log and "schedule" in log
     assert "nested too deeply" in log and "Traceback" not in log
+    assert f"fact probes file {facts}: fact 1 must be a [[fact]] table" in log
+    assert "nightly update at 05:00" not in log  # a refused reload changes nothing, not even the schedule
 
 
 def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_ff.daemon import checkpoints, update
+from engram_ff.daemon import checkpoints, probes, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
 from engram_ff.ingest.reader import catch_up
@@ -163,3 +163,31 @@ def test_history_command_prints_and_plots(setup, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "held_out_bpb" in out and "facts_first" in out
     assert plot.stat().st_size > 10_000
+
+
+def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, caplog):
+    """A facts file edited into a bad one after the daemon checked it, and a fact whose scoring fails:
+    the pass still records everything else."""
+    config, db = setup
+    update.run_update(config)
+    bad = tmp_path / "facts.toml"
+    bad.write_text('fact = "x"\n')
+    config.facts_file = bad
+    rows = update.run_probes(config)
+    assert {row["kind"] for row in rows} == {"probe", "trained", "summary"}
+    assert f"fact probes skipped this pass: fact probes file {bad}: 'fact' must be" in caplog.text
+
+    config.facts_file = None  # the bundled four
+    real = probes.rank_among
+
+    def fails_for_victor(model, prompt, answer, distractors):
+        if prompt.startswith(b"user: Who is Victor?"):
+            raise RuntimeError("simulated")
+        return real(model, prompt, answer, distractors)
+
+    monkeypatch.setattr(probes, "rank_among", fails_for_victor)
+    rows = update.run_probes(config)
+    facts = {row["probe"] for row in rows if row["kind"] == "fact"}
+    assert facts == {"victor-boat", "wifi-password"}
+    assert "fact probe 'who-is-victor' not scored: RuntimeError: simulated" in caplog.text
+    assert {"probe", "trained"} <= {row["kind"] for row in rows}
