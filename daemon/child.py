@@ -11,6 +11,7 @@ import signal
 import sys
 
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.daemon.update import EXIT_CODES, update_and_probe
@@ -44,7 +45,12 @@ def main() -> int:
     if len(sys.argv) > 1 and not stop_with_parent(int(sys.argv[1])):
         log.warning("the daemon that started this update is gone: not starting")
         return EXIT_CODES["interrupted"]
-    row = update_and_probe(config, should_stop=lambda: stop["requested"])
+    try:
+        with database_errors(config.db_path):
+            row = update_and_probe(config, should_stop=lambda: stop["requested"])
+    except UserError as exc:
+        log.error("%s", exc)
+        return 1
     return EXIT_CODES.get(row["status"], 1)
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 
 from engram_ff.daemon.commands import AlreadyRunning
 from engram_ff.daemon.config import ConfigError
-from engram_ff.daemon.errors import UserError
+from engram_ff.daemon.errors import UserError, database_problem
 from engram_ff.daemon.options import COMMANDS
 
 BENCHMARKS = {
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"bad configuration: {exc}", 2)
     except (AlreadyRunning, UserError) as exc:
         return _fail(str(exc), getattr(exc, "code", 1))
+    except sqlite3.Error as exc:  # a command that did not say which database: SQLite's words and the remedy
+        return _fail(database_problem(exc), 1)
+    except OSError as exc:  # a read-only or full file system, a permission: the OS's words name the file
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), 1)
 
 
 def _fail(message: str, code: int) -> int:

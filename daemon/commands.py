@@ -11,7 +11,7 @@ import sqlite3
 import sys
 
 from engram_ff.daemon.config import Config, config_from_args
-from engram_ff.daemon.errors import UserError
+from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.options import command, location_options, option
@@ -49,7 +49,7 @@ def update(args) -> int:
 
     config = _config(args)
     try:
-        with DataDirLock(config.lock_path):
+        with DataDirLock(config.lock_path), database_errors(config.db_path):
             row = update_and_probe(config)
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
@@ -73,7 +73,9 @@ def update(args) -> int:
 def probe(args) -> int:
     from engram_ff.daemon.update import run_probes
 
-    rows = run_probes(_config(args))
+    config = _config(args)
+    with database_errors(config.db_path):
+        rows = run_probes(config)
     if not rows:
         raise UserError("no trained checkpoint yet: run `engram-ff update` first")
     print(probe_table(rows))

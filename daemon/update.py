@@ -8,6 +8,7 @@ checkpoint lifecycle is daemon/checkpoints.py's; how a night trains is daemon/re
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from engram_ff.daemon import checkpoints, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.resources import peak_rss_mb
+from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.train import train
 from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
@@ -70,9 +72,11 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
         return _train_night(db, config, run_id, night, started, should_stop)
     except Exception as exc:
-        if run_id is None:
+        if run_id is None and isinstance(exc, sqlite3.Error):
+            raise  # the database refused the run's first row, so none can record this: the caller says why
+        log_failure("update failed; the previous checkpoint stays current", exc)
+        if run_id is None:  # a database that refuses these rows too raises: the caller names it in one line
             run_id = runs.start_run(db, "update")
-        log.exception("update %d failed; the previous checkpoint stays current", run_id)
         runs.finish_run(
             db,
             run_id,
@@ -165,6 +169,15 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     return runs.get_run(db, run_id)
 
 
+EXPECTED = (OSError, sqlite3.Error, ckpt.CheckpointError, checkpoints.TrainerMismatch)
+
+
+def log_failure(what: str, exc: Exception) -> None:
+    """One line for what a machine does to an update (a full or read-only disk, a locked database, a bad
+    checkpoint file); the traceback only for what would be a bug."""
+    log.error("%s: %s: %s", what, type(exc).__name__, exc, exc_info=not isinstance(exc, EXPECTED))
+
+
 def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
     """The nightly job: an update, then probes of the model it leaves current."""
     row = run_update(config, should_stop=should_stop)
@@ -186,6 +199,7 @@ def run_probes(config: Config) -> list[dict]:
         try:
             rows = probe(db, config, current.model, run_id=run_id, checkpoint_id=current.checkpoint_id)
         except Exception as exc:
+            log_failure(f"probe pass {run_id} failed", exc)
             runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
         runs.finish_run(db, run_id, "ok", checkpoint_id=current.checkpoint_id, peak_rss_mb=peak_rss_mb())

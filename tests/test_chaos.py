@@ -5,6 +5,7 @@ handful, seeded, one per kind of instant, on one data directory that each kill l
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -284,3 +285,106 @@ def test_a_run_whose_pid_is_a_zombie_or_was_reused_counts_as_dead(tmp_path):
             proc.kill()
             proc.wait()
         db.close()
+
+
+# --- a database the update cannot write: one line, exit 1, never a traceback -------------------------
+def _trained(tmp_path):
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    assert update.run_update(config)["status"] == "ok"
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    db.close()
+    return config
+
+
+def _cli(config, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "engram_ff.daemon.cli", *args, "--data", str(config.data_dir)],
+        env=environment(ENGRAM_FF_WATCH_DIR=str(config.watch)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_update_and_probe_on_an_immutable_database_say_so_in_one_line(tmp_path):
+    config = _trained(tmp_path)
+    if os.geteuid() == 0:  # root writes through file permissions, not through chattr +i
+        if subprocess.run(["chattr", "+i", str(config.db_path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+        undo = ["chattr", "-i", str(config.db_path)]
+    else:
+        config.db_path.chmod(0o444)
+        undo = ["chmod", "644", str(config.db_path)]
+    try:
+        results = [_cli(config, "update"), _cli(config, "probe")]
+    finally:
+        subprocess.run(undo, check=True)
+    for done in results:
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"engram-ff: the database {config.db_path} is read-only (attempt to write a readonly database): check "
+            "its permissions, `lsattr` (chattr +i) and whether its file system is mounted read-only"
+        )
+    assert query(config.db_path, "SELECT count(*) FROM runs") == [(1,)]  # the first update alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a read-only bind mount needs root")
+def test_update_and_probe_on_a_read_only_mount_say_so_in_one_line(tmp_path):
+    config = _trained(tmp_path)
+    data = str(config.data_dir)
+    read_only = (
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f'mount --bind {data} {data} && mount -o remount,bind,ro {data} && exec "$@"',
+        "sh",
+    )
+    update_done, probe_done = _cli(config, "update", prefix=read_only), _cli(config, "probe", prefix=read_only)
+    assert update_done.returncode == 1 and update_done.stderr.splitlines() == [
+        f"engram-ff: {config.lock_path}: Read-only file system"
+    ]
+    assert probe_done.returncode == 1 and "Traceback" not in probe_done.stderr
+    assert probe_done.stderr.splitlines()[-1].startswith(
+        f"engram-ff: the database {config.db_path} cannot be opened (unable to open database file): SQLite must"
+    )
+
+
+def test_update_and_probe_on_a_database_locked_past_the_busy_timeout_say_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Another writer holds the database (a `sqlite3` shell inside BEGIN IMMEDIATE): after the busy timeout,
+    shortened here from 30 s, one line and exit 1; nothing could be recorded, nothing is damaged."""
+    from engram_ff.daemon.cli import main
+    from engram_ff.state import db as state_db
+
+    config = _trained(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(config.db_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(state_db, "BUSY_TIMEOUT_MS", 500)
+        for command in ("update", "probe"):
+            assert main([command, "--data", str(config.data_dir)]) == 1
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and err.splitlines()[-1].startswith(
+                f"engram-ff: the database {config.db_path} stayed locked by another program for over 30 s "
+                "(database is locked)"
+            ), err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert query(config.db_path, "SELECT count(*) FROM runs") == [(1,)]
+    assert query(config.db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("holding", flush=True)
+time.sleep(600)
+"""
