@@ -85,6 +85,31 @@ def sample_text(
     return b"\n".join(spans)[:n_bytes]
 
 
+def message_key(db: sqlite_utils.Database, through_id: int) -> dict | None:
+    """The (day, hash) of the newest train message with id <= through_id: a name for "trained up to here"
+    that survives the database (a message is unique on day, split and the hash of its raw line, and
+    reading the same files again gives the same keys, with new ids)."""
+    rows = list(
+        db.query(
+            "SELECT day, hash FROM messages WHERE id <= ? AND split = 'train' ORDER BY id DESC LIMIT 1", [through_id]
+        )
+    )
+    return rows[0] if rows else None
+
+
+def id_of_key(db: sqlite_utils.Database, key: dict) -> int:
+    """This database's id of the train message `key` names; if it has no such message (its file is gone),
+    the newest train message of that day or before (0 for none)."""
+    row = db.execute(
+        "SELECT id FROM messages WHERE day = ? AND split = 'train' AND hash = ?", [key["day"], key["hash"]]
+    ).fetchone()
+    if row is not None:
+        return row[0]
+    return db.execute(
+        "SELECT coalesce(max(id), 0) FROM messages WHERE day <= ? AND split = 'train'", [key["day"]]
+    ).fetchone()[0]
+
+
 def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
     """The newest message id (0 for none): an update trains on ids up to this."""
     where, params = ("WHERE split = ?", [split]) if split else ("", [])

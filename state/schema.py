@@ -199,3 +199,21 @@ def _cheap_checks(db) -> None:
     )
     if sequence is not None:  # ids never go back, even past rows deleted at the end
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", [sequence[0]])
+
+
+@migrations(name="0500_checkpoint_writes")
+def _checkpoint_writes(db) -> None:
+    """A checkpoint file's name is committed here before the file is written, and replaced by its
+    `checkpoints` row in one transaction once it is complete. So a file that no row names is either a
+    write killed half-way (named here: the next prune removes it) or one this database never made (an
+    earlier database's, kept: a file is never deleted because a database does not know it)."""
+    _run(
+        db,
+        [
+            """CREATE TABLE checkpoint_writes (
+            path TEXT PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            started_at TEXT NOT NULL
+        )"""
+        ],
+    )

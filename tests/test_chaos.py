@@ -4,6 +4,7 @@ The trials use the harness of `engram-ff bench chaos` (bench/chaos.py), which ru
 handful, seeded, one per kind of instant, on one data directory that each kill leaves as it is.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -83,7 +84,7 @@ def test_an_update_killed_before_its_first_checkpoint_is_resumed_from_the_one_be
     db.close()
 
 
-def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(tmp_path):
+def test_a_successful_update_removes_every_partial_and_what_killed_writes_left_and_nothing_else(tmp_path, caplog):
     config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
     write_day(config.watch, "2026-01-01", 60)
     db = open_db(config.db_path)
@@ -91,16 +92,26 @@ def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(t
     stops = iter([False] * 6 + [True] * 100)
     interrupted = update.run_update(config, should_stop=lambda: next(stops))
     folder = config.checkpoint_dir
-    (folder / ".run000009-partial-0000001.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")
-    (folder / "run000009-partial-0000001.pt").write_bytes(b"written, but its row never committed")
+    (folder / ".run000009-partial-0000001-0badf00d.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")
+    killed = folder / "run000001-partial-0000009-0badf00d.pt"  # named before its write, row never committed
+    runs.begin_checkpoint_write(db, str(killed), interrupted["id"])
+    killed.write_bytes(b"written, but its row never committed")
+    foreign = folder / "run000003-final-0000200-8badf00d.pt"  # a file this database did not write
+    shutil.copy(next(folder.glob("*.pt")), foreign)
+    caplog.set_level(logging.INFO)
     done = update.run_update(config)
     assert done["status"] == "ok" and done["resumed_from"] == interrupted["id"]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        Path(path).name + suffix
-        for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
-        for suffix in ("", ".sha256")
-    ]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [foreign.name]
+        + [
+            Path(path).name + suffix
+            for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
+            for suffix in ("", ".sha256")
+        ]
+    )
     assert [row[0] for row in db.execute("SELECT DISTINCT kind FROM checkpoints WHERE status = 'good'")] == ["final"]
+    assert runs.unfinished_checkpoint_writes(db) == []
+    assert f"keeping 1 checkpoint file(s) in {folder} that this database did not write: {foreign.name}" in caplog.text
     db.close()
 
 
@@ -388,3 +399,46 @@ conn.execute("BEGIN IMMEDIATE")
 print("holding", flush=True)
 time.sleep(600)
 """
+
+
+def test_a_lost_database_keeps_every_checkpoint_and_the_next_update_continues_from_the_newest(tmp_path):
+    """The database deleted (or lost with its disk): `ingest` then `update`, as a user would run them,
+    continue from the newest final checkpoint on disk, train only on what came after it, and neither
+    delete nor overwrite any file the lost database wrote."""
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    newest = update.run_update(config)
+    newest_path = db.execute("SELECT path FROM checkpoints WHERE id = ?", [newest["checkpoint_id"]]).fetchone()[0]
+    db.close()
+    before = {path.name: path.read_bytes() for path in config.checkpoint_dir.iterdir()}
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{config.db_path}{suffix}").unlink(missing_ok=True)
+
+    write_day(config.watch, "2026-01-03", 30)
+    env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
+    for command in ("ingest", "update"):
+        done = subprocess.run(
+            [sys.executable, "-m", "engram_ff.daemon.cli", command], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    assert f"holds 2 from an earlier one: continuing from {Path(newest_path).name}" in done.stderr
+
+    after = {path.name: path for path in config.checkpoint_dir.iterdir()}
+    assert all(after[name].read_bytes() == data for name, data in before.items())  # kept, none overwritten
+    ((parent, first_id, last_id),) = query(
+        config.db_path, "SELECT parent_checkpoint_id, first_message_id, last_message_id FROM runs WHERE kind = 'update'"
+    )
+    assert query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [parent]) == [(newest_path,)]
+    day_2_ends, day_3_ends = (
+        query(config.db_path, "SELECT max(id) FROM messages WHERE day <= ? AND split = 'train'", [day])[0][0]
+        for day in ("2026-01-02", "2026-01-03")
+    )
+    assert (first_id, last_id) == (day_2_ends, day_3_ends)  # exactly the day that came after the checkpoint
+    assert query(config.db_path, "SELECT kind, status, last_message_id FROM runs WHERE kind = 'adopt'") == [
+        ("adopt", "ok", day_2_ends)
+    ]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from engram_ff.bench.chaos import check_state, make_line
 from engram_ff.daemon import update
@@ -100,10 +101,11 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     assert status == "failed" and "File too large" in error
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
-    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [
-        f"run000001-final-{first['steps']:07d}.pt",
-        f"run000001-final-{first['steps']:07d}.pt.sha256",
-    ]
+    first_file = Path(
+        query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]])[0][0]
+    )
+    assert first_file.name.startswith(f"run000001-final-{first['steps']:07d}-")
+    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [first_file.name, first_file.name + ".sha256"]
     ok = subprocess.run(
         [sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -191,3 +191,37 @@ def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, capl
     assert facts == {"victor-boat", "wifi-password"}
     assert "fact probe 'who-is-victor' not scored: RuntimeError: simulated" in caplog.text
     assert {"probe", "trained"} <= {row["kind"] for row in rows}
+
+
+def test_only_bytes_that_differ_from_the_recorded_digest_make_a_checkpoint_corrupt(setup, caplog):
+    """A lost `.sha256`, or a file that cannot be read for a while, says nothing about the checkpoint's
+    bytes: the database's own digest decides. A file found corrupt and later restored is good again."""
+    config, db = setup
+    first = update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    second = update.run_update(config)
+    newest = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0])
+    digest = Path(f"{newest}.sha256")
+
+    def status():
+        return db.execute("SELECT status FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0]
+
+    original_digest = digest.read_text()
+    digest.unlink()
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+    assert digest.read_text() == original_digest and status() == "good"  # rewritten from the database's digest
+
+    newest.rename(newest.with_suffix(".away"))  # unreadable for a while: a moved disk, a permission
+    assert checkpoints.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+    assert status() == "good" and f"checkpoint {newest} cannot be read now" in caplog.text
+    newest.with_suffix(".away").rename(newest)
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+
+    original = newest.read_bytes()
+    newest.write_bytes(original[: len(original) // 2])
+    assert checkpoints.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+    assert status() == "corrupt"
+    newest.write_bytes(original)  # restored from a backup
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+    assert status() == "good" and f"checkpoint {newest} matches its recorded sha256 again" in caplog.text
