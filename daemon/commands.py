@@ -7,6 +7,7 @@ modules (torch, the watcher) are imported inside the command that needs them, so
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import sys
 
@@ -214,7 +215,17 @@ def status(args) -> int:
     if last := runs.last_update(db):
         print("\nlast update:")
         print(table([last], ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"]))
+    if (done := runs.last_successful_update(db)) and done["waiting_bytes"]:
+        nights = math.ceil(done["waiting_bytes"] / (config.update_max_new_mib * (1 << 20)))
+        print(
+            f"\nupdate {done['id']} left {_mib(done['waiting_bytes'])} of newer text for the next nights: "
+            f"about {nights} more at update_max_new_mib = {config.update_max_new_mib:g}"
+        )
     if current := runs.current_checkpoint(db):
         print("\ncurrent checkpoint:")
         print(table([current], ["id", "run_id", "path", "steps", "created_at"]))
     return 0
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 20):,.1f} MiB" if n_bytes >= 1 << 20 else f"{n_bytes / 1024:,.1f} KiB"

@@ -26,6 +26,7 @@ from engram_ff.state.db import open_db
 log = logging.getLogger(__name__)
 
 EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3}
+MIB = 1 << 20
 
 
 @dataclass
@@ -42,7 +43,9 @@ class Night:
 
 
 def plan_night(db, config: Config) -> Night:
-    """Continue an interrupted update with its own messages, or start a new one after the last trained id."""
+    """Continue an interrupted update with its own messages, or start a new one after the last trained id
+    with at most update_max_new_mib of new text: the rest waits, and the bounds recorded are exactly what
+    this night trains on, so a resumed update trains on the same messages."""
     partial = checkpoints.resumable(db, config)
     if partial is not None:
         meta = partial.meta
@@ -58,7 +61,8 @@ def plan_night(db, config: Config) -> Night:
         )
     current = checkpoints.load_current(db, config) or checkpoints.fresh(config)
     first_id = runs.trained_through(db)
-    return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
+    last_id = queries.end_of_night(db, first_id, round(config.update_max_new_mib * MIB))
+    return Night(current, first_id, last_id, current.checkpoint_id)
 
 
 def run_update(config: Config, *, should_stop=lambda: False) -> dict:
@@ -105,6 +109,9 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
             **bounds,
         )
         return runs.get_run(db, run_id)
+    waiting = queries.bytes_after(db, night.last_id)
+    if waiting:
+        log.info("%.1f MiB of newer text waits for the next nights (update_max_new_mib)", waiting / MIB)
     replay = recipe.replay_sample(db, int(len(new_text) * config.replay_ratio), night.first_id, seed=run_id)
     steps_left = max(0, recipe.step_budget(config, len(new_text) + len(replay)) - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
@@ -150,6 +157,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
         steps=night.steps_done + result.steps,
         layer_losses=result.losses,
         parent_checkpoint_id=night.parent_id,
+        waiting_bytes=waiting,
         **bounds,
     )
     stopped = should_stop()

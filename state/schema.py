@@ -217,3 +217,9 @@ def _checkpoint_writes(db) -> None:
         )"""
         ],
     )
+
+
+@migrations(name="0501_runs_waiting_bytes")
+def _waiting_bytes(db) -> None:
+    """How much newer train text an update left for the next nights (update_max_new_mib caps a night)."""
+    db.execute("ALTER TABLE runs ADD COLUMN waiting_bytes INTEGER")

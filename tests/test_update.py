@@ -14,6 +14,7 @@ from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.state import queries
 from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 
@@ -225,3 +226,27 @@ def test_only_bytes_that_differ_from_the_recorded_digest_make_a_checkpoint_corru
     newest.write_bytes(original)  # restored from a backup
     assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
     assert status() == "good" and f"checkpoint {newest} matches its recorded sha256 again" in caplog.text
+
+
+def test_a_backlog_is_trained_in_nights_of_update_max_new_mib_and_status_says_what_waits(setup, capsys):
+    config, db = setup  # one day of 60 messages: about 3 KiB of train text
+    config.update_max_new_mib = 1536 / (1 << 20)  # 1.5 KiB a night
+    nights = [update.run_update(config)]
+    assert main(["status", "--data", str(config.data_dir), "--watch", str(config.watch)]) == 0
+    out = capsys.readouterr().out
+    waits = f"{nights[0]['waiting_bytes'] / 1024:.1f} KiB of newer text for the next nights: about 1 more at"
+    assert f"update {nights[0]['id']} left {waits} update_max_new_mib = 16" in out
+    while nights[-1]["status"] == "ok":
+        nights.append(update.run_update(config))
+    assert nights.pop()["status"] == "skipped" and len(nights) == 3
+    assert nights[0]["first_message_id"] == 0
+    assert (
+        nights[-1]["last_message_id"] == db.execute("SELECT max(id) FROM messages WHERE split = 'train'").fetchone()[0]
+    )
+    for before, after in zip(nights, nights[1:]):
+        assert after["first_message_id"] == before["last_message_id"]  # nothing skipped, nothing twice
+        assert after["parent_checkpoint_id"] == before["checkpoint_id"]
+    for night in nights:  # the recorded bounds are exactly what it trained on, whole messages up to the cap
+        text = queries.text_between(db, night["first_message_id"], night["last_message_id"])
+        assert night["new_bytes"] == len(text) and len(text) < 1536 + 100
+    assert [night["waiting_bytes"] > 0 for night in nights] == [True, True, False]
