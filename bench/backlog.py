@@ -127,7 +127,7 @@ def run(sizes: list[float], budget_minutes: float, prompt_mb: float, out: Path) 
             r["update"]["status"],
             f"{(r['update']['new_bytes'] or 0) / MIB:.1f} MiB",
             f"{(r['update']['replay_bytes'] or 0) / MIB:.1f} MiB",
-            f"{(r['update']['waiting_bytes'] or 0) / MIB:,.0f} MiB",
+            f"{(r['update']['waiting_bytes'] or 0) / MIB:,.1f} MiB",
             r["update"]["steps"],
             f"{r['fact_rows'] // 2} of 4",
             f"{r['wall_s'] / 60:.1f} min",
@@ -138,7 +138,9 @@ def run(sizes: list[float], budget_minutes: float, prompt_mb: float, out: Path) 
     table = markdown_table(
         [
             "backlog of new text",
-            "trained tonight",
+            "night",
+            "status",
+            "new text trained",
             "replayed",
             "left waiting",
             "steps",
