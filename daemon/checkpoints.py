@@ -181,8 +181,9 @@ def adopt(db, folder: Path) -> None:
     up to that one's new id counts as trained, so the next update trains on what came after it. Files
     are read in path order, as Engram's daily files were written, so this is the same set of messages
     when each day has one file; otherwise a few may be trained twice or only replayed. A checkpoint
-    written before its metadata held that key counts everything already ingested as trained."""
-    if runs.knows_checkpoints(db) or not folder.is_dir():
+    written before its metadata held that key counts everything already ingested as trained. Nothing is
+    adopted while the database holds no message: there would be nothing to say "trained up to here" by."""
+    if runs.knows_checkpoints(db) or not folder.is_dir() or not queries.max_message_id(db):
         return
     found = sorted((f for f in map(_describe, folder.glob("*.pt")) if f is not None), key=lambda f: f["created"])
     if not found:
