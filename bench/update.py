@@ -1,4 +1,5 @@
-"""`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost.
+"""`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost;
+with --backlog-gb, instead the update after a backlog of new text (bench/backlog.py).
 
 Part 1 writes a day of Engram logs whose train split holds 1 MiB of text (TinyShakespeare, then the
 plays), ingests it and runs exactly the daemon's update (`python -m engram_ff.daemon.child`, the child the
@@ -93,11 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-seconds", type=float, default=120)
     parser.add_argument("--quick", action="store_true", help="64 KiB, a one-minute budget, 20 s idle")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/update.md)")
+    backlog = parser.add_argument_group("backlog", "instead: the update after a backlog (bench/backlog.py)")
+    backlog.add_argument("--backlog-gb", metavar="SIZES", help="comma-separated backlogs of new text, e.g. 0.1,1")
+    backlog.add_argument("--budget-minutes", type=float, default=2.0, help="the update's training budget")
+    backlog.add_argument("--fact-prompt-mb", type=float, default=5.0, help="the prompt of a fourth fact probe")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.backlog_gb:
+        return _backlog(args)
     n_bytes, idle = (64 * 1024, 20.0) if args.quick else (args.bytes, args.idle_seconds)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     write_result(path.name, header + table, path.parent)
     print(f"wrote {path}")
     return 0
+
+
+def _backlog(args) -> int:
+    """--backlog-gb: with --quick, a half-minute budget and a 0.5 MB fact prompt, into update-backlog-quick.md."""
+    from engram_ff.bench import backlog
+
+    sizes = [float(size) for size in args.backlog_gb.split(",")]
+    budget, prompt_mb = (0.5, 0.5) if args.quick else (args.budget_minutes, args.fact_prompt_mb)
+    name = "update-backlog-quick.md" if args.quick else "update-backlog.md"
+    return backlog.run(sizes, budget, prompt_mb, args.out or Path(__file__).resolve().parent / "results" / name)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,32 @@
-"""The checkpoint lifecycle on the database's side: which one is current, saving, pruning, resuming.
+"""The checkpoint lifecycle on the database's side: which one is current, saving, pruning, resuming,
+and taking over the files of a database that was lost.
 
 Crash safety comes from ordering. A checkpoint file is complete on disk (atomic rename, sha256 beside
 it) before the row that names it is committed; a run is 'ok' only after its final checkpoint's row
 is; so the current model, the newest good final checkpoint, is always one that loads. The file format
 itself is model/checkpoint.py's.
+
+The files outlive the database. Each name is unique (a random part: a new database's run ids start
+again at 1), each file's metadata says what it is (kind, when, and the last message it trained
+through, by a key that survives re-ingesting), and nothing is deleted because the database does not
+know it: only rows the database prunes, temp files, and files it named in `checkpoint_writes`
+before a write that was killed. A database that knows no checkpoint adopts the files it finds.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from engram_ff.daemon.config import Config
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
-from engram_ff.state import runs
+from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +62,46 @@ def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:
 
 
 def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
-    """The first of `rows` (newest first) that loads; a torn or corrupt one is marked and skipped."""
+    """The first of `rows` (newest first) that loads, checked against the digest its row recorded.
+
+    A file whose bytes differ from that digest, or that does not load, is marked 'corrupt' and skipped;
+    a 'corrupt' one that matches again (restored from a backup) is good again. A file that cannot be
+    read now is skipped and left as it is: that is no evidence about its bytes, and it is tried again
+    next time. The `.sha256` beside a file is for tools without the database: a lost one is rewritten."""
     for row in rows:
         try:
-            return restore(ckpt.load_model(row["path"]), row["id"], config.trainer)
+            saved = ckpt.load_model(row["path"], sha256=row["sha256"])
+        except ckpt.CheckpointUnreadable as exc:
+            log.error("checkpoint %s cannot be read now (%s); falling back to the one before it", row["path"], exc)
+            continue
         except ckpt.CheckpointError as exc:
-            log.error("checkpoint %s is unusable (%s); falling back to the one before it", row["path"], exc)
-            runs.set_checkpoint_status(db, row["id"], "corrupt")
+            if row["status"] != "corrupt":
+                log.error("checkpoint %s is unusable (%s); falling back to the one before it", row["path"], exc)
+                runs.set_checkpoint_status(db, row["id"], "corrupt")
+            continue
+        if row["status"] == "corrupt":
+            log.warning("checkpoint %s matches its recorded sha256 again: good again", row["path"])
+            runs.set_checkpoint_status(db, row["id"], "good")
+        _restore_digest_file(row["path"], row["sha256"])
+        return restore(saved, row["id"], config.trainer)
     return None
 
 
+def _restore_digest_file(path: str, sha256: str) -> None:
+    if ckpt.recorded_digest(path) == sha256:
+        return
+    try:
+        ckpt.write_digest(path, sha256)
+        log.warning("rewrote %s from the digest the database recorded", ckpt.digest_path(path))
+    except OSError as exc:
+        log.warning("cannot rewrite %s (%s); the checkpoint itself is intact", ckpt.digest_path(path), exc)
+
+
 def load_current(db, config: Config) -> Loaded | None:
-    """The current model: the newest good final checkpoint that loads."""
-    return newest_loadable(db, runs.good_checkpoints(db, "final"), config)
+    """The current model: the newest final checkpoint that loads (after adopting an earlier database's
+    files, if this database knows none)."""
+    adopt(db, config.checkpoint_dir)
+    return newest_loadable(db, runs.current_candidates(db), config)
 
 
 def current_model(db) -> tuple[FFLM, dict] | None:
@@ -94,26 +131,113 @@ def resumable(db, config: Config) -> Loaded | None:
 
 
 def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_id: int | None, meta: dict) -> int:
+    """Name the file in the database, write it, then record its row (which replaces the name)."""
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = config.checkpoint_dir / f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}.pt"
+    path = unique_path(config.checkpoint_dir, f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}")
+    meta = {**meta, "kind": kind, "created_at": _timestamp(time.time())}
+    if "last_message_id" in meta:
+        meta["trained_through"] = queries.message_key(db, meta["last_message_id"])
+    runs.begin_checkpoint_write(db, str(path), run_id)
     digest = ckpt.save_model(path, loaded.model, loaded.trainer, meta)
     return runs.add_checkpoint(
         db, run_id=run_id, path=str(path), sha256=digest, kind=kind, parent_id=parent_id, steps=loaded.trainer.steps
     )
 
 
+def unique_path(folder: Path, stem: str) -> Path:
+    """stem + 8 random hex digits: a new database's run 1 never lands on an old database's run 1."""
+    while True:
+        path = folder / f"{stem}-{secrets.token_hex(4)}.pt"
+        if not path.exists():
+            return path
+
+
 def prune(db, keep: int, folder: Path) -> None:
     """After a successful update: keep the newest `keep` final checkpoints and no partial one (none is
-    resumable any more, whichever run left it), and delete what a killed write left behind: temp
-    files and checkpoint files whose row was never committed."""
+    resumable any more, whichever run left it), and delete what a killed write left behind: temp files
+    and files named before a write whose row was never committed. Any other file the database does not
+    know (an earlier database's, one copied in) is kept and said so: it may be the only copy of a model."""
     stale = runs.good_checkpoints(db, "final")[keep:] + runs.good_checkpoints(db, "partial")
     for row in stale:
         runs.set_checkpoint_status(db, row["id"], "pruned")
         for path in (Path(row["path"]), ckpt.digest_path(row["path"])):
             path.unlink(missing_ok=True)
-    named = {Path(path) for path in runs.checkpoint_paths(db)}
-    for path in folder.iterdir():
-        if path.suffix == ".tmp" or (path.suffix == ".pt" and path not in named):
-            log.info("removing %s, left by an interrupted checkpoint write", path)
+    for name in runs.unfinished_checkpoint_writes(db):
+        if Path(name).exists():
+            log.info("removing %s, left by an interrupted checkpoint write", name)
+        for path in (Path(name), ckpt.digest_path(name)):
             path.unlink(missing_ok=True)
-            ckpt.digest_path(path).unlink(missing_ok=True)
+        runs.forget_checkpoint_write(db, name)
+    for path in folder.glob(".*.tmp"):
+        log.info("removing %s, left by an interrupted checkpoint write", path)
+        path.unlink(missing_ok=True)
+    known = {Path(path).name for path in runs.checkpoint_paths(db)}
+    unknown = sorted(path.name for path in folder.glob("*.pt") if path.name not in known)
+    if unknown:
+        log.info(
+            "keeping %d checkpoint file(s) in %s that this database did not write: %s",
+            len(unknown),
+            folder,
+            ", ".join(unknown),
+        )
+
+
+def adopt(db, folder: Path) -> None:
+    """A database that knows no checkpoint (new, or made again after the old one was lost) takes over the
+    checkpoint files it finds: every one whose bytes match its `.sha256` is recorded, oldest first, so
+    the newest final one is the current model and the usual pruning applies to the rest.
+
+    What "continue" means with new message ids: the new database read the same files again, so the
+    messages are the same but their ids are not. The final checkpoint's metadata names the last message
+    it trained through by (day, hash of the raw line), which is the same in any database; every message
+    up to that one's new id counts as trained, so the next update trains on what came after it. Files
+    are read in path order, as Engram's daily files were written, so this is the same set of messages
+    when each day has one file; otherwise a few may be trained twice or only replayed. A checkpoint
+    written before its metadata held that key counts everything already ingested as trained. Nothing is
+    adopted while the database holds no message: there would be nothing to say "trained up to here" by."""
+    if runs.knows_checkpoints(db) or not folder.is_dir() or not queries.max_message_id(db):
+        return
+    found = sorted((f for f in map(_describe, folder.glob("*.pt")) if f is not None), key=lambda f: f["created"])
+    if not found:
+        return
+    finals = [f for f in found if f["kind"] == "final"]
+    current = finals[-1] if finals else None
+    key = current and current["meta"].get("trained_through")
+    through = queries.id_of_key(db, key) if key else (queries.max_message_id(db) if current else 0)
+    runs.adopt_checkpoints(db, found, through)
+    if current is None:
+        log.warning("this database knows no checkpoint; %s holds only partial ones: a new model starts", folder)
+        return
+    log.warning(
+        "this database knows no checkpoint, but %s holds %d from an earlier one: continuing from %s; messages up "
+        "to id %d here count as trained (%s)",
+        folder,
+        len(found),
+        Path(current["path"]).name,
+        through,
+        f"through {key['day']}" if key else "all ingested so far: the checkpoint does not say how far it got",
+    )
+
+
+def _describe(path: Path) -> dict | None:
+    """What a checkpoint file says it is, if its bytes match its `.sha256`; None (and a log line) if not."""
+    try:
+        payload = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError as exc:
+        log.warning("not adopting %s (%s); it is kept", path, exc)
+        return None
+    meta = payload.get("meta") or {}
+    return dict(
+        path=str(path),
+        sha256=ckpt.recorded_digest(path),
+        kind=meta.get("kind") or ("partial" if "-partial-" in path.name else "final"),
+        steps=(payload.get("trainer") or {}).get("steps", 0),
+        created=meta.get("created_at") or _timestamp(path.stat().st_mtime),
+        meta=meta,
+    )
+
+
+def _timestamp(seconds: float) -> str:
+    """The format of `created_at` in a checkpoint's metadata, to the microsecond: a partial and its run's
+    final can be written in the same second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")

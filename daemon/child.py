@@ -17,6 +17,7 @@ import signal
 import sys
 
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.progress import for_this_process
 from engram_ff.daemon.sandbox import adapt_torch
@@ -52,7 +53,12 @@ def main() -> int:
         log.warning("the daemon that started this update is gone: not starting")
         return EXIT_CODES["interrupted"]
     status = _status_pipe(int(sys.argv[2])) if len(sys.argv) > 2 else None
-    row = update_and_probe(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
+    try:
+        with database_errors(config.db_path):
+            row = update_and_probe(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
+    except UserError as exc:
+        log.error("%s", exc)
+        return 1
     return EXIT_CODES.get(row["status"], 1)
 
 

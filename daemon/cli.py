@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from engram_ff.daemon.commands import AlreadyRunning
 from engram_ff.daemon.config import ConfigError
-from engram_ff.daemon.errors import UserError
+from engram_ff.daemon.errors import UserError, database_problem
 from engram_ff.daemon.options import COMMANDS
 
 BENCHMARKS = {
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `engram-ff status | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return BROKEN_PIPE
+    except sqlite3.Error as exc:  # a command that did not say which database: SQLite's words and the remedy
+        return _fail(database_problem(exc), 1)
+    except OSError as exc:  # a read-only or full file system, a permission: the OS's words name the file
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), 1)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import sqlite3
 import sys
 
 from engram_ff.daemon.config import Config, config_from_args
-from engram_ff.daemon.errors import UserError
+from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.options import command, json_option, location_options, option
@@ -37,7 +37,8 @@ def _database(config: Config):
     from engram_ff.state.db import NoDatabase, open_existing
 
     try:
-        return open_existing(config.db_path)
+        with database_errors(config.db_path):
+            return open_existing(config.db_path)
     except NoDatabase:
         raise UserError(
             f"no engram-ff database in {config.data_dir}: check --data, or start with `engram-ff ingest` "
@@ -118,7 +119,7 @@ def update(args) -> int:
         raise UserError(f"watch folder {config.watch} does not exist (an update trains on what was ingested from it)")
     _database(config).close()  # there must be something to train on: nothing is created here
     try:
-        with DataDirLock(config.lock_path), _StopOnSignal() as stop:
+        with DataDirLock(config.lock_path), database_errors(config.db_path), _StopOnSignal() as stop:
             row = update_and_probe(config, should_stop=lambda: stop.requested, progress=for_this_process())
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
@@ -158,7 +159,8 @@ def probe(args) -> int:
 
     config = _config(args)
     _database(config).close()
-    rows = run_probes(config)
+    with database_errors(config.db_path):
+        rows = run_probes(config)
     if not rows:
         raise UserError("no trained checkpoint yet: run `engram-ff update` first")
     print(as_json(rows) if args.json else probe_table(rows))

@@ -40,6 +40,9 @@ class Config:
     update_min_steps: int = 300  # a small day is seen many times: one night must be enough to learn it
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
+    # the most new text one night takes (oldest first; the rest waits for the next nights), so that an
+    # update's memory does not grow with a backlog (bench/results/update-backlog.md)
+    update_max_new_mib: float = 16.0
     # replayed bytes per new byte; with lower_lr 0.3, FF forgot 0.010 nats/byte over 8 nights, against
     # 0.403 without either (bench/results/incremental.md)
     replay_ratio: float = 2.0
@@ -146,6 +149,7 @@ def _validate(config: Config) -> None:
     for name in (
         "update_budget_minutes",
         "update_epochs",
+        "update_max_new_mib",
         "checkpoint_every_seconds",
         "debounce_seconds",
         "rescan_seconds",
@@ -201,6 +205,8 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
             raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level: `x = [[[...` 5,000 deep overflows the stack
+            raise ConfigError(f"configuration file {path} is not valid TOML: nested too deeply") from None
         for key, raw in table.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from {path}): unknown key; known keys: {', '.join(_FIELDS)}")

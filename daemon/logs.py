@@ -7,7 +7,23 @@ import os
 import sys
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at each record, not the one it was made with: a command run in
+    the same process as an earlier one (the tests, `main()` called twice) never logs to a closed stream."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler's __init__ and setStream assign it; sys.stderr always wins
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
     under_journal = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
     fmt = "%(name)s: %(message)s" if under_journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.basicConfig(level=level.upper(), format=fmt, handlers=[_StderrHandler()], force=True)

@@ -12,42 +12,20 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
-from pathlib import Path
 
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.model.scoring import rank_among
 from engram_ff.model.train import evaluate_nats
 from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
 
-BUNDLED_FACTS = Path(__file__).with_name("facts.toml")
 LN2 = math.log(2)
-
-
-class FactsError(ValueError):
-    pass
 
 
 class ProbesStopped(Exception):
     """should_stop() said so between two days: the pass records nothing."""
-
-
-def load_facts(path: Path | None) -> list[dict]:
-    path = Path(path) if path else BUNDLED_FACTS
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise FactsError(f"fact probes file {path}: {exc}") from None
-    facts = table.get("fact", [])
-    for i, fact in enumerate(facts):
-        for key in ("name", "prompt", "answer"):
-            if not isinstance(fact.get(key), str) or not fact[key]:
-                raise FactsError(f"fact probes file {path}: fact {i + 1} needs a non-empty string '{key}'")
-        if not isinstance(fact.get("distractors", []), list):
-            raise FactsError(f"fact probes file {path}: fact '{fact['name']}': distractors must be a list")
-    return facts
 
 
 def probe(
@@ -109,13 +87,30 @@ def probe(
             if now:
                 add("retention", "summary", f"avg_{metric}", sum(now.values()) / len(now))
 
-    facts = load_facts(config.facts_file)
+    facts = _facts(config)
     for fact in facts:
-        bpb, rank = rank_among(
-            model, fact["prompt"].encode(), fact["answer"].encode(), [d.encode() for d in fact.get("distractors", [])]
-        )
+        try:  # one fact that cannot be scored costs its own two rows, never the pass's other scores
+            bpb, rank = rank_among(
+                model,
+                fact["prompt"].encode(),
+                fact["answer"].encode(),
+                [d.encode() for d in fact.get("distractors", [])],
+            )
+        except Exception as exc:
+            log.error("fact probe %r not scored: %s: %s", fact["name"], type(exc).__name__, exc)
+            continue
         add(fact["name"], "fact", "answer_bpb", bpb)
         add(fact["name"], "fact", "answer_rank", rank)
     runs.record_scores(db, rows)
     log.info("probed %d days and %d facts: %d scores", len(days), len(facts), len(rows))
     return rows
+
+
+def _facts(config: Config) -> list[dict]:
+    """The facts file as it is now (the daemon checked it at start and reload, but it may have been edited
+    since): if it went bad, the pass goes on without facts and says why."""
+    try:
+        return load_facts(config.facts_file)
+    except FactsError as exc:
+        log.error("fact probes skipped this pass: %s", exc)
+        return []

@@ -46,7 +46,7 @@ def update_batches(new_text: bytes, replay: bytes, config: Config, generator: to
     """(batches, replayed rows per batch). Windows come from new and replayed text together; only when
     layers treat replay differently is each batch split into new rows first, then replayed ones in
     proportion to the bytes, so a layer can take its loss on the new rows alone."""
-    text = new_text + replay
+    text = bytearray().join((new_text, replay))  # one copy, which the batches share rather than copy again
     if config.replay_layers == "all" or min(len(new_text), len(replay)) < 2:
         return byte_batches(text, config.batch_size, config.seq_len, generator), 0
     replay_rows = min(config.batch_size - 1, max(1, round(config.batch_size * len(replay) / len(text))))

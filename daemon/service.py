@@ -18,7 +18,8 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from engram_ff.daemon import schedule
-from engram_ff.daemon.config import Config
+from engram_ff.daemon.config import Config, ConfigError
+from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
 from engram_ff.ingest.reader import Limits
@@ -40,6 +41,12 @@ def child_environment(config: Config) -> dict[str, str]:
         if value is not None:
             env[f"ENGRAM_FF_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def _one_line(exc: Exception) -> str:
+    """A ValueError's message names the key already; anything else also needs its kind."""
+    text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
 
 
 class Service:
@@ -145,18 +152,22 @@ class Service:
     def _reload(self, scheduler: BackgroundScheduler) -> None:
         self.notifier.reloading()
         try:
-            new = self.reload_config()
-        except ValueError as exc:
-            log.error("configuration reload refused, keeping the running one: %s", exc)
-        else:
-            if (new.watch, new.data_dir) != (self.config.watch, self.config.data_dir):
-                log.warning("watch and data folders change only at restart; the rest is reloaded")
-                new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
-            self.config = new
-            scheduler.reschedule_job("nightly", trigger=schedule.nightly_trigger(new))
-            logging.getLogger().setLevel(new.log_level.upper())
-            log.info("configuration reloaded; nightly update at %s", new.schedule)
+            self._apply(self.reload_config(), scheduler)
+        except Exception as exc:  # whatever a bad file raises, a running daemon must not exit over a reload
+            log.error("configuration reload refused, keeping the running one: %s", _one_line(exc))
         self.notifier.ready(self.status_line(None))
+
+    def _apply(self, new: Config, scheduler: BackgroundScheduler) -> None:
+        """Check all of `new` first, then switch to it: a refused reload leaves nothing half applied."""
+        load_facts(new.facts_file)
+        trigger = schedule.nightly_trigger(new)
+        if (new.watch, new.data_dir) != (self.config.watch, self.config.data_dir):
+            log.warning("watch and data folders change only at restart; the rest is reloaded")
+            new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
+        scheduler.reschedule_job("nightly", trigger=trigger)
+        self.config = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("configuration reloaded; nightly update at %s", new.schedule)
 
     def status_line(self, watcher: Watcher | None) -> str:
         counts = f"{watcher.status_line()}; " if watcher is not None else ""
@@ -205,6 +216,10 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        try:
+            load_facts(self.config.facts_file)
+        except FactsError as exc:
+            raise ConfigError(f"facts_file: {exc}") from None
         with DataDirLock(self.config.lock_path):
             db = open_db(self.config.db_path)  # migrations happen here, before READY
             runs.mark_dead_runs_interrupted(db)

@@ -8,6 +8,7 @@ marked).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from engram_ff.daemon import schedule
@@ -38,6 +39,7 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "running": runs.running_runs(db),
         "next_update": _next_update(db, config, daemon_running=pid is not None),
         "current_checkpoint": runs.current_checkpoint(db),
+        "waiting": _waiting(db, config),
         "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
         "events": queries.event_counts(db) if verbose else queries.event_counts_since(db, since),
         "files_read_last": queries.files(db) if verbose else queries.recent_files(db, RECENT_ROWS),
@@ -45,6 +47,15 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "latest_quarantined": queries.quarantine(db, 1_000_000 if verbose else RECENT_ROWS),
     }
     return facts
+
+
+def _waiting(db, config: Config) -> dict | None:
+    """New text the last successful update left for later nights (a night takes at most update_max_new_mib)."""
+    done = runs.last_successful_update(db)
+    if done is None or not done["waiting_bytes"]:
+        return None
+    night = config.update_max_new_mib * (1 << 20)
+    return {"update": done["id"], "bytes": done["waiting_bytes"], "nights": math.ceil(done["waiting_bytes"] / night)}
 
 
 def _days_before(day: str | None, n: int) -> str:
@@ -129,6 +140,14 @@ def _summary(facts: dict) -> str:
         ("last update", _update_line(facts["last_update"], facts["running"])),
         ("model", _model_line(facts["current_checkpoint"])),
     ]
+    if waiting := facts["waiting"]:
+        rows.append(
+            (
+                "waiting to train",
+                f"{size(waiting['bytes'])} of newer text left by update {waiting['update']}: "
+                f"about {waiting['nights']} more night{'s' if waiting['nights'] != 1 else ''} at update_max_new_mib",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {printable(value)}" for label, value in rows)
 

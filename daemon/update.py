@@ -8,6 +8,7 @@ checkpoint lifecycle is daemon/checkpoints.py's; how a night trains is daemon/re
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.daemon.output import duration, size
 from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
+from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.train import train
 from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
@@ -26,6 +28,7 @@ from engram_ff.state.db import open_db
 log = logging.getLogger(__name__)
 
 EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3}
+MIB = 1 << 20
 
 
 @dataclass
@@ -42,7 +45,9 @@ class Night:
 
 
 def plan_night(db, config: Config) -> Night:
-    """Continue an interrupted update with its own messages, or start a new one after the last trained id."""
+    """Continue an interrupted update with its own messages, or start a new one after the last trained id
+    with at most update_max_new_mib of new text: the rest waits, and the bounds recorded are exactly what
+    this night trains on, so a resumed update trains on the same messages."""
     partial = checkpoints.resumable(db, config)
     if partial is not None:
         meta = partial.meta
@@ -58,7 +63,8 @@ def plan_night(db, config: Config) -> Night:
         )
     current = checkpoints.load_current(db, config) or checkpoints.fresh(config)
     first_id = runs.trained_through(db)
-    return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
+    last_id = queries.end_of_night(db, first_id, round(config.update_max_new_mib * MIB))
+    return Night(current, first_id, last_id, current.checkpoint_id)
 
 
 def run_update(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
@@ -72,9 +78,11 @@ def run_update(config: Config, *, should_stop=lambda: False, progress: Progress 
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
         return _train_night(db, config, run_id, night, started, should_stop, progress or Progress())
     except Exception as exc:
-        if run_id is None:
+        if run_id is None and isinstance(exc, sqlite3.Error):
+            raise  # the database refused the run's first row, so none can record this: the caller says why
+        log_failure("update failed; the previous checkpoint stays current", exc)
+        if run_id is None:  # a database that refuses these rows too raises: the caller names it in one line
             run_id = runs.start_run(db, "update")
-        log.exception("update %d failed; the previous checkpoint stays current", run_id)
         runs.finish_run(
             db,
             run_id,
@@ -105,6 +113,9 @@ def _train_night(
             **bounds,
         )
         return runs.get_run(db, run_id)
+    waiting = queries.bytes_after(db, night.last_id)
+    if waiting:
+        log.info("%.1f MiB of newer text waits for the next nights (update_max_new_mib)", waiting / MIB)
     replay = recipe.replay_sample(db, int(len(new_text) * config.replay_ratio), night.first_id, seed=run_id)
     steps_left = max(0, recipe.step_budget(config, len(new_text) + len(replay)) - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
@@ -153,6 +164,7 @@ def _train_night(
         steps=night.steps_done + result.steps,
         layer_losses=[round(loss, 4) for loss in result.losses],  # for people reading the row: 4 decimals
         parent_checkpoint_id=night.parent_id,
+        waiting_bytes=waiting,
         **bounds,
     )
     stopped = should_stop()
@@ -170,6 +182,15 @@ def _train_night(
     if not stopped:
         checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return runs.get_run(db, run_id)
+
+
+EXPECTED = (OSError, sqlite3.Error, ckpt.CheckpointError, checkpoints.TrainerMismatch)
+
+
+def log_failure(what: str, exc: Exception) -> None:
+    """One line for what a machine does to an update (a full or read-only disk, a locked database, a bad
+    checkpoint file); the traceback only for what would be a bug."""
+    log.error("%s: %s: %s", what, type(exc).__name__, exc, exc_info=not isinstance(exc, EXPECTED))
 
 
 def update_and_probe(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
@@ -202,6 +223,7 @@ def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
             runs.finish_run(db, run_id, "interrupted", error="stopped by a signal")
             return []
         except Exception as exc:
+            log_failure(f"probe pass {run_id} failed", exc)
             runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
         runs.finish_run(db, run_id, "ok", checkpoint_id=current.checkpoint_id, peak_rss_mb=peak_rss_mb())

@@ -4,7 +4,9 @@
 and fsyncs the folder, so a crash leaves the old checkpoint or the new one, never half of one. The
 sha256 of the bytes goes beside it in `PATH.sha256` (written the same way, after the checkpoint).
 `load_checkpoint` checks that digest before unpickling anything, then loads with weights_only=True,
-so a truncated, bit-flipped or foreign file raises CheckpointError naming it.
+so a truncated, bit-flipped or foreign file raises CheckpointError naming it. A caller that recorded
+the digest elsewhere (the daemon's database) passes it, and then the file beside is not needed: a
+lost `.sha256` says nothing about the checkpoint's bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import torch
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, corrupt, or does not match its recorded digest."""
+
+
+class CheckpointUnreadable(CheckpointError):
+    """The file, or the digest it needs, cannot be read now: no evidence about its bytes either way."""
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -54,26 +60,39 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> str:
     data = buffer.getvalue()
     sha = hashlib.sha256(data).hexdigest()
     _write_atomic(path, data)
-    _write_atomic(digest_path(path), f"{sha}  {path.name}\n".encode())
+    write_digest(path, sha)
     return sha
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """The payload saved at path, after checking its sha256; CheckpointError if anything is wrong."""
+def write_digest(path: str | os.PathLike, sha: str) -> None:
+    """The `sha256sum`-format file beside a checkpoint, written atomically."""
+    _write_atomic(digest_path(path), f"{sha}  {Path(path).name}\n".encode())
+
+
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The digest the file beside the checkpoint records, or None if there is none to read."""
+    try:
+        return digest_path(path).read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+
+
+def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
+    """The payload saved at path, after checking its sha256 (the one given, else the file beside it);
+    CheckpointError if anything is wrong, CheckpointUnreadable if the file or digest cannot be read."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
-    try:
-        recorded = digest_path(path).read_text().split()[0]
-    except (OSError, IndexError):
-        raise CheckpointError(f"checkpoint {path} has no readable digest file {digest_path(path)}") from None
+        raise CheckpointUnreadable(f"cannot read checkpoint {path}: {e.strerror}") from None
+    recorded, source = (sha256, "its recorded digest") if sha256 else (recorded_digest(path), digest_path(path).name)
+    if recorded is None:
+        raise CheckpointUnreadable(f"checkpoint {path} has no readable digest file {digest_path(path)}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != recorded:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt: sha256 {actual[:12]}... "
-            f"but {digest_path(path).name} records {recorded[:12]}..."
+            f"but {source} records {recorded[:12]}..."
         )
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -120,7 +139,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, trainer=None, me
     )
 
 
-def load_model(path: str | os.PathLike) -> Saved:
+def load_model(path: str | os.PathLike, sha256: str | None = None) -> Saved:
     """The one loader: rebuild the model a checkpoint holds, of any format; CheckpointError names the file.
 
     Format 1, written by the daemon up to commit 0ffcbd0, had no "format" and no "kind": it always held
@@ -129,7 +148,7 @@ def load_model(path: str | os.PathLike) -> Saved:
     from engram_ff.model.lm import FFLM, LMConfig
     from engram_ff.model.window_mlp import WindowConfig, WindowMLP
 
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path, sha256)
     version = payload.get("format", 1)
     if version > FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {version}, newer than this engram-ff reads ({FORMAT})")

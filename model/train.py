@@ -249,18 +249,29 @@ def as_byte_tensor(data: bytes | np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.array(data, dtype=np.uint8)).long()
 
 
+def uint8_tokens(data: bytes | bytearray | np.ndarray) -> torch.Tensor:
+    """The bytes as a uint8 tensor [n], sharing a bytearray's memory (a copy of bytes, which are read-only):
+    a night's text stays one byte a byte, where int64 tokens took eight."""
+    if isinstance(data, bytearray):
+        return torch.frombuffer(data, dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    if isinstance(data, (bytes, memoryview)):
+        return uint8_tokens(bytearray(data))
+    return torch.from_numpy(np.asarray(data, dtype=np.uint8))
+
+
 def byte_batches(
-    data: bytes | np.ndarray, batch: int, seq_len: int, generator: torch.Generator
+    data: bytes | bytearray | np.ndarray, batch: int, seq_len: int, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless random windows: x [batch, T] and the next bytes y [batch, T]. T shrinks to fit short data."""
-    tokens = as_byte_tensor(data)
+    """Endless random windows: x [batch, T] and the next bytes y [batch, T]. T shrinks to fit short data.
+    Only the windows become int64: the text itself stays uint8."""
+    tokens = uint8_tokens(data)  # [n]
     if len(tokens) < 2:
         raise ValueError(f"need at least 2 bytes of training data, got {len(tokens)}")
     T = min(seq_len, len(tokens) - 1)
     offsets = torch.arange(T + 1)
     while True:
         starts = torch.randint(0, len(tokens) - T, (batch,), generator=generator)
-        window = tokens[starts[:, None] + offsets]  # [batch, T + 1]
+        window = tokens[starts[:, None] + offsets].long()  # [batch, T + 1]
         yield window[:, :-1], window[:, 1:]
 
 

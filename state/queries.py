@@ -53,13 +53,46 @@ def text_since(
     return _grouped(included), last_id
 
 
+# The order _grouped makes in Python, made by SQLite, so that rows stream out instead of being held:
+# days in order, each day's sessions in the order of their first message in the range, ids within.
+_BETWEEN = """
+    SELECT m.day, m.session, m.sender, m.text FROM messages m
+    JOIN (SELECT day, session, min(id) AS first FROM messages WHERE id > :first AND id <= :last AND split = :split
+          GROUP BY day, session) s ON s.day = m.day AND s.session = m.session
+    WHERE m.id > :first AND m.id <= :last AND m.split = :split
+    ORDER BY m.day, s.first, m.id
+"""
+
+
 def text_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> bytes:
-    """Messages with first_id < id <= last_id: what an update that recorded those bounds trains on."""
-    rows = db.query(
-        "SELECT id, day, session, sender, text FROM messages WHERE id > ? AND id <= ? AND split = ? ORDER BY id",
-        [first_id, last_id, split],
-    )
-    return _grouped(list(rows))
+    """Messages with first_id < id <= last_id: what an update that recorded those bounds trains on.
+    Streamed: the rows are never all in memory at once, only the text they make."""
+    return conversation(db.query(_BETWEEN, {"first": first_id, "last": last_id, "split": split}))
+
+
+# the bytes of a message's `sender: text` line, as state/text.py's message_line makes it
+_LINE_BYTES = "length(CAST(sender AS BLOB)) + length(CAST(text AS BLOB)) + 3"
+
+
+def end_of_night(db: sqlite_utils.Database, after_id: int, max_bytes: int, split: str = "train") -> int:
+    """The id of the message whose line brings the text after `after_id` to max_bytes (or the last one, if
+    there is less): the night trains on (after_id, that id], the rest waits. Reads only ids and sizes."""
+    last_id, size = after_id, 0
+    for message_id, line_bytes in db.execute(
+        f"SELECT id, {_LINE_BYTES} FROM messages WHERE id > ? AND split = ? ORDER BY id", [after_id, split]
+    ):
+        last_id, size = message_id, size + line_bytes
+        if size >= max_bytes:
+            break
+    return last_id
+
+
+def bytes_after(db: sqlite_utils.Database, after_id: int, split: str = "train") -> int:
+    """About how many bytes of text the messages after `after_id` make (their lines, without the blank
+    lines between sessions): what is waiting for the next nights."""
+    return db.execute(
+        f"SELECT coalesce(sum({_LINE_BYTES}), 0) FROM messages WHERE id > ? AND split = ?", [after_id, split]
+    ).fetchone()[0]
 
 
 def sample_text(
@@ -70,7 +103,7 @@ def sample_text(
     if first is None or n_bytes <= 0:
         return b""
     rng = random.Random(seed)
-    spans, size = [], 0
+    spans, size = bytearray(), 0  # joined as they come: never held twice, as a list and joined
     while size < n_bytes:
         start = rng.randint(first, max_id)
         rows = db.query(
@@ -80,9 +113,35 @@ def sample_text(
         span = _take(rows, min(span_bytes, n_bytes - size), whole_messages=True)[0]
         if not span:  # start fell after the last message of the split: wrap to the first
             continue
-        spans.append(span)
+        spans += b"\n" + span if spans else span
         size += len(span)
-    return b"\n".join(spans)[:n_bytes]
+    del spans[n_bytes:]
+    return bytes(spans)
+
+
+def message_key(db: sqlite_utils.Database, through_id: int) -> dict | None:
+    """The (day, hash) of the newest train message with id <= through_id: a name for "trained up to here"
+    that survives the database (a message is unique on day, split and the hash of its raw line, and
+    reading the same files again gives the same keys, with new ids)."""
+    rows = list(
+        db.query(
+            "SELECT day, hash FROM messages WHERE id <= ? AND split = 'train' ORDER BY id DESC LIMIT 1", [through_id]
+        )
+    )
+    return rows[0] if rows else None
+
+
+def id_of_key(db: sqlite_utils.Database, key: dict) -> int:
+    """This database's id of the train message `key` names; if it has no such message (its file is gone),
+    the newest train message of that day or before (0 for none)."""
+    row = db.execute(
+        "SELECT id FROM messages WHERE day = ? AND split = 'train' AND hash = ?", [key["day"], key["hash"]]
+    ).fetchone()
+    if row is not None:
+        return row[0]
+    return db.execute(
+        "SELECT coalesce(max(id), 0) FROM messages WHERE day <= ? AND split = 'train'", [key["day"]]
+    ).fetchone()[0]
 
 
 def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:

@@ -86,27 +86,80 @@ def last_successful_update(db: sqlite_utils.Database) -> dict | None:
 
 
 def trained_through(db: sqlite_utils.Database) -> int:
-    """The highest message id any successful update trained on: the next update starts after it."""
+    """The highest message id any successful update trained on, or that an adopted checkpoint counts as
+    trained (an 'adopt' run, see adopt_checkpoints): the next update starts after it."""
     return db.execute(
-        "SELECT coalesce(max(last_message_id), 0) FROM runs WHERE kind = 'update' AND status = 'ok'"
+        "SELECT coalesce(max(last_message_id), 0) FROM runs WHERE kind IN ('update', 'adopt') AND status = 'ok'"
     ).fetchone()[0]
+
+
+def begin_checkpoint_write(db: sqlite_utils.Database, path: str, run_id: int) -> None:
+    """Name a checkpoint file before writing it, so that if the write is killed the file is known as ours."""
+    with db.conn:
+        db.execute("INSERT INTO checkpoint_writes (path, run_id, started_at) VALUES (?, ?, ?)", [path, run_id, now()])
+
+
+def unfinished_checkpoint_writes(db: sqlite_utils.Database) -> list[str]:
+    return [path for (path,) in db.execute("SELECT path FROM checkpoint_writes")]
+
+
+def forget_checkpoint_write(db: sqlite_utils.Database, path: str) -> None:
+    with db.conn:
+        db.execute("DELETE FROM checkpoint_writes WHERE path = ?", [path])
 
 
 def add_checkpoint(
     db: sqlite_utils.Database, *, run_id: int, path: str, sha256: str, kind: str, parent_id: int | None, steps: int
 ) -> int:
+    """The row of a complete checkpoint file; it replaces the file's begin_checkpoint_write in one transaction."""
     with db.conn:
         cursor = db.execute(
             "INSERT INTO checkpoints (run_id, path, sha256, kind, parent_id, steps, status, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, 'good', ?)",
             [run_id, path, sha256, kind, parent_id, steps, now()],
         )
+        db.execute("DELETE FROM checkpoint_writes WHERE path = ?", [path])
     return cursor.lastrowid
+
+
+def knows_checkpoints(db: sqlite_utils.Database) -> bool:
+    """Has this database ever recorded a checkpoint, whatever became of it?"""
+    return db.execute("SELECT EXISTS (SELECT 1 FROM checkpoints)").fetchone()[0] == 1
+
+
+def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_through_id: int) -> int:
+    """Record checkpoint files an earlier database wrote (`files`: path, sha256, kind, steps; oldest first,
+    so the newest final gets the highest id and is current) under one 'adopt' run, which counts messages
+    up to trained_through_id as trained. One transaction: a crash leaves all of it or none. Returns the run id."""
+    stamp = now()
+    with db.conn:
+        run_id = db.execute(
+            "INSERT INTO runs (kind, started_at, ended_at, status, pid, first_message_id, last_message_id) "
+            "VALUES ('adopt', ?, ?, 'ok', ?, 0, ?)",
+            [stamp, stamp, os.getpid(), trained_through_id],
+        ).lastrowid
+        for f in files:
+            checkpoint_id = db.execute(
+                "INSERT INTO checkpoints (run_id, path, sha256, kind, parent_id, steps, status, created_at) "
+                "VALUES (?, ?, ?, ?, NULL, ?, 'good', ?)",
+                [run_id, f["path"], f["sha256"], f["kind"], f["steps"], stamp],
+            ).lastrowid
+            if f["kind"] == "final":
+                db.execute("UPDATE runs SET checkpoint_id = ? WHERE id = ?", [checkpoint_id, run_id])
+    return run_id
 
 
 def good_checkpoints(db: sqlite_utils.Database, kind: str = "final") -> list[dict]:
     """Newest first: the first that loads is the current model."""
     return list(db.query("SELECT * FROM checkpoints WHERE kind = ? AND status = 'good' ORDER BY id DESC", [kind]))
+
+
+def current_candidates(db: sqlite_utils.Database) -> list[dict]:
+    """Final checkpoints newest first, the good and the ones found corrupt (checked again, in case the
+    file was restored): the first that loads is the current model."""
+    return list(
+        db.query("SELECT * FROM checkpoints WHERE kind = 'final' AND status IN ('good', 'corrupt') ORDER BY id DESC")
+    )
 
 
 def checkpoint_paths(db: sqlite_utils.Database) -> list[str]:

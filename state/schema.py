@@ -251,3 +251,27 @@ def _runs_checkpoint_foreign_keys(db) -> None:
     violations = db.execute("PRAGMA foreign_key_check(runs)").fetchall()
     if violations:
         raise RuntimeError(f"runs: rows break the new foreign keys: {violations[:5]}")
+
+
+@migrations(name="0500_checkpoint_writes")
+def _checkpoint_writes(db) -> None:
+    """A checkpoint file's name is committed here before the file is written, and replaced by its
+    `checkpoints` row in one transaction once it is complete. So a file that no row names is either a
+    write killed half-way (named here: the next prune removes it) or one this database never made (an
+    earlier database's, kept: a file is never deleted because a database does not know it)."""
+    _run(
+        db,
+        [
+            """CREATE TABLE checkpoint_writes (
+            path TEXT PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            started_at TEXT NOT NULL
+        )"""
+        ],
+    )
+
+
+@migrations(name="0501_runs_waiting_bytes")
+def _waiting_bytes(db) -> None:
+    """How much newer train text an update left for the next nights (update_max_new_mib caps a night)."""
+    db.execute("ALTER TABLE runs ADD COLUMN waiting_bytes INTEGER")

@@ -313,3 +313,53 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_even_with_a_valid
     with pytest.raises(CheckpointError, match=f"checkpoint {path} cannot be loaded"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+# --- the fact probes file: refused whole with a line naming the fact and key -------------------------
+GOOD_FACT = '[[fact]]\nname = "a"\nprompt = "user: q\\n"\nanswer = "the answer"\n'
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('fact = "x"', "'fact' must be [[fact]] tables, got a string"),
+        ("fact = [1, 2]", "fact 1 must be a [[fact]] table, got an integer"),
+        ("fact = [[1]]", "fact 1 must be a [[fact]] table, got a list"),
+        ("fact = " + "[" * 5000 + "]" * 5000, "nested too deeply"),  # tomllib's RecursionError
+        (GOOD_FACT + "distractors = [1]", "fact 1 ('a'): distractor 1 must be a non-empty string, got an integer"),
+        (GOOD_FACT + "distractors = [" + "[" * 100 + "]" * 100 + "]", "distractor 1 must be a non-empty string"),
+        (GOOD_FACT + 'distractors = "b"', "distractors must be a list of strings, got a string"),
+        (GOOD_FACT + 'distractor = ["b"]', "fact 1: unknown key 'distractor'"),
+        (GOOD_FACT.replace("facts", "fact").replace("[[fact]]", "[[facts]]"), "unknown key 'facts'"),
+        ('[[fact]]\nname = "a"\nprompt = "q"\nanswer = ""', "fact 1 needs a non-empty string 'answer'"),
+        ('[[fact]]\nname = "a"\nprompt = "q"\nanswer = {x = 1}', "needs a non-empty string 'answer', got a table"),
+        ('[[fact]]\nprompt = "q"\nanswer = "b"', "fact 1 needs a non-empty string 'name', got nothing"),
+        (GOOD_FACT + GOOD_FACT, "fact 2 ('a'): the name is used twice"),
+        ("fact = [", "Invalid"),  # not TOML at all
+    ],
+)
+def test_a_bad_facts_file_is_refused_naming_the_fact(tmp_path, text, message):
+    from engram_ff.daemon.facts import FactsError, load_facts
+
+    path = tmp_path / "facts.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(FactsError) as caught:
+        load_facts(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_daemon_refuses_to_start_with_a_bad_facts_file(tmp_path):
+    facts = tmp_path / "facts.toml"
+    facts.write_text(GOOD_FACT + "distractors = [1]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
+    env["ENGRAM_FF_FACTS_FILE"] = str(facts)
+    args = ["run", "--watch", str(tmp_path / "w"), "--data", str(tmp_path / "d")]
+    done = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"engram-ff: bad configuration: facts_file: fact probes file {facts}: fact 1 ('a'): distractor 1 must be "
+        "a non-empty string, got an integer"
+    ]

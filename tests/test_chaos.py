@@ -4,7 +4,9 @@ The trials use the harness of `engram-ff bench chaos` (bench/chaos.py), which ru
 handful, seeded, one per kind of instant, on one data directory that each kill leaves as it is.
 """
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +84,7 @@ def test_an_update_killed_before_its_first_checkpoint_is_resumed_from_the_one_be
     db.close()
 
 
-def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(tmp_path):
+def test_a_successful_update_removes_every_partial_and_what_killed_writes_left_and_nothing_else(tmp_path, caplog):
     config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
     write_day(config.watch, "2026-01-01", 60)
     db = open_db(config.db_path)
@@ -90,16 +92,26 @@ def test_a_successful_update_removes_every_partial_and_what_killed_writes_left(t
     stops = iter([False] * 6 + [True] * 100)
     interrupted = update.run_update(config, should_stop=lambda: next(stops))
     folder = config.checkpoint_dir
-    (folder / ".run000009-partial-0000001.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")
-    (folder / "run000009-partial-0000001.pt").write_bytes(b"written, but its row never committed")
+    (folder / ".run000009-partial-0000001-0badf00d.pt.abcd1234.tmp").write_bytes(b"half a checkpoint")
+    killed = folder / "run000001-partial-0000009-0badf00d.pt"  # named before its write, row never committed
+    runs.begin_checkpoint_write(db, str(killed), interrupted["id"])
+    killed.write_bytes(b"written, but its row never committed")
+    foreign = folder / "run000003-final-0000200-8badf00d.pt"  # a file this database did not write
+    shutil.copy(next(folder.glob("*.pt")), foreign)
+    caplog.set_level(logging.INFO)
     done = update.run_update(config)
     assert done["status"] == "ok" and done["resumed_from"] == interrupted["id"]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        Path(path).name + suffix
-        for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
-        for suffix in ("", ".sha256")
-    ]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [foreign.name]
+        + [
+            Path(path).name + suffix
+            for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
+            for suffix in ("", ".sha256")
+        ]
+    )
     assert [row[0] for row in db.execute("SELECT DISTINCT kind FROM checkpoints WHERE status = 'good'")] == ["final"]
+    assert runs.unfinished_checkpoint_writes(db) == []
+    assert f"keeping 1 checkpoint file(s) in {folder} that this database did not write: {foreign.name}" in caplog.text
     db.close()
 
 
@@ -284,3 +296,151 @@ def test_a_run_whose_pid_is_a_zombie_or_was_reused_counts_as_dead(tmp_path):
             proc.kill()
             proc.wait()
         db.close()
+
+
+# --- a database the update cannot write: one line, exit 1, never a traceback -------------------------
+def _trained(tmp_path):
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    assert update.run_update(config)["status"] == "ok"
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    db.close()
+    return config
+
+
+def _cli(config, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "engram_ff.daemon.cli", *args, "--data", str(config.data_dir)],
+        env=environment(ENGRAM_FF_WATCH_DIR=str(config.watch)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_update_and_probe_on_an_immutable_database_say_so_in_one_line(tmp_path):
+    config = _trained(tmp_path)
+    if os.geteuid() == 0:  # root writes through file permissions, not through chattr +i
+        if subprocess.run(["chattr", "+i", str(config.db_path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+        undo = ["chattr", "-i", str(config.db_path)]
+    else:
+        config.db_path.chmod(0o444)
+        undo = ["chmod", "644", str(config.db_path)]
+    try:
+        results = [_cli(config, "update"), _cli(config, "probe")]
+    finally:
+        subprocess.run(undo, check=True)
+    for done in results:
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"engram-ff: the database {config.db_path} is read-only (attempt to write a readonly database): check "
+            "its permissions, `lsattr` (chattr +i) and whether its file system is mounted read-only"
+        )
+    assert query(config.db_path, "SELECT count(*) FROM runs") == [(1,)]  # the first update alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a read-only bind mount needs root")
+def test_update_and_probe_on_a_read_only_mount_say_so_in_one_line(tmp_path):
+    config = _trained(tmp_path)
+    data = str(config.data_dir)
+    read_only = (
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f'mount --bind {data} {data} && mount -o remount,bind,ro {data} && exec "$@"',
+        "sh",
+    )
+    update_done, probe_done = _cli(config, "update", prefix=read_only), _cli(config, "probe", prefix=read_only)
+    for done in (update_done, probe_done):  # neither creates anything: they stop at opening the database
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.splitlines()[-1].startswith(
+            f"engram-ff: the database {config.db_path} cannot be opened (unable to open database file): SQLite must"
+        )
+
+
+def test_update_and_probe_on_a_database_locked_past_the_busy_timeout_say_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Another writer holds the database (a `sqlite3` shell inside BEGIN IMMEDIATE): after the busy timeout,
+    shortened here from 30 s, one line and exit 1; nothing could be recorded, nothing is damaged."""
+    from engram_ff.daemon.cli import main
+    from engram_ff.state import db as state_db
+
+    config = _trained(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(config.db_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(state_db, "BUSY_TIMEOUT_MS", 500)
+        for command in ("update", "probe"):
+            assert main([command, "--data", str(config.data_dir)]) == 1
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and err.splitlines()[-1].startswith(
+                f"engram-ff: the database {config.db_path} stayed locked by another program for over 30 s "
+                "(database is locked)"
+            ), err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert query(config.db_path, "SELECT count(*) FROM runs") == [(1,)]
+    assert query(config.db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lost_database_keeps_every_checkpoint_and_the_next_update_continues_from_the_newest(tmp_path):
+    """The database deleted (or lost with its disk): `ingest` then `update`, as a user would run them,
+    continue from the newest final checkpoint on disk, train only on what came after it, and neither
+    delete nor overwrite any file the lost database wrote."""
+    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    write_day(config.watch, "2026-01-01", 60)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    newest = update.run_update(config)
+    newest_path = db.execute("SELECT path FROM checkpoints WHERE id = ?", [newest["checkpoint_id"]]).fetchone()[0]
+    db.close()
+    before = {path.name: path.read_bytes() for path in config.checkpoint_dir.iterdir()}
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{config.db_path}{suffix}").unlink(missing_ok=True)
+
+    write_day(config.watch, "2026-01-03", 30)
+    env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
+    open_db(config.db_path).close()  # a new, empty database, as a starting daemon makes before its first scan
+    for command in ("update", "ingest", "update"):  # the first update, before any message: nothing adopted yet
+        done = subprocess.run(
+            [sys.executable, "-m", "engram_ff.daemon.cli", command], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    assert f"holds 2 from an earlier one: continuing from {Path(newest_path).name}" in done.stderr
+    assert query(config.db_path, "SELECT status FROM runs WHERE kind = 'update' ORDER BY id") == [("skipped",), ("ok",)]
+
+    after = {path.name: path for path in config.checkpoint_dir.iterdir()}
+    assert all(after[name].read_bytes() == data for name, data in before.items())  # kept, none overwritten
+    ((parent, first_id, last_id),) = query(
+        config.db_path,
+        "SELECT parent_checkpoint_id, first_message_id, last_message_id FROM runs "
+        "WHERE kind = 'update' AND status = 'ok'",
+    )
+    assert query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [parent]) == [(newest_path,)]
+    day_2_ends, day_3_ends = (
+        query(config.db_path, "SELECT max(id) FROM messages WHERE day <= ? AND split = 'train'", [day])[0][0]
+        for day in ("2026-01-02", "2026-01-03")
+    )
+    assert (first_id, last_id) == (day_2_ends, day_3_ends)  # exactly the day that came after the checkpoint
+    assert query(config.db_path, "SELECT kind, status, last_message_id FROM runs WHERE kind = 'adopt'") == [
+        ("adopt", "ok", day_2_ends)
+    ]

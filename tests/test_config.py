@@ -32,6 +32,7 @@ def test_defaults_live_under_the_data_dir(tmp_path):
         ("probe_fraction = 1.5", "probe_fraction"),
         ('model_preset = "huge"', "model_preset"),
         ("schedule = ", "not valid TOML"),
+        ("x = " + "[" * 5000 + "]" * 5000, "nested too deeply"),  # tomllib recurses per level
     ],
 )
 def test_bad_file_values_name_the_key(tmp_path, text, key):

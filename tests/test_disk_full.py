@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from engram_ff.bench.chaos import check_state, make_line
 from engram_ff.daemon import update
@@ -100,10 +101,11 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     assert status == "failed" and "File too large" in error
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
-    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [
-        f"run000001-final-{first['steps']:07d}.pt",
-        f"run000001-final-{first['steps']:07d}.pt.sha256",
-    ]
+    first_file = Path(
+        query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]])[0][0]
+    )
+    assert first_file.name.startswith(f"run000001-final-{first['steps']:07d}-")
+    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [first_file.name, first_file.name + ".sha256"]
     ok = subprocess.run(
         [sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -164,3 +166,35 @@ def test_the_running_daemon_retries_through_a_full_disk_and_recovers_when_space_
     assert "not stored, retrying in" in log and "OperationalError: disk I/O error" in log
     settled = check_state(config.watch, config.data_dir, settled=True)
     assert settled.ok and settled.stored == 300 + 3 * 3000
+
+
+def test_update_and_probe_commands_on_a_full_disk_say_so_in_one_line_and_record_what_they_can(tmp_path):
+    config, first = setup(tmp_path)
+    write_lines(config.watch / "raw" / "2026-01-02.jsonl", "second", 300)
+    db = open_db(config.db_path)
+    catch_up(db, config.watch)
+    db.close()
+    args = ("--watch", str(config.watch), "--data", str(config.data_dir))
+    size = next(config.checkpoint_dir.glob("*.pt")).stat().st_size
+
+    def command(limit: int, name: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            limited(limit, "engram_ff.daemon.cli", name, *args), env=environment(), capture_output=True, text=True
+        )
+
+    # Room for the database's rows but not for the checkpoint: the run is recorded as failed.
+    failed = command(size // 2, "update")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert "update failed; the previous checkpoint stays current: OSError: [Errno 27] File too large" in failed.stderr
+    assert query(config.db_path, "SELECT status FROM runs WHERE id = 2") == [("failed",)]
+    # Not even room for the run's first row: nothing can be recorded, and the line says why.
+    for name in ("update", "probe"):
+        full = command(KIB, name)
+        assert full.returncode == 1 and full.stderr.splitlines()[-1] == (
+            f"engram-ff: the database {config.db_path} refused a write (disk I/O error): is the disk full? "
+            "Nothing stored before is lost"
+        ), full.stderr
+        assert "Traceback" not in full.stderr
+    assert query(config.db_path, "SELECT count(*) FROM runs") == [(2,)]
+    state = check_state(config.watch, config.data_dir, settled=True)
+    assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0

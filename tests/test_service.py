@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from engram_ff.daemon.config import load_config
+from engram_ff.daemon.service import Service
 from tests.daemon_helpers import NotifySocket, environment, query, wait_for, write_day
 
 
@@ -76,7 +78,18 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     notify.wait("READY", "1", after=reloading)
     config.write_text('schedule = "99:99"\n')
     proc.send_signal(signal.SIGHUP)
-    notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=reloading + 1))
+    second = notify.wait("RELOADING", "1", after=reloading + 1)
+    notify.wait("READY", "1", after=second)
+    config.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")  # RecursionError in tomllib
+    proc.send_signal(signal.SIGHUP)
+    third = notify.wait("RELOADING", "1", after=second + 1)
+    notify.wait("READY", "1", after=third)
+    facts = config.with_name("facts.toml")
+    facts.write_text("fact = [1, 2]\n")
+    config.write_text(f'schedule = "05:00"\nfacts_file = "{facts}"\n')
+    proc.send_signal(signal.SIGHUP)
+    notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=third + 1))
+    assert proc.poll() is None
 
     mark = len(notify.messages)
     proc.send_signal(signal.SIGTERM)
@@ -85,6 +98,9 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     log = proc.stderr.read()
     assert "nightly update at 04:30" in log
     assert "reload refused" in log and "schedule" in log
+    assert "nested too deeply" in log and "Traceback" not in log
+    assert f"fact probes file {facts}: fact 1 must be a [[fact]] table" in log
+    assert "nightly update at 05:00" not in log  # a refused reload changes nothing, not even the schedule
 
 
 def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):
@@ -101,3 +117,17 @@ def test_second_daemon_on_the_same_data_dir_is_refused(daemon, tmp_path):
     assert "already uses" in second.stderr
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_a_reload_that_raises_anything_keeps_the_running_configuration(tmp_path, caplog):
+    """Not only ValueError: whatever reading the new configuration raises, the daemon keeps running."""
+
+    def broken():
+        raise RecursionError("maximum recursion depth exceeded")
+
+    config = load_config(environ={}, data_dir=str(tmp_path))
+    service = Service(config, broken)
+    scheduler = service._make_scheduler()
+    service._reload(scheduler)
+    assert service.config is config
+    assert "reload refused, keeping the running one: RecursionError: maximum recursion depth" in caplog.text

@@ -158,3 +158,31 @@ def test_sample_text_is_seeded_and_sized(tmp_path):
     assert a != queries.sample_text(db, 500, max_id=100, seed=2)
     assert b"replayed text 150" not in queries.sample_text(db, 5000, max_id=100, seed=3)
     assert queries.sample_text(db, 500, max_id=0, seed=1) == b""
+
+
+def test_text_between_streams_the_order_text_since_holds_in_memory(tmp_path):
+    """text_between sorts in SQLite what text_since sorts in Python: days in order (ingested out of
+    order here), each day's sessions by their first message in the range, a blank line between."""
+    write_day(tmp_path, "2026-11-28", [("zeta", "z", "late 1"), ("alpha", "a", "late 2"), ("zeta", "z", "late 3")])
+    write_day(tmp_path, "2026-11-27", [("zeta", "z", "first"), ("alpha", "a", "second"), ("zeta", "z", "third")])
+    write_day(tmp_path, "2026-11-26", [("s", "u", "the day before"), ("zeta", "z", "same session, other day")])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
+    for first in range(0, 8):
+        for last in range(first, 9):
+            expected = queries._grouped(
+                list(db.query("SELECT * FROM messages WHERE id > ? AND id <= ? ORDER BY id", [first, last]))
+            )
+            assert queries.text_between(db, first, last) == expected, (first, last)
+    assert queries.text_between(db, 0, 8) == queries.text_since(db, 0)[0]
+
+
+def test_end_of_night_takes_whole_messages_up_to_the_cap_and_bytes_after_counts_the_rest(tmp_path):
+    write_day(tmp_path, "2026-11-27", [("s", "u", f"message {i}") for i in range(50)])  # 13 or 14 bytes a line
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
+    assert queries.end_of_night(db, 0, 40) == 4  # 13 bytes a line: the fourth reaches 40, and is taken whole
+    assert len(queries.text_between(db, 0, 4)) == 52
+    assert queries.bytes_after(db, 4) == 6 * 13 + 40 * 14 == len(queries.text_between(db, 4, 50))
+    assert queries.end_of_night(db, 4, 10_000) == 50  # less than the cap: all of it
+    assert queries.end_of_night(db, 50, 40) == 50 and queries.bytes_after(db, 50) == 0  # nothing new

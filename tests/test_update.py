@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from engram_ff.daemon import checkpoints, update
+from engram_ff.daemon import checkpoints, probes, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.output import size
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
+from engram_ff.state import queries
 from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 
@@ -163,3 +165,89 @@ def test_history_command_prints_and_plots(setup, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "held_out_bpb" in out and "facts_first" in out
     assert plot.stat().st_size > 10_000
+
+
+def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, caplog):
+    """A facts file edited into a bad one after the daemon checked it, and a fact whose scoring fails:
+    the pass still records everything else."""
+    config, db = setup
+    update.run_update(config)
+    bad = tmp_path / "facts.toml"
+    bad.write_text('fact = "x"\n')
+    config.facts_file = bad
+    rows = update.run_probes(config)
+    assert {row["kind"] for row in rows} == {"probe", "trained", "summary"}
+    assert f"fact probes skipped this pass: fact probes file {bad}: 'fact' must be" in caplog.text
+
+    config.facts_file = None  # the bundled four
+    real = probes.rank_among
+
+    def fails_for_victor(model, prompt, answer, distractors):
+        if prompt.startswith(b"user: Who is Victor?"):
+            raise RuntimeError("simulated")
+        return real(model, prompt, answer, distractors)
+
+    monkeypatch.setattr(probes, "rank_among", fails_for_victor)
+    rows = update.run_probes(config)
+    facts = {row["probe"] for row in rows if row["kind"] == "fact"}
+    assert facts == {"victor-boat", "wifi-password"}
+    assert "fact probe 'who-is-victor' not scored: RuntimeError: simulated" in caplog.text
+    assert {"probe", "trained"} <= {row["kind"] for row in rows}
+
+
+def test_only_bytes_that_differ_from_the_recorded_digest_make_a_checkpoint_corrupt(setup, caplog):
+    """A lost `.sha256`, or a file that cannot be read for a while, says nothing about the checkpoint's
+    bytes: the database's own digest decides. A file found corrupt and later restored is good again."""
+    config, db = setup
+    first = update.run_update(config)
+    write_day(config.watch, "2026-01-02", 30)
+    catch_up(db, config.watch)
+    second = update.run_update(config)
+    newest = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0])
+    digest = Path(f"{newest}.sha256")
+
+    def status():
+        return db.execute("SELECT status FROM checkpoints WHERE id = ?", [second["checkpoint_id"]]).fetchone()[0]
+
+    original_digest = digest.read_text()
+    digest.unlink()
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+    assert digest.read_text() == original_digest and status() == "good"  # rewritten from the database's digest
+
+    newest.rename(newest.with_suffix(".away"))  # unreadable for a while: a moved disk, a permission
+    assert checkpoints.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+    assert status() == "good" and f"checkpoint {newest} cannot be read now" in caplog.text
+    newest.with_suffix(".away").rename(newest)
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+
+    original = newest.read_bytes()
+    newest.write_bytes(original[: len(original) // 2])
+    assert checkpoints.load_current(db, config).checkpoint_id == first["checkpoint_id"]
+    assert status() == "corrupt"
+    newest.write_bytes(original)  # restored from a backup
+    assert checkpoints.load_current(db, config).checkpoint_id == second["checkpoint_id"]
+    assert status() == "good" and f"checkpoint {newest} matches its recorded sha256 again" in caplog.text
+
+
+def test_a_backlog_is_trained_in_nights_of_update_max_new_mib_and_status_says_what_waits(setup, capsys):
+    config, db = setup  # one day of 60 messages: about 3 KiB of train text
+    config.update_max_new_mib = 1536 / (1 << 20)  # 1.5 KiB a night
+    nights = [update.run_update(config)]
+    assert main(["status", "--data", str(config.data_dir), "--watch", str(config.watch)]) == 0
+    out = capsys.readouterr().out
+    waiting = size(nights[0]["waiting_bytes"])  # the status run's update_max_new_mib is the default, 16
+    assert f"{waiting} of newer text left by update {nights[0]['id']}: about 1 more night at update_max_new_mib" in out
+    while nights[-1]["status"] == "ok":
+        nights.append(update.run_update(config))
+    assert nights.pop()["status"] == "skipped" and len(nights) == 3
+    assert nights[0]["first_message_id"] == 0
+    assert (
+        nights[-1]["last_message_id"] == db.execute("SELECT max(id) FROM messages WHERE split = 'train'").fetchone()[0]
+    )
+    for before, after in zip(nights, nights[1:]):
+        assert after["first_message_id"] == before["last_message_id"]  # nothing skipped, nothing twice
+        assert after["parent_checkpoint_id"] == before["checkpoint_id"]
+    for night in nights:  # the recorded bounds are exactly what it trained on, whole messages up to the cap
+        text = queries.text_between(db, night["first_message_id"], night["last_message_id"])
+        assert night["new_bytes"] == len(text) and len(text) < 1536 + 100
+    assert [night["waiting_bytes"] > 0 for night in nights] == [True, True, False]
