@@ -53,11 +53,12 @@ def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:
 
 def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
     """The first of `rows` (newest first) that loads; a torn or corrupt one is marked and skipped."""
-    for row in rows:
+    for i, row in enumerate(rows):
         try:
             return restore(ckpt.load_model(row["path"]), row["id"], config.trainer)
         except ckpt.CheckpointError as exc:
-            log.error("checkpoint %s is unusable (%s); falling back to the one before it", row["path"], exc)
+            fallback = "falling back to the one before it" if i + 1 < len(rows) else "and there is none before it"
+            log.error("checkpoint %s is unusable (%s); %s", row["path"], exc, fallback)
             runs.set_checkpoint_status(db, row["id"], "corrupt")
     return None
 
@@ -68,33 +69,55 @@ def load_current(db, config: Config) -> Loaded | None:
 
 
 def resumable(db, config: Config) -> Loaded | None:
-    """The newest partial checkpoint of the newest interrupted update that left one that loads. A resumed
-    update killed before its own first checkpoint leaves none: then the one it resumed from is resumed
-    again. Any other newer update (ok, failed, skipped) means there is nothing to resume."""
+    """The newest partial checkpoint of the newest interrupted update that left one that loads, or its
+    candidate if it was killed during the gate (trained, not yet judged). A resumed update killed before
+    its own first checkpoint leaves none: then the one it resumed from is resumed again. Any other newer
+    update (ok, rejected, failed, skipped) means there is nothing to resume."""
     for run in runs.update_runs_newest_first(db):
         if run["status"] != "interrupted":
             return None
-        partials = [row for row in runs.good_checkpoints(db, "partial") if row["run_id"] == run["id"]]
-        loaded = newest_loadable(db, partials, config)
+        saved = runs.checkpoints_with_status(db, "final", "candidate") + runs.good_checkpoints(db, "partial")
+        mine = sorted((row for row in saved if row["run_id"] == run["id"]), key=lambda row: -row["id"])
+        loaded = newest_loadable(db, mine, config)
         if loaded is not None:
             return loaded
     return None
 
 
-def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_id: int | None, meta: dict) -> int:
+def save(
+    db,
+    config: Config,
+    loaded: Loaded,
+    *,
+    run_id: int,
+    kind: str,
+    parent_id: int | None,
+    meta: dict,
+    status: str = "good",
+) -> int:
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = config.checkpoint_dir / f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}.pt"
     digest = ckpt.save_model(path, loaded.model, loaded.trainer, meta)
     return runs.add_checkpoint(
-        db, run_id=run_id, path=str(path), sha256=digest, kind=kind, parent_id=parent_id, steps=loaded.trainer.steps
+        db,
+        run_id=run_id,
+        path=str(path),
+        sha256=digest,
+        kind=kind,
+        parent_id=parent_id,
+        steps=loaded.trainer.steps,
+        status=status,
     )
 
 
 def prune(db, keep: int, folder: Path) -> None:
-    """After a successful update: keep the newest `keep` final checkpoints and no partial one (none is
-    resumable any more, whichever run left it), and delete what a killed write left behind: temp
-    files and checkpoint files whose row was never committed."""
+    """After an update the gate judged: keep the newest `keep` final checkpoints, and as many rejected ones
+    for inspection; no partial one and no unjudged candidate (none is resumable any more, whichever run left
+    it); and delete what a killed write left behind: temp files and checkpoint files whose row was never
+    committed."""
     stale = runs.good_checkpoints(db, "final")[keep:] + runs.good_checkpoints(db, "partial")
+    stale += runs.checkpoints_with_status(db, "final", "rejected")[keep:]
+    stale += runs.checkpoints_with_status(db, "final", "candidate")
     for row in stale:
         runs.set_checkpoint_status(db, row["id"], "pruned")
         for path in (Path(row["path"]), ckpt.digest_path(row["path"])):

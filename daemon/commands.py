@@ -12,6 +12,7 @@ import sys
 
 from engram_ff.daemon.config import Config, config_from_args
 from engram_ff.daemon.errors import UserError
+from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.options import command, location_options, option
@@ -44,13 +45,18 @@ def run(args) -> int:
 
 @command("update", help="run one nightly update now", example="engram-ff update --data ~/.local/share/engram-ff")
 @location_options
+@option(
+    "--from-scratch",
+    action="store_true",
+    help="where no checkpoint of the trained model loads: start a new model on every message stored",
+)
 def update(args) -> int:
     from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
     config = _config(args)
     try:
         with DataDirLock(config.lock_path):
-            row = update_and_probe(config)
+            row = update_and_probe(config, from_scratch=args.from_scratch)
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
     columns = [
@@ -65,6 +71,10 @@ def update(args) -> int:
         "error",
     ]
     print(table([row], columns))
+    if row.get("gate"):
+        print(f"gate: {gate_line(row)}")
+    if row["status"] in ("refused", "rejected"):
+        print(f"engram-ff: update {row['status']}: {row['error'] or gate_line(row)}", file=sys.stderr)
     return EXIT_CODES.get(row["status"], 1)
 
 
@@ -98,6 +108,8 @@ def history(args) -> int:
     db = open_db(_config(args).db_path)
     rows = recent_history(db, args.limit)
     print(table(rows, list(rows[0]) if rows else ["run", "checkpoint", "recorded_at"]))
+    if loud := alarm(db):
+        print(f"WARNING: {loud}")
     if args.plot:
         plot_history(db, args.plot)
         print(f"wrote {args.plot}")
@@ -212,6 +224,10 @@ def status(args) -> int:
     if last := runs.last_update(db):
         print("\nlast update:")
         print(table([last], ["id", "status", "started_at", "ended_at", "new_bytes", "steps", "error"]))
+        if last.get("gate"):
+            print(f"gate: {gate_line(last)}")
+    if loud := alarm(db):
+        print(f"\nWARNING: {loud}")
     if current := runs.current_checkpoint(db):
         print("\ncurrent checkpoint:")
         print(table([current], ["id", "run_id", "path", "steps", "created_at"]))

@@ -14,8 +14,12 @@ SUMMARY_COLUMNS = {
 }
 
 
+GATE = {"ok": "promoted", "rejected": "rejected"}  # the status of the update that wrote the probed checkpoint
+
+
 def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
-    """Newest last: per probe pass, the averages over days and how many facts rank first."""
+    """Newest last: per probe pass, the averages over days, how many facts rank first, and whether the
+    gate promoted the checkpoint probed."""
     passes = runs.probe_passes(db, limit)
     rows = []
     for p in reversed(passes):
@@ -25,6 +29,7 @@ def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
             row[column] = f"{scores[metric]:.3f}" if metric in scores else "-"
         ranks = [r["value"] for r in runs.pass_scores(db, p["run_id"], metric="answer_rank")]
         row["facts_first"] = f"{sum(r == 1 for r in ranks)}/{len(ranks)}" if ranks else "-"
+        row["gate"] = GATE.get(p["update_status"], "-")
         rows.append(row)
     return rows
 

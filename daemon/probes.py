@@ -1,7 +1,9 @@
-"""Retention, forgetting and fact probes, each score one row of `probe_scores`.
+"""Retention, forgetting, canary and fact probes, each score one row of `probe_scores`.
 
 Scores are bits per byte, lower is better. For day d at checkpoint k:
   retention   probe_bpb (d's held-out probe split) and trained_bpb (a fixed sample of d's train text);
+              at most `probe_max_days` days a pass (probed_days), so a pass costs the same in any month;
+  canary      canary_bpb: the first CANARY_BYTES of held-out text ever stored, the same text every night;
   forgetting  score now minus the best score any earlier checkpoint had on d (Chaudhry et al. 2018,
               in loss form: positive means forgotten), averaged over the days before the newest;
   backward transfer (GEM, Lopez-Paz and Ranzato 2017): mean over days before the newest of
@@ -10,6 +12,7 @@ Scores are bits per byte, lower is better. For day d at checkpoint k:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tomllib
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_FACTS = Path(__file__).with_name("facts.toml")
 LN2 = math.log(2)
+CANARY_BYTES = 16384  # four days' worth of probe text (probe_max_bytes): scored in a few milliseconds
 
 
 class FactsError(ValueError):
@@ -46,12 +50,39 @@ def load_facts(path: Path | None) -> list[dict]:
     return facts
 
 
+def text_hash(*parts: bytes) -> int:
+    """64 bits of blake2b of what a score was taken on: two passes compare only on the same text."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def probed_days(days: list[str], max_days: int) -> list[str]:
+    """Which of `days` (oldest first) a pass scores: all of them up to max_days; beyond, the newest half
+    of max_days and the older days whose index is a multiple of a power-of-two stride, the smallest that
+    keeps them within the other half. The set is stable from night to night (a day stays in until the
+    stride doubles, and then the new set is a subset of the old one), so the gate finds last night's
+    scores for most older days, and the oldest day is always scored."""
+    if len(days) <= max_days:
+        return list(days)
+    room = max_days // 2  # for older days
+    older = len(days) - (max_days - room)
+    if room == 0:
+        return days[older:]
+    stride = 1
+    while -(-older // stride) > room:  # ceil(older / stride) days at multiples of the stride
+        stride *= 2
+    return days[:older:stride] + days[older:]
+
+
 def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) -> list[dict]:
-    """Score every day and every fact with `model`, record the rows in one transaction, return them."""
+    """Score the probed days, the canary and every fact with `model`, record the rows in one transaction,
+    return them."""
     model.eval()
     rows: list[dict] = []
 
-    def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None) -> None:
+    def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None, text=None) -> None:
         rows.append(
             dict(
                 run_id=run_id,
@@ -61,10 +92,11 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
                 day=day,
                 metric=metric,
                 value=float(value),
+                text_hash=text,
             )
         )
 
-    days = queries.days(db)
+    days = probed_days(queries.days(db), config.probe_max_days)
     for day in days:
         for split, metric in (("probe", "probe_bpb"), ("train", "trained_bpb")):
             text = queries.day_text(db, day, split, max_bytes=config.probe_max_bytes)
@@ -75,7 +107,11 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
                     metric,
                     evaluate_nats(model, text) / LN2,
                     day,
+                    text_hash(text),
                 )
+    canary = queries.text_since(db, 0, split="probe", max_bytes=CANARY_BYTES)[0]
+    if len(canary) >= 2:
+        add("canary", "canary", "canary_bpb", evaluate_nats(model, canary) / LN2, text=text_hash(canary))
 
     if checkpoint_id is not None:
         for metric in ("probe_bpb", "trained_bpb"):
@@ -103,11 +139,12 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
 
     facts = load_facts(config.facts_file)
     for fact in facts:
-        bpb, rank = rank_among(
-            model, fact["prompt"].encode(), fact["answer"].encode(), [d.encode() for d in fact.get("distractors", [])]
-        )
-        add(fact["name"], "fact", "answer_bpb", bpb)
-        add(fact["name"], "fact", "answer_rank", rank)
+        prompt, answer = fact["prompt"].encode(), fact["answer"].encode()
+        distractors = [d.encode() for d in fact.get("distractors", [])]
+        bpb, rank = rank_among(model, prompt, answer, distractors)
+        asked = text_hash(prompt, answer, *distractors)
+        add(fact["name"], "fact", "answer_bpb", bpb, text=asked)
+        add(fact["name"], "fact", "answer_rank", rank, text=asked)
     runs.record_scores(db, rows)
     log.info("probed %d days and %d facts: %d scores", len(days), len(facts), len(rows))
     return rows

@@ -1,7 +1,11 @@
-"""The nightly update: from the current model, train on what arrived since, save, then probe.
+"""The nightly update: from the current model, train a candidate on what arrived since, probe it, and let
+the promotion gate (daemon/gate.py) make it the current model or reject it.
 
 A partial checkpoint, written every `checkpoint_every_seconds`, lets an update killed half-way resume
-where it stopped, with its optimiser state and the same messages, rather than start again. The
+where it stopped, with its optimiser state and the same messages, rather than start again. The trained
+candidate is saved before it is probed, as a 'candidate' checkpoint that is not current, and the gate's
+decision is one transaction (state.runs.settle_update): an update killed while its candidate is probed
+leaves the previous model current, and the next update resumes the candidate and judges it. The
 checkpoint lifecycle is daemon/checkpoints.py's; how a night trains is daemon/recipe.py's.
 """
 
@@ -13,17 +17,23 @@ from dataclasses import dataclass
 
 import torch
 
-from engram_ff.daemon import checkpoints, recipe
+from engram_ff.daemon import checkpoints, gate, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.resources import peak_rss_mb
+from engram_ff.model.checkpoint import load_model
 from engram_ff.model.train import train
 from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3}
+# rejected: the gate kept the previous model; refused: no model loads where the database says one existed
+EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3, "rejected": 4, "refused": 5}
+
+
+class Refused(Exception):
+    """The update will not start: it would silently replace a trained model by a fresh one."""
 
 
 @dataclass
@@ -37,10 +47,20 @@ class Night:
     resumed_run: int | None = None  # the interrupted update this one continues
     steps_done: int = 0  # by the update(s) it continues
     seconds_spent: float = 0.0
+    trained: bool = False  # the start is a candidate whose training ended (its update died during the gate)
 
 
-def plan_night(db, config: Config) -> Night:
-    """Continue an interrupted update with its own messages, or start a new one after the last trained id."""
+def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
+    """Continue an interrupted update with its own messages, or start a new one after the last promoted
+    model's messages; from scratch (asked for by the user) only where no model loads, on every message."""
+    if from_scratch:
+        if (loaded := checkpoints.load_current(db, config)) is not None:
+            raise Refused(
+                f"--from-scratch: the current model (checkpoint {loaded.checkpoint_id}) loads, so nothing needs "
+                "starting over; to start afresh anyway, use a new data_dir"
+            )
+        log.warning("starting a fresh model, as asked (--from-scratch), on every message stored so far")
+        return Night(checkpoints.fresh(config), 0, queries.max_message_id(db, split="train"), None)
     partial = checkpoints.resumable(db, config)
     if partial is not None:
         meta = partial.meta
@@ -53,31 +73,44 @@ def plan_night(db, config: Config) -> Night:
             resumed_run=meta["run_id"],
             steps_done=meta.get("update_steps", 0),
             seconds_spent=meta.get("seconds", 0.0),
+            trained=meta.get("trained", False),
         )
-    current = checkpoints.load_current(db, config) or checkpoints.fresh(config)
+    current = checkpoints.load_current(db, config)
+    if current is None and runs.model_existed(db):
+        raise Refused(
+            "the database records a trained model, but none of its checkpoint files loads (the log says why): "
+            "an update now would replace it by a fresh model trained on one night. Restore the files under "
+            f"{config.checkpoint_dir}, or run `engram-ff update --from-scratch` to start a new model on every "
+            "message stored"
+        )
+    current = current or checkpoints.fresh(config)
     first_id = runs.trained_through(db)
     return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
 
 
-def run_update(config: Config, *, should_stop=lambda: False) -> dict:
-    """One update, exactly the nightly job; returns its `runs` row."""
+def run_update(config: Config, *, should_stop=lambda: False, from_scratch: bool = False) -> dict:
+    """One update, exactly the nightly job (training, probes, gate); returns its `runs` row."""
     db = open_db(config.db_path)
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
     run_id = None
     try:
-        night = plan_night(db, config)
+        night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
         return _train_night(db, config, run_id, night, started, should_stop)
     except Exception as exc:
         if run_id is None:
             run_id = runs.start_run(db, "update")
-        log.exception("update %d failed; the previous checkpoint stays current", run_id)
+        refused = isinstance(exc, Refused)
+        if refused:
+            log.error("update %d refused: %s", run_id, exc)
+        else:
+            log.exception("update %d failed; the previous checkpoint stays current", run_id)
         runs.finish_run(
             db,
             run_id,
-            "failed",
-            error=f"{type(exc).__name__}: {exc}",
+            "refused" if refused else "failed",
+            error=str(exc) if refused else f"{type(exc).__name__}: {exc}",
             wall_seconds=time.monotonic() - started,
             peak_rss_mb=peak_rss_mb(),
         )
@@ -101,8 +134,12 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
             **bounds,
         )
         return runs.get_run(db, run_id)
-    replay = recipe.replay_sample(db, int(len(new_text) * config.replay_ratio), night.first_id, seed=run_id)
-    steps_left = max(0, recipe.step_budget(config, len(new_text) + len(replay)) - night.steps_done)
+    matured = night.parent_id is not None
+    history = queries.text_bytes_through(db, night.first_id, max(1, config.replay_min_bytes))
+    replay_bytes = recipe.replay_size(config, len(new_text), history)
+    replay = recipe.replay_sample(db, replay_bytes, night.first_id, seed=run_id)
+    budget = recipe.step_budget(config, len(new_text) + len(replay), matured=matured)
+    steps_left = 0 if night.trained else max(0, budget - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
     log.info(
         "update %d: %d new bytes, %d replayed, up to %d steps in %.0f s",
@@ -121,9 +158,11 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
         "update_steps": night.steps_done,
     }
 
-    def save(kind: str) -> int:
+    def save(kind: str, status: str = "good") -> int:
         meta["seconds"] = night.seconds_spent + time.monotonic() - started
-        return checkpoints.save(db, config, model, run_id=run_id, kind=kind, parent_id=night.parent_id, meta=meta)
+        return checkpoints.save(
+            db, config, model, run_id=run_id, kind=kind, parent_id=night.parent_id, meta=meta, status=status
+        )
 
     last_save = time.monotonic()
 
@@ -136,7 +175,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
 
     model.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
     batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
-    recipe.plan_layers(model.trainer, config, matured=night.parent_id is not None, replay_rows=replay_rows)
+    recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
     result = train(
         model.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
     )
@@ -144,51 +183,96 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
         new_bytes=len(new_text),
         replay_bytes=len(replay),
         steps=night.steps_done + result.steps,
-        layer_losses=result.losses,
+        layer_losses=night.start.meta["layer_losses"] if night.trained else result.losses,
         parent_checkpoint_id=night.parent_id,
         **bounds,
     )
-    stopped = should_stop()
-    checkpoint_id = save("partial" if stopped else "final")
-    runs.finish_run(
+    if should_stop():
+        checkpoint_id = save("partial")
+        runs.finish_run(
+            db,
+            run_id,
+            "interrupted",
+            checkpoint_id=checkpoint_id,
+            error="stopped by a signal",
+            wall_seconds=time.monotonic() - started,
+            peak_rss_mb=peak_rss_mb(),
+            **fields,
+        )
+        return runs.get_run(db, run_id)
+    meta.update(trained=True, layer_losses=fields["layer_losses"])
+    candidate = save("final", status="candidate")
+    decision = _judge(db, config, model, candidate, night.parent_id)
+    promoted = decision["decision"] == "promoted"
+    runs.settle_update(
         db,
         run_id,
-        "interrupted" if stopped else "ok",
-        checkpoint_id=checkpoint_id,
-        error="stopped by a signal" if stopped else None,
+        promoted=promoted,
+        checkpoint_id=candidate,
+        gate=decision,
         wall_seconds=time.monotonic() - started,
         peak_rss_mb=peak_rss_mb(),
         **fields,
     )
-    if not stopped:
-        checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
+    _report(db, run_id, candidate, night, decision)
+    checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return runs.get_run(db, run_id)
 
 
-def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
-    """The nightly job: an update, then probes of the model it leaves current."""
-    row = run_update(config, should_stop=should_stop)
-    if row["status"] == "ok" and not should_stop():
-        run_probes(config)
-    return row
+def _judge(db, config: Config, candidate: Loaded, candidate_id: int, parent_id: int | None) -> dict:
+    """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass."""
+    reference = None if parent_id is None else runs.newest_pass(db, parent_id)
+    if reference is not None and not gate.comparable(reference):
+        log.info("the current model (checkpoint %d) has no comparable probe pass: probing it first", parent_id)
+        reference = _probe(db, config, load_model(runs.get_checkpoint(db, parent_id)["path"]).model, parent_id)
+    return gate.decide(_probe(db, config, candidate.model, candidate_id), reference, config)
+
+
+def _probe(db, config: Config, model, checkpoint_id: int) -> list[dict]:
+    """One probe pass, recorded as a run of its own."""
+    from engram_ff.daemon.probes import probe
+
+    run_id = runs.start_run(db, "probe")
+    try:
+        rows = probe(db, config, model, run_id=run_id, checkpoint_id=checkpoint_id)
+    except Exception as exc:
+        runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    runs.finish_run(db, run_id, "ok", checkpoint_id=checkpoint_id, peak_rss_mb=peak_rss_mb())
+    return rows
+
+
+def _report(db, run_id: int, candidate: int, night: Night, decision: dict) -> None:
+    if decision["decision"] == "promoted":
+        log.info("update %d promoted checkpoint %d: %s", run_id, candidate, decision["reason"])
+        return
+    log.warning(
+        "update %d rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
+        "the next update trains on these messages again: %s",
+        run_id,
+        candidate,
+        night.parent_id,
+        decision["reason"],
+    )
+    if loud := gate.alarm(db):
+        log.error("%s", loud)
+
+
+def update_and_probe(config: Config, *, should_stop=lambda: False, from_scratch: bool = False) -> dict:
+    """The nightly job, as the service's child, the CLI and the benchmarks call it: an update whose probe
+    pass is also its gate's (run_update)."""
+    return run_update(config, should_stop=should_stop, from_scratch=from_scratch)
 
 
 def run_probes(config: Config) -> list[dict]:
-    from engram_ff.daemon.probes import probe
-
+    """The probes alone, on the current model (`engram-ff probe`): its newest pass, which the next gate
+    compares with."""
     db = open_db(config.db_path)
     try:
         current = checkpoints.load_current(db, config)
         if current is None:
             log.info("no trained checkpoint yet: nothing to probe")
             return []
-        run_id = runs.start_run(db, "probe")
-        try:
-            rows = probe(db, config, current.model, run_id=run_id, checkpoint_id=current.checkpoint_id)
-        except Exception as exc:
-            runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        runs.finish_run(db, run_id, "ok", checkpoint_id=current.checkpoint_id, peak_rss_mb=peak_rss_mb())
-        return rows
+        return _probe(db, config, current.model, current.checkpoint_id)
     finally:
         db.close()

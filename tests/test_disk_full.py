@@ -96,7 +96,9 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     )
     assert full.returncode == 1, full.stderr
     assert "failed; the previous checkpoint stays current" in full.stderr and "File too large" in full.stderr
-    ((status, error),) = query(config.db_path, "SELECT status, error FROM runs WHERE id = 2")
+    ((status, error),) = query(
+        config.db_path, "SELECT status, error FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
+    )
     assert status == "failed" and "File too large" in error
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
