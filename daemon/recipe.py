@@ -40,6 +40,16 @@ def step_budget(config: Config, text_bytes: int, *, matured: bool) -> int:
     return max(1, min(config.update_max_steps, round(steps)))
 
 
+def retry_rate(rejected_in_a_row: int) -> float:
+    """The learning-rate multiplier of an update after `rejected_in_a_row` rejected ones: halved for each.
+    A rejected night's text stays in the next night's (nothing is lost), so text that made one candidate
+    worse would make every later one worse too, and the model would never learn again: in the quick year
+    (`engram-ff bench year --quick`) a junk day's candidate was rejected and so were all five nights after
+    it. Halving the rate each time makes the retry gentler until a candidate moves little enough to pass;
+    the night after a promotion is back at the full rate."""
+    return 0.5**rejected_in_a_row
+
+
 def plan_layers(trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
     """Per-layer guards against forgetting: slow every layer below the top once matured (either trainer);
     with FF also freeze the lowest layers, which then need no backward pass, and let only some layers'

@@ -141,13 +141,15 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     budget = recipe.step_budget(config, len(new_text) + len(replay), matured=matured)
     steps_left = 0 if night.trained else max(0, budget - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
+    rate = recipe.retry_rate(runs.rejected_in_a_row(db))
     log.info(
-        "update %d: %d new bytes, %d replayed, up to %d steps in %.0f s",
+        "update %d: %d new bytes, %d replayed, up to %d steps in %.0f s%s",
         run_id,
         len(new_text),
         len(replay),
         steps_left,
         budget_s,
+        f", at {rate:g} of the learning rate after rejected updates" if rate < 1 else "",
     )
     model = night.start
     meta = {
@@ -173,7 +175,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
             save("partial")
             last_save = time.monotonic()
 
-    model.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
+    model.trainer.lr *= config.lr_scale * rate  # a trainer is built afresh for each update, at its default rate
     batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
     recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
     result = train(
@@ -202,7 +204,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
         return runs.get_run(db, run_id)
     meta.update(trained=True, layer_losses=fields["layer_losses"])
     candidate = save("final", status="candidate")
-    decision = _judge(db, config, model, candidate, night.parent_id)
+    decision = dict(_judge(db, config, model, candidate, night.parent_id), learning_rate_scale=config.lr_scale * rate)
     promoted = decision["decision"] == "promoted"
     runs.settle_update(
         db,
@@ -233,12 +235,20 @@ def _probe(db, config: Config, model, checkpoint_id: int) -> list[dict]:
     from engram_ff.daemon.probes import probe
 
     run_id = runs.start_run(db, "probe")
+    started = time.monotonic()
     try:
         rows = probe(db, config, model, run_id=run_id, checkpoint_id=checkpoint_id)
     except Exception as exc:
         runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    runs.finish_run(db, run_id, "ok", checkpoint_id=checkpoint_id, peak_rss_mb=peak_rss_mb())
+    runs.finish_run(
+        db,
+        run_id,
+        "ok",
+        checkpoint_id=checkpoint_id,
+        wall_seconds=time.monotonic() - started,
+        peak_rss_mb=peak_rss_mb(),
+    )
     return rows
 
 
