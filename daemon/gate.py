@@ -19,6 +19,8 @@ is promoted. The decision, its reason and every check's numbers are stored as ru
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 from engram_ff.daemon.config import Config
@@ -66,12 +68,17 @@ def _check(candidate: list[dict], reference: list[dict], metric: str, key: tuple
     delta = mean_candidate - mean_current
     return {
         "compared": len(common),
-        "candidate": round(mean_candidate, 4),
-        "current": round(mean_current, 4),
-        "delta": round(delta, 4),
+        "candidate": _number(mean_candidate),
+        "current": _number(mean_current),
+        "delta": _number(delta),
         "tolerance": tolerance,
-        "passed": delta <= tolerance,
+        "passed": delta <= tolerance,  # False for a diverged candidate: its scores are inf (probes.py)
     }
+
+
+def _number(value: float) -> float | None:
+    """Rounded for the JSON; None where JSON has no number (inf: a candidate that diverged)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def decide(candidate: list[dict], reference: list[dict] | None, config: Config) -> dict:
@@ -92,7 +99,8 @@ def _describe(name: str, check: dict) -> str:
     if not check["compared"]:
         return f"{LABELS[name]}: nothing to compare"
     limit = f" > {check['tolerance']:g}" if not check["passed"] else ""
-    return f"{LABELS[name]} {check['delta']:+.3f}{limit} ({check['compared']} compared)"
+    delta = "+inf (diverged)" if check["delta"] is None else f"{check['delta']:+.3f}"
+    return f"{LABELS[name]} {delta}{limit} ({check['compared']} compared)"
 
 
 def alarm(db) -> str | None:

@@ -83,6 +83,9 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
     rows: list[dict] = []
 
     def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None, text=None) -> None:
+        value = float(value)
+        if math.isnan(value):  # a diverged model: infinitely bad, which the gate rejects (SQLite stores NaN as NULL)
+            value = math.inf
         rows.append(
             dict(
                 run_id=run_id,
@@ -91,7 +94,7 @@ def probe(db, config: Config, model, *, run_id: int, checkpoint_id: int | None) 
                 kind=kind,
                 day=day,
                 metric=metric,
-                value=float(value),
+                value=value,
                 text_hash=text,
             )
         )

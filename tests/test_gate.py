@@ -25,8 +25,9 @@ from tests.daemon_helpers import FAST, environment, query, recorder_line, wait_f
 
 SMALL_DAY = "The cat needs her pills tonight"  # 31 bytes, in the train split
 # A destructive night: on the tiny preset's repetitive text, lr_scale = 50 took the held-out bits per byte up
-# by 1.1 once and left them alone another time; 200 took them up by 242.
-DESTRUCTIVE = dict(lr_scale=200)
+# by 1.1 once and left them alone another time; 200 took them up by 242, and 2,000 diverges (NaN), still
+# destructive after the halvings of three rejected nights in a row (recipe.retry_rate).
+DESTRUCTIVE = dict(lr_scale=2000)
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +127,7 @@ def test_a_destructive_update_is_rejected_and_the_model_stays_as_it_was(night, c
     rejected = night("2026-01-02", 40, **DESTRUCTIVE)
     decision = json.loads(rejected["gate"])
     assert rejected["status"] == "rejected" and decision["decision"] == "rejected", decision
-    assert decision["checks"]["held_out"]["delta"] > config.gate_tolerance_bpb
+    assert not decision["checks"]["held_out"]["passed"] and "held-out bits per byte +inf" in decision["reason"]
     assert "worse than the current model" in decision["reason"]
     candidate = checkpoint_row(config, rejected["checkpoint_id"])
     assert candidate["status"] == "rejected" and os.path.exists(candidate["path"])  # kept for inspection
@@ -150,6 +151,8 @@ def test_several_rejections_in_a_row_are_said_loudly_everywhere(night, capsys, c
     for n in range(gate.ALARM_AFTER):
         row = night(f"2026-01-0{n + 2}", 10, **DESTRUCTIVE)
         assert row["status"] == "rejected"
+        # each retry of the backlog is gentler: text that spoils one candidate cannot block learning for good
+        assert json.loads(row["gate"])["learning_rate_scale"] == DESTRUCTIVE["lr_scale"] / 2**n
     assert "updates in a row rejected by the promotion gate" in caplog.text
     capsys.readouterr()
     assert main(["status"]) == 0
