@@ -234,7 +234,8 @@ def _promotion_gate(db) -> None:
     scores as JSON in runs.gate; an update that will not start because the database names a model and none
     of its checkpoints loads ends 'refused'. probe_scores.text_hash identifies the text a score was taken
     on, so the gate compares two models only on the same text. probe_history shows each checkpoint's
-    newest probe pass, so probing a checkpoint again does not repeat its rows (probe_scores keeps all)."""
+    newest probe pass, so probing a checkpoint again does not repeat its rows (probe_scores keeps all), and
+    says whether the gate promoted the checkpoint (1) or not (0: rejected, or not judged yet)."""
     _allow_values(db, "runs", "status", ["rejected", "refused"])
     _allow_values(db, "checkpoints", "status", ["candidate", "rejected"])
     _run(
@@ -246,7 +247,9 @@ def _promotion_gate(db) -> None:
             "DROP VIEW probe_history",
             """CREATE VIEW probe_history AS
             SELECT s.recorded_at, s.run_id AS run, s.checkpoint_id AS checkpoint, s.probe, s.kind,
-                   s.day, s.metric, round(s.value, 4) AS value
+                   s.day, s.metric, round(s.value, 4) AS value,
+                   coalesce((SELECT r.status = 'ok' FROM checkpoints c JOIN runs r ON r.id = c.run_id
+                             WHERE c.id = s.checkpoint_id), 0) AS promoted
             FROM probe_scores s
             WHERE s.run_id = (SELECT max(p.run_id) FROM probe_scores p WHERE p.checkpoint_id IS s.checkpoint_id)
             ORDER BY s.id""",
