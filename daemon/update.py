@@ -20,6 +20,7 @@ import torch
 from engram_ff.daemon import checkpoints, gate, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.errors import UserError
 from engram_ff.daemon.resources import peak_rss_mb
 from engram_ff.model.checkpoint import load_model
 from engram_ff.model.train import train
@@ -55,9 +56,10 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
     model's messages; from scratch (asked for by the user) only where no model loads, on every message."""
     if from_scratch:
         if (loaded := checkpoints.load_current(db, config)) is not None:
-            raise Refused(
+            raise UserError(  # a flag typed by mistake: nothing is trained, and nothing is recorded
                 f"--from-scratch: the current model (checkpoint {loaded.checkpoint_id}) loads, so nothing needs "
-                "starting over; to start afresh anyway, use a new data_dir"
+                "starting over; to start afresh anyway, use a new data_dir",
+                EXIT_CODES["refused"],
             )
         log.warning("starting a fresh model, as asked (--from-scratch), on every message stored so far")
         return Night(checkpoints.fresh(config), 0, queries.max_message_id(db, split="train"), None)
@@ -98,6 +100,8 @@ def run_update(config: Config, *, should_stop=lambda: False, from_scratch: bool 
         night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
         return _train_night(db, config, run_id, night, started, should_stop)
+    except UserError:
+        raise
     except Exception as exc:
         if run_id is None:
             run_id = runs.start_run(db, "update")

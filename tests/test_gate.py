@@ -289,8 +289,9 @@ def test_kill_9_during_the_gate_leaves_the_previous_model_current_and_the_next_u
 def test_no_loadable_checkpoint_refuses_loudly_until_asked_to_start_from_scratch(night, capsys):
     config = load_config()
     first = night("2026-01-01", 60)
-    assert main(["update", "--from-scratch"]) == 5  # a model loads: nothing to start over
+    assert main(["update", "--from-scratch"]) == 5  # a model loads: nothing to start over, nothing recorded
     assert "loads, so nothing needs starting over" in capsys.readouterr().err
+    assert query(config.db_path, "SELECT count(*) FROM runs WHERE kind = 'update'") == [(1,)]
     shutil.rmtree(config.checkpoint_dir)
 
     refused = night("2026-01-02", 30)
