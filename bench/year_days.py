@@ -7,8 +7,9 @@ fractions of the year whatever N is, so a short run meets each of them:
   reference  exactly the same 300 messages on night min(30, N // 3) and on night N, so their wall times
              compare for the same new text;
   quiet      every seventh day: 0-3 messages;
-  facts      night 3: an ordinary day and the study's facts ("Who is Victor?", ...) asked and answered
-             FACT_REPEATS times; then one reminder every 60 days (a single conversation, on an ordinary day);
+  facts      the ordinary days of month 1 from night 3 (night 3 alone in a run too short to have a month):
+             an ordinary day and the study's facts ("Who is Victor?", ...) asked and answered FACT_REPEATS
+             times; after month 1, one reminder every 60 days (a single conversation, on an ordinary day);
   burst      night 150: about 50,000 messages;
   off        nights 200-206: the files arrive (Engram writes them elsewhere, or they sync), but the machine
              is off and no update runs; night 207 (wake) catches the eight days up in one update;
@@ -33,7 +34,10 @@ from engram_ff.ingest.reader import split_of
 from engram_ff.state.text import conversation
 
 FIRST_DAY = date(2026, 1, 1)
-FACT_REPEATS = 48  # the plays study learned facts said 64 times in one night of 300 steps, half of them said 8 times
+# The plays study learned facts said 64 times in one night of 300 steps (about 8 passes): 0.2 bits per byte;
+# said 8 times, half (1.3-2.7). At one pass a night, 48 times on night 3 left them at 2 bits per byte
+# (bench/results/year.md's first run), so month 1 repeats them, as a user talks of what is new to them.
+FACT_REPEATS = 16
 JUNK = "npm WARN deprecated request@2.88.2: request has been deprecated, see https://github.com/request/request"
 JUNK_REPEATS = 4000  # in the train split, as the facts' answers are: an update trains on all of them
 YEAR = 365
@@ -70,6 +74,8 @@ def calendar(nights: int, seed: int = 0, scale: float = 1.0) -> list[Day]:
     days = []
     for night in range(1, nights + 1):
         kind = special.get(night) or ("quiet" if night % 7 == 0 else "ordinary")
+        if kind == "ordinary" and 3 < night <= _at(30, nights):
+            kind = "facts"
         count = {"reference": 300, "burst": 50_000, "junk": 40}.get(kind, rng.randint(150, 400))
         day = Day(night, FIRST_DAY + timedelta(night - 1), kind, round(count * scale))
         day.reminder = night in reminders and kind in ("ordinary", "quiet")  # reference days stay the same

@@ -16,7 +16,7 @@ def replay_size(config: Config, new_bytes: int, history_bytes: int) -> int:
     repeat it); the ratio does, as it always has, so a normal day's mix stays the study's 2:1."""
     if history_bytes <= 0:
         return 0
-    return max(round(config.replay_ratio * new_bytes), min(config.replay_min_bytes, history_bytes))
+    return max(int(config.replay_ratio * new_bytes), min(config.replay_min_bytes, history_bytes))
 
 
 def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:

@@ -13,7 +13,7 @@ from engram_ff.ingest.reader import split_of
 def test_the_year_has_every_kind_of_day():
     days = calendar(365)
     kinds = Counter(day.kind for day in days)
-    assert kinds == dict(ordinary=301, quiet=51, off=7, reference=2, facts=1, burst=1, wake=1, junk=1)
+    assert kinds == dict(ordinary=279, quiet=51, facts=23, off=7, reference=2, burst=1, wake=1, junk=1)
     by_night = {day.night: day for day in days}
     assert [by_night[n].kind for n in (3, 30, 150, 207, 250, 365)] == [
         "facts",
