@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_FACTS = Path(__file__).with_name("facts.toml")
 LN2 = math.log(2)
-CANARY_BYTES = 16384  # four days' worth of probe text (probe_max_bytes): scored in a few milliseconds
+CANARY_BYTES = 16384  # as much held-out text as four probed days (probe_max_bytes each): an eighth of a full pass
 
 
 class FactsError(ValueError):
