@@ -73,8 +73,10 @@ def update(args) -> int:
     print(table([row], columns))
     if row.get("gate"):
         print(f"gate: {gate_line(row)}")
-    if row["status"] in ("refused", "rejected"):
-        print(f"engram-ff: update {row['status']}: {row['error'] or gate_line(row)}", file=sys.stderr)
+    if row["status"] == "rejected":
+        print(f"engram-ff: update {gate_line(row)}", file=sys.stderr)
+    elif row["status"] == "refused":
+        print(f"engram-ff: update refused: {row['error']}", file=sys.stderr)
     return EXIT_CODES.get(row["status"], 1)
 
 
