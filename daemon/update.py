@@ -77,7 +77,7 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
             seconds_spent=meta.get("seconds", 0.0),
             trained=meta.get("trained", False),
         )
-    current = checkpoints.load_current(db, config)
+    current = checkpoints.load_current(db, config) or _restored(db, config)
     if current is None and runs.model_existed(db):
         raise Refused(
             "the database records a trained model, but none of its checkpoint files loads (the log says why): "
@@ -88,6 +88,16 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
     current = current or checkpoints.fresh(config)
     first_id = runs.trained_through(db)
     return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
+
+
+def _restored(db, config: Config) -> Loaded | None:
+    """The newest promoted checkpoint once marked corrupt whose file loads again (the user put it back, as
+    a refused update asks): it is sound, so it is 'good' again and current."""
+    loaded = checkpoints.newest_loadable(db, runs.promoted_checkpoints(db, "corrupt"), config)
+    if loaded is not None:
+        log.warning("checkpoint %d loads again: it is the current model once more", loaded.checkpoint_id)
+        runs.set_checkpoint_status(db, loaded.checkpoint_id, "good")
+    return loaded
 
 
 def run_update(config: Config, *, should_stop=lambda: False, from_scratch: bool = False) -> dict:

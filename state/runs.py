@@ -141,6 +141,13 @@ def model_existed(db: sqlite_utils.Database) -> bool:
     return db.execute(f"SELECT EXISTS ({_PROMOTED})").fetchone()[0] == 1
 
 
+def promoted_checkpoints(db: sqlite_utils.Database, status: str) -> list[dict]:
+    """Newest first: the final checkpoints that were once the current model and now have `status`."""
+    return list(
+        db.query(f"SELECT * FROM checkpoints WHERE id IN ({_PROMOTED}) AND status = ? ORDER BY id DESC", [status])
+    )
+
+
 def settle_update(
     db: sqlite_utils.Database, run_id: int, *, promoted: bool, checkpoint_id: int, gate: dict, **fields: object
 ) -> None:

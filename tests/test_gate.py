@@ -292,6 +292,7 @@ def test_no_loadable_checkpoint_refuses_loudly_until_asked_to_start_from_scratch
     assert main(["update", "--from-scratch"]) == 5  # a model loads: nothing to start over, nothing recorded
     assert "loads, so nothing needs starting over" in capsys.readouterr().err
     assert query(config.db_path, "SELECT count(*) FROM runs WHERE kind = 'update'") == [(1,)]
+    shutil.copytree(config.checkpoint_dir, config.data_dir.parent / "backup")
     shutil.rmtree(config.checkpoint_dir)
 
     refused = night("2026-01-02", 30)
@@ -305,6 +306,12 @@ def test_no_loadable_checkpoint_refuses_loudly_until_asked_to_start_from_scratch
     assert query(config.db_path, "SELECT status FROM checkpoints WHERE id = ?", [first["checkpoint_id"]]) == [
         ("corrupt",)  # the database still knows the model existed
     ]
+
+    shutil.copytree(config.data_dir.parent / "backup", config.checkpoint_dir)  # as the refusal asks
+    restored = night("2026-01-03", 10)
+    assert restored["status"] == "ok" and restored["parent_checkpoint_id"] == first["checkpoint_id"]
+    shutil.rmtree(config.checkpoint_dir)
+    assert night(None)["status"] == "refused"
 
     assert main(["update", "--from-scratch"]) == 0
     fresh = query(
