@@ -271,9 +271,13 @@ def targets(records: list[dict], meta: dict) -> list[list[str]]:
     )
     for kind in ("junk", "quiet"):
         nights = _nights(records, kind)
+        target = f"the {kind} day{'s' * (kind == 'quiet')} rejected or harmless"
+        if not nights:
+            rows.append([target, "not reached", "-"])
+            continue
         harmful = [r for r in nights if r["status"] == "ok" and any(b["night"] == r["night"] for b in bad)]
         decisions = ", ".join(f"{s} {sum(r['status'] == s for r in nights)}" for s in ("ok", "rejected", "skipped"))
-        rows.append([f"the {kind} day{'s' * (kind == 'quiet')} rejected or harmless", decisions, _met(not harmful)])
+        rows.append([target, decisions, _met(not harmful)])
     return rows
 
 
@@ -340,7 +344,7 @@ def report(records: list[dict], meta: dict, figure: Path) -> str:
             _months(records),
         ),
         "## Every night\n",
-        "In `year.json` beside this file (`--results` and the stem name it), one record a night: status, "
+        f"In `{figure.with_suffix('.json').name}` beside this file, one record a night: status, "
         "bytes, steps, times, RSS, sizes, the gate's decision with its checks, and the benchmark's scores.\n",
     ]
     return "\n".join(lines)
