@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 
 import pytest
+import sqlite_utils
 import torch
 
 from engram_ff.bench.chaos import check_state
@@ -20,7 +22,8 @@ from engram_ff.daemon.probes import probed_days
 from engram_ff.daemon.service import Service
 from engram_ff.ingest.reader import catch_up
 from engram_ff.state import runs
-from engram_ff.state.db import open_db
+from engram_ff.state.db import connect, open_db
+from engram_ff.state.schema import migrations
 from tests.daemon_helpers import FAST, environment, query, recorder_line, wait_for, write_day
 
 SMALL_DAY = "The cat needs her pills tonight"  # 31 bytes, in the train split
@@ -320,3 +323,22 @@ def test_no_loadable_checkpoint_refuses_loudly_until_asked_to_start_from_scratch
     )[0]
     assert fresh == ("ok", None, 0)  # a new model, on every message stored
     assert main(["update"]) == 0  # and the nights go on from it
+
+
+def test_a_database_from_before_the_gate_is_migrated_with_its_rows(tmp_path):
+    """Migration 0300 widens two CHECKs in place (SQLite cannot alter one) on a database that has rows."""
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(connect(path))
+    migrations.apply(old, stop_before="0300_promotion_gate")
+    run = runs.start_run(old, "update")
+    runs.add_checkpoint(old, run_id=run, path="x.pt", sha256="0", kind="final", parent_id=None, steps=1)
+    runs.finish_run(old, run, "ok", checkpoint_id=1)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        runs.finish_run(old, run, "rejected")
+    old.close()
+    db = open_db(path)
+    assert runs.model_existed(db) and runs.current_checkpoint(db)["path"] == "x.pt"
+    runs.finish_run(db, run, "rejected", gate={"decision": "rejected"})
+    runs.set_checkpoint_status(db, 1, "rejected")
+    assert runs.get_run(db, run)["status"] == "rejected" and runs.current_checkpoint(db) is None
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
