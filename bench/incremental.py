@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from engram_ff.bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
-from engram_ff.bench.make_stream import FACTS, PLAYS, day_lines, load_facts, stream_days, write_day
+from engram_ff.bench.make_stream import PLAYS, daemon_facts, day_lines, load_facts, stream_days, write_day
 from engram_ff.daemon.checkpoints import load_current
 from engram_ff.daemon.config import Config, load_config
 from engram_ff.daemon.update import update_and_probe
@@ -48,8 +48,16 @@ from engram_ff.state.db import open_db
 
 LN2 = math.log(2)
 
-# Every method starts from plain fine-tuning, whatever the daemon's defaults are; then its own fields.
-PLAIN = dict(lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0)
+# Every method starts from plain fine-tuning, whatever the daemon's defaults are (no replay, every layer at
+# full rate, no promotion gate); then its own fields. Commit 0ffcbd0 removed each method's replay_ratio=0.0
+# but PLAIN never set it, so until issue 12 every "no replay" method replayed 2:1, the daemon's default.
+# The replay floor does not matter to the methods with replay: 2:1 of the smallest play (82 KB of train
+# text) is 163 KB, above the daemon's 64 KiB floor. The gate's checks are still computed (runs.gate), so
+# the study reports what the gate would have said of each night.
+NO_GATE = dict(gate_tolerance_bpb=math.inf, gate_facts_tolerance_bpb=math.inf, gate_canary_tolerance_bpb=math.inf)
+PLAIN = dict(
+    replay_ratio=0.0, replay_min_bytes=0, lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0, **NO_GATE
+)
 # name -> daemon configuration fields over PLAIN (everything else is shared by all methods)
 METHODS = {
     "ff": dict(trainer="ff"),
@@ -103,6 +111,8 @@ class Run:
     cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of update_and_probe
     update_seconds: list[float] = field(default_factory=list)  # wall time of the update, from its runs row
     facts: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # name -> (answer bpb, rank)
+    # per update from the second: what the promotion gate measured, check -> candidate minus current (bpb)
+    gate: list[dict[str, float | None]] = field(default_factory=list)
 
     @property
     def trainer(self) -> str:
@@ -131,18 +141,20 @@ class Run:
         }
 
 
-def method_config(folder: Path, overrides: dict, args) -> object:
-    """The daemon configuration of one method: fixed steps a day, so every method sees the same data."""
+def method_config(folder: Path, overrides: dict, args) -> Config:
+    """The daemon configuration of one method: fixed steps a day, so every method sees the same data (no
+    cap on passes: without replay, the daemon's 8 passes would cut a small play's night to 160 steps)."""
     return load_config(
         environ={},
         data_dir=str(folder / "data"),
         watch_dir=str(folder / "engram"),
-        facts_file=str(FACTS),
+        facts_file=str(daemon_facts(folder)),
         model_preset=args.preset,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         update_min_steps=args.steps_per_day,
         update_max_steps=args.steps_per_day,
+        update_max_passes=math.inf,
         update_budget_minutes=600,
         checkpoint_every_seconds=3600,
         **{**PLAIN, **overrides},
@@ -213,6 +225,9 @@ def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: 
             db.close()
         run.R.append([evaluate_nats(model, text) / LN2 for text in probes])
         run.facts.append(fact_scores(config, row["checkpoint_id"]))
+        if i:
+            checks = json.loads(row["gate"])["checks"]
+            run.gate.append({name: check.get("delta") for name, check in checks.items()})
         print(
             f"{method} day {i + 1}: new {run.R[-1][i]:.3f} bpb, all days {sum(run.R[-1]) / len(probes):.3f}, "
             f"{run.cpu_seconds[-1]:.0f} CPU s",
@@ -404,6 +419,7 @@ def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
                 [[name] + [f"{r.facts[i][name][1]} / {r.facts[i][name][0]:.2f}" for i in range(n)] for name in names],
             )
         )
+    lines.append(gate_section(runs, n))
     lines += [
         "## Accuracy matrices R[i][j] (bits per byte on day j's probe split after update i)\n",
         f"![R heatmaps]({heatmap.name})\n",
@@ -418,6 +434,33 @@ def report(runs: list[Run], meta: dict, results: Path, stem: str) -> str:
         )
     lines.append(answers_section())
     return "\n".join(lines)
+
+
+def gate_section(runs: list[Run], n: int) -> str:
+    """What the promotion gate measured of each night (daemon/gate.py; off in the study, so every night is
+    kept): its checks, candidate minus current model, and the largest of each over the nights, which the
+    daemon's tolerances must exceed for such nights to be promoted."""
+    measured = [r for r in runs if r.gate]
+    if not measured:
+        return ""
+    checks = list(measured[0].gate[0])
+
+    def cell(value):
+        return "-" if value is None else f"{value:+.3f}"
+
+    rows = []
+    for r in measured:
+        for check in checks:
+            values = [night.get(check) for night in r.gate]
+            known = [v for v in values if v is not None]
+            rows.append([r.method, check, *map(cell, values), cell(max(known)) if known else "-"])
+    return (
+        "## The promotion gate's checks, night by night (candidate minus current, bits per byte)\n\n"
+        "Off in the study (every night is kept); held_out: mean held-out bits per byte of the days both models "
+        "were probed on; facts: mean answer bits per byte of the facts the current model knew; canary: the "
+        "oldest held-out text. '-': nothing to compare.\n\n"
+        + markdown_table(["method", "check"] + [f"night {i + 1}" for i in range(1, n)] + ["largest"], rows)
+    )
 
 
 def targets_section(runs: list[Run], n: int) -> str:

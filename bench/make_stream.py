@@ -13,6 +13,7 @@ conversation, repeated so that one night's update can learn them.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import tomllib
 from datetime import date, timedelta
@@ -141,6 +142,20 @@ def day_lines(day: date, speeches, source: str, facts: list[dict] | None = None,
 
 def load_facts(path: Path = FACTS) -> list[dict]:
     return tomllib.loads(path.read_text(encoding="utf-8"))["fact"]
+
+
+def daemon_facts(folder: Path, path: Path = FACTS) -> Path:
+    """The study's facts as the daemon's facts file holds them (daemon/facts.py: name, prompt, answer,
+    distractors; `prompt_user` is the study's own, for planting): written into `folder`, returned."""
+    keys = ("name", "prompt", "answer", "distractors")
+    tables = [
+        "[[fact]]\n" + "".join(f"{key} = {json.dumps(fact[key])}\n" for key in keys if key in fact)
+        for fact in load_facts(path)
+    ]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    target = Path(folder) / "facts.toml"
+    target.write_text("\n".join(tables), encoding="utf-8")  # JSON strings and lists are TOML ones too
+    return target
 
 
 def stream_days(stream: str, days: int | None = None) -> list[tuple[date, str, list]]:

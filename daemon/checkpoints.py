@@ -68,15 +68,16 @@ def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
     a 'corrupt' one that matches again (restored from a backup) is good again. A file that cannot be
     read now is skipped and left as it is: that is no evidence about its bytes, and it is tried again
     next time. The `.sha256` beside a file is for tools without the database: a lost one is rewritten."""
-    for row in rows:
+    for i, row in enumerate(rows):
+        fallback = "falling back to the one before it" if i + 1 < len(rows) else "and there is none before it"
         try:
             saved = ckpt.load_model(row["path"], sha256=row["sha256"])
         except ckpt.CheckpointUnreadable as exc:
-            log.error("checkpoint %s cannot be read now (%s); falling back to the one before it", row["path"], exc)
+            log.error("checkpoint %s cannot be read now (%s); %s", row["path"], exc, fallback)
             continue
         except ckpt.CheckpointError as exc:
             if row["status"] != "corrupt":
-                log.error("checkpoint %s is unusable (%s); falling back to the one before it", row["path"], exc)
+                log.error("checkpoint %s is unusable (%s); %s", row["path"], exc, fallback)
                 runs.set_checkpoint_status(db, row["id"], "corrupt")
             continue
         if row["status"] == "corrupt":
@@ -117,20 +118,32 @@ def current_model(db) -> tuple[FFLM, dict] | None:
 
 
 def resumable(db, config: Config) -> Loaded | None:
-    """The newest partial checkpoint of the newest interrupted update that left one that loads. A resumed
-    update killed before its own first checkpoint leaves none: then the one it resumed from is resumed
-    again. Any other newer update (ok, failed, skipped) means there is nothing to resume."""
+    """The newest partial checkpoint of the newest interrupted update that left one that loads, or its
+    candidate if it was killed during the gate (trained, not yet judged). A resumed update killed before
+    its own first checkpoint leaves none: then the one it resumed from is resumed again. Any other newer
+    update (ok, rejected, failed, skipped) means there is nothing to resume."""
     for run in runs.update_runs_newest_first(db):
         if run["status"] != "interrupted":
             return None
-        partials = [row for row in runs.good_checkpoints(db, "partial") if row["run_id"] == run["id"]]
-        loaded = newest_loadable(db, partials, config)
+        saved = runs.checkpoints_with_status(db, "final", "candidate") + runs.good_checkpoints(db, "partial")
+        mine = sorted((row for row in saved if row["run_id"] == run["id"]), key=lambda row: -row["id"])
+        loaded = newest_loadable(db, mine, config)
         if loaded is not None:
             return loaded
     return None
 
 
-def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_id: int | None, meta: dict) -> int:
+def save(
+    db,
+    config: Config,
+    loaded: Loaded,
+    *,
+    run_id: int,
+    kind: str,
+    parent_id: int | None,
+    meta: dict,
+    status: str = "good",
+) -> int:
     """Name the file in the database, write it, then record its row (which replaces the name)."""
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = unique_path(config.checkpoint_dir, f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}")
@@ -139,9 +152,33 @@ def save(db, config: Config, loaded: Loaded, *, run_id: int, kind: str, parent_i
         meta["trained_through"] = queries.message_key(db, meta["last_message_id"])
     runs.begin_checkpoint_write(db, str(path), run_id)
     digest = ckpt.save_model(path, loaded.model, loaded.trainer, meta)
+    if status == "candidate":  # before its row: a file the gate has not promoted is never adopted
+        verdict_path(path, "candidate").write_text("not promoted by the gate (yet)\n")
     return runs.add_checkpoint(
-        db, run_id=run_id, path=str(path), sha256=digest, kind=kind, parent_id=parent_id, steps=loaded.trainer.steps
+        db,
+        run_id=run_id,
+        path=str(path),
+        sha256=digest,
+        kind=kind,
+        parent_id=parent_id,
+        steps=loaded.trainer.steps,
+        status=status,
     )
+
+
+def verdict_path(path: str | Path, verdict: str) -> Path:
+    """A small file beside a checkpoint the gate did not promote: `.candidate` until it decides, then
+    `.rejected`. Only a database that lost its rows needs them: adopt() takes no such file as a model."""
+    return Path(f"{path}.{verdict}")
+
+
+def settle_files(path: str, *, promoted: bool) -> None:
+    """After the gate's decision is committed: a promoted file loses its mark, a rejected one is marked so."""
+    candidate = verdict_path(path, "candidate")
+    if promoted:
+        candidate.unlink(missing_ok=True)
+    elif candidate.exists():
+        candidate.replace(verdict_path(path, "rejected"))
 
 
 def unique_path(folder: Path, stem: str) -> Path:
@@ -153,19 +190,24 @@ def unique_path(folder: Path, stem: str) -> Path:
 
 
 def prune(db, keep: int, folder: Path) -> None:
-    """After a successful update: keep the newest `keep` final checkpoints and no partial one (none is
-    resumable any more, whichever run left it), and delete what a killed write left behind: temp files
-    and files named before a write whose row was never committed. Any other file the database does not
-    know (an earlier database's, one copied in) is kept and said so: it may be the only copy of a model."""
+    """After an update the gate judged: keep the newest `keep` final checkpoints, and as many rejected ones
+    for inspection; no partial one and no unjudged candidate (none is resumable any more, whichever run left
+    it); and delete what a killed write left behind: temp files and files named before a write whose row was
+    never committed. Any other file the database does not know (an earlier database's, one copied in) is kept
+    and said so: it may be the only copy of a model."""
     stale = runs.good_checkpoints(db, "final")[keep:] + runs.good_checkpoints(db, "partial")
+    stale += runs.checkpoints_with_status(db, "final", "rejected")[keep:]
+    stale += runs.checkpoints_with_status(db, "final", "candidate")
     for row in stale:
         runs.set_checkpoint_status(db, row["id"], "pruned")
-        for path in (Path(row["path"]), ckpt.digest_path(row["path"])):
+        for path in _with_companions(row["path"]):
             path.unlink(missing_ok=True)
+    for row in runs.good_checkpoints(db, "final"):  # a promotion killed before settle_files took the mark off
+        verdict_path(row["path"], "candidate").unlink(missing_ok=True)
     for name in runs.unfinished_checkpoint_writes(db):
         if Path(name).exists():
             log.info("removing %s, left by an interrupted checkpoint write", name)
-        for path in (Path(name), ckpt.digest_path(name)):
+        for path in _with_companions(name):
             path.unlink(missing_ok=True)
         runs.forget_checkpoint_write(db, name)
     for path in folder.glob(".*.tmp"):
@@ -180,6 +222,11 @@ def prune(db, keep: int, folder: Path) -> None:
             folder,
             ", ".join(unknown),
         )
+
+
+def _with_companions(path: str) -> list[Path]:
+    """A checkpoint file and the small files beside it: its digest and the gate's mark."""
+    return [Path(path), ckpt.digest_path(path), verdict_path(path, "candidate"), verdict_path(path, "rejected")]
 
 
 def adopt(db, folder: Path) -> None:
@@ -220,7 +267,16 @@ def adopt(db, folder: Path) -> None:
 
 
 def _describe(path: Path) -> dict | None:
-    """What a checkpoint file says it is, if its bytes match its `.sha256`; None (and a log line) if not."""
+    """What a checkpoint file says it is, if its bytes match its `.sha256` and the gate did not hold it
+    back; None (and a log line) if not."""
+    for verdict in ("candidate", "rejected"):
+        if verdict_path(path, verdict).exists():
+            log.warning(
+                "not adopting %s: the promotion gate %s it; it is kept",
+                path,
+                verdict.replace("candidate", "had not judged"),
+            )
+            return None
     try:
         payload = ckpt.load_checkpoint(path)
     except ckpt.CheckpointError as exc:

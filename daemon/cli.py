@@ -17,24 +17,21 @@ from engram_ff.daemon.config import ConfigError
 from engram_ff.daemon.errors import UserError, database_problem
 from engram_ff.daemon.options import COMMANDS
 
-BENCHMARKS = {
-    "images": "engram_ff.bench.images",
-    "text": "engram_ff.bench.text",
-    "ingest": "engram_ff.bench.ingest",
-    "update": "engram_ff.bench.update",
-    "incremental": "engram_ff.bench.incremental",
-    "chaos": "engram_ff.bench.chaos",
-}
-BENCHMARK_HELP = {
+BENCHMARKS = {  # name -> what it measures; its module is engram_ff.bench.<name>
     "images": "Forward-Forward against backprop on Fashion-MNIST",
     "text": "the FF-SSM language model against backprop and baselines on TinyShakespeare",
     "ingest": "lines per second, latency and memory of ingest",
     "update": "one nightly update's time and memory, and the idle daemon",
     "incremental": "day-by-day learning and forgetting, method by method",
     "chaos": "SIGKILL trials, load and the units' security",
+    "year": "a simulated year of nights through the daemon's update, gate and probes",
 }
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 BROKEN_PIPE = 141  # and by SIGPIPE, which is how `git log | head` ends git
+
+
+def bench_module(name: str):
+    return importlib.import_module(f"engram_ff.bench.{name}")
 
 
 def installed_version() -> str:
@@ -63,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in cmd.options:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(run=cmd.run)
-    listing = "\n".join(f"  {name:<12} {BENCHMARK_HELP[name]}" for name in sorted(BENCHMARKS))
+    listing = "\n".join(f"  {name:<12} {BENCHMARKS[name]}" for name in sorted(BENCHMARKS))
     p = sub.add_parser(
         "bench",
         help="run a benchmark; `engram-ff bench NAME --help` for its flags",
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.name is None:  # bare `engram-ff bench`: which benchmarks there are
                 args.help()
                 return 2
-            return importlib.import_module(BENCHMARKS[args.name]).main(args.bench_args) or 0
+            return bench_module(args.name).main(args.bench_args) or 0
         return args.run(args) or 0
     except ConfigError as exc:
         return _fail(f"bad configuration: {exc}", 2)

@@ -18,6 +18,7 @@ import sys
 
 from engram_ff.daemon.config import Config, config_from_args
 from engram_ff.daemon.errors import UserError, database_errors
+from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.options import command, json_option, location_options, option
@@ -109,6 +110,11 @@ class _StopOnSignal:
 
 @command("update", help="run one nightly update now", example="engram-ff update --data ~/.local/share/engram-ff")
 @location_options
+@option(
+    "--from-scratch",
+    action="store_true",
+    help="where no checkpoint of the trained model loads: start a new model on every message stored",
+)
 @json_option
 def update(args) -> int:
     from engram_ff.daemon.progress import for_this_process
@@ -120,7 +126,12 @@ def update(args) -> int:
     _database(config).close()  # there must be something to train on: nothing is created here
     try:
         with DataDirLock(config.lock_path), database_errors(config.db_path), _StopOnSignal() as stop:
-            row = update_and_probe(config, should_stop=lambda: stop.requested, progress=for_this_process())
+            row = update_and_probe(
+                config,
+                should_stop=lambda: stop.requested,
+                progress=for_this_process(),
+                from_scratch=args.from_scratch,
+            )
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
     if args.json:
@@ -135,6 +146,13 @@ def update(args) -> int:
         print(_update_sentence(row))
         if stop.requested:  # the update itself finished; Ctrl-C came during its probes
             print("engram-ff: the probes were stopped; `engram-ff probe` runs them", file=sys.stderr)
+    if not args.json:
+        if row.get("gate"):
+            print(f"gate: {gate_line(row)}")
+        if row["status"] == "rejected":
+            print(f"engram-ff: update {gate_line(row)}", file=sys.stderr)
+        elif row["status"] == "refused":
+            print(f"engram-ff: update refused: {row['error']}", file=sys.stderr)
     return EXIT_CODES.get(row["status"], 1)
 
 
@@ -199,6 +217,8 @@ def history(args) -> int:
         print(table(shown, ["when", *(c for c in rows[0] if c != "recorded_at")]))
     else:
         print("no probe passes yet: `engram-ff update` trains and probes")
+    if not args.json and (loud := alarm(db)):
+        print(f"WARNING: {loud}")
     if args.plot:
         if not rows:
             raise UserError("nothing to plot yet: no probe pass")

@@ -37,15 +37,22 @@ class Config:
     schedule: str = "03:00"  # local time of the nightly update, HH:MM
     misfire_grace_hours: float = 6.0
     update_budget_minutes: float = 12.0  # with the probes, a night's update of 1 MiB ends within 15 minutes
-    update_min_steps: int = 300  # a small day is seen many times: one night must be enough to learn it
+    # a night trains at least this many steps (a first night learns its days in one go), but once a model
+    # exists, no more than update_max_passes passes over the night's text
+    update_min_steps: int = 300
     update_max_steps: int = 3000
     update_epochs: float = 4.0  # passes over new + replayed text, within the budget
+    # once a model exists, the most passes over a night's text (new + replay): a tiny day is not the whole world
+    update_max_passes: float = 8.0
     # the most new text one night takes (oldest first; the rest waits for the next nights), so that an
     # update's memory does not grow with a backlog (bench/results/update-backlog.md)
     update_max_new_mib: float = 16.0
     # replayed bytes per new byte; with lower_lr 0.3, FF forgot 0.010 nats/byte over 8 nights, against
     # 0.403 without either (bench/results/incremental.md)
     replay_ratio: float = 2.0
+    # when older text exists, at least this many bytes of it are replayed (all of it if there is less), so a
+    # small day's batches are mostly history; above 32 KiB of new text, replay_ratio 2.0 replays more anyway
+    replay_min_bytes: int = 65536
     trainer: str = "ff"  # "ff": Forward-Forward, layer-local losses; "bp": backprop fine-tuning of the same model
     # multiplier of the trainer's tuned learning rate (FF 8e-3, BP 4e-3): below 1 a night learns less and
     # overwrites less
@@ -59,9 +66,20 @@ class Config:
     seq_len: int = 256
     checkpoint_every_seconds: float = 60.0
     keep_checkpoints: int = 5
+    # The promotion gate: a night's candidate replaces the current model only if, on the night's probes, it
+    # is at most this much worse (bits per byte; inf turns a check off) on the held-out text of the days
+    # both were probed on, on the facts' answers (their mean), and on the canary (the oldest held-out text).
+    # The plays stream's normal nights, default recipe, measured at most +0.018, +0.95 and +0.011
+    # (bench/results/incremental-gate.md; about +1.05 for the facts, night 3 to 4, in incremental.md)
+    gate_tolerance_bpb: float = 0.1
+    gate_facts_tolerance_bpb: float = 1.5
+    gate_canary_tolerance_bpb: float = 0.2
     model_preset: str = "daemon"
     probe_fraction: float = Limits.probe_fraction
     probe_max_bytes: int = 4096  # per day and split, so probing stays cheap as days pile up
+    # days scored per probe pass: the newest half of them and evenly spaced older ones, the oldest always
+    # among them, so a pass in month 12 costs what one in month 1 does
+    probe_max_days: int = 32
     facts_file: Path | None = None  # None: the bundled example facts
     max_line_bytes: int = Limits.max_line_bytes
     debounce_seconds: float = 0.2
@@ -154,6 +172,7 @@ def _validate(config: Config) -> None:
         "debounce_seconds",
         "rescan_seconds",
         "misfire_grace_hours",
+        "update_max_passes",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(config, name)}")
@@ -165,11 +184,17 @@ def _validate(config: Config) -> None:
         "keep_checkpoints",
         "max_line_bytes",
         "probe_max_bytes",
+        "probe_max_days",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.replay_ratio < 0:
         raise ConfigError(f"replay_ratio: must be >= 0, got {config.replay_ratio}")
+    if config.replay_min_bytes < 0:
+        raise ConfigError(f"replay_min_bytes: must be >= 0, got {config.replay_min_bytes}")
+    for name in ("gate_tolerance_bpb", "gate_facts_tolerance_bpb", "gate_canary_tolerance_bpb"):
+        if not getattr(config, name) >= 0:  # NaN fails too
+            raise ConfigError(f"{name}: must be >= 0 bits per byte (inf: no limit), got {getattr(config, name)}")
     if config.lr_scale <= 0:
         raise ConfigError(f"lr_scale: must be positive, got {config.lr_scale}")
     if config.trainer not in ("ff", "bp"):

@@ -29,9 +29,13 @@ UPDATE_COLOURS = {  # status -> (colour, legend)
 }
 
 
+GATE = {"ok": "promoted", "rejected": "rejected"}  # the status of the update that wrote the probed checkpoint
+
+
 def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     """Newest last: per probe pass, the held-out bits per byte of the newest day, of the older days and of all,
-    forgetting and backward transfer (probes.py defines them), and how many facts rank first."""
+    forgetting and backward transfer (probes.py defines them), how many facts rank first, and whether the
+    gate promoted the checkpoint probed."""
     passes = runs.probe_passes(db, limit)
     held_out = {r["run_id"]: r for r in runs.held_out_by_pass(db)}
     rows = []
@@ -49,6 +53,7 @@ def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
             row[column] = scores.get(metric)
         ranks = [r["value"] for r in runs.pass_scores(db, p["run_id"], metric="answer_rank")]
         row["facts_first"] = f"{sum(r == 1 for r in ranks)}/{len(ranks)}" if ranks else None
+        row["gate"] = GATE.get(p["update_status"])
         rows.append(row)
     return rows
 

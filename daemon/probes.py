@@ -1,7 +1,9 @@
-"""Retention, forgetting and fact probes, each score one row of `probe_scores`.
+"""Retention, forgetting, canary and fact probes, each score one row of `probe_scores`.
 
 Scores are bits per byte, lower is better. For day d at checkpoint k:
   retention   probe_bpb (d's held-out probe split) and trained_bpb (a fixed sample of d's train text);
+              at most `probe_max_days` days a pass (probed_days), so a pass costs the same in any month;
+  canary      canary_bpb: the first CANARY_BYTES of held-out text ever stored, the same text every night;
   forgetting  score now minus the best score any earlier checkpoint had on d (Chaudhry et al. 2018,
               in loss form: positive means forgotten), averaged over the days before the newest;
   backward transfer (GEM, Lopez-Paz and Ranzato 2017): mean over days before the newest of
@@ -10,6 +12,7 @@ Scores are bits per byte, lower is better. For day d at checkpoint k:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -22,20 +25,51 @@ from engram_ff.state import queries, runs
 log = logging.getLogger(__name__)
 
 LN2 = math.log(2)
+CANARY_BYTES = 16384  # as much held-out text as four probed days (probe_max_bytes each): an eighth of a full pass
 
 
 class ProbesStopped(Exception):
     """should_stop() said so between two days: the pass records nothing."""
 
 
+def text_hash(*parts: bytes) -> int:
+    """64 bits of blake2b of what a score was taken on: two passes compare only on the same text."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def probed_days(days: list[str], max_days: int) -> list[str]:
+    """Which of `days` (oldest first) a pass scores: all of them up to max_days; beyond, the newest half
+    of max_days and the older days whose index is a multiple of a power-of-two stride, the smallest that
+    keeps them within the other half. The set is stable from night to night (a day stays in until the
+    stride doubles, and then the new set is a subset of the old one), so the gate finds last night's
+    scores for most older days, and the oldest day is always scored."""
+    if len(days) <= max_days:
+        return list(days)
+    room = max_days // 2  # for older days
+    older = len(days) - (max_days - room)
+    if room == 0:
+        return days[older:]
+    stride = 1
+    while -(-older // stride) > room:  # ceil(older / stride) days at multiples of the stride
+        stride *= 2
+    return days[:older:stride] + days[older:]
+
+
 def probe(
     db, config: Config, model, *, run_id: int, checkpoint_id: int | None, should_stop=lambda: False
 ) -> list[dict]:
-    """Score every day and every fact with `model`, record the rows in one transaction, return them."""
+    """Score the probed days, the canary and every fact with `model`, record the rows in one transaction,
+    return them."""
     model.eval()
     rows: list[dict] = []
 
-    def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None) -> None:
+    def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None, text=None) -> None:
+        value = float(value)
+        if math.isnan(value):  # a diverged model: infinitely bad, which the gate rejects (SQLite stores NaN as NULL)
+            value = math.inf
         rows.append(
             dict(
                 run_id=run_id,
@@ -44,11 +78,12 @@ def probe(
                 kind=kind,
                 day=day,
                 metric=metric,
-                value=float(value),
+                value=value,
+                text_hash=text,
             )
         )
 
-    days = queries.days(db)
+    days = probed_days(queries.days(db), config.probe_max_days)
     for day in days:
         if should_stop():
             raise ProbesStopped
@@ -61,7 +96,11 @@ def probe(
                     metric,
                     evaluate_nats(model, text) / LN2,
                     day,
+                    text_hash(text),
                 )
+    canary = queries.text_since(db, 0, split="probe", max_bytes=CANARY_BYTES)[0]
+    if len(canary) >= 2:
+        add("canary", "canary", "canary_bpb", evaluate_nats(model, canary) / LN2, text=text_hash(canary))
 
     if checkpoint_id is not None:
         for metric in ("probe_bpb", "trained_bpb"):
@@ -89,18 +128,16 @@ def probe(
 
     facts = _facts(config)
     for fact in facts:
+        prompt, answer = fact["prompt"].encode(), fact["answer"].encode()
+        distractors = [d.encode() for d in fact.get("distractors", [])]
         try:  # one fact that cannot be scored costs its own two rows, never the pass's other scores
-            bpb, rank = rank_among(
-                model,
-                fact["prompt"].encode(),
-                fact["answer"].encode(),
-                [d.encode() for d in fact.get("distractors", [])],
-            )
+            bpb, rank = rank_among(model, prompt, answer, distractors)
         except Exception as exc:
             log.error("fact probe %r not scored: %s: %s", fact["name"], type(exc).__name__, exc)
             continue
-        add(fact["name"], "fact", "answer_bpb", bpb)
-        add(fact["name"], "fact", "answer_rank", rank)
+        asked = text_hash(prompt, answer, *distractors)
+        add(fact["name"], "fact", "answer_bpb", bpb, text=asked)
+        add(fact["name"], "fact", "answer_rank", rank, text=asked)
     runs.record_scores(db, rows)
     log.info("probed %d days and %d facts: %d scores", len(days), len(facts), len(rows))
     return rows

@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from engram_ff.daemon import schedule
 from engram_ff.daemon.config import Config, ConfigError
 from engram_ff.daemon.facts import FactsError, load_facts
+from engram_ff.daemon.gate import alarm
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
 from engram_ff.ingest.reader import Limits
@@ -124,10 +125,15 @@ class Service:
         print(probe_table(rows) if rows else "no probe scores yet", flush=True)
 
     def _refresh_last_update(self) -> None:
+        """What STATUS= says of the updates; loudly when one was refused or several in a row rejected."""
         db = open_db(self.config.db_path)
         try:
             row = runs.last_update(db)
             self.last_update = f"run {row['id']} {row['status']} at {row['ended_at']}" if row else "never"
+            if row and row["status"] == "refused":
+                self.last_update += f": REFUSED, {row['error']}"
+            if loud := alarm(db):
+                self.last_update += f"; WARNING: {loud}"
         finally:
             db.close()
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from engram_ff.daemon import schedule
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import holder
 from engram_ff.daemon.output import duration, moment, printable, size, table
 from engram_ff.state import queries, runs
@@ -40,6 +41,7 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "next_update": _next_update(db, config, daemon_running=pid is not None),
         "current_checkpoint": runs.current_checkpoint(db),
         "waiting": _waiting(db, config),
+        "gate_alarm": alarm(db),
         "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
         "events": queries.event_counts(db) if verbose else queries.event_counts_since(db, since),
         "files_read_last": queries.files(db) if verbose else queries.recent_files(db, RECENT_ROWS),
@@ -76,6 +78,8 @@ def _next_update(db, config: Config, *, daemon_running: bool) -> dict:
 
 def render(facts: dict, *, verbose: bool = False) -> str:
     lines = [_summary(facts)]
+    if facts["gate_alarm"]:
+        lines.insert(0, f"WARNING: {facts['gate_alarm']}\n")
     sections = [
         ("newest days" if not verbose else "days", _days(facts["days"]), ["day", "split", "messages", "bytes"]),
         (
@@ -180,7 +184,9 @@ def _update_line(last: dict | None, running: list[dict]) -> str:
     words = f"run {last['id']} {last['status']}, {moment(last['ended_at'])}, took {duration(last['wall_seconds'])}"
     if last["new_bytes"]:
         words += f": {size(last['new_bytes'])} new, {last['steps'] or 0:,} steps"
-    if last["error"] and last["status"] != "ok":
+    if last.get("gate"):
+        words += f"; gate: {gate_line(last)}"
+    elif last["error"] and last["status"] != "ok":
         words += f" ({last['error']})"
     return words
 

@@ -1,7 +1,11 @@
-"""The nightly update: from the current model, train on what arrived since, save, then probe.
+"""The nightly update: from the current model, train a candidate on what arrived since, probe it, and let
+the promotion gate (daemon/gate.py) make it the current model or reject it.
 
 A partial checkpoint, written every `checkpoint_every_seconds`, lets an update killed half-way resume
-where it stopped, with its optimiser state and the same messages, rather than start again. The
+where it stopped, with its optimiser state and the same messages, rather than start again. The trained
+candidate is saved before it is probed, as a 'candidate' checkpoint that is not current, and the gate's
+decision is one transaction (state.runs.settle_update): an update killed while its candidate is probed
+leaves the previous model current, and the next update resumes the candidate and judges it. The
 checkpoint lifecycle is daemon/checkpoints.py's; how a night trains is daemon/recipe.py's.
 """
 
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from engram_ff.daemon import checkpoints, recipe
+from engram_ff.daemon import checkpoints, gate, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.errors import UserError
 from engram_ff.daemon.output import duration, size
+from engram_ff.daemon.probes import ProbesStopped, probe
 from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
 from engram_ff.model import checkpoint as ckpt
@@ -27,8 +33,13 @@ from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3}
+# rejected: the gate kept the previous model; refused: no model loads where the database says one existed
+EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "interrupted": 3, "rejected": 4, "refused": 5}
 MIB = 1 << 20
+
+
+class Refused(Exception):
+    """The update will not start: it would silently replace a trained model by a fresh one."""
 
 
 @dataclass
@@ -42,12 +53,24 @@ class Night:
     resumed_run: int | None = None  # the interrupted update this one continues
     steps_done: int = 0  # by the update(s) it continues
     seconds_spent: float = 0.0
+    trained: bool = False  # the start is a candidate whose training ended (its update died during the gate)
 
 
-def plan_night(db, config: Config) -> Night:
-    """Continue an interrupted update with its own messages, or start a new one after the last trained id
-    with at most update_max_new_mib of new text: the rest waits, and the bounds recorded are exactly what
-    this night trains on, so a resumed update trains on the same messages."""
+def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
+    """Continue an interrupted update with its own messages, or start a new one after the last promoted
+    model's messages; from scratch (asked for by the user) only where no model loads, from the first
+    message. A new night takes at most update_max_new_mib of new text: the rest waits, and the bounds
+    recorded are exactly what this night trains on, so a resumed update trains on the same messages."""
+    night_bytes = round(config.update_max_new_mib * MIB)
+    if from_scratch:
+        if (loaded := checkpoints.load_current(db, config)) is not None:
+            raise UserError(  # a flag typed by mistake: nothing is trained, and nothing is recorded
+                f"--from-scratch: the current model (checkpoint {loaded.checkpoint_id}) loads, so nothing needs "
+                "starting over; to start afresh anyway, use a new data_dir",
+                EXIT_CODES["refused"],
+            )
+        log.warning("starting a fresh model, as asked (--from-scratch), from the first message stored")
+        return Night(checkpoints.fresh(config), 0, queries.end_of_night(db, 0, night_bytes), None)
     partial = checkpoints.resumable(db, config)
     if partial is not None:
         meta = partial.meta
@@ -60,34 +83,50 @@ def plan_night(db, config: Config) -> Night:
             resumed_run=meta["run_id"],
             steps_done=meta.get("update_steps", 0),
             seconds_spent=meta.get("seconds", 0.0),
+            trained=meta.get("trained", False),
         )
-    current = checkpoints.load_current(db, config) or checkpoints.fresh(config)
+    current = checkpoints.load_current(db, config)  # a promoted checkpoint restored from a backup counts
+    if current is None and runs.model_existed(db):
+        raise Refused(
+            "the database records a trained model, but none of its checkpoint files loads (the log says why): "
+            "an update now would replace it by a fresh model trained on one night. Restore the files under "
+            f"{config.checkpoint_dir}, or run `engram-ff update --from-scratch` to start a new model on every "
+            "message stored"
+        )
+    current = current or checkpoints.fresh(config)
     first_id = runs.trained_through(db)
-    last_id = queries.end_of_night(db, first_id, round(config.update_max_new_mib * MIB))
-    return Night(current, first_id, last_id, current.checkpoint_id)
+    return Night(current, first_id, queries.end_of_night(db, first_id, night_bytes), current.checkpoint_id)
 
 
-def run_update(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
-    """One update, exactly the nightly job; returns its `runs` row."""
+def run_update(
+    config: Config, *, should_stop=lambda: False, progress: Progress | None = None, from_scratch: bool = False
+) -> dict:
+    """One update, exactly the nightly job (training, probes, gate); returns its `runs` row."""
     db = open_db(config.db_path)
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
     run_id = None
     try:
-        night = plan_night(db, config)
+        night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
         return _train_night(db, config, run_id, night, started, should_stop, progress or Progress())
+    except UserError:
+        raise
     except Exception as exc:
         if run_id is None and isinstance(exc, sqlite3.Error):
             raise  # the database refused the run's first row, so none can record this: the caller says why
-        log_failure("update failed; the previous checkpoint stays current", exc)
+        refused = isinstance(exc, Refused)
+        if refused:
+            log.error("update refused: %s", exc)
+        else:
+            log_failure("update failed; the previous checkpoint stays current", exc)
         if run_id is None:  # a database that refuses these rows too raises: the caller names it in one line
             run_id = runs.start_run(db, "update")
         runs.finish_run(
             db,
             run_id,
-            "failed",
-            error=f"{type(exc).__name__}: {exc}",
+            "refused" if refused else "failed",
+            error=str(exc) if refused else f"{type(exc).__name__}: {exc}",
             wall_seconds=time.monotonic() - started,
             peak_rss_mb=peak_rss_mb(),
         )
@@ -115,17 +154,23 @@ def _train_night(
         return runs.get_run(db, run_id)
     waiting = queries.bytes_after(db, night.last_id)
     if waiting:
-        log.info("%.1f MiB of newer text waits for the next nights (update_max_new_mib)", waiting / MIB)
-    replay = recipe.replay_sample(db, int(len(new_text) * config.replay_ratio), night.first_id, seed=run_id)
-    steps_left = max(0, recipe.step_budget(config, len(new_text) + len(replay)) - night.steps_done)
+        log.info("%s of newer text waits for the next nights (update_max_new_mib)", size(waiting))
+    matured = night.parent_id is not None
+    history = queries.text_bytes_through(db, night.first_id, max(1, config.replay_min_bytes))
+    replay_bytes = recipe.replay_size(config, len(new_text), history)
+    replay = recipe.replay_sample(db, replay_bytes, night.first_id, seed=run_id)
+    budget = recipe.step_budget(config, len(new_text) + len(replay), matured=matured)
+    steps_left = 0 if night.trained else max(0, budget - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
+    rate = recipe.retry_rate(runs.rejected_in_a_row(db))
     log.info(
-        "update %d: %s new, %s replayed, up to %d steps in %s",
+        "update %d: %s new, %s replayed, up to %d steps in %s%s",
         run_id,
         size(len(new_text)),
         size(len(replay)),
         steps_left,
         duration(budget_s),
+        f", at {rate:g} of the learning rate after rejected updates" if rate < 1 else "",
     )
     model = night.start
     meta = {
@@ -136,9 +181,11 @@ def _train_night(
         "update_steps": night.steps_done,
     }
 
-    def save(kind: str) -> int:
+    def save(kind: str, status: str = "good") -> int:
         meta["seconds"] = night.seconds_spent + time.monotonic() - started
-        return checkpoints.save(db, config, model, run_id=run_id, kind=kind, parent_id=night.parent_id, meta=meta)
+        return checkpoints.save(
+            db, config, model, run_id=run_id, kind=kind, parent_id=night.parent_id, meta=meta, status=status
+        )
 
     last_save = time.monotonic()
 
@@ -150,9 +197,9 @@ def _train_night(
             save("partial")
             last_save = time.monotonic()
 
-    model.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
+    model.trainer.lr *= config.lr_scale * rate  # a trainer is built afresh for each update, at its default rate
     batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
-    recipe.plan_layers(model.trainer, config, matured=night.parent_id is not None, replay_rows=replay_rows)
+    recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
     progress.start(run_id, steps_left, budget_s)
     result = train(
         model.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
@@ -162,26 +209,102 @@ def _train_night(
         new_bytes=len(new_text),
         replay_bytes=len(replay),
         steps=night.steps_done + result.steps,
-        layer_losses=[round(loss, 4) for loss in result.losses],  # for people reading the row: 4 decimals
+        # for people reading the row: 4 decimals
+        layer_losses=night.start.meta["layer_losses"] if night.trained else [round(x, 4) for x in result.losses],
         parent_checkpoint_id=night.parent_id,
         waiting_bytes=waiting,
         **bounds,
     )
-    stopped = should_stop()
-    checkpoint_id = save("partial" if stopped else "final")
-    runs.finish_run(
+
+    def interrupted(checkpoint_id: int, error: str) -> dict:
+        runs.finish_run(
+            db,
+            run_id,
+            "interrupted",
+            checkpoint_id=checkpoint_id,
+            error=error,
+            wall_seconds=time.monotonic() - started,
+            peak_rss_mb=peak_rss_mb(),
+            **fields,
+        )
+        return runs.get_run(db, run_id)
+
+    if should_stop():
+        return interrupted(save("partial"), "stopped by a signal")
+    meta.update(trained=True, layer_losses=fields["layer_losses"])
+    candidate = save("final", status="candidate")
+    progress.phase("probing the candidate for the promotion gate")
+    try:
+        judged = _judge(db, config, model, candidate, night.parent_id, should_stop)
+    except ProbesStopped:  # the candidate is saved: the next update resumes it and judges it
+        return interrupted(candidate, "stopped by a signal while the gate probed the candidate")
+    decision = dict(judged, learning_rate_scale=config.lr_scale * rate)
+    promoted = decision["decision"] == "promoted"
+    runs.settle_update(
         db,
         run_id,
-        "interrupted" if stopped else "ok",
-        checkpoint_id=checkpoint_id,
-        error="stopped by a signal" if stopped else None,
+        promoted=promoted,
+        checkpoint_id=candidate,
+        gate=decision,
         wall_seconds=time.monotonic() - started,
         peak_rss_mb=peak_rss_mb(),
         **fields,
     )
-    if not stopped:
-        checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
+    checkpoints.settle_files(runs.get_checkpoint(db, candidate)["path"], promoted=promoted)
+    _report(db, run_id, candidate, night, decision)
+    checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return runs.get_run(db, run_id)
+
+
+def _judge(db, config: Config, candidate: Loaded, candidate_id: int, parent_id: int | None, should_stop) -> dict:
+    """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass."""
+    reference = None if parent_id is None else runs.newest_pass(db, parent_id)
+    if reference is not None and not gate.comparable(reference):
+        log.info("the current model (checkpoint %d) has no comparable probe pass: probing it first", parent_id)
+        current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
+        reference = _probe(db, config, current, parent_id, should_stop)
+    return gate.decide(_probe(db, config, candidate.model, candidate_id, should_stop), reference, config)
+
+
+def _probe(db, config: Config, model, checkpoint_id: int, should_stop=lambda: False) -> list[dict]:
+    """One probe pass, recorded as a run of its own; should_stop() between two days ends it with no
+    scores (ProbesStopped): a reader never sees half a pass."""
+    run_id = runs.start_run(db, "probe")
+    started = time.monotonic()
+    try:
+        rows = probe(db, config, model, run_id=run_id, checkpoint_id=checkpoint_id, should_stop=should_stop)
+    except ProbesStopped:
+        runs.finish_run(db, run_id, "interrupted", error="stopped by a signal")
+        raise
+    except Exception as exc:
+        log_failure(f"probe pass {run_id} failed", exc)
+        runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    runs.finish_run(
+        db,
+        run_id,
+        "ok",
+        checkpoint_id=checkpoint_id,
+        wall_seconds=time.monotonic() - started,
+        peak_rss_mb=peak_rss_mb(),
+    )
+    return rows
+
+
+def _report(db, run_id: int, candidate: int, night: Night, decision: dict) -> None:
+    if decision["decision"] == "promoted":
+        log.info("update %d promoted checkpoint %d: %s", run_id, candidate, decision["reason"])
+        return
+    log.warning(
+        "update %d rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
+        "the next update trains on these messages again: %s",
+        run_id,
+        candidate,
+        night.parent_id,
+        decision["reason"],
+    )
+    if loud := gate.alarm(db):
+        log.error("%s", loud)
 
 
 EXPECTED = (OSError, sqlite3.Error, ckpt.CheckpointError, checkpoints.TrainerMismatch)
@@ -193,40 +316,27 @@ def log_failure(what: str, exc: Exception) -> None:
     log.error("%s: %s: %s", what, type(exc).__name__, exc, exc_info=not isinstance(exc, EXPECTED))
 
 
-def update_and_probe(config: Config, *, should_stop=lambda: False, progress: Progress | None = None) -> dict:
-    """The nightly job: an update, then probes of the model it leaves current."""
-    row = run_update(config, should_stop=should_stop, progress=progress)
-    if row["status"] == "ok" and not should_stop():
-        if progress is not None:
-            progress.phase("probing the new model")
-        run_probes(config, should_stop=should_stop)
-    return row
+def update_and_probe(
+    config: Config, *, should_stop=lambda: False, progress: Progress | None = None, from_scratch: bool = False
+) -> dict:
+    """The nightly job, as the service's child, the CLI and the benchmarks call it: an update whose probe
+    pass is also its gate's (run_update)."""
+    return run_update(config, should_stop=should_stop, progress=progress, from_scratch=from_scratch)
 
 
 def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
-    """A probe pass on the current model; [] if there is none, or if should_stop() ended it early (the
-    pass is then recorded as interrupted, with no scores: a reader never sees half a pass)."""
-    from engram_ff.daemon.probes import ProbesStopped, probe
-
+    """The probes alone, on the current model (`engram-ff probe`): its newest pass, which the next gate
+    compares with; [] if there is no model, or if should_stop() ended the pass early (recorded as
+    interrupted, with no scores)."""
     db = open_db(config.db_path)
     try:
         current = checkpoints.load_current(db, config)
         if current is None:
             log.info("no trained checkpoint yet: nothing to probe")
             return []
-        run_id = runs.start_run(db, "probe")
         try:
-            rows = probe(
-                db, config, current.model, run_id=run_id, checkpoint_id=current.checkpoint_id, should_stop=should_stop
-            )
+            return _probe(db, config, current.model, current.checkpoint_id, should_stop)
         except ProbesStopped:
-            runs.finish_run(db, run_id, "interrupted", error="stopped by a signal")
             return []
-        except Exception as exc:
-            log_failure(f"probe pass {run_id} failed", exc)
-            runs.finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        runs.finish_run(db, run_id, "ok", checkpoint_id=current.checkpoint_id, peak_rss_mb=peak_rss_mb())
-        return rows
     finally:
         db.close()

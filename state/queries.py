@@ -144,6 +144,21 @@ def id_of_key(db: sqlite_utils.Database, key: dict) -> int:
     ).fetchone()[0]
 
 
+def text_bytes_through(db: sqlite_utils.Database, max_id: int, cap: int, split: str = "train") -> int:
+    """Bytes of message text with id <= max_id, counted newest first up to `cap`: what a replay floor of
+    `cap` bytes can draw on, found without reading a long history whole."""
+    total = 0
+    rows = db.execute(
+        "SELECT length(CAST(text AS BLOB)) FROM messages WHERE id <= ? AND split = ? ORDER BY id DESC",
+        [max_id, split],
+    )
+    for (size,) in rows:
+        if total >= cap:
+            break
+        total += size
+    return min(total, cap)
+
+
 def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
     """The newest message id (0 for none): an update trains on ids up to this."""
     where, params = ("WHERE split = ?", [split]) if split else ("", [])

@@ -28,11 +28,16 @@ def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int
 
 def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **fields: object) -> None:
     """Close a run; `layer_losses` and other lists are stored as JSON text."""
-    values = {k: (orjson.dumps(v).decode() if isinstance(v, (list, dict)) else v) for k, v in fields.items()}
+    values = _as_columns(fields)
     values.update(status=status, ended_at=now())
     columns = ", ".join(f"{k} = ?" for k in values)
     with db.conn:
         db.execute(f"UPDATE runs SET {columns} WHERE id = ?", [*values.values(), run_id])
+
+
+def _as_columns(fields: dict) -> dict:
+    """Lists and dicts as JSON text (inf and NaN become null)."""
+    return {k: (orjson.dumps(v).decode() if isinstance(v, (list, dict)) else v) for k, v in fields.items()}
 
 
 def mark_dead_runs_interrupted(db: sqlite_utils.Database) -> list[int]:
@@ -86,8 +91,9 @@ def last_successful_update(db: sqlite_utils.Database) -> dict | None:
 
 
 def trained_through(db: sqlite_utils.Database) -> int:
-    """The highest message id any successful update trained on, or that an adopted checkpoint counts as
-    trained (an 'adopt' run, see adopt_checkpoints): the next update starts after it."""
+    """The highest message id any successful (promoted) update trained on, or that an adopted checkpoint
+    counts as trained (an 'adopt' run, see adopt_checkpoints): the next update starts after it, so the
+    messages of a rejected night are trained on again by the next one."""
     return db.execute(
         "SELECT coalesce(max(last_message_id), 0) FROM runs WHERE kind IN ('update', 'adopt') AND status = 'ok'"
     ).fetchone()[0]
@@ -109,14 +115,22 @@ def forget_checkpoint_write(db: sqlite_utils.Database, path: str) -> None:
 
 
 def add_checkpoint(
-    db: sqlite_utils.Database, *, run_id: int, path: str, sha256: str, kind: str, parent_id: int | None, steps: int
+    db: sqlite_utils.Database,
+    *,
+    run_id: int,
+    path: str,
+    sha256: str,
+    kind: str,
+    parent_id: int | None,
+    steps: int,
+    status: str = "good",
 ) -> int:
     """The row of a complete checkpoint file; it replaces the file's begin_checkpoint_write in one transaction."""
     with db.conn:
         cursor = db.execute(
             "INSERT INTO checkpoints (run_id, path, sha256, kind, parent_id, steps, status, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'good', ?)",
-            [run_id, path, sha256, kind, parent_id, steps, now()],
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, path, sha256, kind, parent_id, steps, status, now()],
         )
         db.execute("DELETE FROM checkpoint_writes WHERE path = ?", [path])
     return cursor.lastrowid
@@ -149,16 +163,70 @@ def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_thro
     return run_id
 
 
+def get_checkpoint(db: sqlite_utils.Database, checkpoint_id: int) -> dict:
+    return next(db.query("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id]))
+
+
 def good_checkpoints(db: sqlite_utils.Database, kind: str = "final") -> list[dict]:
     """Newest first: the first that loads is the current model."""
-    return list(db.query("SELECT * FROM checkpoints WHERE kind = ? AND status = 'good' ORDER BY id DESC", [kind]))
+    return checkpoints_with_status(db, kind, "good")
+
+
+def checkpoints_with_status(db: sqlite_utils.Database, kind: str, status: str) -> list[dict]:
+    """Newest first."""
+    return list(db.query("SELECT * FROM checkpoints WHERE kind = ? AND status = ? ORDER BY id DESC", [kind, status]))
+
+
+# The final checkpoints that were ever the current model: their update ended 'ok' (promoted), whatever
+# became of them since (pruned, corrupt). A candidate the gate rejected, or never judged, was not.
+_PROMOTED = "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.kind = 'final' AND r.status = 'ok'"
+
+
+def model_existed(db: sqlite_utils.Database) -> bool:
+    """Has any update ever promoted a model (whatever became of its file since)?"""
+    return db.execute(f"SELECT EXISTS ({_PROMOTED})").fetchone()[0] == 1
+
+
+def promoted_checkpoints(db: sqlite_utils.Database, status: str) -> list[dict]:
+    """Newest first: the final checkpoints that were once the current model and now have `status`."""
+    return list(
+        db.query(f"SELECT * FROM checkpoints WHERE id IN ({_PROMOTED}) AND status = ? ORDER BY id DESC", [status])
+    )
+
+
+def settle_update(
+    db: sqlite_utils.Database, run_id: int, *, promoted: bool, checkpoint_id: int, gate: dict, **fields: object
+) -> None:
+    """The gate's decision in one transaction: the run ends 'ok' or 'rejected' with the decision as JSON,
+    and its candidate checkpoint becomes 'good' (the current model) or 'rejected'. A crash before the
+    commit leaves the candidate unpromoted and the previous model current; after it, all of the decision."""
+    values = _as_columns(dict(fields, checkpoint_id=checkpoint_id, gate=gate))
+    values.update(status="ok" if promoted else "rejected", ended_at=now())
+    columns = ", ".join(f"{k} = ?" for k in values)
+    with db.conn:
+        db.execute(f"UPDATE runs SET {columns} WHERE id = ?", [*values.values(), run_id])
+        db.execute(
+            "UPDATE checkpoints SET status = ? WHERE id = ?", ["good" if promoted else "rejected", checkpoint_id]
+        )
+
+
+def rejected_in_a_row(db: sqlite_utils.Database) -> int:
+    """Updates rejected by the gate since the last promoted one (the backlog they leave grows)."""
+    return db.execute(
+        "SELECT count(*) FROM runs WHERE kind = 'update' AND status = 'rejected' AND id > "
+        "(SELECT coalesce(max(id), 0) FROM runs WHERE kind = 'update' AND status = 'ok')"
+    ).fetchone()[0]
 
 
 def current_candidates(db: sqlite_utils.Database) -> list[dict]:
-    """Final checkpoints newest first, the good and the ones found corrupt (checked again, in case the
-    file was restored): the first that loads is the current model."""
+    """Final checkpoints newest first, the good and the promoted ones found corrupt (checked again, in case
+    the file was restored; a candidate the gate never promoted stays out): the first that loads is the
+    current model."""
     return list(
-        db.query("SELECT * FROM checkpoints WHERE kind = 'final' AND status IN ('good', 'corrupt') ORDER BY id DESC")
+        db.query(
+            "SELECT * FROM checkpoints WHERE kind = 'final' AND "
+            f"(status = 'good' OR (status = 'corrupt' AND id IN ({_PROMOTED}))) ORDER BY id DESC"
+        )
     )
 
 
@@ -183,9 +251,9 @@ def record_scores(db: sqlite_utils.Database, rows: list[dict]) -> None:
     stamp = now()
     with db.conn:
         db.conn.executemany(
-            "INSERT INTO probe_scores (run_id, checkpoint_id, probe, kind, day, metric, value, recorded_at) "
-            "VALUES (:run_id, :checkpoint_id, :probe, :kind, :day, :metric, :value, :recorded_at)",
-            [{"day": None, **row, "recorded_at": stamp} for row in rows],
+            "INSERT INTO probe_scores (run_id, checkpoint_id, probe, kind, day, metric, value, text_hash, recorded_at) "
+            "VALUES (:run_id, :checkpoint_id, :probe, :kind, :day, :metric, :value, :text_hash, :recorded_at)",
+            [{"day": None, "text_hash": None, **row, "recorded_at": stamp} for row in rows],
         )
 
 
@@ -194,12 +262,25 @@ def latest_probe_pass(db: sqlite_utils.Database) -> list[dict]:
     return list(db.query("SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores)"))
 
 
-def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
-    """The newest `limit` probe passes, newest first: run, checkpoint, when."""
+def newest_pass(db: sqlite_utils.Database, checkpoint_id: int) -> list[dict]:
+    """Every score of the newest probe pass of one checkpoint (none if it was never probed)."""
     return list(
         db.query(
-            "SELECT run_id, checkpoint_id, min(recorded_at) AS recorded_at FROM probe_scores "
-            "GROUP BY run_id ORDER BY run_id DESC LIMIT ?",
+            "SELECT * FROM probe_scores WHERE checkpoint_id = ? AND run_id = "
+            "(SELECT max(run_id) FROM probe_scores WHERE checkpoint_id = ?) ORDER BY id",
+            [checkpoint_id, checkpoint_id],
+        )
+    )
+
+
+def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
+    """The newest `limit` probe passes, newest first: run, checkpoint, when, and the status of the update
+    that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges)."""
+    return list(
+        db.query(
+            "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status "
+            "FROM probe_scores s LEFT JOIN checkpoints c ON c.id = s.checkpoint_id LEFT JOIN runs r ON r.id = c.run_id "
+            "GROUP BY s.run_id ORDER BY s.run_id DESC LIMIT ?",
             [limit],
         )
     )
@@ -229,24 +310,27 @@ def metric_series(db: sqlite_utils.Database, metric: str) -> list[dict]:
 
 
 def best_earlier(db: sqlite_utils.Database, metric: str, before_checkpoint: int) -> dict[str, float]:
-    """Per day, the best (lowest) score any earlier checkpoint had: the reference for forgetting."""
+    """Per day, the best (lowest) score any earlier promoted checkpoint had: the reference for forgetting (a
+    candidate the gate rejected was never the user's model)."""
     return {
         row["day"]: row["best"]
         for row in db.query(
             "SELECT day, min(value) AS best FROM probe_scores WHERE metric = ? AND checkpoint_id < ? "
-            "AND day IS NOT NULL GROUP BY day",
+            f"AND day IS NOT NULL AND checkpoint_id IN ({_PROMOTED}) GROUP BY day",
             [metric, before_checkpoint],
         )
     }
 
 
 def first_scores(db: sqlite_utils.Database, metric: str) -> dict[str, float]:
-    """Per day, its score the first time it was probed, i.e. right after the update that learned it."""
+    """Per day, its score the first time a promoted model was probed on it, i.e. right after the update
+    that learned it."""
     return {
         row["day"]: row["value"]
         for row in db.query(
             "SELECT day, value FROM probe_scores WHERE metric = ? AND day IS NOT NULL AND id IN "
-            "(SELECT min(id) FROM probe_scores WHERE metric = ? AND day IS NOT NULL GROUP BY day)",
+            "(SELECT min(id) FROM probe_scores WHERE metric = ? AND day IS NOT NULL "
+            f"AND checkpoint_id IN ({_PROMOTED}) GROUP BY day)",
             [metric, metric],
         )
     }

@@ -207,6 +207,61 @@ def _cheap_checks(db) -> None:
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", [sequence[0]])
 
 
+def _allow_values(db, table: str, column: str, values: list[str]) -> None:
+    """Add `values` to a `CHECK (column IN (...))` of `table`, in place. SQLite cannot alter a CHECK, and
+    rebuilding a table that others reference fails under foreign_keys = ON inside the migration's
+    transaction, so this is SQLite's own procedure for a change that leaves every stored row valid
+    (sqlite.org/lang_altertable.html, "otheralter"): edit the schema text, bump schema_version, check."""
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
+    pattern = re.compile(rf"CHECK \(\s*{column} IN \(([^)]*)\)\s*\)")
+    match = pattern.search(sql)
+    if match is None:
+        raise RuntimeError(f"migration: no CHECK ({column} IN (...)) in table {table}")
+    allowed = [v.strip() for v in match.group(1).split(",")]
+    allowed += [f"'{v}'" for v in values if f"'{v}'" not in allowed]
+    new_sql = sql[: match.start(1)] + ", ".join(allowed) + sql[match.end(1) :]
+    (version,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", [new_sql, table])
+    db.execute(f"PRAGMA schema_version = {version + 1}")
+    db.execute("PRAGMA writable_schema = OFF")
+    (check,) = db.execute(f"PRAGMA integrity_check({table})").fetchone()  # that table only: a big database
+    # would take minutes to check whole, at a start-up that must answer within seconds
+    if check != "ok":
+        raise RuntimeError(f"migration: integrity check after widening {table}.{column}: {check}")
+
+
+@migrations(name="0300_promotion_gate")
+def _promotion_gate(db) -> None:
+    """The promotion gate (daemon/gate.py). An update's final checkpoint is a 'candidate' until the gate
+    decides: 'good' (promoted: the current model is still the newest good final checkpoint) or 'rejected'
+    (kept for inspection until pruned). Its run ends 'ok' or 'rejected', with the decision, its reason and
+    scores as JSON in runs.gate; an update that will not start because the database names a model and none
+    of its checkpoints loads ends 'refused'. probe_scores.text_hash identifies the text a score was taken
+    on, so the gate compares two models only on the same text. probe_history shows each checkpoint's
+    newest probe pass, so probing a checkpoint again does not repeat its rows (probe_scores keeps all), and
+    says whether the gate promoted the checkpoint (1) or not (0: rejected, or not judged yet)."""
+    _allow_values(db, "runs", "status", ["rejected", "refused"])
+    _allow_values(db, "checkpoints", "status", ["candidate", "rejected"])
+    _run(
+        db,
+        [
+            "ALTER TABLE runs ADD COLUMN gate TEXT",  # JSON: decision, reason, checks (daemon/gate.py)
+            "ALTER TABLE probe_scores ADD COLUMN text_hash INTEGER",
+            "CREATE INDEX probe_scores_checkpoint_run ON probe_scores (checkpoint_id, run_id)",
+            "DROP VIEW probe_history",
+            """CREATE VIEW probe_history AS
+            SELECT s.recorded_at, s.run_id AS run, s.checkpoint_id AS checkpoint, s.probe, s.kind,
+                   s.day, s.metric, round(s.value, 4) AS value,
+                   coalesce((SELECT r.status = 'ok' FROM checkpoints c JOIN runs r ON r.id = c.run_id
+                             WHERE c.id = s.checkpoint_id), 0) AS promoted
+            FROM probe_scores s
+            WHERE s.run_id = (SELECT max(p.run_id) FROM probe_scores p WHERE p.checkpoint_id IS s.checkpoint_id)
+            ORDER BY s.id""",
+        ],
+    )
+
+
 _TIMESTAMPS = {"runs": ("started_at", "ended_at"), "checkpoints": ("created_at",), "probe_scores": ("recorded_at",)}
 
 

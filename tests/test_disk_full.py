@@ -97,7 +97,9 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
     )
     assert full.returncode == 1, full.stderr
     assert "failed; the previous checkpoint stays current" in full.stderr and "File too large" in full.stderr
-    ((status, error),) = query(config.db_path, "SELECT status, error FROM runs WHERE id = 2")
+    ((status, error),) = query(
+        config.db_path, "SELECT status, error FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
+    )
     assert status == "failed" and "File too large" in error
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0
@@ -186,7 +188,9 @@ def test_update_and_probe_commands_on_a_full_disk_say_so_in_one_line_and_record_
     failed = command(size // 2, "update")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert "update failed; the previous checkpoint stays current: OSError: [Errno 27] File too large" in failed.stderr
-    assert query(config.db_path, "SELECT status FROM runs WHERE id = 2") == [("failed",)]
+    newest = "SELECT status FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
+    assert query(config.db_path, newest) == [("failed",)]
+    before = query(config.db_path, "SELECT count(*) FROM runs")
     # Not even room for the run's first row: nothing can be recorded, and the line says why.
     for name in ("update", "probe"):
         full = command(KIB, name)
@@ -195,6 +199,6 @@ def test_update_and_probe_commands_on_a_full_disk_say_so_in_one_line_and_record_
             "Nothing stored before is lost"
         ), full.stderr
         assert "Traceback" not in full.stderr
-    assert query(config.db_path, "SELECT count(*) FROM runs") == [(2,)]
+    assert query(config.db_path, "SELECT count(*) FROM runs") == before
     state = check_state(config.watch, config.data_dir, settled=True)
     assert state.ok and state.current_checkpoint == first["checkpoint_id"] and state.temp_files == 0

@@ -5,7 +5,6 @@ every measured figure sits in a section that names its results file, which exist
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import shlex
 import tomllib
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_ff.daemon.cli import BENCHMARKS, build_parser
+from engram_ff.daemon.cli import bench_module, build_parser
 from engram_ff.daemon.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +68,7 @@ def test_every_command_line_in_the_readme_parses(line):
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "command", None) == "bench" and args.bench_args:
-            importlib.import_module(BENCHMARKS[args.name]).build_parser().parse_args(args.bench_args)
+            bench_module(args.name).build_parser().parse_args(args.bench_args)
     except SystemExit as exc:
         pytest.fail(f"README command does not parse ({exc.code}): {line}")
 

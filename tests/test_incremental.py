@@ -3,6 +3,8 @@ and the study itself in its quick mode."""
 
 import copy
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -201,6 +203,36 @@ def test_replay_rows_come_last_and_only_chosen_layers_see_them(make):
     assert first["status"] == second["status"] == "ok" and second["replay_bytes"] > 0
 
 
+def expected_configuration(method: str) -> dict:
+    """What a method's name promises, read from the name alone: `TRAINER[-replayR][-lower|-upper]
+    [-slowS][-freezeK][-lrX]`; whatever it does not name is plain fine-tuning."""
+    trainer, *parts = method.split("-")
+    want = dict(trainer=trainer, replay_ratio=0.0, replay_layers="all", lower_lr=1.0, freeze_layers=0, lr_scale=1.0)
+    for part in parts:
+        if part in ("lower", "upper"):
+            want["replay_layers"] = part
+            continue
+        name, value = re.fullmatch(r"([a-z]+)([\d.]+)", part).groups()
+        key = {"replay": "replay_ratio", "slow": "lower_lr", "freeze": "freeze_layers", "lr": "lr_scale"}[name]
+        want[key] = float(value) if key != "freeze_layers" else int(value)
+    return want
+
+
+@pytest.mark.parametrize("method", sorted(incremental.METHODS))
+def test_every_study_method_is_the_configuration_its_name_says(tmp_path, method):
+    """Until issue 12 PLAIN left replay_ratio at the daemon's 2.0, so every "no replay" method replayed."""
+    args = incremental.build_parser().parse_args(["--steps-per-day", "7"])
+    config = incremental.method_config(tmp_path, incremental.METHODS[method], args)
+    want = expected_configuration(method)
+    assert {key: getattr(config, key) for key in want} == want
+    if want["replay_ratio"] == 0:  # no replay at all: not even the floor a small day gets
+        assert recipe.replay_size(config, new_bytes=100, history_bytes=10**6) == 0
+    assert config.update_min_steps == config.update_max_steps == 7  # every method trains the same steps
+    assert recipe.step_budget(config, 10_000, matured=True) == 7
+    gate = (config.gate_tolerance_bpb, config.gate_facts_tolerance_bpb, config.gate_canary_tolerance_bpb)
+    assert gate == (math.inf,) * 3  # every night is kept
+
+
 def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
     assert incremental.main(["--quick", "--days", "2", "--methods", "ff,ff-freeze1", "--results", str(tmp_path)]) == 0
     report = (tmp_path / "incremental-quick.md").read_text()
@@ -209,6 +241,7 @@ def test_quick_study_writes_matrices_tables_and_plots(tmp_path):
     assert (tmp_path / "incremental-quick_R.png").stat().st_size > 0
     assert (tmp_path / "incremental-quick_forgetting.png").stat().st_size > 0
     assert (tmp_path / "incremental-quick_frontier.png").stat().st_size > 0
+    assert "## The promotion gate's checks, night by night" in report and "| ff-freeze1 | held_out |" in report
 
 
 def test_studies_run_apart_merge_into_one_report_only_when_their_settings_agree(tmp_path):

@@ -65,7 +65,7 @@ def test_status_verbose_lists_every_file_with_its_messages(trained, capsys):
 def test_learned_says_what_the_last_night_learned(trained, capsys):
     out = run(capsys, "learned", "--data", str(trained.data_dir))
     lines = out.splitlines()
-    assert lines[0].startswith("update 3, ") and "kept" in lines[0]
+    assert lines[0].startswith("update 3, ") and "the gate's decision: promoted" in lines[0]
     assert "from 1 day, 2026-01-02" in out and "grown from checkpoint 1" in out
     assert "biggest changes, in bits per byte (lower is better):" in out
     facts = json.loads(run(capsys, "learned", "--data", str(trained.data_dir), "--json"))

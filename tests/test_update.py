@@ -176,7 +176,7 @@ def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, capl
     bad.write_text('fact = "x"\n')
     config.facts_file = bad
     rows = update.run_probes(config)
-    assert {row["kind"] for row in rows} == {"probe", "trained", "summary"}
+    assert {row["kind"] for row in rows} == {"probe", "trained", "summary", "canary"}
     assert f"fact probes skipped this pass: fact probes file {bad}: 'fact' must be" in caplog.text
 
     config.facts_file = None  # the bundled four

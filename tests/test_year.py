@@ -1,0 +1,57 @@
+"""`engram-ff bench year`: its calendar has every kind of day the issue asks for, and a short run goes
+through the daemon's own update, gate and probes to a report, a plot and one JSON record a night."""
+
+import json
+from collections import Counter
+
+from engram_ff.bench import year
+from engram_ff.bench.make_stream import load_facts
+from engram_ff.bench.year_days import FACT_REPEATS, JUNK, calendar, day_lines, held_out, sentences
+from engram_ff.ingest.reader import split_of
+
+
+def test_the_year_has_every_kind_of_day():
+    days = calendar(365)
+    kinds = Counter(day.kind for day in days)
+    assert kinds == dict(ordinary=279, quiet=51, facts=23, off=7, reference=2, burst=1, wake=1, junk=1)
+    by_night = {day.night: day for day in days}
+    assert [by_night[n].kind for n in (3, 30, 150, 207, 250, 365)] == [
+        "facts",
+        "reference",
+        "burst",
+        "wake",
+        "junk",
+    ] + ["reference"]
+    assert all(by_night[n].kind == "off" for n in range(200, 207)) and by_night[150].messages == 50_000
+    assert all(day.messages <= 3 for day in days if day.kind == "quiet")
+    assert all(150 <= day.messages <= 400 for day in days if day.kind == "ordinary")
+    assert [day.night for day in days if day.reminder] == [60, 120, 180, 240, 300, 360]
+
+    pool, facts = sentences(), load_facts()
+    planted = day_lines(by_night[3], pool, facts)
+    answers = [line for line in planted if line.get("content") == facts[0]["answer"]]
+    assert len(answers) == FACT_REPEATS
+    junk = [line for line in day_lines(by_night[250], pool, facts) if line.get("content") == JUNK]
+    assert len(junk) == 4000 and len({line["timestamp"] for line in junk}) == 4000  # not one line stored once
+    same = [[line.get("content") for line in day_lines(by_night[n], pool, facts)] for n in (30, 365)]
+    assert same[0] == same[1] and len(same[0]) == 301  # the reference nights: the same new text
+    text = held_out(day_lines(by_night[10], pool, facts), 0.1, 10**9).decode()
+    contents = [line.split(": ", 1)[1] for line in text.splitlines() if line]
+    assert contents and all(split_of(content, 0.1) == "probe" for content in contents)  # never trained on
+
+
+def test_a_short_year_runs_the_daemons_nights_and_reports(tmp_path):
+    assert year.main(["--quick", "--scale", "0.02", "--results", str(tmp_path)]) == 0
+    nights = json.loads((tmp_path / "year-quick.json").read_text())["nights"]
+    assert [n["night"] for n in nights] == list(range(1, 15))
+    by_kind = {n["kind"]: n for n in nights}
+    assert by_kind["off"]["status"] == "off" and "new_bytes" not in by_kind["off"]
+    ran = [n for n in nights if n["status"] != "off"]
+    assert all(n["status"] in ("ok", "rejected", "skipped") for n in ran), [n["status"] for n in ran]
+    assert all(n["rss_mib"] > 0 and n["db_mib"] > 0 and n["update_s"] > 0 for n in ran)
+    assert by_kind["burst"]["new_bytes"] > 10 * by_kind["wake"]["new_bytes"] > 0
+    assert nights[0]["gate"]["reason"].startswith("the first model")
+    assert all(set(n["facts"]) == {f["name"] for f in load_facts()} for n in ran)
+    report = (tmp_path / "year-quick.md").read_text()
+    assert "## Targets" in report and "| junk |" in report and "| wake |" in report
+    assert (tmp_path / "year-quick.png").stat().st_size > 20_000
