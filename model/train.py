@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from engram_ff.model import losses
 from engram_ff.model.config import VOCAB
+from engram_ff.model.parallel import Replicas
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
 # CPU-s (batch 16 x 256, daemon preset): FF 1.766 / 1.745 / 1.757 nats a byte, BP 1.621 at 4e-3 and
@@ -62,7 +63,14 @@ class FFTrainer:
         self.loss_rows: list[int | None] = [None] * len(self.optimizers)  # layer l's loss reads batch rows [:n]
         self.byte_counts = torch.ones(VOCAB)  # for unigram negatives (add-one smoothed)
         self.generator = torch.Generator().manual_seed(seed)
+        self.replicas: Replicas | None = None
         self.steps = 0
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Train as one of data-parallel replicas: each layer's gradients (and its loss, for the record) are
+        averaged over the ranks right before that layer's own step, so no gradient crosses a layer here
+        either. The sampled losses draw their negatives on each rank for its own rows."""
+        self.replicas = replicas
 
     def set_lr_scale(self, scale: float) -> None:
         for opt, layer_lr in zip(self.optimizers, self.layer_lr):
@@ -89,12 +97,18 @@ class FFTrainer:
             with torch.set_grad_enabled(layer_lr > 0):
                 z = next(features)
                 logits = head(z) if lower is None else lower + head(z)
+                if rows is not None and self.replicas is not None:  # rows of the global batch: a shard's share
+                    rows //= self.replicas.world
                 loss = self._local_loss(logits[:rows], y[:rows], None if lower is None else lower[:rows])
             if layer_lr > 0:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                params = [p for g in opt.param_groups for p in g["params"]]
+                if self.replicas is not None:  # before the clip: it must see the global batch's gradient
+                    loss = loss.detach().reshape(1)
+                    self.replicas.average_([p.grad for p in params] + [loss])
                 if self.clip:
-                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
+                    nn.utils.clip_grad_norm_(params, self.clip)
                 opt.step()
             lower = logits.detach()
             layer_losses.append(loss.item())
@@ -157,7 +171,18 @@ class BPTrainer:
         self.optimizer = _adam(list(model.parameters()), lr)
         self.layers = model.layer_parameters()
         self.layer_lr = [1.0] * len(self.layers)  # per-layer multiplier of each step, as FFTrainer's
+        self.net: nn.Module = model  # what the step runs: the model, or its DistributedDataParallel wrapper
+        self.replicas: Replicas | None = None
         self.steps = 0
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Train as one of data-parallel replicas, with torch's DistributedDataParallel: it averages the
+        gradients over the ranks during the backward pass, before the clip and the step see them. A
+        collective: every rank calls it at the same point."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.replicas = replicas
+        self.net = DistributedDataParallel(self.model, gradient_as_bucket_view=True)
 
     def set_lr_scale(self, scale: float) -> None:
         for group in self.optimizer.param_groups:
@@ -165,7 +190,7 @@ class BPTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         self.model.train()
-        loss = F.cross_entropy(self.model.logits(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss = F.cross_entropy(self.net(x)[0].reshape(-1, VOCAB), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip:
@@ -181,6 +206,9 @@ class BPTrainer:
             for p, before, rate in slowed:
                 p.lerp_(before, 1 - rate)
         self.steps += 1
+        if self.replicas is not None:  # the global batch's loss, for the record
+            loss = loss.detach().reshape(1)
+            self.replicas.average_([loss])
         return [loss.item()]
 
     def state_dict(self) -> dict:
@@ -219,6 +247,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     schedule: Callable[[float], float] | None = lr_schedule,
     clock: Callable[[], float] = time.perf_counter,
+    replicas: Replicas | None = None,
 ) -> TrainResult:
     """Train until budget_s seconds of training, max_steps steps, or should_stop() says so.
 
@@ -226,10 +255,18 @@ def train(
     nightly budget still ends annealed. on_step(step, losses, result) runs after every step (checkpoint,
     evaluate, log); its time is not charged to the budget. `clock` measures the budget: wall time by
     default; a benchmark on a shared machine can pass a CPU-time clock instead.
+
+    With `replicas` (a distributed trainer, see model/parallel.py) `batches` are the global batches, the
+    same on every rank: each rank trains on its shard, every rank stops at the same step and reads the
+    slowest rank's seconds as the progress, and `bytes` counts the whole batch.
     """
     result = TrainResult()
     for x, y in batches:
-        if result.steps >= max_steps or result.seconds >= budget_s or (should_stop and should_stop()):
+        stop = result.steps >= max_steps or result.seconds >= budget_s or bool(should_stop and should_stop())
+        if replicas is not None:
+            result.seconds, stop = replicas.agree(result.seconds, stop)
+            x, y = replicas.shard(x), replicas.shard(y)
+        if stop:
             break
         if schedule is not None:
             trainer.set_lr_scale(schedule(max(result.seconds / budget_s, result.steps / max_steps)))
@@ -237,7 +274,7 @@ def train(
         result.losses = trainer.train_step(x, y)
         result.seconds += clock() - t0
         result.steps += 1
-        result.bytes += y.numel()
+        result.bytes += y.numel() * (1 if replicas is None else replicas.world)
         if on_step is not None:
             on_step(result.steps, result.losses, result)
     return result
