@@ -45,14 +45,24 @@ def run(args) -> int:
 @command("update", help="run one nightly update now", example="engram-ff update --data ~/.local/share/engram-ff")
 @location_options
 def update(args) -> int:
+    from engram_ff.daemon import ranks
     from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
-    config = _config(args)
+    team = ranks.Team.torchrun()  # None unless torchrun started this process as one of several ranks
+    if team is not None and team.rank > 0:
+        try:
+            return team.follow()
+        except ranks.RankFailed as exc:
+            raise UserError(str(exc)) from None
     try:
+        config = _config(args)
         with DataDirLock(config.lock_path):
-            row = update_and_probe(config)
+            row = update_and_probe(config, team=team)
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
+    finally:
+        if team is not None:
+            team.finish()
     columns = [
         "id",
         "status",

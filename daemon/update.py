@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engram_ff.daemon import checkpoints, recipe
+from engram_ff.daemon import checkpoints, ranks, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.resources import peak_rss_mb
@@ -59,20 +59,23 @@ def plan_night(db, config: Config) -> Night:
     return Night(current, first_id, queries.max_message_id(db, split="train"), current.checkpoint_id)
 
 
-def run_update(config: Config, *, should_stop=lambda: False) -> dict:
-    """One update, exactly the nightly job; returns its `runs` row."""
+def run_update(config: Config, *, should_stop=lambda: False, team: ranks.Team | None = None) -> dict:
+    """One update, exactly the nightly job; returns its `runs` row. It trains on `workers` ranks that it
+    starts itself (daemon/ranks.py), or on torchrun's `team`, of which this process is rank 0."""
     db = open_db(config.db_path)
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
     run_id = None
+    team = team or ranks.Team.local(config)
     try:
         night = plan_night(db, config)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
-        return _train_night(db, config, run_id, night, started, should_stop)
+        return _train_night(db, config, run_id, night, started, should_stop, team)
     except Exception as exc:
+        exc = team.abort(exc)
         if run_id is None:
             run_id = runs.start_run(db, "update")
-        log.exception("update %d failed; the previous checkpoint stays current", run_id)
+        log.error("update %d failed; the previous checkpoint stays current", run_id, exc_info=exc)
         runs.finish_run(
             db,
             run_id,
@@ -83,10 +86,11 @@ def run_update(config: Config, *, should_stop=lambda: False) -> dict:
         )
         return runs.get_run(db, run_id)
     finally:
+        team.finish()
         db.close()
 
 
-def _train_night(db, config: Config, run_id: int, night: Night, started: float, should_stop) -> dict:
+def _train_night(db, config: Config, run_id: int, night: Night, started: float, should_stop, team: ranks.Team) -> dict:
     new_text = queries.text_between(db, night.first_id, night.last_id, split="train")
     bounds = dict(first_message_id=night.first_id, last_message_id=night.last_id)
     if not new_text:
@@ -135,10 +139,23 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
             last_save = time.monotonic()
 
     model.trainer.lr *= config.lr_scale  # a trainer is built afresh for each update, at its default rate
-    batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
+    generator = torch.Generator().manual_seed(run_id)
+    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world)
     recipe.plan_layers(model.trainer, config, matured=night.parent_id is not None, replay_rows=replay_rows)
+    replicas = None
+    if team.world > 1:
+        meta["workers"] = team.world
+        night_for_ranks = ranks.night_for_ranks(model.trainer, config, (new_text, replay), run_id, budget_s, steps_left)
+        replicas = team.start(config, night_for_ranks)
+        model.trainer.distribute(replicas)
     result = train(
-        model.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
+        model.trainer,
+        batches,
+        budget_s=budget_s,
+        max_steps=steps_left,
+        on_step=on_step,
+        should_stop=should_stop,
+        replicas=replicas,
     )
     fields = dict(
         new_bytes=len(new_text),
@@ -148,7 +165,7 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
         parent_checkpoint_id=night.parent_id,
         **bounds,
     )
-    stopped = should_stop()
+    stopped = result.stopped or should_stop()  # a stop asked of any rank stops them all
     checkpoint_id = save("partial" if stopped else "final")
     runs.finish_run(
         db,
@@ -165,9 +182,9 @@ def _train_night(db, config: Config, run_id: int, night: Night, started: float, 
     return runs.get_run(db, run_id)
 
 
-def update_and_probe(config: Config, *, should_stop=lambda: False) -> dict:
+def update_and_probe(config: Config, *, should_stop=lambda: False, team: ranks.Team | None = None) -> dict:
     """The nightly job: an update, then probes of the model it leaves current."""
-    row = run_update(config, should_stop=should_stop)
+    row = run_update(config, should_stop=should_stop, team=team)
     if row["status"] == "ok" and not should_stop():
         run_probes(config)
     return row

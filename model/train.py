@@ -228,6 +228,7 @@ class TrainResult:
     bytes: int = 0
     seconds: float = 0.0  # time spent training, callbacks excluded
     losses: list[float] = field(default_factory=list)  # the last step's per-layer losses
+    stopped: bool = False  # should_stop() ended it (on any rank), before its steps or its budget ran out
 
 
 def lr_schedule(progress: float, warmup: float = 0.02, floor: float = 0.1) -> float:
@@ -267,6 +268,7 @@ def train(
             result.seconds, stop = replicas.agree(result.seconds, stop)
             x, y = replicas.shard(x), replicas.shard(y)
         if stop:
+            result.stopped = result.steps < max_steps and result.seconds < budget_s
             break
         if schedule is not None:
             trainer.set_lr_scale(schedule(max(result.seconds / budget_s, result.steps / max_steps)))
