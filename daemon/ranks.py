@@ -4,7 +4,7 @@ Rank 0 is the update process itself (daemon/child.py, or `engram-ff update`): it
 database and reads and writes checkpoints, so the checkpoint format and everything that reads it stay
 as they are. Once it knows what the night trains, it starts `workers - 1` helper ranks
 (`python -m engram_ff.daemon.ranks`), which meet it through a rendezvous file in the data directory
-(torch's FileStore) and exchange gradients over the loopback interface only (gloo bound to `lo`):
+(torch's FileStore) and exchange gradients over the loopback interface only (gloo bound to 127.0.0.1):
 nothing listens beyond this host. It then broadcasts the night (the text, the model, the trainer's
 state and settings); every rank draws the same global batches and trains on its shard
 (model/parallel.py), so the replicas stay identical and rank 0's checkpoints are the model.
@@ -113,13 +113,12 @@ class Team:
         self.store = config.data_dir / f".ranks-{os.getpid()}"
         for stale in config.data_dir.glob(".ranks-*"):  # left by a killed update; one update runs at a time
             stale.unlink(missing_ok=True)
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # every rank, this one too, binds to loopback only
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         for rank in range(1, self.world):
             argv = [str(self.store), str(rank), str(self.world), str(os.getpid()), config.log_level]
             self.helpers.append(subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.ranks", *argv], env=env))
         torch.set_num_threads(threads)
-        self.replicas = Replicas.join(f"file://{self.store}", 0, self.world)
+        self.replicas = Replicas.join(f"file://{self.store}", 0, self.world, loopback=True)
 
     def follow(self) -> int:
         """A rank other than 0 under torchrun: train as rank 0 says, then leave the group."""
@@ -239,7 +238,7 @@ def main() -> int:
     adapt_torch()
     stop = stop_flag()
     try:
-        replicas = Replicas.join(f"file://{store}", rank, world)
+        replicas = Replicas.join(f"file://{store}", rank, world, loopback=True)
         try:
             return follow(replicas, should_stop=lambda: stop["requested"])
         finally:

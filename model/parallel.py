@@ -10,8 +10,8 @@ agree, before every step, on the time spent and on whether to stop: the learning
 reads the same progress everywhere, and no rank leaves a collective the others still wait in.
 
 Backend: gloo for CPU tensors (the models here train on the CPU), NCCL for CUDA tensors where torch has
-it. A rank that dies closes its sockets and the others' next collective fails at once; a rank that
-hangs is given up after `TIMEOUT`.
+it; ranks on one host bind gloo to 127.0.0.1. A rank that dies closes its sockets and the others' next
+collective fails at once; a rank that hangs is given up after `TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -26,23 +26,45 @@ import torch.distributed as dist
 TIMEOUT = timedelta(minutes=5)
 
 
-def backend() -> str:
-    """gloo for CPU tensors; with CUDA, NCCL for CUDA tensors beside it."""
+LOOPBACK = "gloo_loopback"
+
+
+def _loopback_gloo(store, rank: int, size: int, timeout: timedelta):
+    """gloo bound to 127.0.0.1 by address: unlike GLOO_SOCKET_IFNAME=lo, no interface lookup, which would
+    need netlink sockets that the systemd unit does not allow (`ProcessGroupGloo._Options` is how torch's
+    own tests choose gloo's devices)."""
+    options = dist.ProcessGroupGloo._Options()
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+    options._timeout = timeout
+    return dist.ProcessGroupGloo(store, rank, size, options)
+
+
+def backend(loopback: bool) -> str:
+    """gloo for CPU tensors, on the loopback interface only if asked; with CUDA, NCCL for CUDA tensors."""
+    gloo = "gloo"
+    if loopback:
+        if LOOPBACK not in dist.Backend.backend_list:
+            dist.Backend.register_backend(LOOPBACK, _loopback_gloo, devices=["cpu"])
+        gloo = LOOPBACK
     if torch.cuda.is_available() and dist.is_nccl_available():
-        return "cpu:gloo,cuda:nccl"
-    return "gloo"
+        return f"cpu:{gloo},cuda:nccl"
+    return gloo
 
 
 class Replicas:
     """This process's place among the replicas of one training run, and the few collectives training needs."""
 
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world = rank, world
+    def __init__(self, rank: int, world: int, group: dist.ProcessGroup | None = None):
+        self.rank, self.world = rank, world  # within `group`: by default every rank of the job
+        self.group = group
 
     @classmethod
-    def join(cls, init_method: str, rank: int, world: int, timeout: timedelta = TIMEOUT) -> Replicas:
-        """Start (or join) the process group: `file://PATH` for ranks on one host, `env://` under torchrun."""
-        dist.init_process_group(backend(), init_method=init_method, rank=rank, world_size=world, timeout=timeout)
+    def join(cls, init_method: str, rank: int, world: int, loopback: bool = False) -> Replicas:
+        """Start (or join) the process group: `file://PATH` for ranks on one host (`loopback`: then nothing
+        listens beyond it), `env://` under torchrun."""
+        dist.init_process_group(
+            backend(loopback), init_method=init_method, rank=rank, world_size=world, timeout=TIMEOUT
+        )
         return cls(rank, world)
 
     def close(self) -> None:
@@ -57,7 +79,7 @@ class Replicas:
     def average_(self, tensors: list[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the ranks, in place: one all-reduce for all of them."""
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat)
+        dist.all_reduce(flat, group=self.group)
         flat /= self.world
         for t, mean in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(mean.view_as(t))
@@ -65,7 +87,7 @@ class Replicas:
     def agree(self, seconds: float, stop: bool) -> tuple[float, bool]:
         """(the most seconds any rank has spent, whether any rank must stop): one tiny all-reduce."""
         both = torch.tensor([seconds, float(stop)], dtype=torch.float64)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
         return both[0].item(), bool(both[1].item())
 
     def broadcast(self, obj: object = None) -> object:

@@ -38,7 +38,7 @@ def run(trainer, replicas: Replicas | None = None, rows: slice = slice(None)):
 
 def replica(rank: int, world: int, store: str, kind: str, out: str) -> None:
     torch.set_num_threads(1)
-    replicas = Replicas.join(f"file://{store}", rank, world)
+    replicas = Replicas.join(f"file://{store}", rank, world, loopback=True)
     try:
         model, trainer = build(kind)
         trainer.distribute(replicas)
