@@ -21,6 +21,7 @@ BENCHMARKS = {
     "update": "engram_ff.bench.update",
     "incremental": "engram_ff.bench.incremental",
     "chaos": "engram_ff.bench.chaos",
+    "parallel": "engram_ff.bench.parallel",
 }
 
 
