@@ -66,7 +66,7 @@ class Setup:
         if self.stages > 1 and self.trainer == "bp":
             return f"{name}, torch pipelining, {self.stages} stages x {self.micro_batches} micro-batches"
         if self.stages > 1:
-            cut = " | ".join(_span(r) for r in _split(self.layers, self.stages))
+            cut = " / ".join(_span(r) for r in _split(self.layers, self.stages))
             each = f" x {self.ranks} replicas of {self.rows // self.ranks} rows" if self.ranks > 1 else ""
             return f"{name}, layer pipeline, {self.stages} stages (layers {cut}){each}"
         if self.ranks > 1:
@@ -347,7 +347,7 @@ def target_rows(speed: dict[Setup, float], runs: list[dict], scaling: dict[int, 
     final = {r["setup"].trainer: r for r in runs if r["budget_s"] == longest}
     if "ff" in final and longest is not None:
         ff = final["ff"]
-        met = "met" if ff["val_nats"] <= 1.60 else "**missed**"
+        met = ("met" if ff["val_nats"] <= 1.60 else "**missed**") if longest == 600 else "- (the target is for 600 s)"
         row(f"FF validation in {longest:.0f} s of wall clock <= 1.60 nats/byte", f"{ff['val_nats']:.3f}", met)
     if {"ff", "bp"} <= set(final):
         ff, bp = final["ff"], final["bp"]
