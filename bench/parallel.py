@@ -140,6 +140,12 @@ class Runner:
             ends.append(time.monotonic())
         return ends
 
+    def peak_rss(self, _=None) -> float:
+        """This process's peak resident memory so far, MiB."""
+        from engram_ff.bench.common import peak_rss_mib
+
+        return peak_rss_mib()
+
     def train(self, budget_s: float) -> dict:
         """Train for budget_s seconds of wall time as the daemon does (the lr annealed over the budget); the
         weights this rank holds for the report (the union over the stages is the model)."""
@@ -231,9 +237,9 @@ def pace(ends: list[float]) -> tuple[int, float]:
 
 
 # --- part 1: throughput, interleaved ---------------------------------------------------------------
-def interleaved(setups: list[Setup], rounds: int, steps: int, folder: str) -> dict[Setup, float]:
+def interleaved(setups: list[Setup], rounds: int, steps: int, folder: str, rss: dict | None = None):
     """Train bytes/s of each setup, all alive at once, taking turns a block at a time (the first round is
-    warm-up), the order rotated every round."""
+    warm-up), the order rotated every round; into `rss`, the peak MiB of each of its processes."""
     groups = [Group(s, folder) for s in setups]
     done = {s: [0, 0.0] for s in setups}
     try:
@@ -246,6 +252,8 @@ def interleaved(setups: list[Setup], rounds: int, steps: int, folder: str) -> di
                     done[group.setup][0] += n
                     done[group.setup][1] += seconds
                 print(f"  round {round_}: {group.setup.label}: {steps} steps", flush=True)
+        if rss is not None:
+            rss.update({group.setup: group.ask("peak_rss") for group in groups})
     finally:
         for group in groups:
             group.close()
@@ -376,6 +384,7 @@ def target_rows(speed: dict[Setup, float], runs: list[dict], scaling: dict[int, 
 
 def render(
     speed: dict[Setup, float],
+    rss: dict[Setup, list[float]],
     rows_speed: dict[Setup, float],
     runs: list[dict],
     scaling: dict[int, dict[Setup, float]],
@@ -388,10 +397,17 @@ def render(
         lines.append("## Train bytes/s, interleaved (daemon preset, 3 layers, batch 16 x 256)\n")
         base = {t: speed.get(Setup(t, threads=2)) for t in ("ff", "bp")}
         table = [
-            [s.label, s.cores, f"{v:,.0f}", f"{v / base[s.trainer]:.2f}x" if base[s.trainer] else "-"]
+            [
+                s.label,
+                s.cores,
+                f"{v:,.0f}",
+                f"{v / base[s.trainer]:.2f}x" if base[s.trainer] else "-",
+                " + ".join(f"{m:.0f}" for m in rss.get(s, [])) or "-",
+            ]
             for s, v in speed.items()
         ]
-        lines.append(markdown_table(["setup", "cores", "bytes/s", "/ one process of 2 threads (today)"], table))
+        headers = ["setup", "cores", "bytes/s", "/ one process of 2 threads (today)", "peak RSS MiB, each process"]
+        lines.append(markdown_table(headers, table))
     if rows_speed:
         lines.append("\n## One process, one thread: bytes/s by rows per batch (how many rows keep a core busy)\n")
         best = max(rows_speed.values())
@@ -489,13 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [10.0] if args.quick else [float(b) for b in args.budgets.split(",")]
     rounds, steps = (2, 3) if args.quick else (args.rounds, 10)
     started, load_before = time.time(), os.getloadavg()
-    speed, rows_speed, runs, scaling = {}, {}, [], {}
+    speed, rows_speed, runs, scaling, rss = {}, {}, [], {}, {}
     with tempfile.TemporaryDirectory(prefix="engram-parallel-") as folder:
         if "throughput" not in skip:
             print("part 1: throughput, interleaved", flush=True)
             kinds = [dict(threads=1), dict(threads=2), dict(ranks=2), dict(stages=2)]
             setups = [Setup(trainer, **kind) for trainer in ("ff", "bp") for kind in kinds]
-            speed = interleaved(setups, rounds, steps, folder)
+            speed = interleaved(setups, rounds, steps, folder, rss)
             rows = (4, 16) if args.quick else (2, 4, 8, 16)
             rows_speed = interleaved([Setup("ff", rows=r) for r in rows], rounds, steps, folder)
         if "validation" not in skip:
@@ -526,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "engram-ff bench parallel " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Made by `{command.strip()}`. {conditions(load_before, started)}"
     png = f"{stem}.png"
-    report = render(speed, rows_speed, runs, scaling, security, header, png)
+    report = render(speed, rss, rows_speed, runs, scaling, security, header, png)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if scaling:
         plot(scaling, args.results_dir / png)
