@@ -44,7 +44,7 @@ log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, 
 # "auto" gives every rank at least this many rows of a batch: below it a rank's matmuls are too small to
 # keep a core busy (measured in bench/results/parallel-rows.md).
 MIN_ROWS_PER_RANK = 4
-HELPER_EXIT_S = 30.0  # after training, a helper has nothing left to do but exit
+HELPER_EXIT_S = 5.0  # a helper ends training at rank 0's step, then only logs and exits; else (Ctrl-C) it is ended
 HELPER_DEATH_S = 1.0  # a failed collective: how long a helper that died may take to be seen dead
 PR_SET_PDEATHSIG = 1
 
@@ -157,7 +157,7 @@ class Team:
                 try:
                     helper.wait(HELPER_EXIT_S)
                 except subprocess.TimeoutExpired:
-                    log.error("helper rank (pid %d) did not exit after training; killing it", helper.pid)
+                    log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
                     helper.kill()
                     helper.wait()
             if self.replicas is not None:
