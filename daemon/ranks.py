@@ -41,8 +41,8 @@ from engram_ff.model.train import TRAINERS, train
 
 log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
 
-# "auto" gives every rank at least this many rows of a batch: below it a rank's matmuls are too small to
-# keep a core busy (measured in bench/results/parallel-rows.md).
+# "auto" gives every rank at least this many rows of a batch: one thread trains 4 rows at 0.93 of its
+# bytes/s at 16 rows, 2 rows at 0.75 (bench/results/parallel-throughput.md, a shared machine).
 MIN_ROWS_PER_RANK = 4
 HELPER_EXIT_S = 5.0  # a helper ends training at rank 0's step, then only logs and exits; else (Ctrl-C) it is ended
 HELPER_DEATH_S = 1.0  # a failed collective: how long a helper that died may take to be seen dead
