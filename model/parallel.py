@@ -78,11 +78,13 @@ class Replicas:
 
     def average_(self, tensors: list[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the ranks, in place: one all-reduce for all of them."""
+        self.average_async(tensors).wait()
+
+    def average_async(self, tensors: list[torch.Tensor]) -> Averaging:
+        """average_, started: the tensors are copied now and get their means at wait(); meanwhile this
+        rank computes on (gloo communicates on threads of its own)."""
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, group=self.group)
-        flat /= self.world
-        for t, mean in zip(tensors, flat.split([t.numel() for t in tensors])):
-            t.copy_(mean.view_as(t))
+        return Averaging(tensors, flat, dist.all_reduce(flat, group=self.group, async_op=True), self.world)
 
     def agree(self, seconds: float, stop: bool) -> tuple[float, bool]:
         """(the most seconds any rank has spent, whether any rank must stop): one tiny all-reduce."""
@@ -95,3 +97,17 @@ class Replicas:
         box = [obj if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+class Averaging:
+    """An all-reduce on its way (Replicas.average_async)."""
+
+    def __init__(self, tensors: list[torch.Tensor], flat: torch.Tensor, work: dist.Work, world: int):
+        self.tensors, self.flat, self.work, self.world = tensors, flat, work, world
+
+    def wait(self) -> None:
+        """Put each tensor's mean over the ranks in place."""
+        self.work.wait()
+        self.flat /= self.world
+        for t, mean in zip(self.tensors, self.flat.split([t.numel() for t in self.tensors])):
+            t.copy_(mean.view_as(t))

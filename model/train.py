@@ -92,6 +92,7 @@ class FFTrainer:
             self.byte_counts += torch.bincount(y.flatten(), minlength=VOCAB)
         layer_losses = []
         lower = None  # detached logits of the layers below, [B, T, 256]
+        averaging = []  # replicas: the layer whose averaged gradient is on its way, stepped after the next
         features = self.model.features(x, detach=True)
         for opt, head, layer_lr, rows in zip(self.optimizers, self.model.heads, self.layer_lr, self.loss_rows):
             with torch.set_grad_enabled(layer_lr > 0):
@@ -104,16 +105,29 @@ class FFTrainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for g in opt.param_groups for p in g["params"]]
-                if self.replicas is not None:  # before the clip: it must see the global batch's gradient
+                if self.replicas is None:
+                    self._clip_and_step(opt, params)
+                else:  # averaged over the ranks (its loss too) while the next layer computes
                     loss = loss.detach().reshape(1)
-                    self.replicas.average_([p.grad for p in params] + [loss])
-                if self.clip:
-                    nn.utils.clip_grad_norm_(params, self.clip)
-                opt.step()
+                    averaging.append((opt, params, self.replicas.average_async([p.grad for p in params] + [loss])))
+                    if len(averaging) == 2:
+                        self._clip_and_step(*averaging.pop(0))
             lower = logits.detach()
-            layer_losses.append(loss.item())
+            layer_losses.append(loss.detach())
+        for waiting in averaging:
+            self._clip_and_step(*waiting)
         self.steps += 1
-        return layer_losses
+        return [loss.item() for loss in layer_losses]
+
+    def _clip_and_step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], averaging=None) -> None:
+        """One layer's step. Over replicas, after its gradient's average has arrived: the clip must see the
+        global batch's gradient. A layer's step may wait for the next layer's backward: that layer's input
+        was computed before this step, as in one process, so the mathematics do not change."""
+        if averaging is not None:
+            averaging.wait()
+        if self.clip:
+            nn.utils.clip_grad_norm_(params, self.clip)
+        opt.step()
 
     def _local_loss(self, logits: torch.Tensor, y: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
         if self.loss == "softmax":
