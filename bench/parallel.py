@@ -7,10 +7,12 @@ and torch's pipelining for BP, in bytes/s and in validation loss at equal wall-c
 1. Throughput, interleaved: every setup (one process with 1 and 2 threads, 2 data-parallel ranks, a
    2-stage pipeline) is started at once and they take turns, a block of steps each, round after round,
    so that whatever else the machine does falls on all of them alike. A block's speed is its steady
-   pace, (steps - 1) over the time between the first and the last step's end, on the rank that finishes
-   the batches (rank 0, or the last stage's): a night is one long run, so a pipeline's fill is not
-   charged to every block. The same for one process alone with 2 to 16 rows (how many rows keep a core
-   busy: daemon/ranks.py's MIN_ROWS_PER_RANK).
+   pace: the time between step ends on the rank that finishes the batches (rank 0, or the last stage's),
+   leaving out as many steps as the pipe has stages (one without) at each end of the block. A night is
+   one long run, so a pipeline's fill and drain are not charged to every block; nor are they counted in
+   its favour: with more processes than cores, a filling or draining pipe runs its few busy stages
+   faster than it can for long. The same for one process alone with 2 to 16 rows (how many rows keep a
+   core busy: daemon/ranks.py's MIN_ROWS_PER_RANK).
 2. Validation nats/byte on TinyShakespeare's last 10 % after equal WALL-clock budgets (150 s and
    600 s), each trainer in its fastest setup of part 1, one run after another; the learning rate anneals
    over the budget as the daemon's does.
@@ -220,9 +222,11 @@ class Group:
             answers.append(value)
         return answers
 
-    def reporter(self) -> int:
-        """The rank whose step ends pace the setup: rank 0, or the last stage's first replica."""
-        return (self.setup.stages - 1) * self.setup.ranks if self.setup.trainer == "ff" else 0
+    def pace(self, steps: int) -> tuple[int, float]:
+        """A block of `steps` steps: its steady (steps, seconds) on the rank that finishes the batches (rank 0,
+        or the last stage's first replica)."""
+        reporter = (self.setup.stages - 1) * self.setup.ranks if self.setup.trainer == "ff" else 0
+        return pace(self.ask("block", steps)[reporter], skip=max(1, self.setup.stages))
 
     def close(self) -> None:
         for link in self.links:
@@ -231,9 +235,10 @@ class Group:
             proc.join(30)
 
 
-def pace(ends: list[float]) -> tuple[int, float]:
-    """(steps, seconds) of a block in steady state: the steps after the first, between their ends."""
-    return len(ends) - 1, ends[-1] - ends[0]
+def pace(ends: list[float], skip: int) -> tuple[int, float]:
+    """(steps, seconds) of a block in steady state: between the step ends, `skip` steps in from each end."""
+    middle = ends[skip : len(ends) - skip]
+    return len(middle) - 1, middle[-1] - middle[0]
 
 
 # --- part 1: throughput, interleaved ---------------------------------------------------------------
@@ -246,9 +251,8 @@ def interleaved(setups: list[Setup], rounds: int, steps: int, folder: str, rss: 
         for round_ in range(rounds + 1):
             order = groups[round_ % len(groups) :] + groups[: round_ % len(groups)]
             for group in order:
-                ends = group.ask("block", steps)[group.reporter()]
+                n, seconds = group.pace(steps)
                 if round_:
-                    n, seconds = pace(ends)
                     done[group.setup][0] += n
                     done[group.setup][1] += seconds
                 print(f"  round {round_}: {group.setup.label}: {steps} steps", flush=True)
@@ -303,15 +307,12 @@ def scaling_setups(layers: int, quick: bool) -> list[Setup]:
     return setups
 
 
-def measure_alone(setup: Setup, blocks: int, steps: int, folder: str) -> float:
-    """Train bytes/s of one setup running alone: a warm-up block, then `blocks` blocks."""
+def measure_alone(setup: Setup, steps: int, folder: str) -> float:
+    """Train bytes/s of one setup running alone: a warm-up block of 3 steps, then one of `steps`."""
     group = Group(setup, folder)
     try:
         group.ask("block", 3)
-        n, seconds = 0, 0.0
-        for _ in range(blocks):
-            block_steps, block_seconds = pace(group.ask("block", steps)[group.reporter()])
-            n, seconds = n + block_steps, seconds + block_seconds
+        n, seconds = group.pace(steps)
     finally:
         group.close()
     return n * setup.rows * SEQ / seconds
@@ -488,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engram-ff bench parallel", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run of every part, about 3 minutes")
     p.add_argument("--budgets", default="150,600", help="wall-clock seconds of the validation runs, comma-separated")
-    p.add_argument("--rounds", type=int, default=12, help="rounds of the interleaved throughput part")
+    p.add_argument("--rounds", type=int, default=12, help="rounds of 12 steps each in the interleaved throughput part")
     p.add_argument("--skip", default="", help="parts to leave out, comma-separated: throughput,validation,scaling")
     p.add_argument("--stem", help="results file name without suffix (default parallel, or parallel-quick)")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unknown parts {sorted(unknown)}")
     stem = args.stem or ("parallel-quick" if args.quick else "parallel")
     budgets = [10.0] if args.quick else [float(b) for b in args.budgets.split(",")]
-    rounds, steps = (2, 3) if args.quick else (args.rounds, 10)
+    rounds, steps = (2, 6) if args.quick else (args.rounds, 12)
     started, load_before = time.time(), os.getloadavg()
     speed, rows_speed, runs, scaling, rss = {}, {}, [], {}, {}
     with tempfile.TemporaryDirectory(prefix="engram-parallel-") as folder:
@@ -533,8 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             for layers in (3,) if args.quick else (3, 4, 8):
                 scaling[layers] = {}
                 for setup in scaling_setups(layers, args.quick):
-                    blocks, block_steps = (1, 3) if args.quick else (2, 8)
-                    scaling[layers][setup] = measure_alone(setup, blocks, block_steps, folder)
+                    scaling[layers][setup] = measure_alone(setup, 6 if args.quick else 24, folder)
                     print(f"  {setup.label}: {scaling[layers][setup]:,.0f} bytes/s", flush=True)
     from engram_ff.bench.chaos import unit_security
 
