@@ -1,7 +1,7 @@
 """`engram-ff bench parallel`: training on every core, for FF and BP: data parallelism, FF's layer pipeline
 and torch's pipelining for BP, in bytes/s and in validation loss at equal wall-clock time.
 
-    engram-ff bench parallel            # the full run: about 45 minutes on 2 cores (bench/results/parallel.md, .png)
+    engram-ff bench parallel            # the full run: about 50 minutes on 2 cores (bench/results/parallel.md, .png)
     engram-ff bench parallel --quick    # about 3 minutes, a smoke run (parallel-quick.md, .png)
 
 1. Throughput, interleaved: every setup (one process with 1 and 2 threads, 2 data-parallel ranks, a
