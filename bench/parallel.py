@@ -541,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     security = {"system": unit_security(False), "user": unit_security(True)}
     command = "engram-ff bench parallel " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Made by `{command.strip()}`. {conditions(load_before, started)}"
+    if args.quick:
+        header += (
+            "\n\n**A smoke run** (a few steps a setup): it shows that every part runs; its figures decide nothing."
+        )
     png = f"{stem}.png"
     report = render(speed, rss, rows_speed, runs, scaling, security, header, png)
     args.results_dir.mkdir(parents=True, exist_ok=True)
