@@ -117,9 +117,16 @@ class _StopOnSignal:
 )
 @json_option
 def update(args) -> int:
+    from engram_ff.daemon import ranks
     from engram_ff.daemon.progress import for_this_process
     from engram_ff.daemon.update import EXIT_CODES, update_and_probe
 
+    team = ranks.Team.torchrun()  # None unless torchrun started this process as one of several ranks
+    if team is not None and team.rank > 0:
+        try:
+            return team.follow()
+        except ranks.RankFailed as exc:
+            raise UserError(str(exc)) from None
     config = _config(args)
     if args.watch and not config.watch.is_dir():
         raise UserError(f"watch folder {config.watch} does not exist (an update trains on what was ingested from it)")
@@ -131,9 +138,13 @@ def update(args) -> int:
                 should_stop=lambda: stop.requested,
                 progress=for_this_process(),
                 from_scratch=args.from_scratch,
+                team=team,
             )
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon does the updates)") from None
+    finally:
+        if team is not None:
+            team.finish()
     if args.json:
         print(as_json(row))
     elif row["status"] == "interrupted":

@@ -64,6 +64,9 @@ class Config:
     replay_layers: str = "all"
     batch_size: int = 16
     seq_len: int = 256
+    # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
+    # usable core while each keeps 4 rows (daemon/ranks.py); 1 is the single-process update
+    workers: int | str = "auto"
     checkpoint_every_seconds: float = 60.0
     keep_checkpoints: int = 5
     # The promotion gate: a night's candidate replaces the current model only if, on the night's probes, it
@@ -136,6 +139,10 @@ def _coerce(name: str, raw: object, source: str) -> object:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"{where}: expected a path, got {raw!r}")
         return Path(raw).expanduser()
+    if kind == "int | str":  # a number, or the one word the key allows ("auto"): _validate checks which
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise ConfigError(f"{where}: expected an integer or a word, got {raw!r}")
+        return raw if isinstance(raw, int) or not raw.strip().isdigit() else int(raw)
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -205,6 +212,19 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
     if not 0 <= config.lower_lr <= 1:
         raise ConfigError(f"lower_lr: expected a multiplier from 0 to 1, got {config.lower_lr}")
+    if config.workers != "auto":
+        if not isinstance(config.workers, int) or config.workers < 1:
+            raise ConfigError(f'workers: expected "auto" or a number of ranks >= 1, got {config.workers!r}')
+        if config.batch_size % config.workers:
+            raise ConfigError(
+                f"workers: {config.workers} ranks cannot share batch_size = {config.batch_size} rows evenly; "
+                "choose a divisor of batch_size"
+            )
+        if config.replay_layers != "all" and config.batch_size < 2 * config.workers:
+            raise ConfigError(
+                f"workers: with replay_layers = {config.replay_layers!r} every rank needs new and replayed rows: "
+                f"batch_size must be at least 2 x workers ({2 * config.workers})"
+            )
     if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
         raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
     from engram_ff.model.config import PRESETS  # torch-free

@@ -71,14 +71,16 @@ def plan_layers(trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool
             trainer.loss_rows[i] = new_rows
 
 
-def update_batches(new_text: bytes, replay: bytes, config: Config, generator: torch.Generator):
+def update_batches(new_text: bytes, replay: bytes, config: Config, generator: torch.Generator, world: int = 1):
     """(batches, replayed rows per batch). Windows come from new and replayed text together; only when
     layers treat replay differently is each batch split into new rows first, then replayed ones in
-    proportion to the bytes, so a layer can take its loss on the new rows alone."""
+    proportion to the bytes, so a layer can take its loss on the new rows alone. Over `world` data-parallel
+    ranks both counts are multiples of world, so that every rank's shard holds the same share of each."""
     text = bytearray().join((new_text, replay))  # one copy, which the batches share rather than copy again
     if config.replay_layers == "all" or min(len(new_text), len(replay)) < 2:
         return byte_batches(text, config.batch_size, config.seq_len, generator), 0
-    replay_rows = min(config.batch_size - 1, max(1, round(config.batch_size * len(replay) / len(text))))
+    share = world * round(config.batch_size * len(replay) / len(text) / world)
+    replay_rows = min(config.batch_size - world, max(world, share))
     seq_len = min(config.seq_len, len(new_text) - 1, len(replay) - 1)
     new = byte_batches(new_text, config.batch_size - replay_rows, seq_len, generator)
     old = byte_batches(replay, replay_rows, seq_len, generator)

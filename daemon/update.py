@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engram_ff.daemon import checkpoints, gate, recipe
+from engram_ff.daemon import checkpoints, gate, ranks, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.errors import UserError
@@ -99,20 +99,29 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
 
 
 def run_update(
-    config: Config, *, should_stop=lambda: False, progress: Progress | None = None, from_scratch: bool = False
+    config: Config,
+    *,
+    should_stop=lambda: False,
+    progress: Progress | None = None,
+    from_scratch: bool = False,
+    team: ranks.Team | None = None,
 ) -> dict:
-    """One update, exactly the nightly job (training, probes, gate); returns its `runs` row."""
+    """One update, exactly the nightly job (training, probes, gate); returns its `runs` row. It trains on
+    `workers` ranks that it starts itself (daemon/ranks.py), or on torchrun's `team`, of which this process
+    is rank 0; the gate's probes run here alone."""
     db = open_db(config.db_path)
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
+    team = team or ranks.Team.local(config)
     run_id = None
     try:
         night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
-        return _train_night(db, config, run_id, night, started, should_stop, progress or Progress())
+        return _train_night(db, config, run_id, night, started, should_stop, progress or Progress(), team)
     except UserError:
         raise
     except Exception as exc:
+        exc = team.abort(exc)
         if run_id is None and isinstance(exc, sqlite3.Error):
             raise  # the database refused the run's first row, so none can record this: the caller says why
         refused = isinstance(exc, Refused)
@@ -132,11 +141,12 @@ def run_update(
         )
         return runs.get_run(db, run_id)
     finally:
+        team.finish()
         db.close()
 
 
 def _train_night(
-    db, config: Config, run_id: int, night: Night, started: float, should_stop, progress: Progress
+    db, config: Config, run_id: int, night: Night, started: float, should_stop, progress: Progress, team: ranks.Team
 ) -> dict:
     new_text = queries.text_between(db, night.first_id, night.last_id, split="train")
     bounds = dict(first_message_id=night.first_id, last_message_id=night.last_id)
@@ -198,12 +208,26 @@ def _train_night(
             last_save = time.monotonic()
 
     model.trainer.lr *= config.lr_scale * rate  # a trainer is built afresh for each update, at its default rate
-    batches, replay_rows = recipe.update_batches(new_text, replay, config, torch.Generator().manual_seed(run_id))
+    generator = torch.Generator().manual_seed(run_id)
+    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world)
     recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
+    replicas = None
+    if team.world > 1 and steps_left > 0:
+        meta["workers"] = team.world
+        night_for_ranks = ranks.night_for_ranks(model.trainer, config, (new_text, replay), run_id, budget_s, steps_left)
+        replicas = team.start(config, night_for_ranks)
+        model.trainer.distribute(replicas)
     progress.start(run_id, steps_left, budget_s)
     result = train(
-        model.trainer, batches, budget_s=budget_s, max_steps=steps_left, on_step=on_step, should_stop=should_stop
+        model.trainer,
+        batches,
+        budget_s=budget_s,
+        max_steps=steps_left,
+        on_step=on_step,
+        should_stop=should_stop,
+        replicas=replicas,
     )
+    team.finish()  # the helper ranks leave now: the gate's probes run here alone, on every core
     progress.finish()
     fields = dict(
         new_bytes=len(new_text),
@@ -229,7 +253,7 @@ def _train_night(
         )
         return runs.get_run(db, run_id)
 
-    if should_stop():
+    if result.stopped or should_stop():  # a stop asked of any rank stops them all
         return interrupted(save("partial"), "stopped by a signal")
     meta.update(trained=True, layer_losses=fields["layer_losses"])
     candidate = save("final", status="candidate")
@@ -317,11 +341,16 @@ def log_failure(what: str, exc: Exception) -> None:
 
 
 def update_and_probe(
-    config: Config, *, should_stop=lambda: False, progress: Progress | None = None, from_scratch: bool = False
+    config: Config,
+    *,
+    should_stop=lambda: False,
+    progress: Progress | None = None,
+    from_scratch: bool = False,
+    team: ranks.Team | None = None,
 ) -> dict:
     """The nightly job, as the service's child, the CLI and the benchmarks call it: an update whose probe
     pass is also its gate's (run_update)."""
-    return run_update(config, should_stop=should_stop, progress=progress, from_scratch=from_scratch)
+    return run_update(config, should_stop=should_stop, progress=progress, from_scratch=from_scratch, team=team)
 
 
 def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from engram_ff.model import losses
 from engram_ff.model.config import VOCAB
+from engram_ff.model.parallel import Replicas
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
 # CPU-s (batch 16 x 256, daemon preset): FF 1.766 / 1.745 / 1.757 nats a byte, BP 1.621 at 4e-3 and
@@ -62,7 +63,14 @@ class FFTrainer:
         self.loss_rows: list[int | None] = [None] * len(self.optimizers)  # layer l's loss reads batch rows [:n]
         self.byte_counts = torch.ones(VOCAB)  # for unigram negatives (add-one smoothed)
         self.generator = torch.Generator().manual_seed(seed)
+        self.replicas: Replicas | None = None
         self.steps = 0
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Train as one of data-parallel replicas: each layer's gradients (and its loss, for the record) are
+        averaged over the ranks right before that layer's own step, so no gradient crosses a layer here
+        either. The sampled losses draw their negatives on each rank for its own rows."""
+        self.replicas = replicas
 
     def set_lr_scale(self, scale: float) -> None:
         for opt, layer_lr in zip(self.optimizers, self.layer_lr):
@@ -84,22 +92,42 @@ class FFTrainer:
             self.byte_counts += torch.bincount(y.flatten(), minlength=VOCAB)
         layer_losses = []
         lower = None  # detached logits of the layers below, [B, T, 256]
+        averaging = []  # replicas: the layer whose averaged gradient is on its way, stepped after the next
         features = self.model.features(x, detach=True)
         for opt, head, layer_lr, rows in zip(self.optimizers, self.model.heads, self.layer_lr, self.loss_rows):
             with torch.set_grad_enabled(layer_lr > 0):
                 z = next(features)
                 logits = head(z) if lower is None else lower + head(z)
+                if rows is not None and self.replicas is not None:  # rows of the global batch: a shard's share
+                    rows //= self.replicas.world
                 loss = self._local_loss(logits[:rows], y[:rows], None if lower is None else lower[:rows])
             if layer_lr > 0:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.clip:
-                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
-                opt.step()
+                params = [p for g in opt.param_groups for p in g["params"]]
+                if self.replicas is None:
+                    self._clip_and_step(opt, params)
+                else:  # averaged over the ranks (its loss too) while the next layer computes
+                    loss = loss.detach().reshape(1)
+                    averaging.append((opt, params, self.replicas.average_async([p.grad for p in params] + [loss])))
+                    if len(averaging) == 2:
+                        self._clip_and_step(*averaging.pop(0))
             lower = logits.detach()
-            layer_losses.append(loss.item())
+            layer_losses.append(loss.detach())
+        for waiting in averaging:
+            self._clip_and_step(*waiting)
         self.steps += 1
-        return layer_losses
+        return [loss.item() for loss in layer_losses]
+
+    def _clip_and_step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], averaging=None) -> None:
+        """One layer's step. Over replicas, after its gradient's average has arrived: the clip must see the
+        global batch's gradient. A layer's step may wait for the next layer's backward: that layer's input
+        was computed before this step, as in one process, so the mathematics do not change."""
+        if averaging is not None:
+            averaging.wait()
+        if self.clip:
+            nn.utils.clip_grad_norm_(params, self.clip)
+        opt.step()
 
     def _local_loss(self, logits: torch.Tensor, y: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
         if self.loss == "softmax":
@@ -157,7 +185,18 @@ class BPTrainer:
         self.optimizer = _adam(list(model.parameters()), lr)
         self.layers = model.layer_parameters()
         self.layer_lr = [1.0] * len(self.layers)  # per-layer multiplier of each step, as FFTrainer's
+        self.net: nn.Module = model  # what the step runs: the model, or its DistributedDataParallel wrapper
+        self.replicas: Replicas | None = None
         self.steps = 0
+
+    def distribute(self, replicas: Replicas) -> None:
+        """Train as one of data-parallel replicas, with torch's DistributedDataParallel: it averages the
+        gradients over the ranks during the backward pass, before the clip and the step see them. A
+        collective: every rank calls it at the same point."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.replicas = replicas
+        self.net = DistributedDataParallel(self.model, gradient_as_bucket_view=True)
 
     def set_lr_scale(self, scale: float) -> None:
         for group in self.optimizer.param_groups:
@@ -165,7 +204,7 @@ class BPTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         self.model.train()
-        loss = F.cross_entropy(self.model.logits(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss = F.cross_entropy(self.net(x)[0].reshape(-1, VOCAB), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip:
@@ -181,6 +220,9 @@ class BPTrainer:
             for p, before, rate in slowed:
                 p.lerp_(before, 1 - rate)
         self.steps += 1
+        if self.replicas is not None:  # the global batch's loss, for the record
+            loss = loss.detach().reshape(1)
+            self.replicas.average_([loss])
         return [loss.item()]
 
     def state_dict(self) -> dict:
@@ -200,6 +242,7 @@ class TrainResult:
     bytes: int = 0
     seconds: float = 0.0  # time spent training, callbacks excluded
     losses: list[float] = field(default_factory=list)  # the last step's per-layer losses
+    stopped: bool = False  # should_stop() ended it (on any rank), before its steps or its budget ran out
 
 
 def lr_schedule(progress: float, warmup: float = 0.02, floor: float = 0.1) -> float:
@@ -219,6 +262,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     schedule: Callable[[float], float] | None = lr_schedule,
     clock: Callable[[], float] = time.perf_counter,
+    replicas: Replicas | None = None,
 ) -> TrainResult:
     """Train until budget_s seconds of training, max_steps steps, or should_stop() says so.
 
@@ -226,10 +270,19 @@ def train(
     nightly budget still ends annealed. on_step(step, losses, result) runs after every step (checkpoint,
     evaluate, log); its time is not charged to the budget. `clock` measures the budget: wall time by
     default; a benchmark on a shared machine can pass a CPU-time clock instead.
+
+    With `replicas` (a distributed trainer, see model/parallel.py) `batches` are the global batches, the
+    same on every rank: each rank trains on its shard, every rank stops at the same step and reads the
+    slowest rank's seconds as the progress, and `bytes` counts the whole batch.
     """
     result = TrainResult()
     for x, y in batches:
-        if result.steps >= max_steps or result.seconds >= budget_s or (should_stop and should_stop()):
+        stop = result.steps >= max_steps or result.seconds >= budget_s or bool(should_stop and should_stop())
+        if replicas is not None:
+            result.seconds, stop = replicas.agree(result.seconds, stop)
+            x, y = replicas.shard(x), replicas.shard(y)
+        if stop:
+            result.stopped = result.steps < max_steps and result.seconds < budget_s
             break
         if schedule is not None:
             trainer.set_lr_scale(schedule(max(result.seconds / budget_s, result.steps / max_steps)))
@@ -237,7 +290,7 @@ def train(
         result.losses = trainer.train_step(x, y)
         result.seconds += clock() - t0
         result.steps += 1
-        result.bytes += y.numel()
+        result.bytes += y.numel() * (1 if replicas is None else replicas.world)
         if on_step is not None:
             on_step(result.steps, result.losses, result)
     return result

@@ -1,0 +1,252 @@
+"""The ranks of a data-parallel update: how many, how rank 0 starts and leads them, what the others do.
+
+Rank 0 is the update process itself (daemon/child.py, or `engram-ff update`): it alone reads the
+database and reads and writes checkpoints, so the checkpoint format and everything that reads it stay
+as they are. Once it knows what the night trains, it starts `workers - 1` helper ranks
+(`python -m engram_ff.daemon.ranks`), which meet it through a rendezvous file in the data directory
+(torch's FileStore) and exchange gradients over the loopback interface only (gloo bound to 127.0.0.1):
+nothing listens beyond this host. It then broadcasts the night (the text, the model, the trainer's
+state and settings); every rank draws the same global batches and trains on its shard
+(model/parallel.py), so the replicas stay identical and rank 0's checkpoints are the model.
+
+Under torchrun (several hosts, or ranks started by hand) the ranks are torchrun's: every rank runs
+`engram-ff update`, rank 0 does the above but starts no helper, and the others `follow` it. They need
+engram-ff installed, not the data.
+
+A rank that dies closes its sockets: rank 0's next collective fails, and the update fails like any
+other (the previous checkpoint stays current). If rank 0 dies, its helpers are killed with it
+(PR_SET_PDEATHSIG) and the update resumes from its last partial checkpoint, as a single process would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from engram_ff.daemon import recipe
+from engram_ff.daemon.config import Config
+from engram_ff.daemon.logs import setup_logging
+from engram_ff.daemon.sandbox import adapt_torch
+from engram_ff.model.lm import FFLM, LMConfig
+from engram_ff.model.parallel import Replicas
+from engram_ff.model.train import TRAINERS, train
+
+log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
+
+# "auto" gives every rank at least this many rows of a batch: one thread trains 4 rows at 0.93 of its
+# bytes/s at 16 rows, 2 rows at 0.75 (bench/results/parallel-throughput.md, a shared machine).
+MIN_ROWS_PER_RANK = 4
+HELPER_EXIT_S = 5.0  # a helper ends training at rank 0's step, then only logs and exits; else (Ctrl-C) it is ended
+HELPER_DEATH_S = 1.0  # a failed collective: how long a helper that died may take to be seen dead
+PR_SET_PDEATHSIG = 1
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on, and no more than its cgroup's CPU quota (systemd's CPUQuota=)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def resolve_workers(config: Config) -> int:
+    """How many ranks an update starts: `workers`, or for "auto" one per usable core, as long as each
+    keeps MIN_ROWS_PER_RANK rows and the batch splits evenly (equal shares keep the mathematics exact)."""
+    if config.workers != "auto":
+        return int(config.workers)
+    limit = min(usable_cores(), config.batch_size // MIN_ROWS_PER_RANK)
+    return max([w for w in range(1, limit + 1) if config.batch_size % w == 0], default=1)
+
+
+class Team:
+    """The ranks of one update, as rank 0 sees them. With one rank it does nothing at all: the
+    single-process path is the one it always was."""
+
+    def __init__(self, world: int, replicas: Replicas | None = None):
+        self.world = world
+        self.replicas = replicas  # torchrun's, joined already; else ours once started
+        self.rank = 0 if replicas is None else replicas.rank
+        self.helpers: list[subprocess.Popen] = []
+        self.store: Path | None = None
+        self.threads = torch.get_num_threads()
+        self.sent = self.finished = False
+
+    @classmethod
+    def local(cls, config: Config) -> Team:
+        """The team the update starts itself: `workers` ranks on this host."""
+        return cls(resolve_workers(config))
+
+    @classmethod
+    def torchrun(cls) -> Team | None:
+        """torchrun's ranks (RANK, WORLD_SIZE, MASTER_ADDR in the environment), joined; None unless
+        torchrun started this process as one of several."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+            return None
+        replicas = Replicas.join("env://", int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        return cls(replicas.world, replicas)
+
+    def start(self, config: Config, night: dict) -> Replicas:
+        """Start the helper ranks (unless torchrun did), meet them, and hand every rank the night."""
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} ranks")
+        if self.replicas is None:
+            self._start_helpers(config)
+        self.replicas.broadcast(night)
+        self.sent = True
+        log.info("training on %d ranks of %d rows each", self.world, config.batch_size // self.world)
+        return self.replicas
+
+    def _start_helpers(self, config: Config) -> None:
+        threads = max(1, usable_cores() // self.world)
+        self.store = config.data_dir / f".ranks-{os.getpid()}"
+        for stale in config.data_dir.glob(".ranks-*"):  # left by a killed update; one update runs at a time
+            stale.unlink(missing_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        for rank in range(1, self.world):
+            argv = [str(self.store), str(rank), str(self.world), str(os.getpid()), config.log_level]
+            self.helpers.append(subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.ranks", *argv], env=env))
+        torch.set_num_threads(threads)
+        self.replicas = Replicas.join(f"file://{self.store}", 0, self.world, loopback=True)
+
+    def follow(self) -> int:
+        """A rank other than 0 under torchrun: train as rank 0 says, then leave the group."""
+        stop = stop_flag()
+        try:
+            return follow(self.replicas, should_stop=lambda: stop["requested"])
+        except Exception as exc:  # rank 0's failure reaches us as a broken collective
+            raise RankFailed(f"rank {self.rank} of {self.world} stops: {first_line(exc)}") from None
+        finally:
+            self.replicas.close()
+
+    def abort(self, exc: Exception) -> Exception:
+        """The update failed: end the helpers, which may wait in a collective that will never come. If one
+        of them had died first, that is why: the failure names it rather than the broken collective."""
+        died = []
+        for rank, helper in enumerate(self.helpers, start=1):
+            try:
+                code = helper.wait(HELPER_DEATH_S)  # a killed helper's sockets close as it exits: wait for it
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                continue
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            died.append(f"rank {rank} of {self.world} (pid {helper.pid}) died ({how})")
+        return RankFailed("; ".join(died) + ", and the others cannot train without it") if died else exc
+
+    def finish(self) -> None:
+        """Release torchrun's ranks if no night reached them, let our helpers exit, leave the group. Once."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            if self.replicas is not None and not self.sent:
+                self.replicas.broadcast(None)
+        finally:
+            for helper in self.helpers:
+                try:
+                    helper.wait(HELPER_EXIT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
+                    helper.kill()
+                    helper.wait()
+            if self.replicas is not None:
+                self.replicas.close()
+            if self.store is not None:
+                self.store.unlink(missing_ok=True)
+            torch.set_num_threads(self.threads)
+
+
+class RankFailed(RuntimeError):
+    """This rank cannot go on: another rank died, or the group could not meet."""
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
+
+
+def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes], seed: int, budget_s: float, steps: int):
+    """What every other rank needs to train exactly as rank 0 does: picklable, tensors included."""
+    return {
+        "config": config,
+        "new_text": text[0],
+        "replay": text[1],
+        "seed": seed,
+        "budget_s": budget_s,
+        "steps": steps,
+        "model_config": trainer.model.config.to_dict(),
+        "model": trainer.model.state_dict(),
+        "trainer_kind": trainer.kind,
+        "trainer": trainer.state_dict(),
+        "lr": trainer.lr,
+        "layer_lr": list(trainer.layer_lr),
+        "loss_rows": list(getattr(trainer, "loss_rows", [])),
+    }
+
+
+def follow(replicas: Replicas, should_stop=lambda: False) -> int:
+    """A rank other than 0: take the night from rank 0, train on this rank's shards, and return."""
+    night = replicas.broadcast()
+    if night is None:
+        return 0
+    model = FFLM(LMConfig.from_dict(night["model_config"]))
+    model.load_state_dict(night["model"])
+    trainer = TRAINERS[night["trainer_kind"]](model)
+    trainer.load_state_dict(night["trainer"])
+    trainer.lr, trainer.layer_lr = night["lr"], night["layer_lr"]
+    if night["loss_rows"]:
+        trainer.loss_rows = night["loss_rows"]
+    trainer.distribute(replicas)
+    generator = torch.Generator().manual_seed(night["seed"])
+    batches, _ = recipe.update_batches(night["new_text"], night["replay"], night["config"], generator, replicas.world)
+    result = train(trainer, batches, night["budget_s"], night["steps"], should_stop=should_stop, replicas=replicas)
+    log.info("rank %d: %d steps", replicas.rank, result.steps)
+    return 0
+
+
+def stop_flag() -> dict:
+    """SIGTERM and SIGINT ask for a stop (systemd and Ctrl-C signal every rank): the ranks agree on it
+    at the next step, so that rank 0 saves a checkpoint and every rank leaves training together."""
+    stop = {"requested": False}
+
+    def on_signal(signum, frame):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def main() -> int:
+    """A helper rank: `python -m engram_ff.daemon.ranks STORE RANK WORLD PARENT_PID LOG_LEVEL`, started by
+    rank 0, which it dies with: it holds nothing that a checkpoint does not."""
+    store, rank, world, parent, level = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        return 1  # rank 0 died before the line above
+    setup_logging(level)
+    adapt_torch()
+    stop = stop_flag()
+    try:
+        replicas = Replicas.join(f"file://{store}", rank, world, loopback=True)
+        try:
+            return follow(replicas, should_stop=lambda: stop["requested"])
+        finally:
+            replicas.close()
+    except Exception as exc:  # the others' failure reaches us as a broken collective: one line, not a traceback
+        log.error("rank %d of %d stops: %s", rank, world, first_line(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
