@@ -198,7 +198,13 @@ def status(args) -> int:
     db = open_db(config.db_path)
     print(f"database {config.db_path}, watching {config.watch}\n")
     columns = ["path", "size", "committed_offset", "pending", "generation", "messages", "last_seen", "error"]
-    print(table(queries.files(db), columns))
+    print(table(queries.files(db, queries.FILES_SHOWN), columns))
+    totals = queries.file_totals(db)
+    if totals["files"] > queries.FILES_SHOWN:
+        print(
+            f"(the {queries.FILES_SHOWN} most recently read of {totals['files']} files: {totals['messages']} "
+            f"messages, {totals['pending']} bytes waiting for a newline, {totals['errors']} with errors)"
+        )
     print()
     print(table(queries.day_splits(db), ["day", "split", "messages", "bytes"]))
     events = queries.event_counts(db)

@@ -92,19 +92,35 @@ def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
 
 
 def day_splits(db: sqlite_utils.Database) -> list[dict]:
-    """Messages and bytes per day and split."""
-    return list(db.query("SELECT * FROM day_splits ORDER BY day, split"))
+    """Messages and bytes per day and split, from the counts ingest keeps (state/schema.py 0200), so this
+    costs one row a day and split, not a read of every message."""
+    return list(db.query("SELECT day, split, messages, bytes FROM day_counts ORDER BY day, split"))
 
 
-def files(db: sqlite_utils.Database) -> list[dict]:
-    """Every file seen, with its message count and bytes still waiting for a newline."""
+FILES_SHOWN = 50  # `status` lists this many files; file_totals covers the rest
+
+
+def files(db: sqlite_utils.Database, limit: int | None = None) -> list[dict]:
+    """Files seen, most recently read first (all of them without a limit), with the messages stored from
+    each and the bytes still waiting for a newline. Costs O(files) at most: no count over messages."""
     return list(
-        db.query("""
-        SELECT f.path, f.size, f.committed_offset, f.size - f.committed_offset AS pending, f.generation,
-               f.first_seen, f.last_seen, coalesce(f.error, '') AS error,
-               (SELECT count(*) FROM messages m WHERE m.file_id = f.id) AS messages
-        FROM files f ORDER BY f.path""")
+        db.query(
+            """
+        SELECT f.path, f.size, f.committed_offset, max(f.size - f.committed_offset, 0) AS pending, f.generation,
+               f.first_seen, f.last_seen, coalesce(f.error, '') AS error, f.messages
+        FROM files f ORDER BY f.last_seen DESC, f.path LIMIT ?""",
+            [-1 if limit is None else limit],
+        )
     )
+
+
+def file_totals(db: sqlite_utils.Database) -> dict[str, int]:
+    """What a bounded file listing leaves out: how many files, their bytes read and waiting, messages, errors."""
+    row = db.execute(
+        """SELECT count(*), coalesce(sum(committed_offset), 0), coalesce(sum(max(size - committed_offset, 0)), 0),
+                  coalesce(sum(messages), 0), count(error) FROM files"""
+    ).fetchone()
+    return dict(zip(("files", "committed", "pending", "messages", "errors"), row))
 
 
 def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
@@ -120,11 +136,12 @@ def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, int]:
-    """Row counts of the ingest tables."""
-    return {
-        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        for table in ("files", "messages", "events", "quarantine")
+    """Row counts of the ingest tables; messages from the kept day counts, not a count of ten million rows."""
+    found = {
+        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("files", "events", "quarantine")
     }
+    found["messages"] = db.execute("SELECT coalesce(sum(messages), 0) FROM day_counts").fetchone()[0]
+    return found
 
 
 def event_counts(db: sqlite_utils.Database) -> list[dict]:

@@ -51,7 +51,7 @@ def test_a_bad_line_is_quarantined_with_its_reason_and_the_rest_stored(db, daily
     assert texts(db) == ["before", "after"]
     ((offset, stored_reason),) = quarantined(db)
     assert offset == len(line("before")) and reason in stored_reason
-    assert f"{daily}:{offset}: quarantined: " in caplog.text and reason in caplog.text
+    assert f"{daily} @ byte {offset}: quarantined: " in caplog.text and reason in caplog.text
     assert result.offset == daily.stat().st_size
 
 
@@ -94,7 +94,7 @@ def test_a_compressed_file_is_quarantined_line_by_line_and_nothing_else_lost(db,
         stats = catch_up(db, tmp_path / "engram")
     assert texts(db) == ["plain"]
     assert stats.quarantined >= 1 and stats.errors == 0
-    assert f"{zipped}:0: quarantined: invalid UTF-8" in caplog.text
+    assert f"{zipped} @ byte 0: quarantined: invalid UTF-8" in caplog.text
 
 
 # --- files: what the folder can hold besides regular JSONL files ------------------------------------
@@ -107,13 +107,13 @@ def test_special_files_named_jsonl_are_logged_and_passed_over(db, tmp_path, dail
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(raw / "sock.jsonl"))
     try:
-        with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
+        with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
             stats = catch_up(db, tmp_path / "engram")
     finally:
         server.close()
     assert texts(db) == ["a"] and stats.messages == 1
     assert f"{raw / 'fifo.jsonl'}: skipped: not a regular file" in caplog.text
-    assert f"{raw / 'zero.jsonl'}: skipped: not a regular file" in caplog.text
+    assert f"{raw / 'zero.jsonl'}: skipped: a symlink to /dev/zero, outside the watched folder" in caplog.text
     assert f"{raw / 'dangling.jsonl'}: cannot read: No such file or directory" in caplog.text
     assert f"{raw / 'sock.jsonl'}: cannot read: No such device or address" in caplog.text
 
@@ -266,7 +266,7 @@ def test_a_100_mb_line_without_newline_is_read_in_bounded_memory(tmp_path, daily
     db = open_db(tmp_path / "state.db")
     assert texts(db) == ["before", "after"]
     assert db.execute("SELECT reason, length FROM quarantine").fetchone()[0] == "line over 1048576 bytes"
-    assert f"{daily}:{len(line('before'))}: quarantined: line over" in child.stderr
+    assert f"{daily} @ byte {len(line('before'))}: quarantined: line over" in child.stderr
 
 
 # --- security ---------------------------------------------------------------------------------------

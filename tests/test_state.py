@@ -65,12 +65,7 @@ def test_migrations_apply_once_even_when_opened_concurrently(tmp_path, round):
 
 
 def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
-    db = open_db(tmp_path / "state.db", migrate=False)
-    db.conn.execute("BEGIN IMMEDIATE")
-    migrations.apply(db, stop_before="0101_messages_cheap_checks")
-    db.conn.commit()
-    write_day(tmp_path, "2026-11-01", [("s", "alice", f"m{i}") for i in range(5)])
-    catch_up(db, tmp_path)
+    db = old_database(tmp_path / "state.db", "0101_messages_cheap_checks", messages=5)
     with db.conn:
         db.execute("DELETE FROM messages WHERE id = 5")  # the sequence stays at 5: id 5 is never reused
     before = list(db.execute("SELECT * FROM messages ORDER BY id"))
@@ -86,6 +81,46 @@ def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
             "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
             " shape) VALUES (1, 0, 'd', 's', 'r', 's', 't', 7, 'test', 'chat')"
         )
+
+
+def old_database(path, stop_before: str, messages: int):
+    """A database migrated up to (not including) stop_before, holding `messages` messages of one file
+    and one quarantined line, written as the ingest of that time wrote them (the reader of today needs
+    today's schema)."""
+    db = open_db(path, migrate=False)
+    db.conn.execute("BEGIN IMMEDIATE")
+    migrations.apply(db, stop_before=stop_before)
+    db.conn.commit()
+    with db.conn:
+        db.execute("INSERT INTO files (path, committed_offset, size) VALUES ('/w/raw/2026-11-01.jsonl', 99, 99)")
+        for i in range(messages):
+            db.execute(
+                "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split, shape)"
+                " VALUES (1, ?, ?, 's', 'user', 'alice', ?, ?, ?, 'recorder')",
+                [i, f"2026-11-0{1 + i % 2}", f"m{i}", i, "train" if i % 3 else "probe"],
+            )
+        db.execute(
+            "INSERT INTO quarantine (file_id, line_offset, length, reason, excerpt, hash) VALUES (1, 7, 4, 'bad', 'junk', 42)"
+        )
+    return db
+
+
+def test_counts_migration_fills_the_counters_from_the_rows(tmp_path):
+    old = old_database(tmp_path / "state.db", "0200_ingest_counts_and_identity", messages=7)
+    exact = list(old.execute("SELECT day, split, messages, bytes FROM day_splits ORDER BY day, split"))
+    quarantine = list(old.execute("SELECT * FROM quarantine"))
+    db = open_db(tmp_path / "state.db")
+    assert [tuple(r.values()) for r in queries.day_splits(db)] == exact
+    assert [r["messages"] for r in queries.files(db)] == [7]
+    assert queries.counts(db)["messages"] == 7 == queries.file_totals(db)["messages"]
+    assert list(db.execute("SELECT * FROM quarantine")) == quarantine  # same rows and ids
+    write_day(tmp_path, "2026-11-01", [("s", "alice", "after the upgrade")])
+    catch_up(db, tmp_path)
+    assert queries.counts(db)["messages"] == 8
+    assert sum(r["messages"] for r in queries.day_splits(db)) == 8
+    assert [tuple(r.values()) for r in queries.day_splits(db)] == list(
+        db.execute("SELECT day, split, messages, bytes FROM day_splits ORDER BY day, split")
+    )
 
 
 def test_foreign_keys_are_enforced(tmp_path):
