@@ -57,7 +57,7 @@ def find_row(
     if at_name["committed_offset"] == 0:
         return Found(at_name)  # nothing was read from the earlier file: the row starts over with this one
     files.detach(conn, at_name)
-    return Found(files.add(conn, key, at_name["generation"] + 1), replaced=at_name, wrote=True)
+    return Found(files.add(conn, key), replaced=at_name, wrote=True)
 
 
 def names_it(path: str, st: os.stat_result) -> bool:

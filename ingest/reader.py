@@ -165,6 +165,11 @@ def ingest_file(
     if own:
         try:
             fd = open_file(path)
+        except FileNotFoundError as exc:
+            if os.path.lexists(path):  # a dangling symlink: say so
+                return _failed(db, result, describe_error(exc))
+            log.debug("%s: gone before it could be read (renamed or deleted; its new name is read)", shown(path))
+            return result
         except OSError as exc:
             return _failed(db, result, describe_error(exc))
     try:
@@ -328,7 +333,7 @@ class _Chunks:
         with open(os.dup(self.fd), "rb") as raw, gzip.GzipFile(fileobj=raw) as text:
             try:
                 text.seek(self.start)
-                while chunk := text.read(CHUNK_BYTES):
+                while chunk := text.read1(CHUNK_BYTES):  # read1: what came before a bad byte is kept
                     yield chunk
             except EOFError:
                 pass  # the end of what was written so far: the rest is read when it is there
@@ -447,7 +452,7 @@ class _FileReader:
         else:
             earlier = found.replaced or row
             start, skipping = 0, False
-            self.generation = row["generation"] if found.replaced else row["generation"] + 1
+            self.generation = 0 if found.replaced else row["generation"] + 1  # a new file, or the same again
             self.head_len = 0
             self.result.reread = True
             log.info(

@@ -96,7 +96,7 @@ class Watcher:
         self.stats = WatcherStats()
         self.folder = Folder(self.watch_dir, follow_outside=self.limits.follow_outside)
         self._due: dict[str, float] = {}  # path -> monotonic time it may be read
-        self._retry_at: dict[str, float] = {}  # path -> monotonic time a failed read may be tried again
+        self._retry_at = 0.0  # monotonic time the database may be tried again after a failed write
         self._scan_due = 0.0  # monotonic time of the next full scan; 0: at once
         self._held: dict[tuple[int, int], _Held] = {}  # (device, inode) -> descriptor (writer thread only)
         self._held_checked = 0.0  # monotonic time the held descriptors were last looked at
@@ -191,23 +191,24 @@ class Watcher:
 
     def _next_paths(self) -> tuple[list, bool] | None:
         """Wait until a scan or some paths are due: (paths, whether a full scan); None once stopping.
-        Wakes every HELD_POLL_S while descriptors are held, to look at them."""
+        Wakes every HELD_POLL_S while descriptors are held, to look at them; reads nothing while the
+        database is in its back-off after a refused write."""
         with self._wake:
             while not self._stopping:
                 now = time.monotonic()
                 if now >= self._scan_due:
                     self._scan_due = float("inf")  # set by _scan once it knows what the scan cost
-                    break
-                due = sorted(path for path, at in self._due.items() if at <= now)
-                if due or (self._held and now >= self._held_due):
-                    return due, False
-                wait = min([self._scan_due, *self._due.values()]) - now
-                if self._held:
-                    wait = min(wait, max(0.0, self._held_due - now))
-                self._wake.wait(wait)
-            else:
-                return None
-        return [], True
+                    return [], True
+                if now >= self._retry_at:
+                    due = sorted(path for path, at in self._due.items() if at <= now)
+                    if due or (self._held and now >= self._held_due):
+                        return due, False
+                    held = [self._held_due] if self._held else []
+                    wake_at = min([self._scan_due, *self._due.values(), *held])
+                else:
+                    wake_at = min(self._scan_due, self._retry_at)
+                self._wake.wait(max(0.0, wake_at - now))
+        return None
 
     @property
     def _held_due(self) -> float:
@@ -215,26 +216,25 @@ class Watcher:
 
     def _scan(self, db, _: list) -> None:
         """Read every file that changed since its last read; then schedule the next scan."""
+        if time.monotonic() < self._retry_at:  # the database refused a write: the scan waits too
+            with self._wake:
+                self._scan_due = min(self._scan_due, self._retry_at)
+            return
         cpu = time.thread_time()
         changed = self.folder.changed()
         self.stats.scanning = (0, len(changed))
         complete = True
         for i, (path, sig) in enumerate(changed):
-            if self._stopping:
-                complete = False
-                break
-            if self._retry_at.get(path, 0.0) > time.monotonic():
-                continue  # backing off after a failed write: its own retry is queued
-            if not self._read(db, path, sig):
-                complete = False  # the database refused: the rest waits for the back-off too
+            if self._stopping or not self._read(db, path, sig):
+                complete = False  # stopping, or the database refused: the rest waits for the back-off
                 break
             self.stats.scanning = (i + 1, len(changed))
             self._read_held(db)
         spent = time.thread_time() - cpu
         with self._wake:
             delay = max(self.rescan_s, spent / RESCAN_CPU_SHARE)
-            if not complete and self._retry_at:
-                delay = min(delay, max(0.0, min(self._retry_at.values()) - time.monotonic()))
+            if not complete:
+                delay = min(delay, max(0.0, self._retry_at - time.monotonic()))
             self._scan_due = min(self._scan_due, time.monotonic() + delay)
         self.stats.scans += complete  # counted once every file of the scan has been read
 
@@ -251,7 +251,6 @@ class Watcher:
                 os.close(fd)
             self._failed(path, exc)
             return False
-        self._retry_at.pop(path, None)
         self._done(result)
         self.folder.mark(path, result.signature or sig or _signature_of(path))
         if fd is not None:
@@ -265,7 +264,7 @@ class Watcher:
         retry = min(MAX_RETRY_S, RETRY_BASE_S * 2.0 ** (s.failures - 1))
         log.error("%s: not stored, retrying in %.1f s: %s", shown(path), retry, s.last_error)
         with self._wake:
-            self._retry_at[path] = self._due[path] = time.monotonic() + retry
+            self._retry_at = self._due[path] = time.monotonic() + retry
 
     def _done(self, result: FileResult) -> None:
         self.stats.failures = 0

@@ -53,10 +53,10 @@ def by_identity(conn: sqlite3.Connection, device: int, inode: int) -> list[dict]
     return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
-def add(conn: sqlite3.Connection, key: str, generation: int = 0) -> dict:
+def add(conn: sqlite3.Connection, key: str) -> dict:
     """A new row, in the read's transaction (begun here if none is): one fsync a new file, not two."""
     begin(conn)
-    conn.execute("INSERT INTO files (path, generation) VALUES (?, ?)", (key, generation))
+    conn.execute("INSERT INTO files (path) VALUES (?)", (key,))
     return by_path(conn, key)
 
 

@@ -100,7 +100,8 @@ def old_database(path, stop_before: str, messages: int):
                 [i, f"2026-11-0{1 + i % 2}", f"m{i}", i, "train" if i % 3 else "probe"],
             )
         db.execute(
-            "INSERT INTO quarantine (file_id, line_offset, length, reason, excerpt, hash) VALUES (1, 7, 4, 'bad', 'junk', 42)"
+            "INSERT INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
+            " VALUES (1, 7, 4, 'bad', 'junk', 42)"
         )
     return db
 
