@@ -194,3 +194,28 @@ def test_sample_text_is_seeded_and_sized(tmp_path):
     assert a != queries.sample_text(db, 500, max_id=100, seed=2)
     assert b"replayed text 150" not in queries.sample_text(db, 5000, max_id=100, seed=3)
     assert queries.sample_text(db, 500, max_id=0, seed=1) == b""
+
+
+def test_the_wal_shrinks_back_after_a_reader_held_it_open(tmp_path, monkeypatch):
+    """A reader's snapshot keeps SQLite from checkpointing past it, so the WAL grows while it is held
+    (issue #16: 237 MB beside a 55 MB database); once it is gone, the next commits cut the file back to
+    WAL_LIMIT_BYTES instead of leaving it at its largest for good."""
+    from engram_ff.state import db as db_module
+
+    monkeypatch.setattr(db_module, "WAL_LIMIT_BYTES", 1 << 20)
+    db = open_db(tmp_path / "state.db")
+    reader = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # the snapshot is taken here
+    for day in range(1, 4):
+        write_day(tmp_path, f"2026-11-0{day}", [("s", "u", f"{day}: " + "text " * 40 + str(i)) for i in range(4000)])
+    catch_up(db, tmp_path)
+    wal = tmp_path / "state.db-wal"
+    grown = wal.stat().st_size
+    assert grown > 4 << 20
+    reader.execute("COMMIT")
+    reader.close()
+    for n in range(3):  # a commit checkpoints the WAL; the one after it starts the WAL over and cuts it
+        write_day(tmp_path, "2026-11-04", [("s", "u", f"after {n}")])
+        catch_up(db, tmp_path)
+    assert wal.stat().st_size <= 1 << 20, (grown, wal.stat().st_size)
