@@ -151,6 +151,7 @@ def ingest_file(
     parser: ParsingProcess | None = None,
     folder: Folder | None = None,
     fd: int | None = None,
+    group: CommitGroup | None = None,
 ) -> FileResult:
     """Store the new complete lines of one file. Errors reading the file are logged and returned,
     never raised; database errors (disk full, lock timeout) are raised with nothing half-stored.
@@ -158,7 +159,8 @@ def ingest_file(
     A large backlog is parsed in `parser` (one is started for this file if none is given).
     With a folder, a file that leads out of it is refused. With fd, the file is read through that open
     descriptor (the caller closes it); path None then means the file may have no name any more: its row
-    is found by identity alone (a descriptor held across a rename or delete)."""
+    is found by identity alone (a descriptor held across a rename or delete). With a group, the read's
+    transaction is shared with other files' reads, and committed by the group."""
     path = None if path is None else os.fspath(path)
     result = FileResult(path or "")
     own = fd is None
@@ -189,7 +191,7 @@ def ingest_file(
                 shown(real),
             )
             return result
-        _FileReader(db, path, fd, st, Limits.of(config), result, should_stop, parser).run()
+        _FileReader(db, path, fd, st, Limits.of(config), result, should_stop, parser, group).run()
     except OSError as exc:  # EIO, or permissions changed between open and read
         return _failed(db, result, describe_error(exc))
     finally:
@@ -210,12 +212,46 @@ def catch_up(
     limits = limits or Limits()
     folder = Folder(watch_dir, follow_outside=limits.follow_outside)
     stats = IngestStats()
+    group = CommitGroup(db.conn)
     with ParsingProcess() as parser:  # started only if some file has a large backlog
         for path, _ in folder.files():
             if should_stop():
                 break
-            stats.add(ingest_file(db, path, limits, should_stop=should_stop, parser=parser, folder=folder))
+            stats.add(ingest_file(db, path, limits, should_stop=should_stop, parser=parser, folder=folder, group=group))
+    group.commit()
     return stats
+
+
+class CommitGroup:
+    """One transaction shared by the reads of many files (a scan, a catch-up pass), committed every
+    BATCH_LINES lines or COMMIT_SECONDS: a pass over 100,000 one-line files then pays an fsync a second,
+    not one a file (4.6 ms a new one-line file alone, 1.1 of them CPU, on this project's 2 cores). Each
+    file's rows and offset are in it together, so the exactly-once argument holds unchanged; what a
+    read did counts only once `commit` returns (then `on_commit` runs), and a failure rolls back every
+    read since the last commit, to be read again."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.lines, self.began = 0, 0.0
+        self.on_commit: list[Callable[[], None]] = []
+
+    def joined(self, lines: int) -> None:
+        """A read's rows and offset are in the open transaction; commits if that makes it due."""
+        if not self.lines:
+            self.began = time.monotonic()
+        self.lines += lines + 1  # a file costs about what a line does
+        if self.lines >= BATCH_LINES or time.monotonic() - self.began > COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        files.commit(self.conn)
+        done, self.on_commit, self.lines = self.on_commit, [], 0
+        for callback in done:
+            callback()
+
+    def rollback(self) -> None:
+        files.rollback(self.conn)
+        self.on_commit, self.lines = [], 0
 
 
 def describe_error(exc: OSError) -> str:
@@ -404,8 +440,9 @@ class _FileReader:
         result: FileResult,
         should_stop: Callable[[], bool],
         parser: ParsingProcess | None,
+        group: CommitGroup | None = None,
     ):
-        self.conn, self.should_stop, self.parser = db.conn, should_stop, parser
+        self.conn, self.should_stop, self.parser, self.group = db.conn, should_stop, parser, group
         self.path, self.fd, self.st, self.limits, self.result = path, fd, st, limits, result
         self.key = None if path is None else path_key(path)
         self.warnings = 0
@@ -606,7 +643,10 @@ class _FileReader:
                 head_hash=head_hash,
                 new_messages=pending.messages,
                 messages_after=pending.messages_after,
+                commit=self.group is None,
             )
+            if self.group is not None:
+                self.group.joined(pending.lines)
         except BaseException:
             self._rollback()
             raise
@@ -623,6 +663,8 @@ class _FileReader:
         self._pending = _Pending()
 
     def _rollback(self) -> None:
+        if self.group is not None:
+            self.group.rollback()
         files.rollback(self.conn)
         self._pending = _Pending()
 

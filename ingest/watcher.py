@@ -22,6 +22,7 @@ held descriptor growing (it looks every HELD_POLL_S) and reads on through it, un
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -43,7 +44,7 @@ from watchdog.observers.polling import PollingObserver
 from engram_ff.ingest.folder import Folder, Signature, signature
 from engram_ff.ingest.identity import names_it
 from engram_ff.ingest.names import is_log_name, shown
-from engram_ff.ingest.reader import FileResult, IngestStats, Limits, ingest_file, open_file
+from engram_ff.ingest.reader import CommitGroup, FileResult, IngestStats, Limits, ingest_file, open_file
 from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
@@ -223,13 +224,17 @@ class Watcher:
         cpu = time.thread_time()
         changed = self.folder.changed()
         self.stats.scanning = (0, len(changed))
+        group = CommitGroup(db.conn)  # small files' reads share a commit: one fsync a second, not a file
         complete = True
         for i, (path, sig) in enumerate(changed):
-            if self._stopping or not self._read(db, path, sig):
+            if self._stopping or not self._read(db, path, sig, group):
                 complete = False  # stopping, or the database refused: the rest waits for the back-off
                 break
             self.stats.scanning = (i + 1, len(changed))
-            self._read_held(db)
+            if self._held and time.monotonic() >= self._held_due:
+                complete = self._commit(group) and complete
+                self._read_held(db)
+        complete = self._commit(group) and complete
         spent = time.thread_time() - cpu
         with self._wake:
             delay = max(self.rescan_s, spent / RESCAN_CPU_SHARE)
@@ -238,33 +243,55 @@ class Watcher:
             self._scan_due = min(self._scan_due, time.monotonic() + delay)
         self.stats.scans += complete  # counted once every file of the scan has been read
 
-    def _read(self, db, path: str, sig: Signature | None = None) -> bool:
-        """Read one path; False if the database refused (the path is retried after a back-off)."""
+    def _read(self, db, path: str, sig: Signature | None = None, group: CommitGroup | None = None) -> bool:
+        """Read one path; False if the database refused (the path is retried after a back-off). In a
+        group, the path counts as read (for the next scan) once the group commits."""
         try:
             fd = open_file(path)
         except OSError:
             fd = None  # ingest_file opens it again, and logs and notes why it cannot
         try:
-            result = ingest_file(db, path, self.limits, should_stop=lambda: self._stopping, folder=self.folder, fd=fd)
+            result = ingest_file(
+                db, path, self.limits, should_stop=lambda: self._stopping, folder=self.folder, fd=fd, group=group
+            )
         except Exception as exc:  # the database refused (full disk, lock timeout): retry, nothing half-stored
             if fd is not None:
                 os.close(fd)
             self._failed(path, exc)
             return False
         self._done(result)
-        self.folder.mark(path, result.signature or sig or _signature_of(path))
+        mark = functools.partial(self.folder.mark, path, result.signature or sig or _signature_of(path))
+        if group is None:
+            mark()
+        else:
+            group.on_commit.append(mark)
         if fd is not None:
             self._hold(fd, path, result)
         return True
 
-    def _failed(self, path: str, exc: Exception) -> None:
+    def _commit(self, group: CommitGroup) -> bool:
+        """Commit what a scan's reads hold; False if the database refused (they are read again later)."""
+        try:
+            group.commit()
+        except Exception as exc:
+            group.rollback()
+            self._failed(None, exc)
+            return False
+        return True
+
+    def _failed(self, path: str | None, exc: Exception) -> None:
+        """The database refused a write: everything waits for a back-off, then path is read again (a
+        scan's reads whose commit failed are read again by the next scan)."""
         s = self.stats
         s.failures += 1
         s.last_error = f"{type(exc).__name__}: {exc}"
         retry = min(MAX_RETRY_S, RETRY_BASE_S * 2.0 ** (s.failures - 1))
-        log.error("%s: not stored, retrying in %.1f s: %s", shown(path), retry, s.last_error)
+        what = shown(path) if path is not None else "the last reads of a scan"
+        log.error("%s: not stored, retrying in %.1f s: %s", what, retry, s.last_error)
         with self._wake:
-            self._retry_at = self._due[path] = time.monotonic() + retry
+            self._retry_at = time.monotonic() + retry
+            if path is not None:
+                self._due[path] = self._retry_at
 
     def _done(self, result: FileResult) -> None:
         self.stats.failures = 0

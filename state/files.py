@@ -133,11 +133,13 @@ def commit_read(
     head_hash: bytes | None,
     new_messages: int = 0,
     messages_after: int = 0,
+    commit: bool = True,
 ) -> None:
-    """The file's new committed offset, in the transaction that holds the rows before it; commits.
+    """The file's new committed offset, in the transaction that holds the rows before it; commits it
+    unless the transaction goes on with other files' reads (commit=False: the caller commits).
 
     The counters `status` reads move in the same transaction: files.messages by the new_messages this
-    transaction stored, day_counts by the messages with ids above messages_after (the rows it stored)."""
+    read stored, day_counts by the messages with ids above messages_after (the rows it stored)."""
     begin(conn)
     if new_messages:
         conn.execute(_COUNT_DAYS, (messages_after,))
@@ -147,7 +149,13 @@ def commit_read(
         " last_seen = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
         (offset, int(skipping), size, device, inode, generation, head_len, head_hash, new_messages, file_id),
     )
-    conn.commit()
+    if commit:
+        conn.commit()
+
+
+def commit(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.commit()
 
 
 def rollback(conn: sqlite3.Connection) -> None:

@@ -302,6 +302,25 @@ def test_a_refused_commit_stores_nothing_and_keeps_the_offset(db, daily):
     assert texts(db) == ["a", "poison", "c"]
 
 
+def test_a_refusal_mid_pass_rolls_back_the_shared_commit_and_the_next_pass_stores_all(db, tmp_path):
+    """Many small files share a commit (reader.CommitGroup): a refusal at one rolls back the reads since
+    the last commit, offsets with them, and nothing is lost or stored twice."""
+    for day in range(1, 31):
+        append(tmp_path / "engram" / "raw" / f"2026-11-{day:02d}.jsonl", line(f"file {day}"))
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'file 17' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated refusal'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="simulated refusal"):
+        catch_up(db, tmp_path / "engram")
+    stored = set(texts(db))
+    read = {f"file {int(path[-8:-6])}" for (path,) in db.execute("SELECT path FROM files WHERE committed_offset > 0")}
+    assert stored == read and "file 17" not in stored  # every offset with its line, and no more
+    db.execute("DROP TRIGGER refuse")
+    catch_up(db, tmp_path / "engram")
+    assert sorted(texts(db)) == sorted(f"file {day}" for day in range(1, 31))
+
+
 CHILD = """
 import sys
 from engram_ff.ingest import reader

@@ -212,7 +212,7 @@ def test_the_wal_shrinks_back_after_a_reader_held_it_open(tmp_path, monkeypatch)
     catch_up(db, tmp_path)
     wal = tmp_path / "state.db-wal"
     grown = wal.stat().st_size
-    assert grown > 4 << 20
+    assert grown > 2 << 20  # twice the limit: it grew past it
     reader.execute("COMMIT")
     reader.close()
     for n in range(3):  # a commit checkpoints the WAL; the one after it starts the WAL over and cuts it
