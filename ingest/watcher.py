@@ -173,25 +173,19 @@ class Watcher:
             return
         self._ready.set()
         try:
-            while (work := self._next_paths()) is not None:
-                paths, scan = work
+            while (scan := self._next_work()) is not None:
                 if scan:
-                    self._scan(db, paths)
+                    self._scan(db)
                     continue
-                for path in paths:
-                    if self._stopping:
-                        break
-                    with self._wake:
-                        self._due.pop(path, None)  # an event during this read queues it again
-                    self._read(db, path)
+                self._read_due(db)
                 self._read_held(db)
         finally:
             for held in self._held.values():
                 os.close(held.fd)
             db.close()
 
-    def _next_paths(self) -> tuple[list, bool] | None:
-        """Wait until a scan or some paths are due: (paths, whether a full scan); None once stopping.
+    def _next_work(self) -> bool | None:
+        """Wait until a scan (True) or some paths or held descriptors (False) are due; None once stopping.
         Wakes every HELD_POLL_S while descriptors are held, to look at them; reads nothing while the
         database is in its back-off after a refused write."""
         with self._wake:
@@ -199,11 +193,10 @@ class Watcher:
                 now = time.monotonic()
                 if now >= self._scan_due:
                     self._scan_due = float("inf")  # set by _scan once it knows what the scan cost
-                    return [], True
+                    return True
                 if now >= self._retry_at:
-                    due = sorted(path for path, at in self._due.items() if at <= now)
-                    if due or (self._held and now >= self._held_due):
-                        return due, False
+                    if self._due_paths(now) or (self._held and now >= self._held_due):
+                        return False
                     held = [self._held_due] if self._held else []
                     wake_at = min([self._scan_due, *self._due.values(), *held])
                 else:
@@ -215,7 +208,22 @@ class Watcher:
     def _held_due(self) -> float:
         return self._held_checked + HELD_POLL_S
 
-    def _scan(self, db, _: list) -> None:
+    def _due_paths(self, now: float) -> list[str]:
+        return sorted(path for path, at in self._due.items() if at <= now)
+
+    def _read_due(self, db) -> None:
+        """Read the paths whose debounce is over (unless the database is backing off)."""
+        now = time.monotonic()
+        with self._wake:
+            due = self._due_paths(now) if now >= self._retry_at else []
+        for path in due:
+            if self._stopping:
+                break
+            with self._wake:
+                self._due.pop(path, None)  # an event during this read queues it again
+            self._read(db, path)
+
+    def _scan(self, db) -> None:
         """Read every file that changed since its last read; then schedule the next scan."""
         if time.monotonic() < self._retry_at:  # the database refused a write: the scan waits too
             with self._wake:
@@ -231,8 +239,12 @@ class Watcher:
                 complete = False  # stopping, or the database refused: the rest waits for the back-off
                 break
             self.stats.scanning = (i + 1, len(changed))
-            if self._held and time.monotonic() >= self._held_due:
-                complete = self._commit(group) and complete
+            now = time.monotonic()
+            with self._wake:  # the observer thread adds to _due
+                appended = any(at <= now for at in self._due.values())
+            if (self._held and now >= self._held_due) or appended:
+                complete = self._commit(group) and complete  # a long catch-up keeps up with appends
+                self._read_due(db)
                 self._read_held(db)
         complete = self._commit(group) and complete
         spent = time.thread_time() - cpu
