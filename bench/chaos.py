@@ -550,17 +550,20 @@ class Chaos:
         bound = self._max_run()
         daemon = Daemon(self.watch, self.data, self.env, self.log_path)
         deadline = time.monotonic() + timeout
-        while not (
-            daemon.ready()
-            and check_state(self.watch, self.data, lines_only=True).pending_bytes == 0
-            and self._update_done(bound)
-        ):
-            if daemon.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
-            if time.monotonic() > deadline:
-                daemon.kill()
-                raise RuntimeError(f"the daemon did not catch up in {timeout} s; see {self.log_path}")
-            time.sleep(0.1)
+        try:
+            while not (
+                daemon.ready()
+                and check_state(self.watch, self.data, lines_only=True).pending_bytes == 0
+                and self._update_done(bound)
+            ):
+                if daemon.proc.poll() is not None:
+                    raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not catch up in {timeout} s; see {self.log_path}")
+                time.sleep(0.1)
+        except BaseException:
+            daemon.kill()  # never leave a daemon running behind a failed check
+            raise
         self._check_resume()
         if daemon.stop() != 0:
             raise RuntimeError(f"the daemon did not stop cleanly; see {self.log_path}")
