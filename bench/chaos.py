@@ -174,6 +174,9 @@ class Daemon:
         self.notify.bind(str(self.notify_path))
         self.notify.setblocking(False)
         self.was_ready = False
+        self._reading = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._drain, daemon=True, name="notify-reader").start()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
             env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
@@ -185,17 +188,29 @@ class Daemon:
         self.started = time.monotonic()
 
     def ready(self) -> bool:
-        """Has the daemon sent READY=1 (migrations, start-up scan and observer done)?"""
-        while not self.was_ready:
-            try:
-                message = self.notify.recv(4096)
-            except BlockingIOError:
-                break
-            self.was_ready = b"READY=1" in message.split(b"\n")
+        """Has the daemon sent READY=1 (migrated, watching, its start-up scan begun)?"""
+        self._read_notifications()
         return self.was_ready
+
+    def _read_notifications(self) -> None:
+        """Every message waiting. Read them all, all the time, as systemd does: once a unix datagram
+        socket's queue is full, the daemon's next notification blocks it (SIGTERM included)."""
+        with self._reading:
+            while not self._closed.is_set():
+                try:
+                    message = self.notify.recv(4096)
+                except BlockingIOError:
+                    return
+                self.was_ready = self.was_ready or b"READY=1" in message.split(b"\n")
+
+    def _drain(self) -> None:
+        while not self._closed.wait(0.1):
+            self._read_notifications()
 
     def _close(self) -> None:
         self.ready()
+        with self._reading:
+            self._closed.set()
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
         self.log.close()
