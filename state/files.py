@@ -24,7 +24,8 @@ _QUARANTINE = (
 _DETACHED = re.compile(r" \(earlier file, row \d+\)$")
 _COUNT_DAYS = """
     INSERT INTO day_counts (day, split, messages, bytes)
-    SELECT day, split, count(*), sum(length(CAST(text AS BLOB))) FROM messages WHERE id > ? GROUP BY day, split
+    SELECT day, split, count(*), sum(length(CAST(text AS BLOB))) FROM messages NOT INDEXED WHERE id > ?
+    GROUP BY day, split
     ON CONFLICT (day, split) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes
 """
 

@@ -219,3 +219,17 @@ def test_the_wal_shrinks_back_after_a_reader_held_it_open(tmp_path, monkeypatch)
         write_day(tmp_path, "2026-11-04", [("s", "u", f"after {n}")])
         catch_up(db, tmp_path)
     assert wal.stat().st_size <= 1 << 20, (grown, wal.stat().st_size)
+
+
+def test_the_counters_read_only_the_rows_a_commit_added(tmp_path):
+    """day_counts is kept by an aggregate over the rows of each commit: it must find them by id range,
+    never by scanning the (day, split, hash) index, or every commit would cost the whole table."""
+    from engram_ff.state import files
+
+    db = open_db(tmp_path / "state.db")
+    plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + files._COUNT_DAYS, [0]))
+    assert "INTEGER PRIMARY KEY (rowid>?)" in plan and "SCAN messages" not in plan
+    identity = " ".join(
+        row[3] for row in db.execute("EXPLAIN QUERY PLAN SELECT * FROM files WHERE device = 1 AND inode = 2")
+    )
+    assert "files_identity" in identity
