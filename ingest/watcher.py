@@ -9,8 +9,8 @@ has started, so a file created between the two is seen by one or the other, and 
 is harmless: the second read starts at the committed offset.
 
 Scans stat every log file and read only those that changed since their last read (ingest/folder.py).
-A scan's CPU time is measured, and the next one waits at least rescan_s and at least long enough
-that scans use under RESCAN_CPU_SHARE of a core: at 100,000 files a scan costs about half a second.
+The walk's CPU time is measured, and the next scan waits at least rescan_s and at least long enough
+that walks use under RESCAN_CPU_SHARE of a core (bench/results/chaos.md measures 100,000 files).
 While the database refuses writes, scans wait out the same back-off as the failed read.
 
 Rotation: a file that grew within HOLD_SECONDS is kept open. If a writer goes on appending to its old
@@ -231,6 +231,7 @@ class Watcher:
             return
         cpu = time.thread_time()
         changed = self.folder.changed()
+        walk = time.thread_time() - cpu  # what a scan costs when nothing changed: the spacing is set by it
         self.stats.scanning = (0, len(changed))
         group = CommitGroup(db.conn)  # small files' reads share a commit: one fsync a second, not a file
         complete = True
@@ -247,9 +248,8 @@ class Watcher:
                 self._read_due(db)
                 self._read_held(db)
         complete = self._commit(group) and complete
-        spent = time.thread_time() - cpu
         with self._wake:
-            delay = max(self.rescan_s, spent / RESCAN_CPU_SHARE)
+            delay = max(self.rescan_s, walk / RESCAN_CPU_SHARE)
             if not complete:
                 delay = min(delay, max(0.0, self._retry_at - time.monotonic()))
             self._scan_due = min(self._scan_due, time.monotonic() + delay)
