@@ -180,6 +180,7 @@ class Watcher:
                 self._read_due(db)
                 self._read_held(db)
         finally:
+            self._read_held_once_more(db)
             for held in self._held.values():
                 os.close(held.fd)
             db.close()
@@ -326,6 +327,15 @@ class Watcher:
         if len(self._held) > MAX_HELD:
             oldest = min(self._held, key=lambda k: self._held[k].grew)
             os.close(self._held.pop(oldest).fd)
+
+    def _read_held_once_more(self, db) -> None:
+        """At stop, what writers appended to rotated-away files since the last look: once the
+        descriptors are closed, nothing can read a deleted file's tail any more."""
+        self._held_checked = 0.0
+        try:
+            self._read_held(db)
+        except Exception:  # the database is gone or refuses: what is committed stays, and stopping goes on
+            log.exception("reading the held descriptors at stop failed")
 
     def _read_held(self, db) -> None:
         """Read on through every held descriptor whose file grew after it lost its name (renamed out of

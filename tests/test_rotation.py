@@ -144,6 +144,22 @@ def test_lines_appended_to_the_old_descriptor_after_rename_and_delete_are_read_t
     assert sorted(texts) == sorted(f"w{i}" for i in range(30)) and len(texts) == 30
 
 
+def test_a_stop_reads_what_was_appended_to_a_deleted_file_first(watched, monkeypatch):
+    """Stopped before it looked at the held descriptors again: their tail is read at stop, since once
+    they are closed no one can read a deleted file."""
+    monkeypatch.setattr(watcher_module, "HELD_POLL_S", 3600.0)
+    folder, db, start = watched
+    w = start()
+    daily = folder / "raw" / f"{DAY}.jsonl"
+    with open(daily, "ab", buffering=0) as writer:
+        writer.write(b"".join(line(i) for i in range(5)))
+        settle(db, folder)
+        daily.unlink()
+        writer.write(b"".join(line(i) for i in range(5, 8)))
+        w.stop()
+    assert sorted(stored(db)) == sorted(f"w{i}" for i in range(8))
+
+
 def test_a_compressed_rotation_found_at_start_is_read_and_adds_only_what_was_missing(tmp_path):
     """The daemon was down while the file got its last lines and was rotated and compressed: the .gz is
     the only place left for them."""
