@@ -7,9 +7,11 @@ from 100,000 files, and what keeping them cheap costs ingest.
    median of three. The command itself is timed end to end too (interpreter start included).
    For comparison: the day_splits view (which reads every message's text) and the correlated count
    that `status` ran per file before (timed on a few files, times the number of files: an estimate).
-2. Ingest cost of three ways to keep per-file and per-day counts, each in a fresh process over the
-   same lines: counters added in each commit (what engram-ff does), a trigger on every inserted row,
-   an index on messages(file_id); and no counts at all, as the floor.
+2. What storing a line costs (ingest's own insert and commit statements over parsed rows, each run in
+   a fresh process, three runs of each interleaved) with each way to keep the counts: counters added
+   in each commit (what engram-ff does: files.messages and day_counts), a trigger on every inserted
+   row (the same counts), an index on messages(file_id) (per-file counts only: the bytes per day
+   would still need a read of every message), and no counts at all, as the floor.
 Target: the status queries under 1 s at 10 M messages and 100,000 files.
 """
 
