@@ -110,14 +110,13 @@ def rotation_case(root: Path, mode: str, env: dict, written: int = 3000, per_s: 
             rotations = _append_and_rotate(daily, mode, written, per_s)
         kept = on_disk(raw)
         deadline = time.monotonic() + 60
-        stored = []
         while time.monotonic() < deadline:
-            stored = [t for (t,) in read_db(data / "engram-ff.db", "SELECT text FROM messages")]
-            if kept <= set(stored):
+            if kept <= {t for (t,) in read_db(data / "engram-ff.db", "SELECT text FROM messages")}:
                 break
             time.sleep(0.2)
     finally:
-        daemon.stop()
+        daemon.stop()  # a clean stop reads what is left in rotated-away files it holds: count after it
+    stored = [t for (t,) in read_db(data / "engram-ff.db", "SELECT text FROM messages")]
     everything = {f"w{n}" for n in range(written)}
     return RotationCase(
         mode,
