@@ -86,7 +86,7 @@ def test_nul_bytes_left_by_a_power_loss_do_not_swallow_the_next_line(db, daily):
 
 
 @pytest.mark.parametrize("where", ["mid-file", "file start"])
-def test_a_hole_of_nul_bytes_larger_than_a_line_may_be_swallows_no_line(db, daily, monkeypatch, where):
+def test_a_hole_of_nul_bytes_longer_than_max_line_bytes_swallows_no_line(db, daily, monkeypatch, where):
     """copytruncate under a writer without O_APPEND: the writer's next line lands at its old offset, after
     a hole of NUL bytes as long as the file was (here 3x max_line_bytes, read in small chunks)."""
     monkeypatch.setattr(reader, "CHUNK_BYTES", 1000)
