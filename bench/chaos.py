@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import os
 import random
@@ -41,9 +42,10 @@ from pathlib import Path
 import orjson
 
 from engram_ff.bench.common import RESULTS, markdown_table, write_result
+from engram_ff.ingest.names import is_log_name
 
 REPO = Path(__file__).resolve().parents[1]
-TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes")
+TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes", "rotation")
 LINE_BYTES = 160  # every line the writer makes has this length, so a file's line count is size / LINE_BYTES
 
 # The tiny model of the tests, with a checkpoint at nearly every step so kills land inside writes.
@@ -94,6 +96,8 @@ class Writer(threading.Thread):
         self.jobs: list[tuple[str, int, float]] = []
         self.wake = threading.Condition()
         self.counter = 0  # lines written so far
+        self.written: set[str] = set()  # their texts, recorded before each write
+        self.files_lock = threading.Lock()  # held while writing; a rotation takes it to find a quiet file
         self.stopping = False
 
     def burst(self, tag: str, lines: int, seconds: float) -> None:
@@ -117,16 +121,39 @@ class Writer(threading.Thread):
         chunks = max(1, lines // 25)
         for _ in range(chunks):
             path = self.rng.choice(files)
-            data = b"".join(make_line(tag, self.counter + i) for i in range(lines // chunks))
+            made = [make_line(tag, self.counter + i) for i in range(lines // chunks)]
+            self.written.update(text_of(line) for line in made)
+            data = b"".join(made)
             self.counter += lines // chunks
             cut = self.rng.randrange(len(data)) if self.rng.random() < 0.3 else len(data)
-            with open(path, "ab") as f:  # half a line now, the rest a moment later
+            with self.files_lock, open(path, "ab") as f:  # half a line now, the rest a moment later
                 f.write(data[:cut])
                 f.flush()
                 if cut < len(data):
                     time.sleep(0.002)
                     f.write(data[cut:])
             time.sleep(seconds / chunks)
+
+    def rotate(self) -> str:
+        """Rotate one of the daily files as logrotate would, in one of its modes (picked at random),
+        between two of the writer's appends; returns what was done."""
+        with self.files_lock:
+            live = sorted(p for p in self.raw.glob("*.jsonl") if p.stat().st_size)
+            if not live:
+                return "nothing to rotate yet"
+            path = self.rng.choice(live)
+            stamp = f"{len(list(self.raw.glob(path.name + '*'))):04d}"
+            mode = self.rng.choice(["create", "dateext", "compress", "copytruncate"])
+            if mode == "copytruncate":
+                shutil.copyfile(path, path.with_name(f"{path.name}.{stamp}"))
+                os.truncate(path, 0)
+            elif mode == "compress":
+                with open(path, "rb") as src, gzip.open(path.with_name(f"{path.name}-{stamp}.gz"), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                path.unlink()
+            else:
+                os.rename(path, path.with_name(f"{path.name}.{stamp}" if mode == "create" else f"{path.name}-{stamp}"))
+            return f"{mode} {path.name}"
 
     def stop(self) -> None:
         with self.wake:
@@ -147,6 +174,9 @@ class Daemon:
         self.notify.bind(str(self.notify_path))
         self.notify.setblocking(False)
         self.was_ready = False
+        self._reading = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._drain, daemon=True, name="notify-reader").start()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engram_ff.daemon.cli", "run", "--watch", str(watch), "--data", str(data)],
             env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
@@ -158,17 +188,29 @@ class Daemon:
         self.started = time.monotonic()
 
     def ready(self) -> bool:
-        """Has the daemon sent READY=1 (migrations, start-up scan and observer done)?"""
-        while not self.was_ready:
-            try:
-                message = self.notify.recv(4096)
-            except BlockingIOError:
-                break
-            self.was_ready = b"READY=1" in message.split(b"\n")
+        """Has the daemon sent READY=1 (migrated, watching, its start-up scan begun)?"""
+        self._read_notifications()
         return self.was_ready
+
+    def _read_notifications(self) -> None:
+        """Every message waiting. Read them all, all the time, as systemd does: once a unix datagram
+        socket's queue is full, the daemon's next notification blocks it (SIGTERM included)."""
+        with self._reading:
+            while not self._closed.is_set():
+                try:
+                    message = self.notify.recv(4096)
+                except BlockingIOError:
+                    return
+                self.was_ready = self.was_ready or b"READY=1" in message.split(b"\n")
+
+    def _drain(self) -> None:
+        while not self._closed.wait(0.1):
+            self._read_notifications()
 
     def _close(self) -> None:
         self.ready()
+        with self._reading:
+            self._closed.set()
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
         self.log.close()
@@ -257,26 +299,38 @@ class Check:
         return self.lost == self.duplicated == self.phantom == 0 and self.integrity == "ok" and not self.bad_checkpoints
 
 
-def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
+def check_state(
+    watch: Path, data: Path, *, settled: bool = False, written: set[str] | None = None, lines_only: bool = False
+) -> Check:
     """The invariants, from the files, the database and the checkpoint folder (nothing may be running).
-    settled: also count every line past the committed offsets as expected (the daemon caught up)."""
+
+    Expected: every line before the committed offset of each file row whose name still holds its file
+    (device, inode and first bytes as the row recorded them; a file renamed or truncated since its last
+    read is checked once settled). settled: every line of every log file in the folder, rotated and
+    compressed ones included. Phantom: stored, but neither expected nor (given `written`) ever written.
+    A line may be in two files (a rotated copy): lines are counted once. lines_only: the lines alone, so
+    that it can be asked while a daemon runs (whose update may be removing checkpoints)."""
     db = data / "engram-ff.db"
     check = Check()
     check.integrity = read_db(db, "PRAGMA integrity_check")[0][0]
-    offsets = {path: offset for path, offset in read_db(db, "SELECT path, committed_offset FROM files")}
-    expected: Counter = Counter()
-    for path in sorted((watch / "raw").glob("*.jsonl")):
-        data_bytes = path.read_bytes()
-        end = len(data_bytes) if settled else offsets.get(str(path), 0)
-        check.pending_bytes += len(data_bytes) - offsets.get(str(path), 0)
-        whole = data_bytes[:end]
+    rows = read_db(db, "SELECT path, device, inode, committed_offset, head_len, head_hash FROM files")
+    read_up_to = {Path(row[0]): row[3] for row in rows if _holds(*row)}
+    expected: set[str] = set()
+    for path in sorted(p for p in (watch / "raw").iterdir() if is_log_name(p.name) and p.is_file()):
+        text = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        offset = read_up_to.get(path, 0)
+        if not path.name.endswith(".gz"):
+            check.pending_bytes += max(0, len(text) - offset)
+        whole = text if settled else text[:offset]
         whole = whole[: whole.rfind(b"\n") + 1]
-        expected.update(text_of(line) for line in whole.splitlines())
+        expected.update(text_of(line) for line in whole.split(b"\n") if line.strip(b"\x00"))
     stored = Counter(text for (text,) in read_db(db, "SELECT text FROM messages"))
-    check.expected, check.stored = sum(expected.values()), sum(stored.values())
-    check.lost = sum((expected - stored).values())
+    check.expected, check.stored = len(expected), len(stored)
+    check.lost = len(expected - set(stored))
     check.duplicated = sum(n - 1 for n in stored.values() if n > 1)
-    check.phantom = sum((stored - expected).values()) - check.duplicated
+    check.phantom = len(set(stored) - (expected if written is None else written | expected))
+    if lines_only:
+        return check
     rows = read_db(db, "SELECT id, path, sha256, kind FROM checkpoints WHERE status = 'good' ORDER BY id")
     check.checkpoints = len(rows)
     for checkpoint_id, path, sha, kind in rows:
@@ -293,6 +347,26 @@ def check_state(watch: Path, data: Path, *, settled: bool = False) -> Check:
             check.bad_checkpoints.append(f"current checkpoint: {exc}")
     check.temp_files = len(list((data / "checkpoints").glob(".*.tmp"))) if (data / "checkpoints").exists() else 0
     return check
+
+
+def _holds(path: str, device: int | None, inode: int | None, offset: int, head_len: int, head: bytes | None) -> bool:
+    """Does the name still hold the file its row read, unchanged before the committed offset (as far as
+    the reader itself can tell: its first bytes, a line end at the offset)?"""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            start = f.read(max(head_len, 1))
+            f.seek(max(offset - 1, 0))
+            before = f.read(1)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != (device, inode):
+        return False
+    if path.endswith(".gz"):
+        return st.st_size > 0
+    if st.st_size < offset or (head_len and hashlib.blake2b(start[:head_len], digest_size=16).digest() != head):
+        return False
+    return offset == 0 or before in (b"\n", b"\x00")
 
 
 def phases_at_kill(data: Path, check: Check, runs_before: int, files_before: set[Path]) -> list[str]:
@@ -372,6 +446,7 @@ class Chaos:
         self.trials: list[Trial] = []
         self.resumes_checked = 0
         self.resume_errors: list[str] = []
+        self.rotations: list[str] = []  # what each rotation trial did
         self._expect_resume: tuple[int, int | None] = (0, None)  # (runs.id bound, the next update's resumed_from)
 
     @property
@@ -396,7 +471,7 @@ class Chaos:
         finally:
             trial.alive_s = daemon.kill()
         trial.ready = daemon.was_ready
-        trial.check = check_state(self.watch, self.data)
+        trial.check = check_state(self.watch, self.data, written=self.writer.written)
         trial.phases = phases_at_kill(self.data, trial.check, runs_before, files_before)
         self._check_resume()
         self.trials.append(trial)
@@ -408,6 +483,13 @@ class Chaos:
         """Wait for the trigger's moment (plus a random jitter); False if it never came in `timeout`."""
         checkpoints = self.data / "checkpoints"
         burst: list[bool] = []
+
+        def rotated() -> bool:
+            """After READY, a daily file rotated (as logrotate would) under a burst; the kill follows."""
+            if not daemon.ready():
+                return False
+            self.rotations.append(self.writer.rotate())
+            return True
 
         def ingesting() -> bool:
             """After READY, one large burst at once, so the kill can land inside its transactions."""
@@ -433,6 +515,7 @@ class Chaos:
                 checkpoints.exists() and any(p not in files_before for p in checkpoints.glob(".*.tmp"))
             ),
             "update-start": lambda: read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'update' AND id > ?", [before]),
+            "rotation": rotated,
             "probes": lambda: read_db(
                 self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND status = 'running' AND id > ?", [before]
             ),
@@ -444,6 +527,7 @@ class Chaos:
             "checkpoint": 0.0,
             "update-start": 0.0,
             "probes": 0.05,
+            "rotation": 1.0,
         }[trigger]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and daemon.proc.poll() is None:
@@ -481,19 +565,24 @@ class Chaos:
         bound = self._max_run()
         daemon = Daemon(self.watch, self.data, self.env, self.log_path)
         deadline = time.monotonic() + timeout
-        while not (
-            daemon.ready() and check_state(self.watch, self.data).pending_bytes == 0 and self._update_done(bound)
-        ):
-            if daemon.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
-            if time.monotonic() > deadline:
-                daemon.kill()
-                raise RuntimeError(f"the daemon did not catch up in {timeout} s; see {self.log_path}")
-            time.sleep(0.1)
+        try:
+            while not (
+                daemon.ready()
+                and check_state(self.watch, self.data, lines_only=True).pending_bytes == 0
+                and self._update_done(bound)
+            ):
+                if daemon.proc.poll() is not None:
+                    raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}; see {self.log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not catch up in {timeout} s; see {self.log_path}")
+                time.sleep(0.1)
+        except BaseException:
+            daemon.kill()  # never leave a daemon running behind a failed check
+            raise
         self._check_resume()
         if daemon.stop() != 0:
             raise RuntimeError(f"the daemon did not stop cleanly; see {self.log_path}")
-        return check_state(self.watch, self.data, settled=True)
+        return check_state(self.watch, self.data, settled=True, written=self.writer.written)
 
     def _update_done(self, bound: int) -> bool:
         """The update started after `bound` ended, and so did the probes after it, if it was ok."""
@@ -621,59 +710,108 @@ def unit_security(user: bool) -> str:
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
+PARTS = ("trials", "load", "many-files", "cases")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-ff bench chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--quick", action="store_true", help="5 trials and a 100 x 100 load")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="7 trials, a 100 x 100 load, 5,000 files idle for 60 s, 800 lines a rotation case",
+    )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--lines", type=int, default=1000)
+    parser.add_argument("--many-files", type=int, default=100_000, help="one-line files for the READY and idle part")
+    parser.add_argument("--idle", type=float, default=600.0, help="seconds the idle daemon's CPU is measured over")
+    parser.add_argument("--case-lines", type=int, default=3000, help="lines written in each rotation case")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts, of {','.join(PARTS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="chaos.md", help="file name under bench/results/")
     return parser
 
 
+def daemon_env() -> dict[str, str]:
+    """This environment, without anything of a daemon's own, plus the tiny model of the tests."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("ENGRAM_FF_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    return {**keep, **FAST_ENV}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from engram_ff.bench import cases, many_files
+
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.trials, args.files, args.lines = 5, 100, 100
-
+        args.trials, args.files, args.lines = 7, 100, 100
+        args.many_files, args.idle, args.case_lines = 5000, 60.0, 800
+    parts = [part for part in args.parts.split(",") if part]
+    if set(parts) - set(PARTS):
+        raise SystemExit(f"--parts: unknown {sorted(set(parts) - set(PARTS))}; known: {', '.join(PARTS)}")
+    sections, ok = [], True
     with tempfile.TemporaryDirectory(prefix="engram-chaos-") as tmp:
         root = Path(tmp)
-        chaos = Chaos(root / "trials", seed=args.seed)
-        started = time.monotonic()
-        for i in range(args.trials):
-            trigger = TRIGGERS[i % len(TRIGGERS)]
-            trial = chaos.trial(trigger)
-            c = trial.check
-            print(
-                f"trial {trial.number:3d} {trigger:10s} killed after {trial.alive_s:5.2f} s during "
-                f"{'+'.join(trial.phases):24s} lost {c.lost} dup {c.duplicated} phantom {c.phantom} "
-                f"integrity {c.integrity} checkpoints {c.checkpoints} bad {len(c.bad_checkpoints)} "
-                f"temp files {c.temp_files}",
-                flush=True,
-            )
-        final = chaos.settle()
-        trial_seconds = time.monotonic() - started
+        if "trials" in parts:
+            text, good = run_trials(args, root / "trials")
+            sections.append(text)
+            ok &= good
+        if "load" in parts:
+            load = load_run(root / "load", args.files, args.lines)
+            print(f"load: {load}", flush=True)
+            sections.append(load_section(load))
+            ok &= load.stored == args.files * args.lines and load.duplicated == 0 and not load.reader_torn
+        if "many-files" in parts:
+            result = many_files.many_files_run(root / "many", args.many_files, args.idle, daemon_env())
+            print(f"many files: {result}", flush=True)
+            sections.append(many_files.section(result, args))
+            ok &= result.ready_s <= 30 and result.idle_cpu_percent < 1
+        if "cases" in parts:
+            text, good = cases.run_cases(root / "cases", args.case_lines, daemon_env())
+            sections.append(text)
+            ok &= good
+    security = {"system": unit_security(False), "user": unit_security(True)}
+    sections.append(
+        "## systemd-analyze security --offline=true\n\n"
+        + markdown_table(["unit", "overall exposure"], [[k, v] for k, v in security.items()])
+    )
+    command = (
+        f"python -m engram_ff.bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
+        f"--many-files {args.many_files} --idle {args.idle:g} --case-lines {args.case_lines} --parts {','.join(parts)} "
+        f"--seed {args.seed}"
+    )
+    head = (
+        f"# Chaos: SIGKILL trials, load, many files, the cases of issue #16, security\n\n`{command}` on "
+        f"{os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV); other jobs may share the CPUs.\n\n"
+    )
+    path = write_result(args.out, head + "\n".join(sections))
+    print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+def run_trials(args, root: Path) -> tuple[str, bool]:
+    """The SIGKILL trials and the settling run; their report sections, and whether all held."""
+    chaos = Chaos(root, seed=args.seed)
+    started = time.monotonic()
+    for i in range(args.trials):
+        trigger = TRIGGERS[i % len(TRIGGERS)]
+        trial = chaos.trial(trigger)
+        c = trial.check
         print(
-            f"settled: {final.stored} lines stored of {final.expected}, lost {final.lost}, "
-            f"duplicated {final.duplicated}",
+            f"trial {trial.number:3d} {trigger:12s} killed after {trial.alive_s:5.2f} s during "
+            f"{'+'.join(trial.phases):24s} lost {c.lost} dup {c.duplicated} phantom {c.phantom} "
+            f"integrity {c.integrity} checkpoints {c.checkpoints} bad {len(c.bad_checkpoints)} "
+            f"temp files {c.temp_files}",
             flush=True,
         )
-        load = load_run(root / "load", args.files, args.lines)
-        print(f"load: {load}", flush=True)
-    security = {"system": unit_security(False), "user": unit_security(True)}
-    plot_trials(chaos.trials, RESULTS / Path(args.out).with_suffix(".png").name)
-    path = write_result(args.out, report(args, chaos, final, trial_seconds, load, security))
-    print(f"wrote {path}")
-    ok = (
-        final.ok
-        and all(t.check.ok for t in chaos.trials)
-        and not chaos.resume_errors
-        and load.stored == args.files * args.lines
-        and load.duplicated == 0
-        and not load.reader_torn
+    final = chaos.settle()
+    seconds = time.monotonic() - started
+    print(
+        f"settled: {final.stored} lines stored of {final.expected}, lost {final.lost}, duplicated {final.duplicated}",
+        flush=True,
     )
-    return 0 if ok else 1
+    plot_trials(chaos.trials, RESULTS / Path(args.out).with_suffix(".png").name)
+    ok = final.ok and all(t.check.ok for t in chaos.trials) and not chaos.resume_errors
+    return trials_section(args, chaos, final, seconds), ok
 
 
 def plot_trials(trials: list[Trial], path: Path) -> Path:
@@ -703,7 +841,7 @@ def plot_trials(trials: list[Trial], path: Path) -> Path:
     return path
 
 
-def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, security: dict) -> str:
+def trials_section(args, chaos: Chaos, final: Check, seconds: float) -> str:
     trials = chaos.trials
     by_phase = Counter(phase for t in trials for phase in t.phases)
     by_trigger = Counter(t.trigger for t in trials)
@@ -716,7 +854,7 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         ["lines written / stored at the end", f"{final.expected} / {final.stored}"],
         ["lines lost (all trials + end)", lost],
         ["lines duplicated (all trials + end)", dup],
-        ["phantom rows (past a committed offset)", sum(t.check.phantom for t in trials) + final.phantom],
+        ["phantom rows (stored, never written)", sum(t.check.phantom for t in trials) + final.phantom],
         ["integrity_check not ok", sum(t.check.integrity != "ok" for t in trials) + (final.integrity != "ok")],
         [
             "good checkpoints with a bad sha256 or unloadable",
@@ -734,15 +872,6 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
             max((t.check.temp_files for t in trials), default=0),
         ],
         ["wall time of the trials", f"{seconds:.0f} s"],
-    ]
-    load_rows = [
-        ["files x lines dropped at once", f"{load.files} x {load.lines}"],
-        ["stored / duplicated", f"{load.stored} / {load.duplicated}"],
-        ["seconds until every line was stored", f"{load.seconds:.1f}"],
-        ["lines per second", f"{load.files * load.lines / load.seconds:,.0f}"],
-        ["daemon peak RSS (VmHWM)", f"{load.daemon_peak_rss_mib:.0f} MiB"],
-        ["longest wait of a reader's statement (WAL)", f"{load.reader_max_wait_s * 1000:.1f} ms"],
-        ["reader snapshots with messages and offsets out of step", len(load.reader_torn)],
     ]
     errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"
     per_trial = markdown_table(
@@ -773,16 +902,25 @@ def report(args, chaos: Chaos, final: Check, seconds: float, load: LoadResult, s
         ],
     )
     return (
-        f"# Chaos: SIGKILL trials, load, security\n\n"
-        f"`python -m engram_ff.bench.chaos --trials {args.trials} --files {args.files} --lines {args.lines} "
-        f"--seed {args.seed}` on {os.cpu_count()} CPUs, tiny model (bench/chaos.py FAST_ENV).\n\n"
         f"## SIGKILL trials\n\n{markdown_table(['measure', 'value'], rows)}\n"
+        f"Rotations in the trials (the `rotation` trigger, between two appends, as logrotate's modes do): "
+        f"{', '.join(chaos.rotations) or 'none'}.\n\n"
         f"Resume mismatches: {errors}\n\n"
-        f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}\n"
-        f"## systemd-analyze security --offline=true\n\n"
-        f"{markdown_table(['unit', 'overall exposure'], [[k, v] for k, v in security.items()])}\n"
         f"## Every trial\n\n![kills]({Path(args.out).with_suffix('.png').name})\n\n{per_trial}"
     )
+
+
+def load_section(load: LoadResult) -> str:
+    load_rows = [
+        ["files x lines dropped at once", f"{load.files} x {load.lines}"],
+        ["stored / duplicated", f"{load.stored} / {load.duplicated}"],
+        ["seconds until every line was stored", f"{load.seconds:.1f}"],
+        ["lines per second", f"{load.files * load.lines / load.seconds:,.0f}"],
+        ["daemon peak RSS (VmHWM)", f"{load.daemon_peak_rss_mib:.0f} MiB"],
+        ["longest wait of a reader's statement (WAL)", f"{load.reader_max_wait_s * 1000:.1f} ms"],
+        ["reader snapshots with messages and offsets out of step", len(load.reader_torn)],
+    ]
+    return f"## Load\n\n{markdown_table(['measure', 'value'], load_rows)}"
 
 
 if __name__ == "__main__":

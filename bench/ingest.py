@@ -268,12 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 40 appends, 0.05 GB")
     parser.add_argument("--debounce", type=float, default=0.2, help="the watcher's debounce (the default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where ingest.md and the PNG go")
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="instead: the queries behind `status` at 10 M messages and 100,000 files (--quick: 1 M, 10,000), "
+        "and what keeping their counts costs ingest; writes ingest-status.md",
+    )
+    parser.add_argument("--work-dir", help="--status: where the database is built (needs about 3 GB; default: /tmp)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.status:
+        from engram_ff.bench.status_scale import run
+
+        name = "ingest-status-quick.md" if args.quick else "ingest-status.md"
+        print(f"wrote {write_result(name, run(args.quick, args.work_dir), args.out)}")
+        return 0
     if args.quick:
         args.lines, args.appends, args.gb = 100_000, 40, min(args.gb, 0.05)
     load = os.getloadavg()[0]

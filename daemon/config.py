@@ -88,6 +88,9 @@ class Config:
     debounce_seconds: float = 0.2
     rescan_seconds: float = 60.0
     polling: bool = False
+    # read what a symlink in the watched folder leads to outside it (a symlink that holds the folder,
+    # `ln -s / W/raw/root`, is a loop and never followed)
+    follow_outside_symlinks: bool = False
     log_level: str = "INFO"
 
     @property

@@ -1,4 +1,10 @@
-"""One daemon per data directory: an exclusive flock on a lock file that the kernel drops if we die."""
+"""One daemon per data directory: an exclusive flock that the kernel drops if we die.
+
+The lock is held on the data directory itself, which a running daemon's database lives in and which
+no one deletes by mistake, and on the lock file beside it (which says the holder's pid, and which
+an older engram-ff locks). A lock on the file alone was lost when someone deleted the file: a second
+daemon then created a new one, locked it, and ran beside the first on one database.
+"""
 
 from __future__ import annotations
 
@@ -14,29 +20,32 @@ class AlreadyRunning(RuntimeError):
 class DataDirLock:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def acquire(self) -> DataDirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another engram-ff (pid {holder}) already uses {self.path.parent}; "
-                "stop it or pick another --data directory"
-            ) from None
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        for held in (folder, fd):
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                os.close(folder)
+                raise AlreadyRunning(
+                    f"another engram-ff (pid {holder}) already uses {self.path.parent}; "
+                    "stop it or pick another --data directory"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._fds = [folder, fd]
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
     def __enter__(self) -> DataDirLock:
         return self.acquire()

@@ -23,6 +23,7 @@ from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.daemon.gate import alarm
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
+from engram_ff.ingest.names import shown
 from engram_ff.ingest.reader import Limits
 from engram_ff.ingest.watcher import Watcher
 from engram_ff.state import runs
@@ -31,6 +32,7 @@ from engram_ff.state.db import open_db
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
+STARTUP_STATUS_EVERY_S = 1.0  # during the start-up scan, STATUS= follows its progress this often
 CHILD_STOP_GRACE_S = 60.0  # below the units' TimeoutStopSec=90: the child saves a checkpoint and exits
 WATCH_POLL_S = 5.0  # a missing watch folder is looked for this often (and the watchdog pinged)
 
@@ -64,6 +66,7 @@ class Service:
         self.last_update: str = "never"
         self.training: str | None = None  # the running update's own status line, relayed from its pipe
         self.watcher: Watcher | None = None
+        self.catch_up_pending = False  # an update is overdue: run it once the start-up scan is done
 
     # --- signals -------------------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -181,13 +184,13 @@ class Service:
             return f"{self.training}; {counts}last update: {self.last_update}"
         return f"{counts}last update: {self.last_update}"
 
-    def _wait_for_first_scan(self, watcher: Watcher) -> None:
-        """READY=1 promises the files present at start are read: wait for the start-up scan."""
-        while watcher.stats.scans < 1 and not self.stop_requested.is_set():
-            if not watcher.healthy():
-                raise RuntimeError(f"ingest failed during the start-up scan: {watcher.stats.last_error}")
-            self.notifier.status(f"start-up scan: {watcher.status_line()}")
-            self.wake.wait(0.5)
+    def _catch_up_after_first_scan(self, watcher: Watcher, scheduler: BackgroundScheduler) -> None:
+        """The catch-up update trains on what was there at start, so it waits for the start-up scan,
+        which runs after READY=1 (a backlog of 100,000 files must not hold READY past TimeoutStartSec)."""
+        if self.catch_up_pending and watcher.stats.scans >= 1:
+            self.catch_up_pending = False
+            log.info("no successful update in the last day: catching up now")
+            scheduler.add_job(self.run_update, id="catch-up")
 
     def _wait_for_watch_folder(self) -> bool:
         """A watch folder named in the configuration that does not exist yet (Engram not installed yet, a
@@ -247,14 +250,13 @@ class Service:
             self.watcher = watcher
             scheduler = self._make_scheduler()
             try:
-                watcher.start()  # observer first, then the start-up scan
-                self._wait_for_first_scan(watcher)
+                watcher.start()  # observer first, then the start-up scan (on the watcher's thread)
                 scheduler.start()
-                if self.demo or self.update_overdue():
-                    log.info("no successful update in the last day: catching up now")
-                    scheduler.add_job(self.run_update, id="catch-up")
+                self.catch_up_pending = self.demo or self.update_overdue()
+                # READY=1: migrated, watching (no change from now on is missed), the start-up scan under
+                # way; STATUS= says how far it has got.
                 self.notifier.ready(self.status_line(watcher))
-                log.info("watching %s; nightly update at %s", self.config.watch, self.config.schedule)
+                log.info("watching %s; nightly update at %s", shown(self.config.watch), self.config.schedule)
                 self._loop(watcher, scheduler, db)
             finally:
                 self.notifier.stopping()
@@ -271,7 +273,8 @@ class Service:
         interval = min(self.notifier.watchdog_interval or STATUS_EVERY_S, STATUS_EVERY_S)
         next_status = 0.0
         while True:
-            self.wake.wait(interval)
+            self._catch_up_after_first_scan(watcher, scheduler)
+            self.wake.wait(interval if watcher.stats.scans else min(interval, STARTUP_STATUS_EVERY_S))
             self.wake.clear()
             if self.stop_requested.is_set():
                 return
@@ -286,7 +289,7 @@ class Service:
                     watcher.healthy(),
                     scheduler.running,
                 )
-            if time.monotonic() >= next_status:
+            if time.monotonic() >= next_status or not watcher.stats.scans:
                 self.notifier.status(self.status_line(watcher))
                 next_status = time.monotonic() + STATUS_EVERY_S
 

@@ -33,7 +33,7 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "daemon": {"running": pid is not None, "pid": pid or None},
         "watch_dir": str(config.watch),
         "watch_dir_exists": config.watch.is_dir(),
-        "files": queries.files_summary(db),
+        "files": queries.file_totals(db),
         "messages": messages,
         "quarantine": queries.counts(db)["quarantine"],
         "last_update": last_update,
@@ -44,7 +44,7 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "gate_alarm": alarm(db),
         "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
         "events": queries.event_counts(db) if verbose else queries.event_counts_since(db, since),
-        "files_read_last": queries.files(db) if verbose else queries.recent_files(db, RECENT_ROWS),
+        "files_read_last": queries.files(db, None if verbose else RECENT_ROWS),
         "unreadable_files": queries.unreadable_files(db, 1_000_000 if verbose else RECENT_ROWS),
         "latest_quarantined": queries.quarantine(db, 1_000_000 if verbose else RECENT_ROWS),
     }
@@ -136,8 +136,8 @@ def _summary(facts: dict) -> str:
         ),
         (
             "files",
-            f"{f['files']:,} ({size(f['bytes'])}), {size(f['pending'])} waiting for a newline"
-            + (f", {f['unreadable']:,} unreadable" if f["unreadable"] else ""),
+            f"{f['files']:,} ({size(f['committed'] + f['pending'])}), {size(f['pending'])} waiting for a newline"
+            + (f", {f['errors']:,} unreadable" if f["errors"] else ""),
         ),
         ("messages", _messages_line(m)),
         ("quarantine", f"{facts['quarantine']:,} line{'s' if facts['quarantine'] != 1 else ''}"),

@@ -26,6 +26,12 @@ from engram_ff.state.schema import migrations
 
 BUSY_TIMEOUT_MS = 30_000  # a training thread or a user's `sqlite3` may hold the lock for a while
 CACHE_KIB = 32 * 1024  # keeps the hash index's hot pages in memory while a million lines go in
+# The WAL cannot be checkpointed past a reader's snapshot, so a reader held open for long lets it grow
+# (237 MB beside a 55 MB database in issue #16); SQLite reuses a WAL from its start afterwards but never
+# shrinks the file unless told to: past this size it is cut back once a checkpoint has reset it. Above
+# what one commit of BATCH_LINES lines writes (tests/test_state.py measures it), so steady ingest never
+# truncates and regrows it.
+WAL_LIMIT_BYTES = 32 << 20
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -38,6 +44,7 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
     return conn
 
 

@@ -166,19 +166,32 @@ def max_message_id(db: sqlite_utils.Database, split: str | None = None) -> int:
 
 
 def day_splits(db: sqlite_utils.Database) -> list[dict]:
-    """Messages and bytes per day and split."""
-    return list(db.query("SELECT * FROM day_splits ORDER BY day, split"))
+    """Messages and bytes per day and split, from the counts ingest keeps (state/schema.py 0200), so this
+    costs one row a day and split, not a read of every message."""
+    return list(db.query("SELECT day, split, messages, bytes FROM day_counts ORDER BY day, split"))
 
 
-def files(db: sqlite_utils.Database) -> list[dict]:
-    """Every file seen, with its message count and bytes still waiting for a newline."""
+def files(db: sqlite_utils.Database, limit: int | None = None) -> list[dict]:
+    """Files seen, most recently read first (all of them without a limit), with the messages stored from
+    each and the bytes still waiting for a newline. Costs O(files) at most: no count over messages."""
     return list(
-        db.query("""
-        SELECT f.path, f.size, f.committed_offset, f.size - f.committed_offset AS pending, f.generation,
-               f.first_seen, f.last_seen, coalesce(f.error, '') AS error,
-               (SELECT count(*) FROM messages m WHERE m.file_id = f.id) AS messages
-        FROM files f ORDER BY f.path""")
+        db.query(
+            """
+        SELECT f.path, f.size, f.committed_offset, max(f.size - f.committed_offset, 0) AS pending, f.generation,
+               f.first_seen, f.last_seen, coalesce(f.error, '') AS error, f.messages
+        FROM files f ORDER BY f.last_seen DESC, f.path LIMIT ?""",
+            [-1 if limit is None else limit],
+        )
     )
+
+
+def file_totals(db: sqlite_utils.Database) -> dict[str, int]:
+    """What a bounded file listing leaves out: how many files, their bytes read and waiting, messages, errors."""
+    row = db.execute(
+        """SELECT count(*), coalesce(sum(committed_offset), 0), coalesce(sum(max(size - committed_offset, 0)), 0),
+                  coalesce(sum(messages), 0), count(error) FROM files"""
+    ).fetchone()
+    return dict(zip(("files", "committed", "pending", "messages", "errors"), row))
 
 
 def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
@@ -194,11 +207,12 @@ def quarantine(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, int]:
-    """Row counts of the ingest tables."""
-    return {
-        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        for table in ("files", "messages", "events", "quarantine")
+    """Row counts of the ingest tables; messages from the kept day counts, not a count of ten million rows."""
+    found = {
+        table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("files", "events", "quarantine")
     }
+    found["messages"] = db.execute("SELECT coalesce(sum(messages), 0) FROM day_counts").fetchone()[0]
+    return found
 
 
 def event_counts(db: sqlite_utils.Database) -> list[dict]:
@@ -238,27 +252,6 @@ def recent_senders(db: sqlite_utils.Database, limit: int = 10_000) -> list[dict]
     )
 
 
-def files_summary(db: sqlite_utils.Database) -> dict:
-    """Files seen, their bytes, the bytes still waiting for a newline, and how many could not be read."""
-    return next(
-        db.query(
-            "SELECT count(*) AS files, coalesce(sum(size), 0) AS bytes,"
-            " coalesce(sum(max(size - committed_offset, 0)), 0) AS pending, count(error) AS unreadable FROM files"
-        )
-    )
-
-
-def recent_files(db: sqlite_utils.Database, limit: int) -> list[dict]:
-    """The files read most recently: what `status` shows of a folder that may hold 100,000."""
-    return list(
-        db.query(
-            "SELECT path, size, size - committed_offset AS pending, generation, last_seen, error FROM files"
-            " ORDER BY last_seen DESC, id DESC LIMIT ?",
-            [limit],
-        )
-    )
-
-
 def unreadable_files(db: sqlite_utils.Database, limit: int) -> list[dict]:
     return list(
         db.query("SELECT path, last_seen, error FROM files WHERE error IS NOT NULL ORDER BY path LIMIT ?", [limit])
@@ -266,26 +259,22 @@ def unreadable_files(db: sqlite_utils.Database, limit: int) -> list[dict]:
 
 
 def message_summary(db: sqlite_utils.Database) -> dict:
-    """Messages per split, and the days they cover. The days are counted by walking the day index from one
-    day to the next (one index seek a day), not by reading every message."""
+    """Messages per split, and the days they cover, from the counts ingest keeps (one row a day and split)."""
     splits = {
         row["split"]: row["messages"]
-        for row in db.query("SELECT split, count(*) AS messages FROM messages GROUP BY split")
+        for row in db.query("SELECT split, sum(messages) AS messages FROM day_counts GROUP BY split")
     }
     days = next(
-        db.query("""
-        WITH RECURSIVE walk(day) AS (
-            SELECT min(day) FROM messages
-            UNION ALL SELECT (SELECT min(day) FROM messages WHERE day > walk.day) FROM walk WHERE walk.day IS NOT NULL
-        )
-        SELECT count(day) AS days, min(day) AS first_day, max(day) AS last_day FROM walk""")
+        db.query("SELECT count(DISTINCT day) AS days, min(day) AS first_day, max(day) AS last_day FROM day_counts")
     )
     return {"train": splits.get("train", 0), "probe": splits.get("probe", 0), **days}
 
 
 def day_splits_since(db: sqlite_utils.Database, first_day: str) -> list[dict]:
     """Messages and bytes per day and split, for the days from first_day on (the index finds them)."""
-    return list(db.query("SELECT * FROM day_splits WHERE day >= ? ORDER BY day, split", [first_day]))
+    return list(
+        db.query("SELECT day, split, messages, bytes FROM day_counts WHERE day >= ? ORDER BY day, split", [first_day])
+    )
 
 
 def event_counts_since(db: sqlite_utils.Database, first_day: str) -> list[dict]:

@@ -2,16 +2,22 @@
 
 The schema is a public interface (the README shows `sqlite3` queries against it):
 
-files       one row per path ever read: device and inode, size at the last read, committed_offset
-            (every byte before it is stored or quarantined), generation (times read again from the
-            start after a truncation or replacement), first and last seen times, the last read error.
+files       one row per file ever read (a device and inode; a rename or rotation keeps the row), its
+            path (the last name it had; a file another one replaced at its name keeps its row as
+            `NAME (earlier file, row N)`), size at the last read, committed_offset (every byte before
+            it is stored or quarantined; for a .gz file, bytes of its decompressed text), generation
+            (times read again from the start after a truncation or replacement), messages (stored from
+            it), first and last seen times, the last read error.
 messages    one row per conversation message: source file and line offset, day (YYYY-MM-DD),
             timestamp, session, role, sender, text, hash of the raw line (unique within a day: the
             same line is stored once however often it is read), split 'train' or 'probe', shape.
             Ids only grow (AUTOINCREMENT), so "everything after id N" is a stable cursor.
 events      hook event lines (command, agent:bootstrap, gateway:startup...): counted, no text.
-quarantine  lines that could not be used: file, offset, length, reason, an excerpt.
-Views: event_counts (day, type, action, count), day_splits (day, split, messages, bytes).
+quarantine  lines that could not be used: file, offset, length, reason, an excerpt; once per file (0201).
+day_counts  messages and text bytes per day and split, kept by ingest in the transactions that store
+            the messages (0200), so `status` never counts millions of rows.
+Views: event_counts (day, type, action, count), day_splits (day, split, messages, bytes; counted
+from messages, the exact definition that day_counts keeps).
 
 0101 rebuilt messages for ingest speed (bench/ingest.py), with the same rows and ids:
 - CHECKs written as OR chains: `x IN ('a', 'b')` builds a lookup table each time a statement runs, and
@@ -205,6 +211,67 @@ def _cheap_checks(db) -> None:
     )
     if sequence is not None:  # ids never go back, even past rows deleted at the end
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", [sequence[0]])
+
+
+@migrations(name="0200_ingest_counts_and_identity")
+def _counts_and_identity(db) -> None:
+    """What `status` shows, kept up to date by ingest instead of counted at every call, and files found
+    by identity in O(log n).
+
+    - files.messages: the messages stored from each file, added in the transaction that stores them
+      (state/files.py commit_read); a correlated count(*) per file scanned all of messages once a file;
+    - day_counts: messages and text bytes per day and split, the same; the day_splits view, which reads
+      every message's text, stays as the exact definition for `sqlite3` users;
+    - files_identity: a renamed or rotated file is looked up by (device, inode) at every new name.
+    Measured (bench/results/ingest-status.md): a trigger per inserted row cost 5-7 us a row, an index on
+    messages(file_id) 1-3 us a row; these counters cost one aggregate over the rows of a commit.
+    The backfill reads messages once, at the upgrade."""
+    _run(
+        db,
+        [
+            "ALTER TABLE files ADD COLUMN messages INTEGER NOT NULL DEFAULT 0",
+            "UPDATE files SET messages = c.n FROM (SELECT file_id, count(*) AS n FROM messages GROUP BY file_id) AS c"
+            " WHERE c.file_id = files.id",
+            """CREATE TABLE day_counts (
+            day TEXT NOT NULL,
+            split TEXT NOT NULL,
+            messages INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            PRIMARY KEY (day, split)
+        ) WITHOUT ROWID""",
+            "INSERT INTO day_counts (day, split, messages, bytes)"
+            " SELECT day, split, count(*), sum(length(CAST(text AS BLOB))) FROM messages GROUP BY day, split",
+            "CREATE INDEX files_identity ON files (device, inode)",
+        ],
+    )
+
+
+@migrations(name="0201_quarantine_once_per_file")
+def _quarantine_per_file(db) -> None:
+    """A bad line is listed once in each file that holds it, not once in the whole table: a user asking
+    what is wrong with a file must find its bad lines even if another file had the same ones first. A
+    re-read of the same file (same row) still adds nothing. Same rows and ids."""
+    _run(
+        db,
+        [
+            f"""CREATE TABLE quarantine_new (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            line_offset INTEGER NOT NULL,
+            length INTEGER NOT NULL,  -- bytes; for an over-size line, what was seen when it was cut
+            reason TEXT NOT NULL,
+            excerpt TEXT NOT NULL,
+            hash INTEGER NOT NULL,  -- unique within a file (index below)
+            quarantined_at TEXT NOT NULL DEFAULT {_NOW}
+        )""",
+            "INSERT INTO quarantine_new SELECT id, file_id, line_offset, length, reason, excerpt, hash, quarantined_at"
+            " FROM quarantine ORDER BY id",
+            "DROP TABLE quarantine",
+            "ALTER TABLE quarantine_new RENAME TO quarantine",
+            "CREATE INDEX quarantine_file ON quarantine (file_id, line_offset)",
+            "CREATE UNIQUE INDEX quarantine_file_hash ON quarantine (file_id, hash)",
+        ],
+    )
 
 
 def _allow_values(db, table: str, column: str, values: list[str]) -> None:

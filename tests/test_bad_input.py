@@ -22,7 +22,7 @@ from engram_ff.ingest import reader
 from engram_ff.ingest.reader import catch_up, ingest_file
 from engram_ff.model.checkpoint import CheckpointError, digest_path, load_checkpoint
 from engram_ff.state.db import open_db
-from tests.test_ingest import append, ingest, line, quarantined, texts
+from tests.test_ingest import LIMIT, append, ingest, line, quarantined, texts
 
 # --- lines: quarantined with a reason, the lines around them stored ---------------------------------
 DEEP = b'{"content": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}"  # orjson stops at depth 1024
@@ -51,7 +51,7 @@ def test_a_bad_line_is_quarantined_with_its_reason_and_the_rest_stored(db, daily
     assert texts(db) == ["before", "after"]
     ((offset, stored_reason),) = quarantined(db)
     assert offset == len(line("before")) and reason in stored_reason
-    assert f"{daily}: byte {offset}: quarantined: " in caplog.text and reason in caplog.text
+    assert f"{daily} @ byte {offset}: quarantined: " in caplog.text and reason in caplog.text
     assert result.offset == daily.stat().st_size
 
 
@@ -85,6 +85,101 @@ def test_nul_bytes_left_by_a_power_loss_do_not_swallow_the_next_line(db, daily):
     assert texts(db) == ["before the crash", "after the reboot"]
 
 
+@pytest.mark.parametrize("where", ["mid-file", "file start"])
+def test_a_hole_of_nul_bytes_longer_than_max_line_bytes_swallows_no_line(db, daily, monkeypatch, where):
+    """copytruncate under a writer without O_APPEND: the writer's next line lands at its old offset, after
+    a hole of NUL bytes as long as the file was (here 3x max_line_bytes, read in small chunks)."""
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 1000)
+    hole = b"\x00" * (3 * LIMIT + 7)
+    append(daily, *([line("before")] if where == "mid-file" else []), hole, line("after"), hole + b"\n")
+    result = ingest(db, daily)
+    assert texts(db) == (["before"] if where == "mid-file" else []) + ["after"]
+    assert quarantined(db) == [] and result.offset == daily.stat().st_size
+    first = db.execute("SELECT line_offset FROM messages WHERE text = 'after'").fetchone()[0]
+    assert daily.read_bytes()[first : first + 1] == b"{"  # the message starts where the line does
+    append(daily, line("next"))
+    assert not ingest(db, daily).reread  # an offset after a hole still counts as a line end
+
+
+def test_cr_only_line_ends_wait_with_one_warning_until_converted(db, daily, caplog):
+    """Decided: a lone CR is not a line end (JSON allows it as whitespace inside a line), so a file
+    with old Mac line ends waits, unread; a warning says why, once, and the lines come in once the
+    file is converted (here in place, as `tr '\\r' '\\n'` would)."""
+    data = b"".join(line(t).replace(b"\n", b"\r") for t in ("a", "b", "c"))
+    append(daily, data)
+    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
+        assert ingest(db, daily).pending == len(data)
+        ingest(db, daily)
+    assert texts(db) == [] and caplog.text.count("lines end in CR alone") == 1
+    daily.write_bytes(data.replace(b"\r", b"\n"))
+    ingest(db, daily)
+    assert texts(db) == ["a", "b", "c"]
+
+
+def test_an_edit_of_a_line_already_read_is_not_read_again_but_a_rewritten_file_is(db, daily, monkeypatch):
+    """Decided: a log is appended to, not edited; the database keeps what it read. A same-length edit
+    past the fingerprinted first bytes goes unseen; `sed -i` writes a new file, which is read again
+    from the start: the edited line is a new message beside the one it replaced."""
+    monkeypatch.setattr(reader, "HEAD_BYTES", 16)
+    append(daily, line("first"), line("typo"), line("third"))
+    ingest(db, daily)
+    data = daily.read_bytes()
+    with open(daily, "r+b") as f:
+        f.seek(data.index(b"typo"))
+        f.write(b"type")  # same length, same inode, past the head
+    assert ingest(db, daily).lines == 0 and texts(db) == ["first", "typo", "third"]
+    edited = daily.with_suffix(".sed")
+    edited.write_bytes(data.replace(b"typo", b"fixed"))
+    os.replace(edited, daily)  # what sed -i does
+    result = ingest(db, daily)
+    assert result.reread and (result.messages, result.duplicates) == (1, 2)
+    assert texts(db) == ["first", "typo", "third", "fixed"]
+
+
+def test_the_same_bad_line_is_listed_once_in_each_file_that_holds_it(db, tmp_path, daily):
+    """Decided: the quarantine answers "what is wrong with this file"; a re-read of the file adds nothing."""
+    other = daily.with_name("2026-11-28.jsonl")
+    for path in (daily, other):
+        append(path, b"{broken\n", line(f"ok {path.name}"))
+    catch_up(db, tmp_path / "engram")
+    daily.write_bytes(b"{broken\n")  # shorter: read again from the start
+    catch_up(db, tmp_path / "engram")
+    rows = list(db.execute("SELECT f.path, q.line_offset FROM quarantine q JOIN files f ON f.id = q.file_id"))
+    assert sorted(rows) == sorted([(str(daily), 0), (str(other), 0)])
+
+
+def test_a_jsonl_gz_file_is_read(db, tmp_path, daily):
+    daily.parent.mkdir(parents=True, exist_ok=True)
+    daily.with_name("2026-11-20.jsonl.gz").write_bytes(gzip.compress(line("zipped") + b"junk\n", mtime=0))
+    stats = catch_up(db, tmp_path / "engram")
+    assert texts(db) == ["zipped"] and (stats.quarantined, stats.errors) == (1, 0)
+    ((offset, reason),) = quarantined(db)
+    assert offset == len(line("zipped")) and reason.startswith("malformed JSON")
+
+
+def test_file_names_reach_the_log_escaped(db, tmp_path, caplog):
+    """A newline in a name would forge a log line, an ESC would drive the terminal that shows the log."""
+    raw = tmp_path / "engram" / "raw"
+    raw.mkdir(parents=True)
+    name = b"2026-11-27 \nengram-ff: FORGED\x1b[2J\xff\\.jsonl"
+    with open(os.path.join(os.fsencode(raw), name), "wb") as f:
+        f.write(b"junk\n" + line("kept"))
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
+        stats = catch_up(db, tmp_path / "engram")
+    assert stats.messages == 1
+    assert f"{raw}/2026-11-27 \\nengram-ff: FORGED\\x1b[2J\\xff\\\\.jsonl @ byte 0: quarantined" in caplog.text
+    assert "\x1b" not in caplog.text and "\nengram-ff: FORGED" not in caplog.text
+
+
+def test_a_file_gone_before_it_could_be_read_is_no_error(db, tmp_path, caplog):
+    """A rotation's passing name (logrotate compresses X.1 and deletes it) may be gone by the time an
+    event for it is handled: nothing to log above DEBUG, no row with an error."""
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
+        result = ingest_file(db, tmp_path / "engram" / "raw" / "2026-11-27.jsonl.1")
+    assert result.error is None and caplog.text == ""
+    assert db.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+
+
 def test_a_compressed_file_is_quarantined_line_by_line_and_nothing_else_lost(db, tmp_path, daily, caplog):
     zipped = daily.with_name("2026-11-26.jsonl")
     zipped.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +189,7 @@ def test_a_compressed_file_is_quarantined_line_by_line_and_nothing_else_lost(db,
         stats = catch_up(db, tmp_path / "engram")
     assert texts(db) == ["plain"]
     assert stats.quarantined >= 1 and stats.errors == 0
-    assert f"{zipped}: byte 0: quarantined: invalid UTF-8" in caplog.text
+    assert f"{zipped} @ byte 0: quarantined: invalid UTF-8" in caplog.text
 
 
 # --- files: what the folder can hold besides regular JSONL files ------------------------------------
@@ -107,13 +202,13 @@ def test_special_files_named_jsonl_are_logged_and_passed_over(db, tmp_path, dail
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(raw / "sock.jsonl"))
     try:
-        with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
+        with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
             stats = catch_up(db, tmp_path / "engram")
     finally:
         server.close()
     assert texts(db) == ["a"] and stats.messages == 1
     assert f"{raw / 'fifo.jsonl'}: skipped: not a regular file" in caplog.text
-    assert f"{raw / 'zero.jsonl'}: skipped: not a regular file" in caplog.text
+    assert f"{raw / 'zero.jsonl'}: skipped: a symlink to /dev/zero, outside the watched folder" in caplog.text
     assert f"{raw / 'dangling.jsonl'}: cannot read: No such file or directory" in caplog.text
     assert f"{raw / 'sock.jsonl'}: cannot read: No such device or address" in caplog.text
 
@@ -266,7 +361,7 @@ def test_a_100_mb_line_without_newline_is_read_in_bounded_memory(tmp_path, daily
     db = open_db(tmp_path / "state.db")
     assert texts(db) == ["before", "after"]
     assert db.execute("SELECT reason, length FROM quarantine").fetchone()[0] == "line over 1048576 bytes"
-    assert f"{daily}: byte {len(line('before'))}: quarantined: line over" in child.stderr
+    assert f"{daily} @ byte {len(line('before'))}: quarantined: line over" in child.stderr
 
 
 # --- security ---------------------------------------------------------------------------------------

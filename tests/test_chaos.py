@@ -38,7 +38,7 @@ def one_torch_thread():
 
 def test_sigkill_at_random_instants_loses_nothing_and_updates_resume(tmp_path):
     chaos = Chaos(tmp_path, seed=7, burst_lines=300)
-    plan = ["training", "update-start", "checkpoint", "probes", "ingest", "uniform"]
+    plan = ["training", "update-start", "checkpoint", "probes", "ingest", "rotation", "uniform"]
     for trigger in plan:
         trial = chaos.trial(trigger)
         assert trial.triggered, trigger

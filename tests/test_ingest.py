@@ -89,8 +89,8 @@ def test_crlf_line_endings(db, daily):
         (b"{this is not json\n", "malformed JSON"),
         (b"[1, 2, 3]\n", "not a JSON object: list"),
         (b'{"content": "caf\xe9 au lait"}\n', "invalid UTF-8"),
-        (bytes(b for b in range(256) if b != 10) + b"\n", "invalid UTF-8"),  # binary junk
-        (b"\x00" * 32 + b"\n", "binary data"),
+        (bytes(b for b in range(1, 256) if b != 10) + b"\n", "invalid UTF-8"),  # binary junk
+        (b"\x01\x00" * 16 + b"\n", "binary data"),
         (b'{"content": 42}\n', "content: expected a string"),
         (b'{"type": "message", "message": {"content": "no role"}}\n', "message.role"),
         (b'{"unrelated": true}\n', "unknown shape"),
@@ -105,7 +105,7 @@ def test_a_bad_line_is_logged_quarantined_and_ingest_goes_on(db, daily, caplog, 
     assert result.quarantined == 1
     ((q_offset, q_reason),) = quarantined(db)
     assert q_offset == offset and reason in q_reason
-    assert f"{daily}: byte {offset}: quarantined: " in caplog.text and reason in caplog.text
+    assert f"{daily} @ byte {offset}: quarantined: " in caplog.text and reason in caplog.text
 
 
 def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
@@ -113,7 +113,7 @@ def test_empty_lines_are_skipped_not_quarantined(db, daily, caplog):
     with caplog.at_level(logging.DEBUG, logger="engram_ff.ingest.reader"):
         result = ingest(db, daily)
     assert (result.skipped, result.messages, result.quarantined) == (3, 2, 0)
-    assert f"{daily}: byte 0: skipped: empty line" in caplog.text
+    assert f"{daily} @ byte 0: skipped: empty line" in caplog.text
 
 
 def test_an_over_size_line_is_quarantined(db, daily, caplog):
@@ -124,7 +124,7 @@ def test_an_over_size_line_is_quarantined(db, daily, caplog):
     assert texts(db) == ["a", "b"]
     ((offset, reason),) = quarantined(db)
     assert offset == len(line("a")) and reason == f"line over {LIMIT} bytes"
-    assert f"{daily}: byte {offset}: quarantined: line over" in caplog.text
+    assert f"{daily} @ byte {offset}: quarantined: line over" in caplog.text
     excerpt, length = db.execute("SELECT excerpt, length FROM quarantine").fetchone()
     assert excerpt.startswith('{"content": "xxx') and len(excerpt) <= reader.EXCERPT_BYTES
     assert length > LIMIT
@@ -157,7 +157,7 @@ def test_warnings_per_file_are_capped(db, daily, caplog):
 def test_a_directory_named_jsonl_is_logged_and_passed_over(db, tmp_path, daily, caplog):
     append(daily, line("a"))
     (tmp_path / "engram" / "raw" / "x.jsonl").mkdir()
-    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
         stats = catch_up(db, tmp_path / "engram")
     assert (stats.files, stats.messages, stats.errors) == (1, 1, 0)
     assert "x.jsonl: skipped: a directory" in caplog.text
@@ -195,7 +195,7 @@ def test_symlink_loops_are_logged_and_walking_ends(db, tmp_path, daily, caplog):
     os.symlink(raw / "b.jsonl", raw / "a.jsonl")
     os.symlink(raw / "a.jsonl", raw / "b.jsonl")
     os.symlink(tmp_path / "engram", raw / "back-to-top")  # a folder loop
-    with caplog.at_level(logging.INFO, logger="engram_ff.ingest.reader"):
+    with caplog.at_level(logging.INFO, logger="engram_ff.ingest"):
         stats = catch_up(db, tmp_path / "engram")
     assert stats.messages == 1 and texts(db) == ["a"]
     assert f"{raw / 'a.jsonl'}: cannot read: a symlink loop" in caplog.text
@@ -296,10 +296,29 @@ def test_a_refused_commit_stores_nothing_and_keeps_the_offset(db, daily):
     with pytest.raises(sqlite3.DatabaseError, match="simulated refusal"):
         ingest(db, daily)
     assert texts(db) == []
-    assert db.execute("SELECT committed_offset FROM files").fetchone()[0] == 0
+    assert db.execute("SELECT coalesce(max(committed_offset), 0) FROM files").fetchone()[0] == 0
     db.execute("DROP TRIGGER refuse")
     assert ingest(db, daily).messages == 3
     assert texts(db) == ["a", "poison", "c"]
+
+
+def test_a_refusal_mid_pass_rolls_back_the_shared_commit_and_the_next_pass_stores_all(db, tmp_path):
+    """Many small files share a commit (reader.CommitGroup): a refusal at one rolls back the reads since
+    the last commit, offsets with them, and nothing is lost or stored twice."""
+    for day in range(1, 31):
+        append(tmp_path / "engram" / "raw" / f"2026-11-{day:02d}.jsonl", line(f"file {day}"))
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.text = 'file 17' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated refusal'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="simulated refusal"):
+        catch_up(db, tmp_path / "engram")
+    stored = set(texts(db))
+    read = {f"file {int(path[-8:-6])}" for (path,) in db.execute("SELECT path FROM files WHERE committed_offset > 0")}
+    assert stored == read and "file 17" not in stored  # every offset with its line, and no more
+    db.execute("DROP TRIGGER refuse")
+    catch_up(db, tmp_path / "engram")
+    assert sorted(texts(db)) == sorted(f"file {day}" for day in range(1, 31))
 
 
 CHILD = """
@@ -360,7 +379,7 @@ def test_a_dying_parsing_process_is_replaced_by_reading_here(tmp_path, monkeypat
     db = open_db(tmp_path / "state.db")
     with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
         stats = catch_up(db, folder)
-    assert "the parsing process died (exit code 3); reading on in this process from offset" in caplog.text
+    assert "the parsing process died (exit code 3); reading on in this process from byte" in caplog.text
     assert (stats.messages, stats.duplicates, stats.errors) == (300, 0, 0)
     assert texts(db) == [f"m{i}" for i in range(300)]
 
@@ -458,7 +477,7 @@ def test_ingest_and_status_commands(tmp_path):
     ingested = run("ingest")
     assert ingested.returncode == 0, ingested.stderr
     assert "4 lines read: 2 new messages, 1 events, 0 skipped, 0 already stored, 1 quarantined" in ingested.stdout
-    assert f"raw/2026-11-27.jsonl: byte {2 * len(line('a'))}: quarantined: malformed JSON" in ingested.stderr
+    assert f"raw/2026-11-27.jsonl @ byte {2 * len(line('a'))}: quarantined: malformed JSON" in ingested.stderr
     assert "1 files, 0 lines read: 0 new messages" in run("ingest").stdout  # offsets kept: nothing re-read
     status = run("status")
     assert status.returncode == 0, status.stderr

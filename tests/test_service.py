@@ -47,8 +47,9 @@ def test_ready_watchdog_catch_up_reload_and_stop(daemon):
     proc, notify, watch, data, config = daemon
     db = data / "engram-ff.db"
     notify.wait("READY", "1")
-    # READY=1 comes after the start-up scan: the file that was there at start is already in.
-    assert query(db, "SELECT count(*) FROM messages")[0][0] == 40
+    # READY=1 comes before the start-up scan is done (tests/test_many_files.py); the file that was there
+    # at start follows, and STATUS= says how far the scan has got.
+    wait_for(lambda: query(db, "SELECT count(*) FROM messages")[0][0] == 40, timeout=30, what="the start-up scan")
     notify.wait("WATCHDOG", "1")
     assert "messages" in next(m["STATUS"] for m in notify.messages if "STATUS" in m)
 

@@ -65,12 +65,7 @@ def test_migrations_apply_once_even_when_opened_concurrently(tmp_path, round):
 
 
 def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
-    db = open_db(tmp_path / "state.db", migrate=False)
-    db.conn.execute("BEGIN IMMEDIATE")
-    migrations.apply(db, stop_before="0101_messages_cheap_checks")
-    db.conn.commit()
-    write_day(tmp_path, "2026-11-01", [("s", "alice", f"m{i}") for i in range(5)])
-    catch_up(db, tmp_path)
+    db = old_database(tmp_path / "state.db", "0101_messages_cheap_checks", messages=5)
     with db.conn:
         db.execute("DELETE FROM messages WHERE id = 5")  # the sequence stays at 5: id 5 is never reused
     before = list(db.execute("SELECT * FROM messages ORDER BY id"))
@@ -86,6 +81,47 @@ def test_cheap_checks_migration_keeps_rows_ids_and_the_id_sequence(tmp_path):
             "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split,"
             " shape) VALUES (1, 0, 'd', 's', 'r', 's', 't', 7, 'test', 'chat')"
         )
+
+
+def old_database(path, stop_before: str, messages: int):
+    """A database migrated up to (not including) stop_before, holding `messages` messages of one file
+    and one quarantined line, written as the ingest of that time wrote them (the reader of today needs
+    today's schema)."""
+    db = open_db(path, migrate=False)
+    db.conn.execute("BEGIN IMMEDIATE")
+    migrations.apply(db, stop_before=stop_before)
+    db.conn.commit()
+    with db.conn:
+        db.execute("INSERT INTO files (path, committed_offset, size) VALUES ('/w/raw/2026-11-01.jsonl', 99, 99)")
+        for i in range(messages):
+            db.execute(
+                "INSERT INTO messages (file_id, line_offset, day, session, role, sender, text, hash, split, shape)"
+                " VALUES (1, ?, ?, 's', 'user', 'alice', ?, ?, ?, 'recorder')",
+                [i, f"2026-11-0{1 + i % 2}", f"m{i}", i, "train" if i % 3 else "probe"],
+            )
+        db.execute(
+            "INSERT INTO quarantine (file_id, line_offset, length, reason, excerpt, hash)"
+            " VALUES (1, 7, 4, 'bad', 'junk', 42)"
+        )
+    return db
+
+
+def test_counts_migration_fills_the_counters_from_the_rows(tmp_path):
+    old = old_database(tmp_path / "state.db", "0200_ingest_counts_and_identity", messages=7)
+    exact = list(old.execute("SELECT day, split, messages, bytes FROM day_splits ORDER BY day, split"))
+    quarantine = list(old.execute("SELECT * FROM quarantine"))
+    db = open_db(tmp_path / "state.db")
+    assert [tuple(r.values()) for r in queries.day_splits(db)] == exact
+    assert [r["messages"] for r in queries.files(db)] == [7]
+    assert queries.counts(db)["messages"] == 7 == queries.file_totals(db)["messages"]
+    assert list(db.execute("SELECT * FROM quarantine")) == quarantine  # same rows and ids
+    write_day(tmp_path, "2026-11-01", [("s", "alice", "after the upgrade")])
+    catch_up(db, tmp_path)
+    assert queries.counts(db)["messages"] == 8
+    assert sum(r["messages"] for r in queries.day_splits(db)) == 8
+    assert [tuple(r.values()) for r in queries.day_splits(db)] == list(
+        db.execute("SELECT day, split, messages, bytes FROM day_splits ORDER BY day, split")
+    )
 
 
 def test_foreign_keys_are_enforced(tmp_path):
@@ -186,3 +222,42 @@ def test_end_of_night_takes_whole_messages_up_to_the_cap_and_bytes_after_counts_
     assert queries.bytes_after(db, 4) == 6 * 13 + 40 * 14 == len(queries.text_between(db, 4, 50))
     assert queries.end_of_night(db, 4, 10_000) == 50  # less than the cap: all of it
     assert queries.end_of_night(db, 50, 40) == 50 and queries.bytes_after(db, 50) == 0  # nothing new
+
+
+def test_the_wal_shrinks_back_after_a_reader_held_it_open(tmp_path, monkeypatch):
+    """A reader's snapshot keeps SQLite from checkpointing past it, so the WAL grows while it is held
+    (issue #16: 237 MB beside a 55 MB database); once it is gone, the next commits cut the file back to
+    WAL_LIMIT_BYTES instead of leaving it at its largest for good."""
+    from engram_ff.state import db as db_module
+
+    monkeypatch.setattr(db_module, "WAL_LIMIT_BYTES", 1 << 20)
+    db = open_db(tmp_path / "state.db")
+    reader = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # the snapshot is taken here
+    for day in range(1, 4):
+        write_day(tmp_path, f"2026-11-0{day}", [("s", "u", f"{day}: " + "text " * 40 + str(i)) for i in range(4000)])
+    catch_up(db, tmp_path)
+    wal = tmp_path / "state.db-wal"
+    grown = wal.stat().st_size
+    assert grown > 2 << 20  # twice the limit: it grew past it
+    reader.execute("COMMIT")
+    reader.close()
+    for n in range(3):  # a commit checkpoints the WAL; the one after it starts the WAL over and cuts it
+        write_day(tmp_path, "2026-11-04", [("s", "u", f"after {n}")])
+        catch_up(db, tmp_path)
+    assert wal.stat().st_size <= 1 << 20, (grown, wal.stat().st_size)
+
+
+def test_the_counters_read_only_the_rows_a_commit_added(tmp_path):
+    """day_counts is kept by an aggregate over the rows of each commit: it must find them by id range,
+    never by scanning the (day, split, hash) index, or every commit would cost the whole table."""
+    from engram_ff.state import files
+
+    db = open_db(tmp_path / "state.db")
+    plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + files._COUNT_DAYS, [0]))
+    assert "INTEGER PRIMARY KEY (rowid>?)" in plan and "SCAN messages" not in plan
+    identity = " ".join(
+        row[3] for row in db.execute("EXPLAIN QUERY PLAN SELECT * FROM files WHERE device = 1 AND inode = 2")
+    )
+    assert "files_identity" in identity
