@@ -3,6 +3,7 @@ and writing Markdown tables and PNG plots under bench/results/."""
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import resource
 import time
@@ -82,6 +83,13 @@ def lockstep(*jobs: tuple[Callable[..., Iterable], tuple]) -> Iterator[list[tupl
             with suppress(OSError):  # a worker that failed has hung up already
                 link.send(False)
             worker.join(timeout=10)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str], quick: dict) -> argparse.Namespace:
+    """`--quick` sets its own defaults, which flags given beside it still override."""
+    if "--quick" in argv:
+        parser.set_defaults(**quick)
+    return parser.parse_args(argv)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,15 @@ from pathlib import Path
 
 import torch
 
-from engram_ff.bench.common import RESULTS, markdown_table, peak_rss_mib, plot_series, save_figure, write_result
+from engram_ff.bench.common import (
+    RESULTS,
+    markdown_table,
+    parse_args,
+    peak_rss_mib,
+    plot_series,
+    save_figure,
+    write_result,
+)
 from engram_ff.bench.make_stream import PLAYS, daemon_facts, day_lines, load_facts, stream_days, write_day
 from engram_ff.daemon.checkpoints import load_current
 from engram_ff.daemon.config import Config, load_config
@@ -563,13 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if "--quick" in argv:
-        parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, QUICK)
     stem = args.stem or ("incremental-quick" if args.quick else "incremental")
     if args.merge:
         meta, runs = merge(args.merge)

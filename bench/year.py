@@ -30,13 +30,14 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from engram_ff.bench.common import RESULTS, markdown_table, save_figure, write_result
+from engram_ff.bench.common import RESULTS, markdown_table, parse_args, save_figure, write_result
 from engram_ff.bench.make_stream import daemon_facts, load_facts, write_day
 from engram_ff.bench.year_days import Day, calendar, day_lines, held_out, sentences
 from engram_ff.daemon.checkpoints import load_current
@@ -449,13 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if "--quick" in argv:
-        parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, QUICK)
     if args.nights < 3:
         parser.error("--nights must be at least 3: the facts are planted on night 3")
     args.argv = ["engram-ff bench year", *argv]
