@@ -166,6 +166,7 @@ def method_config(folder: Path, overrides: dict, args) -> Config:
         update_max_passes=math.inf,
         update_budget_minutes=600,
         checkpoint_every_seconds=3600,
+        workers=1,  # one process a method, on --threads threads: studies run side by side, a core each
         **{**PLAIN, **overrides},
     )
 
