@@ -187,13 +187,6 @@ def model_existed(db: sqlite_utils.Database) -> bool:
     return db.execute(f"SELECT EXISTS ({_PROMOTED})").fetchone()[0] == 1
 
 
-def promoted_checkpoints(db: sqlite_utils.Database, status: str) -> list[dict]:
-    """Newest first: the final checkpoints that were once the current model and now have `status`."""
-    return list(
-        db.query(f"SELECT * FROM checkpoints WHERE id IN ({_PROMOTED}) AND status = ? ORDER BY id DESC", [status])
-    )
-
-
 def settle_update(
     db: sqlite_utils.Database, run_id: int, *, promoted: bool, checkpoint_id: int, gate: dict, **fields: object
 ) -> None:
@@ -296,17 +289,6 @@ def pass_scores(
     if metric is not None:
         where, params = where + " AND metric = ?", params + [metric]
     return list(db.query(f"SELECT * FROM probe_scores WHERE {where} ORDER BY id", params))
-
-
-def metric_series(db: sqlite_utils.Database, metric: str) -> list[dict]:
-    """Every score of one per-day metric, oldest first: checkpoint, day, value."""
-    return list(
-        db.query(
-            "SELECT checkpoint_id, day, value FROM probe_scores WHERE metric = ? AND checkpoint_id IS NOT NULL"
-            " ORDER BY id",
-            [metric],
-        )
-    )
 
 
 def best_earlier(db: sqlite_utils.Database, metric: str, before_checkpoint: int) -> dict[str, float]:
