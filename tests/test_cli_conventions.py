@@ -109,6 +109,7 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path):
         wait_for_output = child.stdout.readline()  # the question is printed before input() waits
         assert "This removes" in wait_for_output
         child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)  # before communicate closes stdin: a loaded child could read EOF, "no", first
         _, err = child.communicate(timeout=60)
     finally:
         child.kill()
