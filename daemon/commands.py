@@ -155,6 +155,12 @@ def update(args) -> int:
         )
     else:
         print(_update_sentence(row))
+        if row["status"] == "skipped":  # no daemon runs (this command held its lock), so nothing ingested lately
+            print(
+                "engram-ff: an update trains on what was ingested; `engram-ff ingest` reads what the watch folder "
+                "holds now (a running daemon does it as files change)",
+                file=sys.stderr,
+            )
         if stop.requested:  # the update itself finished; Ctrl-C came during its probes
             print("engram-ff: the probes were stopped; `engram-ff probe` runs them", file=sys.stderr)
     if not args.json:
