@@ -202,6 +202,10 @@ def prune(db, keep: int, folder: Path) -> None:
         runs.set_checkpoint_status(db, row["id"], "pruned")
         for path in _with_companions(row["path"]):
             path.unlink(missing_ok=True)
+    for kind in ("partial", "final"):  # a prune killed between marking a row and unlinking its file
+        for row in runs.checkpoints_with_status(db, kind, "pruned"):
+            for path in _with_companions(row["path"]):
+                path.unlink(missing_ok=True)
     for row in runs.good_checkpoints(db, "final"):  # a promotion killed before settle_files took the mark off
         verdict_path(row["path"], "candidate").unlink(missing_ok=True)
     for name in runs.unfinished_checkpoint_writes(db):
