@@ -1,7 +1,7 @@
 """`engram-ff bench incremental`: does FF learn day by day without forgetting? FF against BP, replay against none.
 
 Each method gets a fresh data folder. Day by day, the day's Engram file is dropped into its watched
-folder, ingested, and the daemon's own nightly job (`daemon.update.update_and_probe`) runs with that
+folder, ingested, and the daemon's own nightly job (`daemon.update.run_update`) runs with that
 method's configuration: a method is nothing but daemon configuration fields. After update i the
 current checkpoint is scored on EVERY day's probe split (future days too, taken from one reference
 database holding all days), filling R[i][j] = bits per byte on day j's probe split after update i.
@@ -48,7 +48,7 @@ from engram_ff.bench.common import (
 from engram_ff.bench.make_stream import PLAYS, daemon_facts, day_lines, load_facts, stream_days, write_day
 from engram_ff.daemon.checkpoints import load_current
 from engram_ff.daemon.config import Config, load_config
-from engram_ff.daemon.update import update_and_probe
+from engram_ff.daemon.update import run_update
 from engram_ff.ingest.reader import Limits, catch_up
 from engram_ff.model.lm import PRESETS
 from engram_ff.model.train import evaluate_nats
@@ -117,7 +117,7 @@ class Run:
 
     method: str
     R: list[list[float]] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of update_and_probe
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of run_update
     update_seconds: list[float] = field(default_factory=list)  # wall time of the update, from its runs row
     facts: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # name -> (answer bpb, rank)
     # per update from the second: what the promotion gate measured, check -> candidate minus current (bpb)
@@ -223,7 +223,7 @@ def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: 
         finally:
             db.close()
         cpu = time.process_time()
-        row = update_and_probe(config)
+        row = run_update(config)
         run.cpu_seconds.append(time.process_time() - cpu)
         if row["status"] != "ok":
             raise RuntimeError(f"{method}: update of day {i + 1} ended {row['status']}: {row['error']}")

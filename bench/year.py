@@ -1,7 +1,7 @@
 """`engram-ff bench year`: a simulated year of Engram days through the daemon's own update, gate and probes.
 
 Night by night (bench/year_days.py says what the days are), the day's file lands in the watched folder,
-is ingested, and the daemon's nightly job (`daemon.update.update_and_probe`: training, the probe pass,
+is ingested, and the daemon's nightly job (`daemon.update.run_update`: training, the probe pass,
 the promotion gate) runs in this process with the daemon preset; on the nights the machine is off the
 files pile up and nothing runs. After each night the benchmark measures, beside what the daemon records:
 
@@ -42,7 +42,7 @@ from engram_ff.bench.make_stream import daemon_facts, load_facts, write_day
 from engram_ff.bench.year_days import Day, calendar, day_lines, held_out, sentences
 from engram_ff.daemon.checkpoints import load_current
 from engram_ff.daemon.config import Config, load_config
-from engram_ff.daemon.update import update_and_probe
+from engram_ff.daemon.update import run_update
 from engram_ff.ingest.reader import Limits, catch_up
 from engram_ff.model.lm import PRESETS
 from engram_ff.model.train import evaluate_nats
@@ -123,7 +123,7 @@ def run_night(config: Config, day: Day, lines: list[dict], texts: dict[str, byte
     finally:
         db.close()
     ingested = time.perf_counter()
-    row = update_and_probe(config)
+    row = run_update(config)
     wall = time.perf_counter() - ingested
     record.update(
         status=row["status"],

@@ -21,7 +21,7 @@ from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.progress import for_this_process
 from engram_ff.daemon.sandbox import adapt_torch
-from engram_ff.daemon.update import EXIT_CODES, update_and_probe
+from engram_ff.daemon.update import EXIT_CODES, run_update
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def main() -> int:
     status = _status_pipe(int(sys.argv[2])) if len(sys.argv) > 2 else None
     try:
         with database_errors(config.db_path):
-            row = update_and_probe(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
+            row = run_update(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
     except UserError as exc:
         log.error("%s", exc)
         return 1

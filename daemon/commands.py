@@ -119,7 +119,7 @@ class _StopOnSignal:
 def update(args) -> int:
     from engram_ff.daemon import ranks
     from engram_ff.daemon.progress import for_this_process
-    from engram_ff.daemon.update import EXIT_CODES, update_and_probe
+    from engram_ff.daemon.update import EXIT_CODES, run_update
 
     team = ranks.Team.torchrun()  # None unless torchrun started this process as one of several ranks
     if team is not None and team.rank > 0:
@@ -133,7 +133,7 @@ def update(args) -> int:
     _database(config).close()  # there must be something to train on: nothing is created here
     try:
         with DataDirLock(config.lock_path), database_errors(config.db_path), _StopOnSignal() as stop:
-            row = update_and_probe(
+            row = run_update(
                 config,
                 should_stop=lambda: stop.requested,
                 progress=for_this_process(),

@@ -340,19 +340,6 @@ def log_failure(what: str, exc: Exception) -> None:
     log.error("%s: %s: %s", what, type(exc).__name__, exc, exc_info=not isinstance(exc, EXPECTED))
 
 
-def update_and_probe(
-    config: Config,
-    *,
-    should_stop=lambda: False,
-    progress: Progress | None = None,
-    from_scratch: bool = False,
-    team: ranks.Team | None = None,
-) -> dict:
-    """The nightly job, as the service's child, the CLI and the benchmarks call it: an update whose probe
-    pass is also its gate's (run_update)."""
-    return run_update(config, should_stop=should_stop, progress=progress, from_scratch=from_scratch, team=team)
-
-
 def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
     """The probes alone, on the current model (`engram-ff probe`): its newest pass, which the next gate
     compares with; [] if there is no model, or if should_stop() ended the pass early (recorded as

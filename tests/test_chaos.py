@@ -321,7 +321,7 @@ def _cli(config, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Complet
     )
 
 
-def test_update_and_probe_on_an_immutable_database_say_so_in_one_line(tmp_path):
+def test_run_update_on_an_immutable_database_say_so_in_one_line(tmp_path):
     config = _trained(tmp_path)
     if os.geteuid() == 0:  # root writes through file permissions, not through chattr +i
         if subprocess.run(["chattr", "+i", str(config.db_path)], capture_output=True).returncode != 0:
@@ -345,7 +345,7 @@ def test_update_and_probe_on_an_immutable_database_say_so_in_one_line(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a read-only bind mount needs root")
-def test_update_and_probe_on_a_read_only_mount_say_so_in_one_line(tmp_path):
+def test_run_update_on_a_read_only_mount_say_so_in_one_line(tmp_path):
     config = _trained(tmp_path)
     data = str(config.data_dir)
     read_only = (
@@ -364,7 +364,7 @@ def test_update_and_probe_on_a_read_only_mount_say_so_in_one_line(tmp_path):
         )
 
 
-def test_update_and_probe_on_a_database_locked_past_the_busy_timeout_say_so_in_one_line(tmp_path, monkeypatch, capsys):
+def test_run_update_on_a_database_locked_past_the_busy_timeout_say_so_in_one_line(tmp_path, monkeypatch, capsys):
     """Another writer holds the database (a `sqlite3` shell inside BEGIN IMMEDIATE): after the busy timeout,
     shortened here from 30 s, one line and exit 1; nothing could be recorded, nothing is damaged."""
     from engram_ff.daemon.cli import main

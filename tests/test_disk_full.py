@@ -170,7 +170,7 @@ def test_the_running_daemon_retries_through_a_full_disk_and_recovers_when_space_
     assert settled.ok and settled.stored == 300 + 3 * 3000
 
 
-def test_update_and_probe_commands_on_a_full_disk_say_so_in_one_line_and_record_what_they_can(tmp_path):
+def test_run_update_commands_on_a_full_disk_say_so_in_one_line_and_record_what_they_can(tmp_path):
     config, first = setup(tmp_path)
     write_lines(config.watch / "raw" / "2026-01-02.jsonl", "second", 300)
     db = open_db(config.db_path)

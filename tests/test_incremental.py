@@ -89,7 +89,7 @@ def test_bp_slows_its_lower_layers_by_exactly_lower_lr():
 
 def test_bp_checkpoint_says_so_and_ff_refuses_it_without_losing_it(make):
     config, db = make(trainer="bp")
-    first = update.update_and_probe(config)
+    first = update.run_update(config)
     assert first["status"] == "ok" and checkpoint(db, first)["trainer_kind"] == "bp"
 
     config, db = make(trainer="ff")
@@ -119,9 +119,9 @@ def test_frozen_layer_has_no_gradient_no_optimiser_state_and_does_not_change():
 
 def test_freeze_layers_keeps_the_lowest_layer_after_the_first_update(make):
     config, db = make(freeze_layers=1)
-    first = update.update_and_probe(config)
+    first = update.run_update(config)
     next_day(config, db)
-    second = update.update_and_probe(config)
+    second = update.run_update(config)
     assert first["status"] == second["status"] == "ok"
     before, after = checkpoint(db, first)["model"], checkpoint(db, second)["model"]
     lowest = [k for k in before if k.startswith(("embed.", "layers.0.", "heads.0."))]
@@ -197,9 +197,9 @@ def test_replay_rows_come_last_and_only_chosen_layers_see_them(make):
     recipe.plan_layers(trainer, upper, matured=True, replay_rows=replay_rows)
     assert trainer.loss_rows == [1, None]
 
-    first = update.update_and_probe(config)
+    first = update.run_update(config)
     next_day(config, db)
-    second = update.update_and_probe(config)
+    second = update.run_update(config)
     assert first["status"] == second["status"] == "ok" and second["replay_bytes"] > 0
 
 

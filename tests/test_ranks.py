@@ -115,7 +115,7 @@ def training_helper(child: subprocess.Popen) -> int:
 
 def test_an_update_on_two_ranks_checkpoints_as_one_process_and_leaves_nothing_behind(tmp_path):
     config, db = prepare(tmp_path, workers="2")
-    row = update.update_and_probe(config)
+    row = update.run_update(config)
     assert row["status"] == "ok" and row["steps"] == 40 and row["error"] is None
     path = query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [row["checkpoint_id"]])[0][0]
     payload = load_checkpoint(path)

@@ -26,10 +26,10 @@ def trained(tmp_path_factory):
     hostile.write_bytes((config.watch / "raw" / "2026-01-01.jsonl").read_bytes()[:200] + b"\n")
     db = open_db(config.db_path)
     catch_up(db, config.watch)
-    update.update_and_probe(config)
+    update.run_update(config)
     write_day(config.watch, "2026-01-02", 30)
     catch_up(db, config.watch)
-    update.update_and_probe(config)
+    update.run_update(config)
     db.close()
     return config
 

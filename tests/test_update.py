@@ -36,18 +36,18 @@ def runs(db):
 
 def test_update_trains_records_and_chains_checkpoints(setup):
     config, db = setup
-    first = update.update_and_probe(config)
+    first = update.run_update(config)
     assert first["status"] == "ok" and first["new_bytes"] > 0 and first["replay_bytes"] == 0
     assert first["steps"] >= 20 and first["peak_rss_mb"] > 0
     assert len(eval(first["layer_losses"])) == 2  # the tiny preset's two layers, each its own loss
     path = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]]).fetchone()[0])
     assert Path(str(path) + ".sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
 
-    assert update.update_and_probe(config)["status"] == "skipped"  # nothing new
+    assert update.run_update(config)["status"] == "skipped"  # nothing new
 
     write_day(config.watch, "2026-01-02", 30)
     catch_up(db, config.watch)
-    second = update.update_and_probe(config)
+    second = update.run_update(config)
     assert second["status"] == "ok" and second["replay_bytes"] > 0
     assert second["parent_checkpoint_id"] == first["checkpoint_id"]
     assert second["first_message_id"] == first["last_message_id"]
@@ -156,10 +156,10 @@ def test_sigterm_during_training_checkpoints_and_exits(tmp_path):
 
 def test_history_command_prints_and_plots(setup, capsys, tmp_path):
     config, db = setup
-    update.update_and_probe(config)
+    update.run_update(config)
     write_day(config.watch, "2026-01-02", 30)
     catch_up(db, config.watch)
-    update.update_and_probe(config)
+    update.run_update(config)
     plot = tmp_path / "history.png"
     assert main(["history", "--data", str(config.data_dir), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
