@@ -8,6 +8,7 @@ holds torch's memory, and a crash inside training cannot take the watcher down w
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -271,7 +272,7 @@ class Service:
 
     def _loop(self, watcher: Watcher, scheduler: BackgroundScheduler, db) -> None:
         interval = min(self.notifier.watchdog_interval or STATUS_EVERY_S, STATUS_EVERY_S)
-        next_status = 0.0
+        next_status = -math.inf  # at once, whatever the monotonic clock reads
         while True:
             self._catch_up_after_first_scan(watcher, scheduler)
             self.wake.wait(interval if watcher.stats.scans else min(interval, STARTUP_STATUS_EVERY_S))

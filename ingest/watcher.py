@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -97,10 +98,12 @@ class Watcher:
         self.stats = WatcherStats()
         self.folder = Folder(self.watch_dir, follow_outside=self.limits.follow_outside)
         self._due: dict[str, float] = {}  # path -> monotonic time it may be read
-        self._retry_at = 0.0  # monotonic time the database may be tried again after a failed write
-        self._scan_due = 0.0  # monotonic time of the next full scan; 0: at once
+        # Deadlines start at -inf, never 0.0: "due at once" must not assume the monotonic clock is large
+        # (it counts from boot, so a machine up for less than a poll interval would otherwise wait).
+        self._retry_at = -math.inf  # monotonic time the database may be tried again after a failed write
+        self._scan_due = -math.inf  # monotonic time of the next full scan; -inf: at once
         self._held: dict[tuple[int, int], _Held] = {}  # (device, inode) -> descriptor (writer thread only)
-        self._held_checked = 0.0  # monotonic time the held descriptors were last looked at
+        self._held_checked = -math.inf  # monotonic time the held descriptors were last looked at
         self._wake = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
@@ -331,7 +334,7 @@ class Watcher:
     def _read_held_once_more(self, db) -> None:
         """At stop, what writers appended to rotated-away files since the last look: once the
         descriptors are closed, nothing can read a deleted file's tail any more."""
-        self._held_checked = 0.0
+        self._held_checked = -math.inf  # due whatever the clock reads (0.0 + HELD_POLL_S was not, after boot)
         try:
             self._read_held(db)
         except Exception:  # the database is gone or refuses: what is committed stays, and stopping goes on

@@ -1,9 +1,29 @@
-"""Fixtures shared by the ingest and bad-input tests."""
+"""Fixtures shared by the ingest and bad-input tests, and the fresh-boot clock every test runs under."""
+
+import importlib.util
+import os
+import time
+from pathlib import Path
 
 import pytest
 
 from engram_ff.state.db import open_db
 
+FRESH_BOOT = Path(__file__).parent / "fresh_boot"
+FRESH_BOOT_UPTIME_S = 5.0  # what time.monotonic() reads as the suite starts, in every process it starts
+
+
+def pytest_configure(config):
+    """Run the whole suite as on a machine booted FRESH_BOOT_UPTIME_S ago (REAL_MONOTONIC=1 opts out).
+
+    The suite once passed only where the machine had been up for more than an hour; this keeps every run,
+    on any machine, as strict as a CI runner booted a minute ago."""
+    if os.environ.get("REAL_MONOTONIC") == "1" or "FRESH_BOOT_MONOTONIC_SHIFT" in os.environ:
+        return
+    os.environ["FRESH_BOOT_MONOTONIC_SHIFT"] = repr(time.monotonic() - FRESH_BOOT_UPTIME_S)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FRESH_BOOT), os.environ.get("PYTHONPATH")]))
+    spec = importlib.util.spec_from_file_location("fresh_boot_clock", FRESH_BOOT / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # this process started before the variable
 
 @pytest.fixture
 def db(tmp_path):

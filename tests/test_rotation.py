@@ -13,6 +13,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -322,3 +323,12 @@ def test_copytruncate_with_a_writer_without_o_append_leaves_holes_that_swallow_n
     assert any(p.read_bytes()[:1] == b"\x00" for p in (folder / "raw").iterdir())  # the holes are there
     assert db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
     assert len(texts) == len(set(texts)) and on_disk(folder) <= set(texts)
+
+
+def test_the_suite_runs_on_a_fresh_boot_clock():
+    """Every test, and every process a test starts, reads the clock of a machine booted seconds ago."""
+    if os.environ.get("REAL_MONOTONIC") == "1":
+        pytest.skip("REAL_MONOTONIC=1: this run reads the machine's own clock")
+    assert time.monotonic() < 3600.0
+    child = subprocess.run([sys.executable, "-c", "import time; print(time.monotonic())"], capture_output=True)
+    assert float(child.stdout) < 3600.0
