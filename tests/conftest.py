@@ -25,6 +25,7 @@ def pytest_configure(config):
     spec = importlib.util.spec_from_file_location("fresh_boot_clock", FRESH_BOOT / "sitecustomize.py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))  # this process started before the variable
 
+
 @pytest.fixture
 def db(tmp_path):
     return open_db(tmp_path / "state.db")
