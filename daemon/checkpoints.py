@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engram_ff.daemon.config import Config
+from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
@@ -145,7 +146,7 @@ def save(
     status: str = "good",
 ) -> int:
     """Name the file in the database, write it, then record its row (which replaces the name)."""
-    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(config.checkpoint_dir)
     path = unique_path(config.checkpoint_dir, f"run{run_id:06d}-{kind}-{loaded.trainer.steps:07d}")
     meta = {**meta, "kind": kind, "created_at": _timestamp(time.time())}
     if "last_message_id" in meta:
@@ -164,6 +165,13 @@ def save(
         steps=loaded.trainer.steps,
         status=status,
     )
+
+
+def make_folder(folder: Path) -> None:
+    """The checkpoint folder, marked as engram-ff's when engram-ff creates it."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FOLDER_MARKER).write_text("made by engram-ff; `engram-ff reset` removes this folder\n")
 
 
 def verdict_path(path: str | Path, verdict: str) -> Path:

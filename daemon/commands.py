@@ -401,6 +401,11 @@ def reset(args) -> int:
 
     config = _config(args)
     found = resetting.plan(config)
+    if not found.ours:
+        raise UserError(
+            f"{config.data_dir} is not an engram-ff data directory (no engram-ff database, no checkpoint folder "
+            "engram-ff made): nothing removed; check --data"
+        )
     if not found.files:
         raise UserError(f"nothing to reset in {config.data_dir}: no engram-ff database or checkpoints there")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engram_ff.daemon.checkpoints import make_folder
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
 from engram_ff.daemon.demo import demo_config
@@ -34,8 +35,12 @@ def data_dir(tmp_path):
     data = tmp_path / "data"
     write_day(data / "engram", "2026-01-01", 5)
     catch_up(open_db(data / "engram-ff.db"), data / "engram")
-    (data / "checkpoints").mkdir()
-    for name in ("run000001-final-0000300.pt", "run000001-final-0000300.pt.sha256", "x.pt.tmp"):
+    make_folder(data / "checkpoints")
+    for name in (
+        "run000001-final-0000300-0a1b2c3d.pt",
+        "run000001-final-0000300-0a1b2c3d.pt.sha256",
+        ".run000002-partial-0000100-0a1b2c3d.pt.x8_k2q.tmp",
+    ):
         (data / "checkpoints" / name).write_bytes(b"checkpoint")
     return data
 
@@ -43,7 +48,7 @@ def data_dir(tmp_path):
 def test_reset_removes_the_state_and_keeps_the_logs(data_dir, tmp_path, capsys):
     outside = tmp_path / "precious.pt"
     outside.write_bytes(b"not ours")
-    (data_dir / "checkpoints" / "link.pt").symlink_to(outside)
+    (data_dir / "checkpoints" / "run000009-final-0000001-deadbeef.pt").symlink_to(outside)
     (data_dir / "notes.txt").write_text("the user's own file")
     assert main(["reset", "--data", str(data_dir), "--yes"]) == 0
     out = capsys.readouterr().out
@@ -67,3 +72,32 @@ def test_reset_refuses_while_a_daemon_holds_the_data_dir(data_dir, capsys):
     with DataDirLock(data_dir / "engram-ff.lock"):
         assert main(["reset", "--data", str(data_dir), "--yes"]) == 1
     assert "already uses" in capsys.readouterr().err and (data_dir / "engram-ff.db").exists()
+
+
+def test_reset_refuses_a_folder_that_was_never_engram_ffs(tmp_path, capsys):
+    """Issue #20.1: a.pt and notes.tmp in a checkpoints/ folder of the user's own are not ours."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "a.pt").write_text("x")
+    (tmp_path / "checkpoints" / "notes.tmp").write_text("x")
+    assert main(["reset", "--data", str(tmp_path), "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an engram-ff data directory" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["a.pt", "notes.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # not even a lock file left
+
+
+def test_reset_removes_only_engram_ffs_files_and_keeps_a_folder_it_did_not_make(data_dir, capsys):
+    """Beside our checkpoints: the user's own files stay, and so does a checkpoint folder without our marker."""
+    folder = data_dir / "checkpoints"
+    for name in ("a.pt", "notes.tmp", "run1.pt"):
+        (folder / name).write_text("the user's")
+    assert main(["reset", "--data", str(data_dir), "--yes"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [".engram-ff-checkpoints", "a.pt", "notes.tmp", "run1.pt"]
+    other = data_dir.parent / "other"
+    (other / "checkpoints").mkdir(parents=True)  # made by the user, but holding a checkpoint engram-ff wrote
+    name = "run000003-final-0000010.pt"
+    (other / "checkpoints" / name).write_bytes(b"model")
+    (other / "checkpoints" / f"{name}.sha256").write_text(f"{'ab' * 32}  {name}\n")
+    assert main(["reset", "--data", str(other), "--yes"]) == 0
+    assert (other / "checkpoints").is_dir() and list((other / "checkpoints").iterdir()) == []
+    assert "removed 2 files" in capsys.readouterr().out
