@@ -14,19 +14,29 @@ Under torchrun (several hosts, or ranks started by hand) the ranks are torchrun'
 engram-ff installed, not the data.
 
 A rank that dies closes its sockets: rank 0's next collective fails, and the update fails like any
-other (the previous checkpoint stays current). If rank 0 dies, its helpers are killed with it
-(PR_SET_PDEATHSIG) and the update resumes from its last partial checkpoint, as a single process would.
+other (the previous checkpoint stays current). A rank that hangs (SIGSTOPped) is given up by rank 0's
+collectives (model/parallel.py's Patience: a stop asked for, the budget's end, or TIMEOUT), and then
+killed. The helpers of one update are one process group of their own, killed as a whole, so none
+outlives its update (issue #20.2); they are not in the terminal's group, so Ctrl-C reaches rank 0 only,
+which tells them at the next step. If rank 0 dies, its helpers are killed with it (PR_SET_PDEATHSIG) and
+the update resumes from its last partial checkpoint, as a single process would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
+import re
+import secrets
 import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -36,7 +46,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.model.lm import FFLM, LMConfig
-from engram_ff.model.parallel import Replicas
+from engram_ff.model.parallel import Patience, Replicas, Unanswered
 from engram_ff.model.train import TRAINERS, train
 
 log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
@@ -46,7 +56,11 @@ log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, 
 MIN_ROWS_PER_RANK = 4
 HELPER_EXIT_S = 5.0  # a helper ends training at rank 0's step, then only logs and exits; else (Ctrl-C) it is ended
 HELPER_DEATH_S = 1.0  # a failed collective: how long a helper that died may take to be seen dead
+BUDGET_GRACE_S = 30.0  # past the night's budget by this much, no collective waits any longer
 PR_SET_PDEATHSIG = 1
+# The helpers' C++ side (gloo, c10) logs only what is fatal: a rank's death is reported by rank 0 in one
+# line, not as gloo's socket errors on the terminal (issue #20, rank kills).
+QUIET_TORCH = {"TORCH_CPP_LOG_LEVEL": "FATAL", "TORCH_SHOW_CPP_STACKTRACES": "0"}
 
 
 def usable_cores() -> int:
@@ -82,6 +96,9 @@ class Team:
         self.store: Path | None = None
         self.threads = torch.get_num_threads()
         self.sent = self.finished = False
+        self.should_stop = lambda: False  # the update's: a collective waits only a little once it is true
+        self.deadline: float | None = None
+        self.group: int | None = None  # the helpers' process group
 
     @classmethod
     def local(cls, config: Config) -> Team:
@@ -103,6 +120,8 @@ class Team:
             raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} ranks")
         if self.replicas is None:
             self._start_helpers(config)
+        self.deadline = time.monotonic() + night["budget_s"] + BUDGET_GRACE_S  # the budget counts from here
+        self.replicas.patience = Patience(should_stop=self.should_stop, deadline=self.deadline)
         self.replicas.broadcast(night)
         self.sent = True
         log.info("training on %d ranks of %d rows each", self.world, config.batch_size // self.world)
@@ -110,15 +129,60 @@ class Team:
 
     def _start_helpers(self, config: Config) -> None:
         threads = max(1, usable_cores() // self.world)
-        self.store = config.data_dir / f".ranks-{os.getpid()}"
-        for stale in config.data_dir.glob(".ranks-*"):  # left by a killed update; one update runs at a time
-            stale.unlink(missing_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        remove_stale_stores(config.data_dir)
+        self.store = config.data_dir / f".ranks-{os.getpid()}-{secrets.token_hex(4)}"
+        env = {**os.environ, **QUIET_TORCH, "OMP_NUM_THREADS": str(threads)}
         for rank in range(1, self.world):
             argv = [str(self.store), str(rank), str(self.world), str(os.getpid()), config.log_level]
-            self.helpers.append(subprocess.Popen([sys.executable, "-m", "engram_ff.daemon.ranks", *argv], env=env))
+            helper = subprocess.Popen(
+                [sys.executable, "-m", "engram_ff.daemon.ranks", *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                process_group=self.group or 0,  # the first helper leads the group, the others join it
+            )
+            self.group = self.group or helper.pid
+            self.helpers.append(helper)
         torch.set_num_threads(threads)
-        self.replicas = Replicas.join(f"file://{self.store}", 0, self.world, loopback=True)
+        self.replicas = self._meet()
+
+    def _meet(self) -> Replicas:
+        """The rendezvous, on a thread of its own while this one watches: a helper that dies or hangs
+        before it joins, or a stop, must not hold rank 0 in init_process_group for TIMEOUT."""
+        joined: dict = {}
+
+        def join() -> None:
+            try:
+                joined["replicas"] = Replicas.join(f"file://{self.store}", 0, self.world, loopback=True)
+            except BaseException as exc:  # handed to the waiting thread, which raises it
+                joined["error"] = exc
+
+        thread = threading.Thread(target=join, name="rendezvous", daemon=True)
+        thread.start()
+        started = time.monotonic()
+        stop_seen = None
+        patience = Patience(should_stop=self.should_stop)  # starting a helper on a busy machine can take a while
+        while thread.is_alive():
+            thread.join(0.05)
+            now = time.monotonic()
+            if stop_seen is None and self.should_stop():
+                stop_seen = now
+            dead = [h for h in self.helpers if h.poll() is not None]
+            reason = "a helper rank exited before it joined" if dead else patience.give_up(started, now, stop_seen)
+            if reason is not None and thread.is_alive():
+                raise Unanswered(f"rank 0 of {self.world}: the ranks did not meet: {reason}")
+        if "error" in joined:
+            raise joined["error"]
+        return joined["replicas"]
+
+    def kill(self) -> None:
+        """SIGKILL the helpers' process group (a stopped process dies of it too), and reap them."""
+        if self.group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.group, signal.SIGKILL)
+        for helper in self.helpers:
+            with contextlib.suppress(OSError):
+                helper.kill()
+            helper.wait()
 
     def follow(self) -> int:
         """A rank other than 0 under torchrun: train as rank 0 says, then leave the group."""
@@ -133,16 +197,28 @@ class Team:
     def abort(self, exc: Exception) -> Exception:
         """The update failed: end the helpers, which may wait in a collective that will never come. If one
         of them had died first, that is why: the failure names it rather than the broken collective."""
-        died = []
+        died, hung = [], []
         for rank, helper in enumerate(self.helpers, start=1):
+            if isinstance(exc, Unanswered) and helper.poll() is None:
+                how = "stopped" if process_state(helper.pid) == "T" else "running"
+                hung.append(f"rank {rank} of {self.world} (pid {helper.pid}, {how}) did not answer")
+                continue
             try:
                 code = helper.wait(HELPER_DEATH_S)  # a killed helper's sockets close as it exits: wait for it
             except subprocess.TimeoutExpired:
-                helper.kill()
                 continue
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             died.append(f"rank {rank} of {self.world} (pid {helper.pid}) died ({how})")
-        return RankFailed("; ".join(died) + ", and the others cannot train without it") if died else exc
+        self.kill()
+        if died:
+            return RankFailed("; ".join(died) + ", and the others cannot train without it")
+        if hung:
+            return RankFailed(f"{'; '.join(hung)}: given up and killed ({exc})")
+        if isinstance(exc, Unanswered):
+            return RankFailed(str(exc))
+        if isinstance(exc, torch.distributed.DistError):  # gloo's words, several lines with its source paths
+            return RankFailed(f"rank 0 of {self.world}: a collective failed: {gloo_words(exc)}")
+        return exc
 
     def finish(self) -> None:
         """Release torchrun's ranks if no night reached them, let our helpers exit, leave the group. Once."""
@@ -158,8 +234,7 @@ class Team:
                     helper.wait(HELPER_EXIT_S)
                 except subprocess.TimeoutExpired:
                     log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
-                    helper.kill()
-                    helper.wait()
+            self.kill()  # the whole group, whatever it holds now
             if self.replicas is not None:
                 self.replicas.close()
             if self.store is not None:
@@ -173,6 +248,34 @@ class RankFailed(RuntimeError):
 
 def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else repr(exc)
+
+
+def gloo_words(exc: BaseException) -> str:
+    """The first line of a gloo error, without the C++ source position it starts with."""
+    return re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", first_line(exc))
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T for stopped, Z...), or "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def remove_stale_stores(data_dir: Path) -> None:
+    """The rendezvous files a killed update left (one update runs at a time). Anything else at such a name
+    (a folder, a FIFO) is not ours to remove: said in one line and left, since each update's store has a
+    name of its own (issue #20.3)."""
+    for stale in data_dir.glob(".ranks-*"):
+        try:
+            mode = stale.lstat().st_mode
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                stale.unlink(missing_ok=True)
+            else:
+                log.warning("%s is not a rendezvous file engram-ff left (not a regular file): skipped", stale)
+        except OSError as exc:
+            log.warning("cannot remove the stale rendezvous file %s (%s): skipped", stale, exc.strerror)
 
 
 def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes], seed: int, budget_s: float, steps: int):
@@ -239,12 +342,15 @@ def main() -> int:
     stop = stop_flag()
     try:
         replicas = Replicas.join(f"file://{store}", rank, world, loopback=True)
+        replicas.patience = Patience(should_stop=lambda: stop["requested"])
         try:
             return follow(replicas, should_stop=lambda: stop["requested"])
         finally:
             replicas.close()
     except Exception as exc:  # the others' failure reaches us as a broken collective: one line, not a traceback
-        log.error("rank %d of %d stops: %s", rank, world, first_line(exc))
+        log.error("rank %d of %d stops: %s", rank, world, gloo_words(exc))
+        return 1
+    except KeyboardInterrupt:
         return 1
 
 

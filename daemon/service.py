@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -80,36 +81,54 @@ class Service:
 
     # --- the nightly job -----------------------------------------------------------------------
     def run_update(self) -> int | None:
-        """Run one update in a child process; returns its exit code (None if one is already running)."""
+        """Run one update in a child process; returns its exit code (None if one is already running). An
+        update whose ranks failed (one died or hung) is tried again at once on one process, so that the
+        night is not lost to a rank (issue #20)."""
         if not self.update_lock.acquire(blocking=False):
             log.info("an update is already running; this one is skipped")
             return None
         try:
-            if self.stop_requested.is_set():
-                return None
-            log.info("update starting")
-            status_read, status_write = os.pipe()
-            try:
-                self.child = subprocess.Popen(
-                    [sys.executable, "-m", "engram_ff.daemon.child", str(os.getpid()), str(status_write)],
-                    env=child_environment(self.config),
-                    pass_fds=(status_write,),
-                )
-            finally:
-                os.close(status_write)  # the child holds the only writer: EOF when it exits
-            relay = threading.Thread(target=self._relay_status, args=(status_read,), name="update-status", daemon=True)
-            relay.start()
-            code = self.child.wait()
-            relay.join(timeout=5)
-            self.child = None
-            self.training = None
-            self._refresh_last_update()
-            log.info("update finished with exit code %d (%s)", code, self.last_update)
-            if self.demo:
-                self._print_latest_probes()
+            code = self._run_child(self.config)
+            if code is not None and self.config.workers != 1 and self._ranks_failed():
+                log.warning("the update's ranks failed: trying the night again on one process")
+                code = self._run_child(replace(self.config, workers=1))
             return code
         finally:
             self.update_lock.release()
+
+    def _ranks_failed(self) -> bool:
+        db = open_db(self.config.db_path)
+        try:
+            row = runs.last_update(db)
+        finally:
+            db.close()
+        return bool(row and row["status"] == "failed" and (row["error"] or "").startswith("RankFailed"))
+
+    def _run_child(self, config: Config) -> int | None:
+        """One update child, to its end; its exit code (None: a stop came first)."""
+        if self.stop_requested.is_set():
+            return None
+        log.info("update starting")
+        status_read, status_write = os.pipe()
+        try:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "engram_ff.daemon.child", str(os.getpid()), str(status_write)],
+                env=child_environment(config),
+                pass_fds=(status_write,),
+            )
+        finally:
+            os.close(status_write)  # the child holds the only writer: EOF when it exits
+        relay = threading.Thread(target=self._relay_status, args=(status_read,), name="update-status", daemon=True)
+        relay.start()
+        code = self.child.wait()
+        relay.join(timeout=5)
+        self.child = None
+        self.training = None
+        self._refresh_last_update()
+        log.info("update finished with exit code %d (%s)", code, self.last_update)
+        if self.demo:
+            self._print_latest_probes()
+        return code
 
     def _relay_status(self, fd: int) -> None:
         """Each line the update child writes ("training: step 120/900, 3 min left") becomes STATUS=."""

@@ -113,6 +113,7 @@ def run_update(
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
     team = team or ranks.Team.local(config)
+    team.should_stop = should_stop
     run_id = None
     try:
         night = plan_night(db, config, from_scratch=from_scratch)
@@ -120,10 +121,19 @@ def run_update(
         return _train_night(db, config, run_id, night, started, should_stop, progress or Progress(), team)
     except UserError:
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but no helper left and the run says so
+        team.kill()
+        if run_id is not None:
+            _abandoned(db, run_id, "stopped by a second Ctrl-C", started)
+        raise
     except Exception as exc:
         exc = team.abort(exc)
         if run_id is None and isinstance(exc, sqlite3.Error):
             raise  # the database refused the run's first row, so none can record this: the caller says why
+        if run_id is not None and isinstance(exc, ranks.RankFailed) and should_stop():
+            # a stop came while a rank hung: the update is interrupted, and resumes from its last partial
+            log.warning("update %d interrupted: %s", run_id, exc)
+            return _abandoned(db, run_id, f"stopped by a signal; {exc}", started)
         refused = isinstance(exc, Refused)
         if refused:
             log.error("update refused: %s", exc)
@@ -143,6 +153,22 @@ def run_update(
     finally:
         team.finish()
         db.close()
+
+
+def _abandoned(db, run_id: int, error: str, started: float) -> dict:
+    """Record an update stopped in the middle of a step: interrupted, at its newest partial checkpoint (the
+    next update resumes from it; none yet: from where this one started)."""
+    mine = [row["id"] for row in runs.good_checkpoints(db, "partial") if row["run_id"] == run_id]
+    runs.finish_run(
+        db,
+        run_id,
+        "interrupted",
+        checkpoint_id=mine[0] if mine else None,
+        error=error,
+        wall_seconds=time.monotonic() - started,
+        peak_rss_mb=peak_rss_mb(),
+    )
+    return runs.get_run(db, run_id)
 
 
 def _train_night(
@@ -331,7 +357,7 @@ def _report(db, run_id: int, candidate: int, night: Night, decision: dict) -> No
         log.error("%s", loud)
 
 
-EXPECTED = (OSError, sqlite3.Error, ckpt.CheckpointError, checkpoints.TrainerMismatch)
+EXPECTED = (OSError, sqlite3.Error, ckpt.CheckpointError, checkpoints.TrainerMismatch, ranks.RankFailed)
 
 
 def log_failure(what: str, exc: Exception) -> None:

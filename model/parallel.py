@@ -11,11 +11,19 @@ reads the same progress everywhere, and no rank leaves a collective the others s
 
 Backend: gloo for CPU tensors (the models here train on the CPU), NCCL for CUDA tensors where torch has
 it; ranks on one host bind gloo to 127.0.0.1. A rank that dies closes its sockets and the others' next
-collective fails at once; a rank that hangs is given up after `TIMEOUT`.
+collective fails at once. A rank that hangs (SIGSTOPped, swapped out) is given up by the others: every
+collective is waited for on this thread, a few milliseconds at a time, so signal handlers still run,
+and `Patience` says when to stop waiting (after `TIMEOUT`, a few seconds after a stop was asked for, or
+past a deadline such as the end of the night's budget). gloo's own timeout (the same TIMEOUT, given at
+init) stays as the backstop (issue #20.2).
 """
 
 from __future__ import annotations
 
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -27,6 +35,32 @@ TIMEOUT = timedelta(minutes=5)
 
 
 LOOPBACK = "gloo_loopback"
+STOP_GRACE_S = 10.0  # after a stop was asked for, how long a collective may still take (a step, not a night)
+POLL_S = (0.0002, 0.02)  # the first and the longest sleep between two looks at a collective
+
+
+class Unanswered(RuntimeError):
+    """Another rank did not take part in a collective in time: it hangs, or is stopped."""
+
+
+@dataclass
+class Patience:
+    """How long this rank waits for the others in one collective."""
+
+    timeout_s: float = TIMEOUT.total_seconds()
+    should_stop: Callable[[], bool] = lambda: False
+    deadline: float | None = None  # time.monotonic() past which no collective waits (the budget's end + grace)
+    stop_grace_s: float = STOP_GRACE_S
+
+    def give_up(self, started: float, now: float, stop_seen: float | None) -> str | None:
+        """Why to stop waiting now, or None."""
+        if now - started >= self.timeout_s:
+            return f"no answer from the other ranks for {now - started:.0f} s"
+        if self.deadline is not None and now >= self.deadline:
+            return f"no answer from the other ranks for {now - started:.0f} s, past the update's budget"
+        if stop_seen is not None and now - stop_seen >= self.stop_grace_s:
+            return f"no answer from the other ranks for {now - started:.0f} s after a stop was asked for"
+        return None
 
 
 def _loopback_gloo(store, rank: int, size: int, timeout: timedelta):
@@ -57,6 +91,24 @@ class Replicas:
     def __init__(self, rank: int, world: int, group: dist.ProcessGroup | None = None):
         self.rank, self.world = rank, world  # within `group`: by default every rank of the job
         self.group = group
+        self.patience = Patience()
+
+    def wait(self, work: dist.Work) -> None:
+        """Wait for a collective on this thread, looking at it every few milliseconds (so that Python's
+        signal handlers run meanwhile); Unanswered once `patience` gives up on the other ranks."""
+        started = time.monotonic()
+        stop_seen = None
+        pause = POLL_S[0]
+        while not work.is_completed():
+            now = time.monotonic()
+            if stop_seen is None and self.patience.should_stop():
+                stop_seen = now
+            reason = self.patience.give_up(started, now, stop_seen)
+            if reason is not None:
+                raise Unanswered(f"rank {self.rank} of {self.world}: {reason}")
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_S[1])
+        work.wait()  # raises the collective's own error, if it failed
 
     @classmethod
     def join(cls, init_method: str, rank: int, world: int, loopback: bool = False) -> Replicas:
@@ -84,30 +136,38 @@ class Replicas:
         """average_, started: the tensors are copied now and get their means at wait(); meanwhile this
         rank computes on (gloo communicates on threads of its own)."""
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        return Averaging(tensors, flat, dist.all_reduce(flat, group=self.group, async_op=True), self.world)
+        return Averaging(self, tensors, flat, dist.all_reduce(flat, group=self.group, async_op=True))
 
     def agree(self, seconds: float, stop: bool) -> tuple[float, bool]:
         """(the most seconds any rank has spent, whether any rank must stop): one tiny all-reduce."""
         both = torch.tensor([seconds, float(stop)], dtype=torch.float64)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        self.wait(dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group, async_op=True))
         return both[0].item(), bool(both[1].item())
 
     def broadcast(self, obj: object = None) -> object:
-        """Rank 0's `obj` (any picklable value, tensors included), on every rank."""
-        box = [obj if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        """Rank 0's `obj` (any picklable value, tensors included), on every rank: its pickle's length, then
+        its bytes, each waited for as every collective is. The ranks are this job's own, on loopback or
+        torchrun's, as with torch's broadcast_object_list, which pickles the same way."""
+        data = pickle.dumps(obj) if self.rank == 0 else b""
+        length = torch.tensor([len(data)], dtype=torch.int64)
+        self.wait(dist.broadcast(length, src=0, group=self.group, async_op=True))
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0 else None
+        if buffer is None:
+            buffer = torch.empty(int(length.item()), dtype=torch.uint8)
+        if buffer.numel():
+            self.wait(dist.broadcast(buffer, src=0, group=self.group, async_op=True))
+        return pickle.loads(buffer.numpy().tobytes()) if self.rank else obj
 
 
 class Averaging:
     """An all-reduce on its way (Replicas.average_async)."""
 
-    def __init__(self, tensors: list[torch.Tensor], flat: torch.Tensor, work: dist.Work, world: int):
-        self.tensors, self.flat, self.work, self.world = tensors, flat, work, world
+    def __init__(self, replicas: Replicas, tensors: list[torch.Tensor], flat: torch.Tensor, work: dist.Work):
+        self.replicas, self.tensors, self.flat, self.work = replicas, tensors, flat, work
 
     def wait(self) -> None:
         """Put each tensor's mean over the ranks in place."""
-        self.work.wait()
-        self.flat /= self.world
+        self.replicas.wait(self.work)
+        self.flat /= self.replicas.world
         for t, mean in zip(self.tensors, self.flat.split([t.numel() for t in self.tensors])):
             t.copy_(mean.view_as(t))

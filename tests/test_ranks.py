@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,8 @@ def test_ranks_listen_on_loopback_only_and_a_killed_rank_fails_the_update_cleanl
 
     os.kill(helper, signal.SIGKILL)
     assert child.wait(timeout=60) == 1  # at once: the dead rank's sockets close, no timeout is waited for
-    assert "rank 1 of 2" in child.stderr.read()
+    err = child.stderr.read()
+    assert "rank 1 of 2" in err and "Traceback" not in err and "GLHF" not in err  # one line, not gloo's text
     ((status, error),) = query(
         config.db_path, "SELECT status, error FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
     )
@@ -207,3 +209,93 @@ def test_auto_workers_is_one_rank_a_core_while_each_keeps_four_rows(monkeypatch,
 def test_bad_workers_are_refused_with_the_reason(env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(environ=env)
+
+
+def test_sigterm_ends_an_update_whose_helper_rank_is_stopped_and_leaves_no_process(tmp_path):
+    """Issue #20.2: a SIGSTOPped helper held rank 0 in a collective, deaf to SIGTERM, and outlived it."""
+    config, db = prepare(tmp_path, workers="2")
+    child = start_child(config, checkpoint_every_seconds="0.5")
+    helper = training_helper(child)
+    wait_for(lambda: query(config.db_path, "SELECT 1 FROM checkpoints WHERE kind = 'partial'"), what="a checkpoint")
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=60)  # STOP_GRACE_S (10 s) and a step: generous for two busy cores
+    finally:
+        if alive(helper):
+            os.kill(helper, signal.SIGKILL)
+        if child.poll() is None:
+            child.kill()
+    err = child.stderr.read()
+    assert code == update.EXIT_CODES["interrupted"], err[-2000:]
+    assert not alive(helper)  # killed with its process group, not orphaned
+    assert "Traceback" not in err and "did not answer" in err
+    ((status, error, checkpoint),) = query(
+        config.db_path, "SELECT status, error, checkpoint_id FROM runs WHERE kind = 'update' ORDER BY id DESC LIMIT 1"
+    )
+    assert status == "interrupted" and "rank 1 of 2" in error and "stopped" in error and checkpoint is not None
+    config.workers = "1"
+    resumed = update.run_update(config)  # from its last partial checkpoint: nothing trained is lost
+    assert resumed["status"] in ("ok", "rejected") and resumed["resumed_from"] is not None
+    db.close()
+
+
+def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch):
+    """No signal at all: the collective gives up past the budget, the helper is killed, the run failed."""
+    monkeypatch.setattr(ranks, "BUDGET_GRACE_S", 2.0)
+    config, db = prepare(tmp_path, workers="2")
+    config.update_min_steps = config.update_max_steps = 100_000
+    config.update_budget_minutes = 0.1  # 6 s of training
+    stopped = []
+
+    def stop_the_helper():
+        def connected():
+            helpers = [p for p in children(os.getpid()) if b"engram_ff.daemon.ranks" in cmdline(p) and alive(p)]
+            return helpers and any(state == "01" for _, _, state in tcp_sockets(helpers[0])) and helpers[0]
+
+        pid = wait_for(connected, timeout=120, what="the helper rank to connect")
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    thread = threading.Thread(target=stop_the_helper, daemon=True)
+    thread.start()
+    try:
+        row = update.run_update(config)
+    finally:
+        thread.join(5)
+        for pid in stopped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped and not alive(stopped[0])
+    assert row["status"] == "failed" and "did not answer" in row["error"] and "RankFailed" in row["error"]
+    assert row["wall_seconds"] < 120
+    db.close()
+
+
+def test_the_daemon_tries_the_night_again_on_one_process_when_a_rank_dies_and_says_it_in_one_line(tmp_path, capfd):
+    """Issue #20, rank kills: gloo's text and a traceback reached the log, and the night was lost."""
+    from engram_ff.daemon.service import Service
+
+    config, db = prepare(tmp_path, workers="2")
+    config.update_min_steps = config.update_max_steps = 100_000
+    config.update_budget_minutes = 0.2
+    service = Service(config, lambda: config)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(service.run_update()), daemon=True)
+    thread.start()
+    try:
+        child = wait_for(lambda: service.child, timeout=60, what="the update child")
+        helper = training_helper(child)
+        os.kill(helper, signal.SIGKILL)
+        thread.join(300)
+    finally:
+        if service.child is not None and service.child.poll() is None:
+            service.child.kill()
+    assert done and done[0] in (0, 4)  # the retry's code: promoted, or judged and rejected
+    rows = query(config.db_path, "SELECT status, error FROM runs WHERE kind = 'update' ORDER BY id")
+    assert rows[0][0] == "failed" and rows[0][1].startswith("RankFailed") and "killed by signal 9" in rows[0][1]
+    assert rows[1][0] in ("ok", "rejected")  # the same night, on one process
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "GLHF" not in err and ".cc:" not in err and ".cpp:" not in err, err[-3000:]
+    assert "trying the night again on one process" in err or service.last_update.startswith("run 2")
+    db.close()
