@@ -90,7 +90,13 @@ def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
 
 
 def _restore_digest_file(path: str, sha256: str) -> None:
+    """A lost, wrong or foreign `.sha256` (a FIFO, a folder: issue #20.3) is written again; os.replace
+    takes the place of anything but a folder, which is reported and left."""
     if ckpt.recorded_digest(path) == sha256:
+        return
+    digest = ckpt.digest_path(path)
+    if digest.is_dir() and not digest.is_symlink():
+        log.warning("%s is a folder, not a digest file: left as it is; the checkpoint itself is intact", digest)
         return
     try:
         ckpt.write_digest(path, sha256)
@@ -111,8 +117,8 @@ def current_model(db) -> tuple[FFLM, dict] | None:
     it. Read-only: a file that does not load is skipped with a log line and left for the next update to
     mark corrupt."""
     for row in runs.good_checkpoints(db, "final"):
-        try:
-            return ckpt.load_model(row["path"]).model, row
+        try:  # by the digest the database recorded: the file beside it may be lost, or not a file at all
+            return ckpt.load_model(row["path"], sha256=row["sha256"]).model, row
         except ckpt.CheckpointError as exc:
             log.warning("checkpoint %s is unusable (%s); trying the one before it", row["path"], exc)
     return None

@@ -25,6 +25,9 @@ from engram_ff.daemon.options import command, json_option, location_options, opt
 from engram_ff.daemon.output import as_json, duration, moment, printable, probe_table, size, table
 
 ASK_SAMPLING_TEMPERATURE = 0.8
+# An answer is one turn of a chat; 100,000,000 bytes ran for over 25 minutes (issue #20.8). `generate`
+# streams longer text, and shows it as it comes.
+ASK_MAX_BYTES = 10_000
 
 
 def _config(args) -> Config:
@@ -273,7 +276,13 @@ def learned(args) -> int:
 )
 @option("--temperature", type=_temperature, metavar="T", help="sample at this temperature (0: greedy)")
 @option("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-@option("--bytes", type=_positive, default=400, metavar="N", help="the longest answer, in bytes (default 400)")
+@option(
+    "--bytes",
+    type=_positive,
+    default=400,
+    metavar="N",
+    help=f"the longest answer, in bytes (default 400, at most {ASK_MAX_BYTES:,})",
+)
 @option("--show-prompt", action="store_true", help="print the text the model is given before its answer")
 @option("--checkpoint", metavar="PATH", help="ask this checkpoint file instead of the current model")
 def ask(args) -> int:
@@ -281,6 +290,12 @@ def ask(args) -> int:
 
     from engram_ff.daemon import ask as asking
 
+    if args.bytes > ASK_MAX_BYTES:
+        raise UserError(
+            f"--bytes {args.bytes:,}: an answer is at most {ASK_MAX_BYTES:,} bytes; `engram-ff generate` streams "
+            "longer text",
+            2,
+        )
     config = _config(args)
     db = _database(config)
     model = _model(db, args.checkpoint, config)

@@ -11,9 +11,11 @@ lost `.sha256` says nothing about the checkpoint's bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +71,30 @@ def write_digest(path: str | os.PathLike, sha: str) -> None:
     _write_atomic(digest_path(path), f"{sha}  {Path(path).name}\n".encode())
 
 
-def recorded_digest(path: str | os.PathLike) -> str | None:
-    """The digest the file beside the checkpoint records, or None if there is none to read."""
+class NotAFile(OSError):
+    """Something other than a regular file (a FIFO, a folder, a device) where a checkpoint file belongs."""
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """A regular file's bytes (at most `limit`). Opened with O_NONBLOCK and its type checked before any
+    read: a FIFO at a checkpoint's name hung `ask` for good (issue #20.3); now it is NotAFile."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        return digest_path(path).read_text().split()[0]
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAFile(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+    finally:
+        os.close(fd)
+
+
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The digest the file beside the checkpoint records, or None if there is none to read (nor anything
+    but a small regular file there)."""
+    try:
+        return read_regular(digest_path(path), 4096).decode().split()[0]
     except (OSError, UnicodeDecodeError, IndexError):
         return None
 
@@ -82,7 +104,7 @@ def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
     CheckpointError if anything is wrong, CheckpointUnreadable if the file or digest cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as e:
         raise CheckpointUnreadable(f"cannot read checkpoint {path}: {e.strerror}") from None
     recorded, source = (sha256, "its recorded digest") if sha256 else (recorded_digest(path), digest_path(path).name)

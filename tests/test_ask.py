@@ -5,6 +5,11 @@ in those names, and the answer must stop where the model starts the next message
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+
 import orjson
 import pytest
 import torch
@@ -16,7 +21,7 @@ from engram_ff.ingest.reader import catch_up
 from engram_ff.model.train import byte_batches, train
 from engram_ff.state import runs
 from engram_ff.state.db import open_db
-from tests.daemon_helpers import FAST
+from tests.daemon_helpers import FAST, environment
 
 EXCHANGE = b"\nme: Who is Victor?\nbot: Victor is your brother.\nme: Thanks.\n"
 
@@ -103,3 +108,36 @@ def test_no_model_yet_is_one_line(tmp_path, capsys):
     open_db(tmp_path / "engram-ff.db").close()
     assert main(["ask", "Who is Victor?", "--data", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"engram-ff: no trained model in {tmp_path} yet: run `engram-ff update` first\n"
+
+
+def test_an_answer_longer_than_the_cap_is_refused_in_one_line(data_dir, capsys):
+    """Issue #20.8: --bytes 100000000 ran for over 25 minutes."""
+    assert main(["ask", "Who is Victor?", "--data", str(data_dir), "--bytes", "100000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at most 10,000 bytes" in err
+
+
+def test_a_fifo_in_place_of_a_checkpoints_digest_neither_hangs_ask_nor_probe(data_dir, capsys):
+    """Issue #20.3: a FIFO at the `.sha256` hung ask, probe and generate until they were killed."""
+    (digest,) = (data_dir / "checkpoints").glob("*.pt.sha256")
+    kept = digest.read_bytes()
+    digest.unlink()
+    os.mkfifo(digest)
+    try:
+        env = environment(ENGRAM_FF_DATA_DIR=str(data_dir))
+        asked = subprocess.run(
+            [sys.executable, "-m", "engram_ff.daemon.cli", "ask", "Who is Victor?"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,  # it hung for good before
+        )
+        assert asked.returncode == 0 and asked.stdout == "Victor is your brother.\n", asked.stderr
+        assert "Traceback" not in asked.stderr
+        assert main(["probe", "--data", str(data_dir)]) == 0  # the update's loader: it writes the digest again
+        assert stat.S_ISREG(digest.lstat().st_mode) and digest.read_bytes() == kept
+        assert "rewrote" in capsys.readouterr().err or digest.read_bytes() == kept
+    finally:
+        if not stat.S_ISREG(digest.lstat().st_mode):
+            digest.unlink()
+            digest.write_bytes(kept)

@@ -114,8 +114,10 @@ def training_helper(child: subprocess.Popen) -> int:
     return wait_for(connected, timeout=120, what="the helper rank to connect")
 
 
-def test_an_update_on_two_ranks_checkpoints_as_one_process_and_leaves_nothing_behind(tmp_path):
+def test_an_update_on_two_ranks_checkpoints_as_one_process_and_leaves_nothing_behind(tmp_path, caplog):
     config, db = prepare(tmp_path, workers="2")
+    (config.data_dir / ".ranks-12345").mkdir()  # issue #20.3: every update failed with IsADirectoryError
+    os.mkfifo(config.data_dir / ".ranks-12346")
     row = update.run_update(config)
     assert row["status"] == "ok" and row["steps"] == 40 and row["error"] is None
     path = query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [row["checkpoint_id"]])[0][0]
@@ -123,7 +125,9 @@ def test_an_update_on_two_ranks_checkpoints_as_one_process_and_leaves_nothing_be
     assert payload["format"] == 2 and payload["meta"]["workers"] == 2 and payload["trainer_kind"] == "ff"
     assert load_model(path).model.config.n_layers == 2  # the one loader reads it, as generate and probes do
     assert query(config.db_path, "SELECT count(*) FROM probe_scores")[0][0] > 0
-    assert list(config.data_dir.glob(".ranks-*")) == []  # the rendezvous file is gone
+    # the rendezvous file is gone; what was not a rendezvous file is left, said once each
+    assert sorted(p.name for p in config.data_dir.glob(".ranks-*")) == [".ranks-12345", ".ranks-12346"]
+    assert caplog.text.count("is not a rendezvous file") == 2
     helpers = [pid for pid in children(os.getpid()) if b"engram_ff.daemon.ranks" in cmdline(pid) and alive(pid)]
     assert helpers == []  # and so is the helper
     db.close()
