@@ -454,10 +454,11 @@ def _answer(question: str) -> str:
 )
 @option("--user", action="store_true", help="a unit for the user's own systemd manager")
 @option("--output", metavar="PATH", help="where to write it; - for standard output (default: systemd's unit folder)")
+@option("--force", action="store_true", help="replace a file at --output that engram-ff did not write")
 @location_options
 def install_service(args) -> int:
     from engram_ff.daemon.config import load_config
-    from engram_ff.daemon.install import Unreachable, install_unit, render_unit, unit_path
+    from engram_ff.daemon.install import BadPath, NotOurs, Unreachable, install_unit, render_unit, unit_path
 
     # the configuration file's own watch folder and facts file must be reachable too; the installing
     # shell's environment is not the service's, so it is left out
@@ -475,8 +476,8 @@ def install_service(args) -> int:
             sys.stdout.write(unit.text)
         else:
             path = unit_path(user=args.user, output=args.output)
-            install_unit(unit, path)
-    except (OSError, Unreachable) as exc:
+            install_unit(unit, path, force=args.force)
+    except (OSError, Unreachable, BadPath, NotOurs) as exc:
         raise UserError(str(exc)) from None
     notes = sys.stderr if args.output == "-" else sys.stdout
     if unit.bound:

@@ -36,6 +36,14 @@ class Unreachable(ValueError):
     """A path the service needs would be hidden by its own sandbox, and binding it is not the fix."""
 
 
+class BadPath(ValueError):
+    """A path no unit file can hold: it has a control character (a newline would start a line of its own)."""
+
+
+class NotOurs(ValueError):
+    """The file at --output was not written by install-service: not overwritten without --force."""
+
+
 class StillEnabled(ValueError):
     """The unit is still enabled: removing its file would leave systemd's links dangling."""
 
@@ -123,11 +131,30 @@ def reachable_paths(*, user: bool, needed: dict[str, Path]) -> list[Path]:
     return _covering([path for path in resolved.values() if _under(path, HOMES)])
 
 
+SAFE = re.compile(r"[A-Za-z0-9/._,+@=-]+")  # needs no quotes in a unit file, and means itself
+
+
+def systemd_word(text: str, *, exec_line: bool = False, bind: bool = False) -> str:
+    r"""One word of a unit's setting, written so that systemd reads back exactly `text` (systemd.syntax(7),
+    "Quoting"; systemd.service(5), "Command lines"): backslashes and double quotes escaped inside double
+    quotes, `%` as `%%` (else a specifier: `%h` is the home folder), `$` as `$$` on a command line (else a
+    variable), `:` as `\:` in a bind (else the source:destination separator). A control character is
+    refused: a newline would write a line of its own into the unit (issue #20.4)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise BadPath(f"{text!r} holds a control character, which a unit file cannot take: rename it")
+    word = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if exec_line:
+        word = word.replace("$", "$$")
+    if bind:
+        word = word.replace(":", "\\:")
+    return word if SAFE.fullmatch(text) else f'"{word}"'
+
+
 def _set(text: str, key: str, value: str) -> str:
     """Replace the unit's `key=` line, or add it after the line that anchors its section of settings."""
     if re.search(rf"^{key}=", text, flags=re.M):
-        return re.sub(rf"^{key}=.*$", f"{key}={value}", text, count=1, flags=re.M)
-    return re.sub(r"^(UMask=.*)$", rf"\1\n{key}={value}", text, count=1, flags=re.M)
+        return re.sub(rf"^{key}=.*$", lambda m: f"{key}={value}", text, count=1, flags=re.M)
+    return re.sub(r"^(UMask=.*)$", lambda m: f"{m.group(1)}\n{key}={value}", text, count=1, flags=re.M)
 
 
 def render_unit(
@@ -142,9 +169,7 @@ def render_unit(
     """The unit for `installation` (default: the one running this), or Unreachable with the fix."""
     template = (UNITS / ("engram-ff.user.service" if user else "engram-ff.service")).read_text()
     installation = installation or this_installation()
-    command = [installation.command, "run"]
-    if any(c.isspace() for c in installation.command.split(" -m ")[0]):
-        raise Unreachable(f"the path {command[0]!r} holds a space, which ExecStart= cannot take unquoted")
+    command = [*command_argv(installation.command), "run"]
     needed = dict(installation.paths)
     if config_file:
         command += ["--config", str(Path(config_file).resolve())]
@@ -165,7 +190,8 @@ def render_unit(
         # Outside the home directories the watched folder is bound with `-`: the unit starts without it and
         # the daemon waits for it to appear. Under ProtectHome=tmpfs a folder must exist to be bound.
         watched = [] if _under(Path(os.path.realpath(watch_dir)), HOMES) else [f"-{watch_dir}"]
-        unit.text = _set(unit.text, "BindReadOnlyPaths", " ".join([*watched, *map(str, binds)]))
+        words = [systemd_word(p, bind=True) for p in [*watched, *map(str, binds)]]
+        unit.text = _set(unit.text, "BindReadOnlyPaths", " ".join(words))
         if binds:
             unit.text = _set(unit.text, "ProtectHome", "tmpfs")
             unit.bound = [str(b) for b in binds]
@@ -173,8 +199,9 @@ def render_unit(
                 unit.notes.append(
                     f"create {watch_dir} before starting the service: the unit binds it, so it must exist"
                 )
-    unit.text = re.sub(r"^ExecStart=.*$", "ExecStart=" + " ".join(command), unit.text, count=1, flags=re.M)
-    unit.text = re.sub(r"^\[Unit\]$", f"{MARKER}\n[Unit]", unit.text, count=1, flags=re.M)
+    line = "ExecStart=" + " ".join(systemd_word(word, exec_line=True) for word in command)
+    unit.text = re.sub(r"^ExecStart=.*$", lambda m: line, unit.text, count=1, flags=re.M)
+    unit.text = re.sub(r"^\[Unit\]$", lambda m: f"{MARKER}\n[Unit]", unit.text, count=1, flags=re.M)
     return unit
 
 
@@ -184,7 +211,7 @@ def _data_dir(unit: Unit, data_dir: Path, *, user: bool) -> str:
     ReadWritePaths= opens it, its `-` letting the unit start while it does not exist yet."""
     text = unit.text
     if not user and SYSTEM_STATE in data_dir.parents:
-        return _set(text, "StateDirectory", str(data_dir.relative_to(SYSTEM_STATE)))
+        return _set(text, "StateDirectory", systemd_word(str(data_dir.relative_to(SYSTEM_STATE))))
     if _under(data_dir, TEMPORARY):
         raise Unreachable(f"the data directory {data_dir} is in a temporary folder, private to the unit: pick another")
     if not user and _under(data_dir, HOMES):
@@ -197,7 +224,13 @@ def _data_dir(unit: Unit, data_dir: Path, *, user: bool) -> str:
             f"the service runs as a dynamic user, which can write {data_dir} only if its permissions let it "
             "(systemd creates and owns a data directory for it only under /var/lib: --data /var/lib/NAME)"
         )
-    return _set(text, "ReadWritePaths", f"-{data_dir}")
+    return _set(text, "ReadWritePaths", systemd_word(f"-{data_dir}"))
+
+
+def command_argv(command: str) -> list[str]:
+    """executable()'s command as words: a path (spaces and all), or an interpreter running the module."""
+    interpreter, module, rest = command.rpartition(" -m ")
+    return [interpreter, "-m", rest] if module and rest == "engram_ff.daemon.cli" else [command]
 
 
 def unit_path(*, user: bool, output: str | None = None) -> Path:
@@ -209,7 +242,19 @@ def unit_path(*, user: bool, output: str | None = None) -> Path:
     return Path("/etc/systemd/system/engram-ff.service")
 
 
-def install_unit(unit: Unit, path: Path) -> None:
+def install_unit(unit: Unit, path: Path, *, force: bool = False) -> None:
+    """Write the unit, atomically; a file already there is replaced only if install-service wrote it (its
+    marker line), or with `force` (issue #20.5: uninstall-service already refused such files)."""
+    if not force and (path.exists() or path.is_symlink()):
+        try:
+            ours = MARKER in path.read_text(errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise NotOurs(
+                f"{path} exists and was not written by engram-ff install-service: not overwriting it "
+                "(--force to replace it)"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(unit.text)

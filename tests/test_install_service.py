@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -190,3 +191,78 @@ def test_every_variant_verifies(tmp_path, args):
     assert main(["install-service", "--output", str(unit), *args]) == 0
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+
+
+def systemd_argv(line: str, exec_line: bool = True) -> list[str]:
+    """ExecStart='s words as systemd reads them, by an independent reading of systemd.syntax(7) "Quoting"
+    and systemd.service(5) "Command lines": whitespace splits words; "..." or '...' wrap one; a backslash
+    takes the next character (C escapes: \\n, \\t); then `%%` is `%` and `$$` is `$` (any other `%x` is
+    a specifier, any other `$` on a command line a variable: neither may be left in a path)."""
+    words, i = [], 0
+    while i < len(line):
+        if line[i] in " \t":
+            i += 1
+            continue
+        word, quote = "", line[i] if line[i] in "\"'" else None
+        i += 1 if quote else 0
+        while i < len(line) and (line[i] != quote if quote else line[i] not in " \t"):
+            if line[i] == "\\":
+                i += 1
+                word += {"n": "\n", "t": "\t"}.get(line[i], line[i])
+            else:
+                word += line[i]
+            i += 1
+        i += 1 if quote else 0
+        for mark in "%$" if exec_line else "%":
+            assert re.fullmatch(rf"(?:[^{re.escape(mark)}]|{re.escape(mark * 2)})*", word), f"unescaped {mark}: {word}"
+            word = word.replace(mark * 2, mark)
+        words.append(word)
+    return words
+
+
+ODD_PATHS = ["/srv/my logs", "/srv/%h/engram", "/srv/a$HOME b", '/srv/say "hi"', "/srv/back\\slash", "/srv/a:b"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("path", ODD_PATHS)
+@pytest.mark.parametrize("user", [False, True])
+def test_odd_paths_are_quoted_so_that_systemd_reads_back_the_argv_meant(tmp_path, path, user):
+    """Issue #20.4: a space gave a unit that could not start, `%h` was expanded by systemd."""
+    unit = tmp_path / "engram-ff.service"
+    scope = ["--user"] if user else []
+    assert main(["install-service", *scope, "--output", str(unit), "--watch", path, "--data", path + "-data"]) == 0
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0 and "ignoring" not in verify.stderr.lower(), verify.stderr
+    found = settings(unit.read_text())
+    program = install.command_argv(installation_outside_tmp().command)
+    meant = [*program, "run", "--data", path + "-data", "--watch", path]
+    assert systemd_argv(found["ExecStart"][0]) == meant
+    assert systemd_argv(found["ReadWritePaths"][0], exec_line=False) == [f"-{path}-data"]
+    if not user:
+        assert (
+            systemd_argv(found["BindReadOnlyPaths"][0], exec_line=False)[0] == f"-{path}"
+        )  # then the binds of the program
+
+
+@pytest.mark.parametrize("path", ["/srv/a\nExecStartPre=/bin/sh -c 'id'", "/srv/tab\there", "/srv/bell\a"])
+def test_a_control_character_in_a_path_is_refused_in_one_line(tmp_path, path, capsys):
+    unit = tmp_path / "engram-ff.service"
+    for scope in ([], ["--user"]):
+        assert main(["install-service", *scope, "--output", str(unit), "--watch", path]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "control character" in err
+    assert not unit.exists()
+
+
+def test_output_refuses_to_overwrite_a_file_it_did_not_write_unless_forced(tmp_path, capsys):
+    """Issue #20.5: someone else's unit was overwritten, with exit 0."""
+    foreign = tmp_path / "engram-ff.service"
+    foreign.write_text("[Service]\nExecStart=/usr/bin/someone-elses\n")
+    assert main(["install-service", "--user", "--output", str(foreign)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not written by engram-ff" in err and "--force" in err
+    assert foreign.read_text() == "[Service]\nExecStart=/usr/bin/someone-elses\n"
+    assert main(["install-service", "--user", "--output", str(foreign), "--force"]) == 0
+    assert install.MARKER in foreign.read_text()
+    assert main(["install-service", "--user", "--output", str(foreign), "--watch", "/srv/e"]) == 0  # ours: replaced
+    assert "--watch /srv/e" in foreign.read_text()
