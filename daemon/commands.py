@@ -222,11 +222,16 @@ def config(args) -> int:
 def history(args) -> int:
     from pathlib import Path
 
-    from engram_ff.daemon.history import plot_history, recent_history
+    from engram_ff.daemon.history import plot_format, plot_history, recent_history
 
     config = _config(args)
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         raise UserError(f"cannot write {args.plot}: the folder {Path(args.plot).resolve().parent} does not exist")
+    if args.plot:
+        try:
+            plot_format(args.plot)
+        except ValueError as exc:
+            raise UserError(f"cannot write {args.plot}: {exc}", 2) from None
     db = _database(config)
     rows = recent_history(db, args.limit)
     if args.json:
@@ -244,10 +249,10 @@ def history(args) -> int:
             raise UserError("nothing to plot yet: no probe pass")
         try:
             plot_history(db, args.plot)
-        except OSError as exc:
-            raise UserError(f"cannot write {args.plot}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot write {args.plot}: {getattr(exc, 'strerror', None) or exc}") from None
         if not args.json:
-            print(f"wrote {args.plot}")
+            print(f"wrote {args.plot}" + ("" if Path(args.plot).suffix else " (a PNG picture)"))
     return 0
 
 

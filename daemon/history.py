@@ -7,7 +7,9 @@ known, and what each night's update did (how much new text; kept, rejected by a 
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import sqlite_utils
 
@@ -62,12 +64,32 @@ def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp).astimezone()
 
 
+def plot_format(path: str) -> str:
+    """The picture format of `path` by its extension, PNG without one (the file is then exactly `path`:
+    matplotlib would add `.png` and write beside what was said, even `/dev/full.png`, issue #20.7);
+    ValueError naming the formats for an extension matplotlib does not write (issue #20.6)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise ValueError(f".{suffix} is not a picture format the plot can be written in ({', '.join(sorted(formats))})")
+    return suffix
+
+
 def plot_history(db: sqlite_utils.Database, path: str) -> None:
+    """Write the plot to exactly `path`, in its format; a path that is there and is not a regular file (a
+    device, a FIFO) is refused, not written into."""
     import matplotlib.pyplot as plt
 
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        raise OSError(errno.EINVAL, "not a regular file", path)
     fig = history_figure(db)
     try:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format=plot_format(path))
     finally:
         plt.close(fig)
 

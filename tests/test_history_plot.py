@@ -6,6 +6,7 @@ night, then dated a night apart (the functions stamp `now`)."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import matplotlib.dates as mdates
@@ -114,3 +115,26 @@ def test_the_table_has_the_newest_and_older_days(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("bits per byte, lower is better") and "2026-01-0" in out  # local time
     assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+def test_a_plot_path_is_written_as_said_or_refused_in_one_line(tmp_path, capsys):
+    """Issue #20.6 and #20.7: h.xyz gave a traceback; PATH wrote PATH.png but said PATH; /dev/full made
+    /dev/full.png."""
+    db = open_db(tmp_path / "engram-ff.db")
+    history_of(db, 2)
+    db.close()
+    args = ["history", "--data", str(tmp_path), "--plot"]
+    assert main([*args, str(tmp_path / "h.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".xyz is not a picture format" in err and "Traceback" not in err
+    assert not (tmp_path / "h.xyz").exists()
+    assert main([*args, str(tmp_path / "plain")]) == 0
+    assert f"wrote {tmp_path / 'plain'} (a PNG picture)" in capsys.readouterr().out
+    assert (tmp_path / "plain").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "plain.png").exists()
+    os.mkfifo(tmp_path / "pipe")
+    had_full_png = os.path.exists("/dev/full.png")
+    for target in (str(tmp_path / "pipe"), "/dev/full"):
+        assert main([*args, target]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a regular file" in err
+    assert not (tmp_path / "pipe.png").exists() and os.path.exists("/dev/full.png") == had_full_png
