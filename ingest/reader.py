@@ -35,6 +35,7 @@ import logging
 import marshal
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -64,7 +65,9 @@ HEAD_BYTES = 1024  # fingerprint of a file's start, to tell an append from a rew
 EXCERPT_BYTES = 200
 WARNINGS_PER_FILE = 20  # then one summary line, so a file of garbage does not flood the journal
 PARALLEL_MIN_BYTES = 8 << 20  # a backlog this large is parsed in a second process
-_warned_cr: set[int] = set()  # files whose CR-only line ends were logged: once each
+# A line ends at LF, or at a CR before the next line's `{` (old Mac line ends: such a file stored nothing,
+# issue #20.9), or at a CR that ends the file. A CR anywhere else is JSON's whitespace, inside the line.
+LINE_END = re.compile(rb"\n|\r(?=\{)")
 
 
 @dataclass
@@ -289,7 +292,6 @@ class Batch:
     end: int = 0  # file offset after the last byte consumed
     skipping: bool = False  # end is inside an over-size line: skip to its newline next time
     stopped: str | None = None  # last batch: why the read ended before the file did (a corrupt .gz)
-    cr_line_ends: bool = False  # last batch: the unfinished line holds CR-only line ends
 
 
 def read_batches(
@@ -323,7 +325,7 @@ def read_batches(
             body = chunk.lstrip(b"\x00")
             pos += len(chunk) - len(body)
             chunk = body
-        lines = (carry + chunk).split(b"\n")
+        lines = LINE_END.split(carry + chunk)
         carry = lines.pop()
         for line in lines:
             _add_line(batch, line, pos, file_id, ctx, limits)
@@ -344,9 +346,11 @@ def read_batches(
             batch.end, batch.skipping = pos, skipping
             yield batch
             batch = Batch(end=pos, skipping=skipping)
+    if not skipping and carry.endswith(b"\r") and b"\n" not in carry:  # old Mac line ends: the last line's CR
+        _add_line(batch, carry, pos, file_id, ctx, limits)
+        pos += len(carry)
     batch.end, batch.skipping = pos, skipping
     batch.stopped = source.stopped
-    batch.cr_line_ends = b"\r{" in carry
     yield batch
 
 
@@ -573,14 +577,6 @@ class _FileReader:
         if batch.stopped:
             self.result.error = batch.stopped
             log.warning("%s: %s", self.shown, batch.stopped)
-        if batch.cr_line_ends and self.file_id not in _warned_cr:
-            _warned_cr.add(self.file_id)
-            log.warning(
-                "%s @ byte %d: lines end in CR alone (old Mac line ends), not LF: JSONL lines end in LF, so "
-                "they wait unread until the file is converted (e.g. tr '\\r' '\\n')",
-                self.shown,
-                batch.end,
-            )
 
     def _head_matches(self, row: dict) -> bool:
         if not row["head_len"]:
@@ -593,7 +589,7 @@ class _FileReader:
         offset = row["committed_offset"]
         if offset == 0 or row["skipping"] or self.compressed:
             return True
-        return os.pread(self.fd, 1, offset - 1) in (b"\n", b"\x00")
+        return os.pread(self.fd, 1, offset - 1) in (b"\n", b"\r", b"\x00")
 
     def _insert(self, batch: Batch) -> None:
         """The batch's rows, in the open transaction (begun here if none is)."""

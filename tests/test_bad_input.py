@@ -101,19 +101,20 @@ def test_a_hole_of_nul_bytes_longer_than_max_line_bytes_swallows_no_line(db, dai
     assert not ingest(db, daily).reread  # an offset after a hole still counts as a line end
 
 
-def test_cr_only_line_ends_wait_with_one_warning_until_converted(db, daily, caplog):
-    """Decided: a lone CR is not a line end (JSON allows it as whitespace inside a line), so a file
-    with old Mac line ends waits, unread; a warning says why, once, and the lines come in once the
-    file is converted (here in place, as `tr '\\r' '\\n'` would)."""
+def test_cr_only_line_ends_are_line_ends(db, daily):
+    """Issue #20.9: a file with old Mac line ends stored 0 rows and quarantined 0 lines. A CR before the
+    next line's `{`, or at the end of the file, ends a line; a CR elsewhere is JSON's whitespace, and
+    CRLF is one line end. Appending goes on from there, each line stored once."""
     data = b"".join(line(t).replace(b"\n", b"\r") for t in ("a", "b", "c"))
     append(daily, data)
-    with caplog.at_level(logging.WARNING, logger="engram_ff.ingest.reader"):
-        assert ingest(db, daily).pending == len(data)
-        ingest(db, daily)
-    assert texts(db) == [] and caplog.text.count("lines end in CR alone") == 1
-    daily.write_bytes(data.replace(b"\r", b"\n"))
+    result = ingest(db, daily)
+    assert texts(db) == ["a", "b", "c"] and result.offset == len(data) and quarantined(db) == []
+    append(daily, line("d").replace(b"\n", b"\r"), line("e").replace(b"\n", b"\r\n"))
+    assert not ingest(db, daily).reread  # an offset after a CR is a line end
+    spaced = line("f").replace(b'{"', b'{\r"', 1)  # CR as JSON whitespace inside a line
+    append(daily, spaced)
     ingest(db, daily)
-    assert texts(db) == ["a", "b", "c"]
+    assert texts(db) == ["a", "b", "c", "d", "e", "f"] and quarantined(db) == []
 
 
 def test_an_edit_of_a_line_already_read_is_not_read_again_but_a_rewritten_file_is(db, daily, monkeypatch):
