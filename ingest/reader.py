@@ -349,19 +349,31 @@ def read_batches(
     if not skipping and carry.endswith(b"\r") and b"\n" not in carry:  # old Mac line ends: the last line's CR
         _add_line(batch, carry, pos, file_id, ctx, limits)
         pos += len(carry)
+    if source.limited:  # quarantined, so that `status` lists what was skipped; once, by its hash
+        reason = source.stopped or ""
+        _add_quarantine(batch, file_id, pos, reason.encode(), len(carry), reason)
     batch.end, batch.skipping = pos, skipping
     batch.stopped = source.stopped
     yield batch
 
 
+# A .gz is read up to this many times its size on disk (and always its first GZ_FLOOR_BYTES): a rotation
+# of chat logs is 5-15 times smaller compressed, but 8 MB of repeated lines expanded to 2.1 GB and cost 14
+# minutes of CPU (issue #20.10). What lies past the limit is skipped, and quarantined so `status` shows it.
+GZ_MAX_RATIO = 50
+GZ_FLOOR_BYTES = 64 << 20
+
+
 class _Chunks:
     """The bytes of an open file from an offset on, CHUNK_BYTES at a time: as they are, or decompressed
-    (gzip, every member) in pieces of that size, so a gzip bomb costs time, never memory. A .gz still
-    being written ends where its data does; a corrupt one ends there too, with `stopped` saying why."""
+    (gzip, every member) in pieces of that size, so a gzip bomb costs time, never memory, and only up to
+    GZ_MAX_RATIO times its size. A .gz still being written ends where its data does; a corrupt one ends
+    there too, with `stopped` saying why; one past the ratio limit sets `limited` as well."""
 
     def __init__(self, fd: int, start: int, compressed: bool):
         self.fd, self.start, self.compressed = fd, start, compressed
         self.stopped: str | None = None
+        self.limited = False
 
     def __iter__(self) -> Iterator[bytes]:
         if not self.compressed:
@@ -370,15 +382,30 @@ class _Chunks:
                 yield chunk
             return
         os.lseek(self.fd, 0, os.SEEK_SET)
+        on_disk = os.fstat(self.fd).st_size
+        limit = max(GZ_FLOOR_BYTES, GZ_MAX_RATIO * on_disk)
         with open(os.dup(self.fd), "rb") as raw, gzip.GzipFile(fileobj=raw) as text:
             try:
+                if self.start >= limit:
+                    self._limit(limit, on_disk)
+                    return
                 text.seek(self.start)
-                while chunk := text.read1(CHUNK_BYTES):  # read1: what came before a bad byte is kept
+                while chunk := text.read1(min(CHUNK_BYTES, limit - text.tell())):  # read1: kept up to a bad byte
                     yield chunk
+                    if text.tell() >= limit and text.read1(1):
+                        self._limit(limit, on_disk)
+                        return
             except EOFError:
                 pass  # the end of what was written so far: the rest is read when it is there
             except (gzip.BadGzipFile, zlib.error) as exc:
                 self.stopped = f"cannot decompress past byte {text.tell()} of its text: {exc}"
+
+    def _limit(self, limit: int, on_disk: int) -> None:
+        self.limited = True
+        self.stopped = (
+            f"decompresses to more than {GZ_MAX_RATIO} times its {on_disk:,} bytes on disk: read up to byte "
+            f"{limit:,} of its text, the rest is skipped (a .gz bomb, or lines repeated past belief)"
+        )
 
 
 def _add_line(batch: Batch, line: bytes, offset: int, file_id: int, ctx: LineContext, limits: Limits) -> None:

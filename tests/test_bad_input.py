@@ -158,6 +158,24 @@ def test_a_jsonl_gz_file_is_read(db, tmp_path, daily):
     assert offset == len(line("zipped")) and reason.startswith("malformed JSON")
 
 
+def test_a_gz_past_the_ratio_limit_is_read_up_to_it_and_the_rest_is_quarantined(db, tmp_path, daily, monkeypatch):
+    """Issue #20.10: 8 MB that expanded to 2.1 GB of repeated lines took 14 minutes of CPU. Here the
+    floor is lowered so that a small file shows it: what fits is stored, the rest is one quarantined row
+    that says why, and reading it again adds nothing."""
+    monkeypatch.setattr(reader, "GZ_FLOOR_BYTES", 64 << 10)
+    daily.parent.mkdir(parents=True, exist_ok=True)
+    text = b"".join(line(f"same {i % 10}") for i in range(20_000))  # about 2 MB, a few kB compressed
+    bomb = daily.with_name("2026-11-20.jsonl.gz")
+    bomb.write_bytes(gzip.compress(text, mtime=0))
+    limit = max(reader.GZ_FLOOR_BYTES, reader.GZ_MAX_RATIO * bomb.stat().st_size)
+    assert limit < len(text)
+    stats = catch_up(db, tmp_path / "engram")
+    assert stats.messages == 10 and stats.duplicates > 0 and stats.quarantined == 1
+    ((offset, reason),) = quarantined(db)
+    assert offset <= limit and "more than 50 times" in reason and "the rest is skipped" in reason
+    assert catch_up(db, tmp_path / "engram").quarantined == 0 and len(quarantined(db)) == 1
+
+
 def test_file_names_reach_the_log_escaped(db, tmp_path, caplog):
     """A newline in a name would forge a log line, an ESC would drive the terminal that shows the log."""
     raw = tmp_path / "engram" / "raw"
