@@ -39,6 +39,43 @@ CHILD_STOP_GRACE_S = 60.0  # below the units' TimeoutStopSec=90: the child saves
 WATCH_POLL_S = 5.0  # a missing watch folder is looked for this often (and the watchdog pinged)
 
 
+UNHEALTHY_SUMMARY_S = 300.0  # while unhealthy, one summary line this often (the first is logged at once)
+
+
+class HealthLog:
+    """What the log says of the watchdog: the first missed ping, then one summary every
+    UNHEALTHY_SUMMARY_S and one line when health is back, not a line a second (22 in 20 s on a read-only
+    database, issue #20.11)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.since: float | None = None  # when it became unhealthy
+        self.missed = 0  # pings missed since the last line
+        self.next_summary = 0.0
+
+    def report(self, healthy: bool, why: str) -> None:
+        now = self.clock()
+        if healthy:
+            if self.since is not None:
+                log.warning("healthy again after %.0f s; watchdog pings resumed", now - self.since)
+            self.since = None
+            return
+        if self.since is None:
+            self.since, self.missed, self.next_summary = now, 0, now + UNHEALTHY_SUMMARY_S
+            log.error(
+                "unhealthy: no watchdog ping (%s); said again every %.0f s while it lasts",
+                why,
+                UNHEALTHY_SUMMARY_S,
+            )
+            return
+        self.missed += 1
+        if now >= self.next_summary:
+            log.error(
+                "still unhealthy after %.0f s: %d more watchdog pings not sent (%s)", now - self.since, self.missed, why
+            )
+            self.missed, self.next_summary = 0, now + UNHEALTHY_SUMMARY_S
+
+
 def child_environment(config: Config) -> dict[str, str]:
     """The effective configuration as ENGRAM_FF_* variables, which outrank any file the child might see."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_") and k != "NOTIFY_SOCKET"}
@@ -69,6 +106,7 @@ class Service:
         self.training: str | None = None  # the running update's own status line, relayed from its pipe
         self.watcher: Watcher | None = None
         self.catch_up_pending = False  # an update is overdue: run it once the start-up scan is done
+        self.health = HealthLog()
 
     # --- signals -------------------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -233,13 +271,15 @@ class Service:
         log.info("watch folder %s is there now", watch)
         return True
 
-    def healthy(self, watcher: Watcher, scheduler: BackgroundScheduler, db) -> bool:
+    def unhealthy_because(self, watcher: Watcher, scheduler: BackgroundScheduler, db) -> str | None:
+        """None if the daemon is healthy, else why not."""
         try:
             db.execute("SELECT 1").fetchone()
         except Exception as exc:
-            log.error("database check failed: %s", exc)
-            return False
-        return watcher.healthy() and scheduler.running
+            return f"database check failed: {exc}"
+        if not watcher.healthy() or not scheduler.running:
+            return f"observer alive: {watcher.healthy()}, scheduler running: {scheduler.running}"
+        return None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -301,14 +341,10 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload(scheduler)
-            if self.healthy(watcher, scheduler, db):
+            why = self.unhealthy_because(watcher, scheduler, db)
+            if why is None:
                 self.notifier.watchdog()
-            else:
-                log.error(
-                    "unhealthy: no watchdog ping (observer alive: %s, scheduler running: %s)",
-                    watcher.healthy(),
-                    scheduler.running,
-                )
+            self.health.report(why is None, why or "")
             if time.monotonic() >= next_status or not watcher.stats.scans:
                 self.notifier.status(self.status_line(watcher))
                 next_status = time.monotonic() + STATUS_EVERY_S

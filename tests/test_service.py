@@ -1,5 +1,6 @@
 """The daemon as systemd runs it: a real subprocess speaking the notify protocol over a real socket."""
 
+import logging
 import signal
 import subprocess
 import sys
@@ -132,3 +133,22 @@ def test_a_reload_that_raises_anything_keeps_the_running_configuration(tmp_path,
     service._reload(scheduler)
     assert service.config is config
     assert "reload refused, keeping the running one: RecursionError: maximum recursion depth" in caplog.text
+
+
+def test_an_unhealthy_daemon_logs_the_first_missed_ping_then_a_summary(caplog):
+    """Issue #20.11: `unhealthy: no watchdog ping` was logged every second, 22 lines in 20 s."""
+    from engram_ff.daemon import service
+
+    now = [0.0]
+    health = service.HealthLog(clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="engram_ff.daemon.service"):
+        for _ in range(22):  # 22 missed pings a second apart
+            health.report(False, "database check failed: attempt to write a readonly database")
+            now[0] += 1.0
+        assert caplog.text.count("unhealthy: no watchdog ping") == 1 and "still unhealthy" not in caplog.text
+        now[0] = service.UNHEALTHY_SUMMARY_S + 1
+        health.report(False, "database check failed: attempt to write a readonly database")
+        assert "still unhealthy after 301 s: 22 more watchdog pings not sent" in caplog.text
+        health.report(True, "")
+        health.report(True, "")
+    assert caplog.text.count("\n") == 3 and caplog.text.count("healthy again after 301 s") == 1
