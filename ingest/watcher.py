@@ -109,6 +109,7 @@ class Watcher:
         self._ready = threading.Event()
         self._observer = None
         self._writer: threading.Thread | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the database file opened
 
     def start(self, timeout: float = 30.0) -> None:
         """Start watching; returns once the writer has the database open (raises if it cannot). The
@@ -169,6 +170,7 @@ class Watcher:
     def _run(self) -> None:
         try:
             db = open_db(self.db_path)
+            self._identity = _identity(self.db_path)
         except Exception as exc:
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("cannot open %s", shown(self.db_path))
@@ -177,7 +179,8 @@ class Watcher:
         self._ready.set()
         try:
             while (scan := self._next_work()) is not None:
-                if scan:
+                db, reopened = self._same_database(db)
+                if scan or reopened:
                     self._scan(db)
                     continue
                 self._read_due(db)
@@ -187,6 +190,30 @@ class Watcher:
             for held in self._held.values():
                 os.close(held.fd)
             db.close()
+
+    def _same_database(self, db):
+        """The database at db_path, opened again (and migrated) if the file was deleted or replaced since
+        it was opened: the old connection would write into a file no one reads, or fail on a new empty
+        one for ever (`no such table: files`, issue #20.12). The new database knows no file, so every
+        file is read again into it, from the start. (db, whether it was opened again)."""
+        now = _identity(self.db_path)
+        if now == self._identity:
+            return db, False
+        log.warning(
+            "%s was %s: opening it again (migrations included) and reading every file into it",
+            shown(self.db_path),
+            "deleted" if now is None else "replaced",
+        )
+        for held in self._held.values():
+            os.close(held.fd)
+        self._held.clear()
+        db.close()  # first: its WAL is checkpointed into the old file and removed, never read by the new one
+        db = open_db(self.db_path)
+        self._identity = _identity(self.db_path)
+        self.folder = Folder(self.watch_dir, follow_outside=self.limits.follow_outside)
+        with self._wake:
+            self._retry_at, self.stats.failures = -math.inf, 0
+        return db, True
 
     def _next_work(self) -> bool | None:
         """Wait until a scan (True) or some paths or held descriptors (False) are due; None once stopping.
@@ -387,3 +414,11 @@ class _Handler(FileSystemEventHandler):
         path = os.fsdecode(path)
         if is_log_name(os.path.basename(path)):
             self.watcher.request(path)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

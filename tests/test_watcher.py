@@ -172,3 +172,30 @@ def test_stop_during_a_backlog_returns_promptly_and_loses_nothing(tmp_path, monk
 def wait_for_count(db, n: int, timeout: float = 60.0) -> None:
     eventually(lambda: db.execute("SELECT count(*) FROM messages").fetchone()[0] >= n, timeout)
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == n
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_deleted_or_replaced_under_the_watcher_is_opened_again_and_refilled(setup, caplog, how):
+    """Issue #20.12: with its database file deleted, a running daemon logged `no such table: files` and
+    retried for ever. Now the next event opens it again, migrated, and every file is read into it."""
+    folder, db, start = setup
+    db_path = db.conn.execute("PRAGMA database_list").fetchone()[2]
+    db.close()
+    daily = folder / "raw" / "2026-11-26.jsonl"
+    append(daily, line("before"))
+    start()
+    first = open_db(db_path)
+    wait_for(first, 1)
+    first.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db_path + suffix):
+            os.unlink(db_path + suffix)
+    if how == "replaced":
+        open(db_path, "wb").close()  # an empty file at the name: no tables at all
+    append(daily, line("after"))
+    eventually(lambda: os.path.getsize(db_path) if os.path.exists(db_path) else 0, 30)  # the watcher's, not ours
+    again = open_db(db_path, migrate=False)
+    eventually(lambda: again.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone(), 30)
+    assert wait_for(again, 2, timeout=30) == ["before", "after"]  # nothing lost, nothing twice
+    assert caplog.text.count(f"was {how}: opening it again") == 1 and "no such table" not in caplog.text
+    again.close()
