@@ -5,7 +5,10 @@ tests), lets a writer append a burst of lines while the daemon ingests, trains a
 the whole session with SIGKILL (daemon and update child at once: what a power loss or systemd's
 cgroup kill does) at an instant picked by one of six triggers: uniform over the daemon's life,
 mid-ingest, mid-training, mid-checkpoint-write (a checkpoint temp file exists), the moment an
-update starts (a resumed one then dies before its first checkpoint) and mid-probes.
+update starts (a resumed one then dies before its first checkpoint) and mid-probes; `rotation`
+rotates a daily file as logrotate would; on 2 ranks (workers = 2), `rank-kill` SIGKILLs the helper rank
+mid-training and waits for the daemon to try the night again on one process, and `rank-stop` SIGSTOPs
+it and times the daemon's stop by SIGTERM (issue #20: it could not be stopped).
 With the daemon dead the state is frozen, and we check:
 - every line before each file's committed offset is in `messages` exactly once, and no other;
 - `PRAGMA integrity_check` is ok;
@@ -45,7 +48,11 @@ from engram_ff.bench.common import RESULTS, markdown_table, write_result
 from engram_ff.ingest.names import is_log_name
 
 REPO = Path(__file__).resolve().parents[1]
-TRIGGERS = ("uniform", "ingest", "training", "checkpoint", "update-start", "probes", "rotation")
+TRIGGERS = (
+    *("uniform", "ingest", "training", "checkpoint", "update-start", "probes", "rotation"),
+    *("rank-kill", "rank-stop"),
+)
+RANK_TRIGGERS = ("rank-kill", "rank-stop")  # their daemon trains on 2 ranks (workers = 2)
 LINE_BYTES = 160  # every line the writer makes has this length, so a file's line count is size / LINE_BYTES
 
 # The tiny model of the tests, with a checkpoint at nearly every step so kills land inside writes.
@@ -240,6 +247,13 @@ def _reap_session(sid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise RuntimeError(f"processes of session {sid} survived SIGKILL")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _pids() -> list[int]:
@@ -447,6 +461,8 @@ class Chaos:
         self.resumes_checked = 0
         self.resume_errors: list[str] = []
         self.rotations: list[str] = []  # what each rotation trial did
+        self.rank_kills: list[str] = []  # what each rank-kill trial saw after the helper's SIGKILL
+        self.rank_stops: list[tuple[float, int]] = []  # rank-stop: (seconds SIGTERM took, processes left)
         self._expect_resume: tuple[int, int | None] = (0, None)  # (runs.id bound, the next update's resumed_from)
 
     @property
@@ -461,7 +477,8 @@ class Chaos:
         trial = Trial(len(self.trials) + 1, trigger)
         age_last_update(self.data)
         runs_before, files_before = self._max_run(), set(checkpoint_files(self.data))
-        daemon = Daemon(self.watch, self.data, self.env, self.log_path)
+        env = {**self.env, "ENGRAM_FF_WORKERS": "2"} if trigger in RANK_TRIGGERS else self.env
+        daemon = Daemon(self.watch, self.data, env, self.log_path)
         if trigger != "ingest":  # the ingest trigger sends its burst once the start-up scan is done
             self.writer.burst(f"t{trial.number:03d}", self.burst_lines, seconds=self.rng.uniform(0.5, 3.0))
         try:
@@ -500,8 +517,65 @@ class Chaos:
                 self.writer.burst(tag, 20 * self.burst_lines, seconds=0.2)
             return self._ingesting()
 
+        def training() -> bool:
+            return bool(
+                read_db(
+                    self.db,
+                    "SELECT 1 FROM runs r JOIN checkpoints c ON c.run_id = r.id "
+                    "WHERE r.kind = 'update' AND r.status = 'running' AND r.id > ? "
+                    "AND c.kind = 'partial'",
+                    [before],
+                )
+            )
+
+        def helper() -> int | None:
+            if not training():
+                return None
+            sid = daemon.proc.pid
+            ranks = [p for p in _pids() if _session_of(p) == sid and b"engram_ff.daemon.ranks" in _cmdline(p)]
+            return ranks[0] if ranks else None
+
+        def rank_killed() -> bool:
+            """SIGKILL the helper rank mid-training; then wait for the night to be tried on one process."""
+            pid = helper()
+            if pid is None:
+                return False
+            failed = self._max_run()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                sql = "SELECT id, status, error FROM runs WHERE kind = 'update' AND id >= ?"
+                rows = read_db(self.db, sql, [failed])
+                done = [r for r in rows if r[1] != "running"]
+                if done and len(rows) > len(done):  # the failed one, and the retry under way
+                    self.rank_kills.append(f"{done[0][1]} ({(done[0][2] or '').split(':')[0]}), then retried")
+                    return True
+                time.sleep(0.05)
+            self.rank_kills.append("no retry seen in 30 s")
+            return True
+
+        def rank_stopped() -> bool:
+            """SIGSTOP the helper rank mid-training, then SIGTERM the daemon: how long it takes to stop."""
+            pid = helper()
+            if pid is None:
+                return False
+            os.kill(pid, signal.SIGSTOP)
+            sid, t0 = daemon.proc.pid, time.monotonic()
+            try:
+                daemon.proc.send_signal(signal.SIGTERM)
+                daemon.proc.wait(90)  # the units' TimeoutStopSec
+            except subprocess.TimeoutExpired:
+                pass
+            seconds = time.monotonic() - t0
+            time.sleep(0.5)
+            left = [p for p in _pids() if _session_of(p) == sid]  # the helper's group is in the session too
+            self.rank_stops.append((seconds, len(left)))
+            return True
+
         delay = self.rng.uniform(0.2, 9.0)
         conditions = {
+            "rank-kill": rank_killed,
+            "rank-stop": rank_stopped,
             "uniform": lambda: time.monotonic() - daemon.started >= delay,
             "ingest": ingesting,
             "training": lambda: read_db(
@@ -528,12 +602,15 @@ class Chaos:
             "update-start": 0.0,
             "probes": 0.05,
             "rotation": 1.0,
+            "rank-kill": 0.5,
+            "rank-stop": 0.0,
         }[trigger]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             daemon.ready()
             if conditions[trigger]():
-                time.sleep(self.rng.uniform(0, jitter))
+                if daemon.proc.poll() is None:
+                    time.sleep(self.rng.uniform(0, jitter))
                 return True
             time.sleep(0.0005 if trigger == "checkpoint" else 0.005)
         if daemon.proc.poll() is not None:
@@ -592,6 +669,12 @@ class Chaos:
         return rows[0][1] != "ok" or bool(
             read_db(self.db, "SELECT 1 FROM runs WHERE kind = 'probe' AND id > ? AND status != 'running'", [rows[0][0]])
         )
+
+    def log_count(self, *words: str) -> int:
+        """Lines of every daemon's log (output and errors, all trials) holding any of `words`."""
+        if not self.log_path.exists():
+            return 0
+        return sum(any(w in line for w in words) for line in self.log_path.read_text(errors="replace").splitlines())
 
     def recoveries(self) -> int:
         """Restarts after a kill that came back up (READY=1): every later trial that got that far before
@@ -811,6 +894,8 @@ def run_trials(args, root: Path) -> tuple[str, bool]:
     )
     plot_trials(chaos.trials, RESULTS / Path(args.out).with_suffix(".png").name)
     ok = final.ok and all(t.check.ok for t in chaos.trials) and not chaos.resume_errors
+    ok &= all(seconds < 90 and left == 0 for seconds, left in chaos.rank_stops)
+    ok &= chaos.log_count("Traceback (most recent call last)") == 0
     return trials_section(args, chaos, final, seconds), ok
 
 
@@ -871,6 +956,17 @@ def trials_section(args, chaos: Chaos, final: Check, seconds: float) -> str:
             "checkpoint temp files left by kills (removed at next update)",
             max((t.check.temp_files for t in trials), default=0),
         ],
+        [
+            "rank-kill: helper SIGKILLed mid-training, then (update, first word of its error)",
+            ", ".join(f"{k} x{v}" for k, v in sorted(Counter(chaos.rank_kills).items())) or "none",
+        ],
+        [
+            "rank-stop: helper SIGSTOPped, the daemon's stop by SIGTERM took (TimeoutStopSec=90)",
+            ", ".join(f"{s:.1f} s" for s, _ in chaos.rank_stops) or "none",
+        ],
+        ["rank-stop: processes of the daemon left after its stop", sum(n for _, n in chaos.rank_stops)],
+        ["lines of the daemons' log with a Python traceback", chaos.log_count("Traceback (most recent call last)")],
+        ["lines of the daemons' log with gloo's own text (.cc:NNN, GLHF)", chaos.log_count(".cc:", "GLHF")],
         ["wall time of the trials", f"{seconds:.0f} s"],
     ]
     errors = "\n".join(f"- {e}" for e in chaos.resume_errors) or "none"

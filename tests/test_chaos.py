@@ -445,3 +445,20 @@ def test_a_lost_database_keeps_every_checkpoint_and_the_next_update_continues_fr
     assert query(config.db_path, "SELECT kind, status, last_message_id FROM runs WHERE kind = 'adopt'") == [
         ("adopt", "ok", day_2_ends)
     ]
+
+
+def test_a_helper_rank_killed_or_stopped_under_the_daemon(tmp_path):
+    """Issue #20 against the real daemon on 2 ranks: a SIGKILLed helper fails its update in one line and
+    the daemon tries the night again on one process; a SIGSTOPped helper does not keep SIGTERM from
+    stopping the daemon well inside TimeoutStopSec, and no process outlives it. Nothing is lost."""
+    chaos = Chaos(tmp_path, seed=3, burst_lines=200)
+    for trigger in ("rank-kill", "rank-stop"):
+        trial = chaos.trial(trigger, timeout=180)
+        assert trial.triggered, trigger
+        assert trial.check.ok and (trial.check.lost, trial.check.duplicated) == (0, 0), (trigger, trial.check)
+    assert chaos.rank_kills == ["failed (RankFailed), then retried"]
+    ((seconds, left),) = chaos.rank_stops
+    assert seconds < 90 and left == 0
+    final = chaos.settle()
+    assert final.ok and final.expected == final.stored == chaos.writer.counter
+    assert chaos.log_count("Traceback (most recent call last)") == 0 and chaos.log_count(".cc:", "GLHF") == 0
