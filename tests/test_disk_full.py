@@ -15,6 +15,7 @@ from pathlib import Path
 from engram_ff.bench.chaos import check_state, make_line
 from engram_ff.daemon import update
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
 from engram_ff.state.db import open_db
@@ -107,7 +108,8 @@ def test_a_checkpoint_write_on_a_full_disk_fails_the_update_and_keeps_the_previo
         query(config.db_path, "SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]])[0][0]
     )
     assert first_file.name.startswith(f"run000001-final-{first['steps']:07d}-")
-    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == [first_file.name, first_file.name + ".sha256"]
+    left = sorted(p.name for p in config.checkpoint_dir.iterdir())
+    assert left == [FOLDER_MARKER, first_file.name, first_file.name + ".sha256"]
     ok = subprocess.run(
         [sys.executable, "-m", "engram_ff.daemon.child"], env=env, capture_output=True, text=True, timeout=120
     )
