@@ -46,7 +46,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.model.lm import FFLM, LMConfig
-from engram_ff.model.parallel import Patience, Replicas, Unanswered
+from engram_ff.model.parallel import STOP_GRACE_S, Patience, Replicas, Unanswered
 from engram_ff.model.train import TRAINERS, train
 
 log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
@@ -99,6 +99,7 @@ class Team:
         self.should_stop = lambda: False  # the update's: a collective waits only a little once it is true
         self.deadline: float | None = None
         self.group: int | None = None  # the helpers' process group
+        self.timed_out = False  # the watchdog ended the helpers past the budget
 
     @classmethod
     def local(cls, config: Config) -> Team:
@@ -122,6 +123,8 @@ class Team:
             self._start_helpers(config)
         self.deadline = time.monotonic() + night["budget_s"] + BUDGET_GRACE_S  # the budget counts from here
         self.replicas.patience = Patience(should_stop=self.should_stop, deadline=self.deadline)
+        if self.helpers:
+            threading.Thread(target=self._watch, name="ranks-watchdog", daemon=True).start()
         self.replicas.broadcast(night)
         self.sent = True
         log.info("training on %d ranks of %d rows each", self.world, config.batch_size // self.world)
@@ -174,6 +177,19 @@ class Team:
             raise joined["error"]
         return joined["replicas"]
 
+    def _watch(self) -> None:
+        """The collectives this thread cannot wait for in small steps (DistributedDataParallel's, under the
+        BP trainer, wait inside backward()): past the deadline by STOP_GRACE_S with training not finished,
+        the helpers are killed, so that rank 0's collective fails at once instead of after TIMEOUT."""
+        while not self.finished:
+            if time.monotonic() > self.deadline + STOP_GRACE_S:
+                log.error("the ranks are past the budget and did not finish: ending the helper ranks")
+                self.timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.group, signal.SIGKILL)
+                return
+            time.sleep(0.5)
+
     def kill(self) -> None:
         """SIGKILL the helpers' process group (a stopped process dies of it too), and reap them."""
         if self.group is not None:
@@ -210,6 +226,8 @@ class Team:
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             died.append(f"rank {rank} of {self.world} (pid {helper.pid}) died ({how})")
         self.kill()
+        if self.timed_out:
+            return RankFailed(f"the ranks were past the budget and did not finish: ended ({first_line(exc)})")
         if died:
             return RankFailed("; ".join(died) + ", and the others cannot train without it")
         if hung:

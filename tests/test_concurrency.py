@@ -38,6 +38,11 @@ def stop(process: subprocess.Popen) -> tuple[int, str]:
     return code, process.stderr.read()
 
 
+def messages(db_path) -> int:
+    """How many messages are stored (0 while the database or its tables are not there yet)."""
+    return (query(db_path, "SELECT count(*) FROM messages") or [(0,)])[0][0]
+
+
 def stored_once(db_path) -> None:
     (count, distinct) = query(db_path, "SELECT count(*), count(DISTINCT text) FROM messages")[0]
     assert count == distinct == LINES
@@ -49,7 +54,7 @@ def test_update_while_run_holds_the_data_directory_is_one_line_and_harms_nothing
     running = daemon(watch, data)
     try:
         wait_for(lambda: holder(data / "engram-ff.lock"), timeout=120, what="the daemon to hold the data directory")
-        wait_for(lambda: query(data / "engram-ff.db", "SELECT count(*) FROM messages")[0][0] == LINES, timeout=120)
+        wait_for(lambda: messages(data / "engram-ff.db") == LINES, timeout=120, what="every line stored")
         update = subprocess.run(
             [sys.executable, "-m", "engram_ff.daemon.cli", "update", "--watch", str(watch), "--data", str(data)],
             env=environment(),
@@ -76,7 +81,7 @@ def test_two_runs_started_in_the_same_second_one_runs_the_other_says_why(tmp_pat
             lambda: next((p for p in (first, second) if p.poll() is not None), None), timeout=120, what="one to exit"
         )
         winner = second if loser is first else first
-        wait_for(lambda: query(data / "engram-ff.db", "SELECT count(*) FROM messages")[0][0] == LINES, timeout=120)
+        wait_for(lambda: messages(data / "engram-ff.db") == LINES, timeout=120, what="every line stored")
         assert winner.poll() is None
     finally:
         results = {p.pid: stop(p) for p in (first, second)}

@@ -245,10 +245,12 @@ def test_sigterm_ends_an_update_whose_helper_rank_is_stopped_and_leaves_no_proce
     db.close()
 
 
-def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch):
-    """No signal at all: the collective gives up past the budget, the helper is killed, the run failed."""
+@pytest.mark.parametrize("trainer", ["ff", "bp"])
+def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch, trainer):
+    """No signal at all: past the budget the collective gives up (FF's, waited for in small steps) or the
+    watchdog ends the helpers (BP's, inside DistributedDataParallel); the helper is killed, the run failed."""
     monkeypatch.setattr(ranks, "BUDGET_GRACE_S", 2.0)
-    config, db = prepare(tmp_path, workers="2")
+    config, db = prepare(tmp_path, workers="2", trainer=trainer)
     config.update_min_steps = config.update_max_steps = 100_000
     config.update_budget_minutes = 0.1  # 6 s of training
     stopped = []
@@ -272,7 +274,8 @@ def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert stopped and not alive(stopped[0])
-    assert row["status"] == "failed" and "did not answer" in row["error"] and "RankFailed" in row["error"]
+    assert row["status"] == "failed" and "RankFailed" in row["error"]
+    assert ("did not answer" if trainer == "ff" else "past the budget") in row["error"], row["error"]
     assert row["wall_seconds"] < 120
     db.close()
 
