@@ -19,6 +19,7 @@ import torch
 from engram_ff.bench.chaos import Chaos, check_state
 from engram_ff.daemon import update
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
 from engram_ff.state import runs
@@ -102,7 +103,7 @@ def test_a_successful_update_removes_every_partial_and_what_killed_writes_left_a
     done = update.run_update(config)
     assert done["status"] == "ok" and done["resumed_from"] == interrupted["id"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [foreign.name]
+        [foreign.name, FOLDER_MARKER]  # the marker that says engram-ff made the folder (for `reset`)
         + [
             Path(path).name + suffix
             for (path,) in db.execute("SELECT path FROM checkpoints WHERE status = 'good'")
