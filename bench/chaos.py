@@ -48,9 +48,11 @@ from engram_ff.bench.common import RESULTS, markdown_table, write_result
 from engram_ff.ingest.names import is_log_name
 
 REPO = Path(__file__).resolve().parents[1]
+# In this order, each rank trigger follows a kill mid-training, so its daemon's update has steps left to
+# train on 2 ranks (after `probes` or `rotation` it would only judge a trained candidate, on one process).
 TRIGGERS = (
-    *("uniform", "ingest", "training", "checkpoint", "update-start", "probes", "rotation"),
-    *("rank-kill", "rank-stop"),
+    *("uniform", "ingest", "training", "rank-kill", "checkpoint", "rank-stop"),
+    *("update-start", "probes", "rotation"),
 )
 RANK_TRIGGERS = ("rank-kill", "rank-stop")  # their daemon trains on 2 ranks (workers = 2)
 LINE_BYTES = 160  # every line the writer makes has this length, so a file's line count is size / LINE_BYTES
