@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,6 +21,16 @@ DATA = Path(__file__).resolve().parent / "data"
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: writing 5 to clear_refs resets VmHWM (Linux 4.0+), so each night's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_since_reset_mib() -> float:
+    """VmHWM, in MiB: this process's peak resident memory since reset_peak_rss (ru_maxrss never resets)."""
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 @contextmanager

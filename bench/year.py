@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,15 @@ from pathlib import Path
 
 import torch
 
-from engram_ff.bench.common import RESULTS, markdown_table, parse_args, save_figure, write_result
+from engram_ff.bench.common import (
+    RESULTS,
+    markdown_table,
+    parse_args,
+    peak_rss_since_reset_mib,
+    reset_peak_rss,
+    save_figure,
+    write_result,
+)
 from engram_ff.bench.make_stream import daemon_facts, load_facts, write_day
 from engram_ff.bench.year_days import Day, calendar, day_lines, held_out, sentences
 from engram_ff.daemon.checkpoints import load_current
@@ -75,15 +82,6 @@ def year_config(folder: Path, args) -> Config:
     )
 
 
-def _peak_rss_reset() -> None:
-    """Start a new peak: writing 5 to clear_refs resets VmHWM (Linux 4.0+), so each night's peak is its own."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss_mib() -> float:
-    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
 def _size_mib(*paths: Path) -> float:
     files = [p for path in paths for p in ([path] if path.is_file() else path.glob("*")) if p.is_file()]
     return sum(p.stat().st_size for p in files) / MIB
@@ -115,7 +113,7 @@ def run_night(config: Config, day: Day, lines: list[dict], texts: dict[str, byte
     record = dict(night=day.night, date=day.date.isoformat(), kind=day.kind, messages=len(lines) - 1)
     if not day.machine_on:
         return dict(record, status="off")
-    _peak_rss_reset()
+    reset_peak_rss()
     start = time.perf_counter()
     db = open_db(config.db_path)
     try:
@@ -133,7 +131,7 @@ def run_night(config: Config, day: Day, lines: list[dict], texts: dict[str, byte
         replay_bytes=row["replay_bytes"] or 0,
         steps=row["steps"] or 0,
         gate=json.loads(row["gate"]) if row["gate"] else None,
-        rss_mib=_peak_rss_mib(),
+        rss_mib=peak_rss_since_reset_mib(),
         db_mib=_size_mib(config.db_path, Path(f"{config.db_path}-wal")),
         checkpoints_mib=_size_mib(config.checkpoint_dir),
     )
