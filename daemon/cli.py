@@ -25,6 +25,7 @@ BENCHMARKS = {  # name -> what it measures; its module is engram_ff.bench.<name>
     "incremental": "day-by-day learning and forgetting, method by method",
     "chaos": "SIGKILL trials, load and the units' security",
     "year": "a simulated year of nights through the daemon's update, gate and probes",
+    "learning": "facts said k times asked the next morning and a month later; each day predicted before training",
     "parallel": "data-parallel ranks and FF's layer pipeline against one process, FF and BP",
 }
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
