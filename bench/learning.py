@@ -720,6 +720,7 @@ def plot(path: Path, result: dict) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     styles = ["-", "--", ":", "-."]
     colours = {k: c for k, c in zip(KS, ["tab:red", "tab:orange", "tab:green", "tab:blue"])}
@@ -782,6 +783,7 @@ def plot(path: Path, result: dict) -> Path:
     held.set(ylabel="bits per byte", title="held-out text of older days (current model)")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("night")
         ax.legend(fontsize=6, ncol=2)
     return save_figure(fig, path)
