@@ -173,8 +173,8 @@ def chat_sessions(n_days: int, day_bytes: int, seed: int) -> list[tuple[list[lis
 
 def fact_mentions(facts: list[dict], fact_nights: list[int], seed: int) -> dict[int, list[tuple[float, dict]]]:
     """Per fact night, (where in the day, fact) for each mention: mention j of a fact said k times goes to
-    fact night j mod len(fact_nights), at about (j + 1/2) / (its mentions that night) of the day, so a fact
-    said 8 times is spread through the day and one said once sits near its middle."""
+    fact night j mod len(fact_nights), at (j + u) / n of the day, u uniform in [0.1, 0.9] and n its mentions
+    that night, so a fact said 8 times is spread through the day and one said once lies near its middle."""
     rng = random.Random(f"{seed}:facts")
     plan: dict[int, list[tuple[float, dict]]] = {night: [] for night in fact_nights}
     for fact in facts:
@@ -187,6 +187,7 @@ def fact_mentions(facts: list[dict], fact_nights: list[int], seed: int) -> dict[
 
 
 def make_days(nights: int, day_bytes: int, facts: list[dict], fact_nights: list[int], seed: int) -> list[Day]:
+    """The run's days, made once, so every method reads the same files."""
     chats = chat_sessions(nights, day_bytes, seed)
     planted = fact_mentions(facts, fact_nights, seed)
     days = []
