@@ -645,11 +645,22 @@ def _verdict(ok: bool, miss: str) -> str:
     return "met" if ok else f"**missed** ({miss})"
 
 
+def tables(result: dict) -> dict[str, str]:
+    """The targets, facts and prequential tables, for the report and the terminal alike."""
+    points = checkpoint_nights(result["meta"], result["days"][-1]["night"])
+    facts = ["method", "k", *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", "trained"]
+    codes = list(result["days"][0]["compressors"])
+    return dict(
+        targets=markdown_table(["method", "target", "measured", "met"], target_rows(result)),
+        facts=markdown_table(facts, recall_rows(result)),
+        prequential=markdown_table(["night", "day kB", *result["methods"], *codes], prequential_rows(result)),
+    )
+
+
 def report(result: dict, figure: Path, json_name: str) -> str:
     meta = result["meta"]
     names = list(result["methods"])
-    codes = list(result["days"][0]["compressors"])
-    points = checkpoint_nights(meta, result["days"][-1]["night"])
+    shown = tables(result)
     load = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     lines = [
         "# Does the daemon learn what it is told?\n",
@@ -666,21 +677,18 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         f"torch thread(s) a method; answers of at most {meta['ask_bytes']} bytes.\n",
         *[f"- {note}\n" for note in meta["notes"]],
         "## Targets (issue 22)\n",
-        markdown_table(["method", "target", "measured", "met"], target_rows(result)),
+        shown["targets"],
         "## Facts\n",
         "`ask` recall: the greedy answer holds all the fact's key words. Ranked first / answer bpb: as the fact "
         "probes score the answer against its 3 distractors, at each checkpoint in turn. Trained: answers / "
         "questions in the text of the nights the gate promoted, of the mentions planted (a message in the probe "
         "split is never trained on).\n",
-        markdown_table(
-            ["method", "k", *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", "trained"],
-            recall_rows(result),
-        ),
+        shown["facts"],
         f"![facts and prequential bits per byte]({figure.name})\n",
         "## Prequential bits per byte\n",
         "Each day's whole text scored by the model of the night before, before the night trains on it; each "
         "compressor's cost of the day given all earlier days (C(history + day) - C(history)).\n",
-        markdown_table(["night", "day kB", *names, *codes], prequential_rows(result)),
+        shown["prequential"],
         "## Every night\n",
         "Wall: ingest + update (training, the candidate's probe pass, the gate). Held-out older: the current "
         "model's newest probe pass, mean held-out bpb of the days before the newest; forgetting: the probes' "
@@ -862,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     write_result(f"{stem}.json", json.dumps(result, indent=1), args.results)
     figure = plot(args.results / f"{stem}.png", result)
     path = write_result(f"{stem}.md", report(result, figure, f"{stem}.json"), args.results)
-    print(markdown_table(["method", "target", "measured", "met"], target_rows(result)))
+    for table in tables(result).values():
+        print(table)
     print(path)
     return 0
 
