@@ -397,3 +397,27 @@ def _checkpoint_writes(db) -> None:
 def _waiting_bytes(db) -> None:
     """How much newer train text an update left for the next nights (update_max_new_mib caps a night)."""
     db.execute("ALTER TABLE runs ADD COLUMN waiting_bytes INTEGER")
+
+
+@migrations(name="0600_data_dir_settings")
+def _data_dir_settings(db) -> None:
+    """What a data directory remembers of how it was used, so that a later command without the flags
+    acts on the same things: 'watch_dir', the folder last watched or ingested (`status --data D` names
+    the daemon's folder, `reset` the right logs, `update` ingests from it), and 'facts', 'bundled' in
+    the demo's data directory (only there are the bundled facts probed)."""
+    db.execute(
+        """CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    )"""
+    )
+
+
+@migrations(name="0601_runs_number")
+def _runs_number(db) -> None:
+    """runs.number: the n-th run of its kind in this data directory (update 1, 2, 3), which people read,
+    beside runs.id, which probe passes share and so skips (updates 1, 3, 5). Numbered for the rows there."""
+    db.execute("ALTER TABLE runs ADD COLUMN number INTEGER")
+    db.execute("UPDATE runs SET number = (SELECT count(*) FROM runs r WHERE r.kind = runs.kind AND r.id <= runs.id)")
+    db.execute("CREATE UNIQUE INDEX runs_kind_number ON runs (kind, number)")
