@@ -73,14 +73,14 @@ def test_a_missing_watch_folder_is_a_clear_message(tmp_path, capsys):
     assert f"watch folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
 
 
-def test_an_update_with_nothing_ingested_says_how_to_ingest(tmp_path, capsys):
-    """Lines appended while no daemon runs are in the folder, not the database: the skipped update says so."""
+def test_an_update_with_an_empty_watch_folder_is_skipped_after_reading_it(tmp_path, capsys):
+    """With no daemon running, `update` reads the watch folder first; an empty one leaves nothing to train."""
     data, watch = tmp_path / "data", tmp_path / "engram"
     (watch / "raw").mkdir(parents=True)
     open_db(data / "engram-ff.db").close()
     assert main(["update", "--watch", str(watch), "--data", str(data)]) == 0
-    captured = capsys.readouterr()
-    assert " skipped" in captured.out and "`engram-ff ingest` reads what the watch folder holds now" in captured.err
+    out = capsys.readouterr().out
+    assert out.startswith(f"ingested {watch}: 0 files") and "update 1 (run 1) skipped" in out
 
 
 def test_history_plot_into_a_missing_folder_is_one_line(tmp_path, capsys):

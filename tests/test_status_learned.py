@@ -41,9 +41,10 @@ def run(capsys, *args) -> str:
 
 def test_status_is_short_escaped_and_says_when_the_next_update_is(trained, capsys):
     out = run(capsys, "status", "--data", str(trained.data_dir), "--watch", str(trained.watch))
-    assert "daemon       not running" in out
-    assert "next update  none while no daemon runs; `engram-ff run` (or the service) updates at " in out
-    assert "2026-01-01 to 2026-01-02" in out and "run 3 ok" in out  # update, probe, update
+    data = trained.data_dir
+    assert "daemon        not running" in out
+    assert f"next update   none while no daemon runs; `engram-ff run --data {data}` (or the service) updates at " in out
+    assert "2026-01-01 to 2026-01-02" in out and "update 2 (run 3) ok" in out  # update, probe, update
     assert "\x1b" not in out and "new\\nline \\x1b[31mred.jsonl" in out  # a hostile name, escaped
     assert len(out.splitlines()) < 60
 
@@ -65,7 +66,7 @@ def test_status_verbose_lists_every_file_with_its_messages(trained, capsys):
 def test_learned_says_what_the_last_night_learned(trained, capsys):
     out = run(capsys, "learned", "--data", str(trained.data_dir))
     lines = out.splitlines()
-    assert lines[0].startswith("update 3, ") and "the gate's decision: promoted" in lines[0]
+    assert lines[0].startswith("update 2 (run 3), ") and "the gate's decision: promoted" in lines[0]
     assert "from 1 day, 2026-01-02" in out and "grown from checkpoint 1" in out
     assert "biggest changes, in bits per byte (lower is better):" in out
     facts = json.loads(run(capsys, "learned", "--data", str(trained.data_dir), "--json"))
@@ -103,12 +104,21 @@ def test_status_stays_short_with_100000_files(tmp_path, capsys):
     out = run(capsys, "status", "--data", str(tmp_path))
     assert "100,000 (10 MB), 0 B waiting for a newline, 100 unreadable" in out
     assert len(out.splitlines()) < 40 and "\x1b" not in out
-    assert out.rstrip().endswith("`engram-ff status --verbose` lists every file, day and event.")
+    assert out.rstrip().endswith(f"`engram-ff status --verbose --data {tmp_path}` lists every file, day and event.")
 
 
-def test_probe_json_is_the_stored_scores(trained, capsys):
+def test_probe_json_is_the_stored_scores(trained, capsys, tmp_path, monkeypatch):
+    """A real data directory probes its owner's facts only, never the demo's bundled ones."""
     rows = json.loads(run(capsys, "probe", "--data", str(trained.data_dir), "--json"))
-    assert {r["metric"] for r in rows} >= {"probe_bpb", "answer_rank"}
+    assert "probe_bpb" in {r["metric"] for r in rows} and not [r for r in rows if r["kind"] == "fact"]
+    facts = tmp_path / "facts.toml"
+    facts.write_text(
+        '[[fact]]\nname = "sister-city"\nprompt = "user: Where does my sister live?\\nassistant: "\n'
+        'answer = "Your sister lives in Porto."\ndistractors = ["Your sister lives in Leeds."]\n'
+    )
+    monkeypatch.setenv("ENGRAM_FF_FACTS_FILE", str(facts))
+    rows = json.loads(run(capsys, "probe", "--data", str(trained.data_dir), "--json"))
+    assert {r["probe"] for r in rows if r["kind"] == "fact"} == {"sister-city"}
     assert all(isinstance(r["value"], float) for r in rows)  # unrounded, for scripts
     table = run(capsys, "probe", "--data", str(trained.data_dir))
-    assert re.search(r"answer_rank +[1-4]$", table, flags=re.M) and ".0000" not in table  # a rank, for people
+    assert re.search(r"answer_rank +[12]$", table, flags=re.M) and ".0000" not in table  # a rank, for people
