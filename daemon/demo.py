@@ -75,7 +75,7 @@ def closing_lines(config: Config) -> str:
         "messages, never trained on;\ntrained_bpb: its trained ones); canary: the oldest held-out text, the "
         "same every night, to catch forgetting;\nanswer_rank: where a fact's true answer ranks among its wrong "
         "ones (1: the model prefers the truth).\n\n"
-        f"The demo keeps watching {config.watch} (a line appended there is read at once) and updates nightly at "
+        f"The demo keeps watching {config.watch} (a line appended there is read at once)\nand updates nightly at "
         f"{config.schedule}. Ctrl-C stops it.\nTry next, in another terminal:\n"
         f'  {program()} ask --data {shlex.quote(str(config.data_dir))} "Who is Victor?"'
     )
