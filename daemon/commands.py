@@ -297,8 +297,9 @@ def ask(args) -> int:
     return 0
 
 
-def _model(db, checkpoint: str | None, config: Config):
-    """The model of a checkpoint file, or the current model of the data directory."""
+def _model(db, checkpoint: str | None, config: Config | None):
+    """The model of a checkpoint file, or the current model of the data directory (db and config are
+    read only then: `generate --checkpoint` has neither)."""
     from engram_ff.daemon.checkpoints import current_model
     from engram_ff.model.checkpoint import CheckpointError, load_model
 
@@ -307,6 +308,7 @@ def _model(db, checkpoint: str | None, config: Config):
             return load_model(checkpoint).model
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
+    assert config is not None, "a caller without a checkpoint passes its configuration"
     found = current_model(db)
     if found is None:
         raise UserError(f"no trained model in {config.data_dir} yet: run `engram-ff update` first")

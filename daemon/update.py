@@ -183,7 +183,7 @@ def _train_night(
         f", at {rate:g} of the learning rate after rejected updates" if rate < 1 else "",
     )
     model = night.start
-    meta = {
+    meta: dict[str, object] = {
         "run_id": run_id,
         "parent_id": night.parent_id,
         **bounds,
@@ -284,6 +284,7 @@ def _judge(db, config: Config, candidate: Loaded, candidate_id: int, parent_id: 
     """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass."""
     reference = None if parent_id is None else runs.newest_pass(db, parent_id)
     if reference is not None and not gate.comparable(reference):
+        assert parent_id is not None, "a reference is the parent's pass"
         log.info("the current model (checkpoint %d) has no comparable probe pass: probing it first", parent_id)
         current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
         reference = _probe(db, config, current, parent_id, should_stop)
@@ -350,6 +351,7 @@ def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
         if current is None:
             log.info("no trained checkpoint yet: nothing to probe")
             return []
+        assert current.checkpoint_id is not None, "loaded from a checkpoint: not a fresh model"
         try:
             return _probe(db, config, current.model, current.checkpoint_id, should_stop)
         except ProbesStopped:
