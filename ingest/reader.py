@@ -242,7 +242,7 @@ class CommitGroup:
     read did counts only once `commit` returns (then `on_commit` runs), and a failure rolls back every
     read since the last commit, to be read again."""
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
         self.lines, self.began = 0, 0.0
         self.on_commit: list[Callable[[], None]] = []
@@ -712,7 +712,7 @@ class ParsingProcess:
     interpreter start, not one a file. It sends PIECE_LINES at a time, so the writer starts early and
     finishes soon after it; the pipe bounds what is in flight."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ParsingProcess:
