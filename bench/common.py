@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 # Public-domain text the benchmarks and tests read, carried with the project (data/README.md).
 DATA = Path(__file__).resolve().parent / "data"
@@ -33,11 +35,11 @@ def stopwatch() -> Iterator[list[float]]:
         t[0] = time.perf_counter() - start
 
 
-def _measured(fn: Callable, args: tuple) -> tuple[object, float]:
+def _measured(fn: Callable[..., T], args: tuple) -> tuple[T, float]:
     return fn(*args), peak_rss_mib()
 
 
-def run_isolated(fn: Callable, *args) -> tuple[object, float]:
+def run_isolated(fn: Callable[..., T], *args) -> tuple[T, float]:
     """fn(*args) in a fresh process, so the peak RSS is that job's alone; returns (result, peak MiB).
     fn must be importable by name (a module-level function)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -54,7 +56,7 @@ def _serve(conn, make: Callable[..., Iterable], args: tuple) -> None:
         conn.send((None, peak_rss_mib(), e))
 
 
-def lockstep(*jobs: tuple[Callable[..., Iterable], tuple]) -> Iterator[list[tuple[object, float]]]:
+def lockstep(*jobs: tuple[Callable[..., Iterable[T]], tuple]) -> Iterator[list[tuple[T, float]]]:
     """Run each (make, args) job, a generator, in a fresh process of its own and advance them in turn, one
     item each per round: they then share whatever load the rest of the machine puts on them, so their
     timings compare fairly, while each peak RSS stays its own. Yields [(item, peak MiB), ...] per round

@@ -26,6 +26,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
+from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class TrainerMismatch(ValueError):
 
 @dataclass
 class Loaded:
-    model: FFLM
+    model: FFLM | WindowMLP  # what a checkpoint holds; the daemon makes FFLMs
     trainer: FFTrainer | BPTrainer
     checkpoint_id: int | None  # None: a fresh model
     meta: dict
@@ -57,6 +58,7 @@ def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:
             f"asks for {trainer!r}; set trainer = {saved.trainer_kind!r}, or use a new data_dir to start afresh"
         )
     state = TRAINERS[trainer](saved.model)
+    assert saved.trainer_state is not None, "load_model gives a trainer kind only with the trainer's state"
     state.load_state_dict(saved.trainer_state)
     return Loaded(saved.model, state, checkpoint_id, saved.meta)
 
@@ -105,7 +107,7 @@ def load_current(db, config: Config) -> Loaded | None:
     return newest_loadable(db, runs.current_candidates(db), config)
 
 
-def current_model(db) -> tuple[FFLM, dict] | None:
+def current_model(db) -> tuple[FFLM | WindowMLP, dict] | None:
     """The current model for inference (`ask`, `generate`) and its checkpoint row, whatever trainer made
     it. Read-only: a file that does not load is skipped with a log line and left for the next update to
     mark corrupt."""

@@ -10,8 +10,10 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engram_ff.ingest.reader import Limits
 
@@ -161,8 +163,10 @@ def _coerce(name: str, raw: object, source: str) -> object:
         if isinstance(raw, bool):
             raise ConfigError(f"{where}: expected a number, got {raw!r}")
         try:
+            if not isinstance(raw, int | float | str):  # a TOML array, table or date: no number
+                raise TypeError(raw)
             value = int(raw) if kind == "int" else float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), TOML's `inf` for an integer
             raise ConfigError(
                 f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}"
             ) from None
@@ -245,14 +249,14 @@ def _validate(config: Config) -> None:
 
 def load_config(
     config_file: str | os.PathLike | None = None,
-    environ: dict | None = None,
+    environ: Mapping[str, str] | None = None,
     origins: dict[str, str] | None = None,
     **flags: object,
 ) -> Config:
     """Merge the sources in order of strength; flags left as None do not override. `origins`, if given,
     receives where each key that is not a default came from (`engram-ff config --show-origin`)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # each value of its field's type (_coerce)
     origins = {} if origins is None else origins
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:

@@ -121,8 +121,8 @@ def history_figure(db: sqlite_utils.Database):
         by_fact.setdefault(r["fact"], {}).setdefault(r["run_id"], {"at": _when(r["recorded_at"])})[r["metric"]] = r[
             "value"
         ]
-    for name, series in sorted(by_fact.items()):
-        points = [s for _, s in sorted(series.items()) if "answer_bpb" in s]
+    for name, by_run in sorted(by_fact.items()):
+        points = [s for _, s in sorted(by_run.items()) if "answer_bpb" in s]
         rank = points[-1].get("answer_rank") if points else None
         label = name if rank is None else f"{name} ({'ranked first' if rank == 1 else f'rank {rank:.0f}'} now)"
         (line,) = facts_ax.plot([p["at"] for p in points], [p["answer_bpb"] for p in points], label=label)
@@ -203,7 +203,7 @@ def _time_axis(ax, first: datetime, last: datetime) -> timedelta:
     if span < HOURS_UP_TO:
         pad = max(span * 0.1, (SHORTEST_WINDOW - span) / 2)
         locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=10)
-        formatter = mdates.DateFormatter("%H:%M", tz=zone)
+        formatter: mdates.DateFormatter | mdates.ConciseDateFormatter = mdates.DateFormatter("%H:%M", tz=zone)
         days = f"{first:%a %d %b %Y}" if first.date() == last.date() else f"{first:%a %d %b} to {last:%a %d %b %Y}"
         ax.set_xlabel(f"local time on {days}")
     else:

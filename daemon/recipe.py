@@ -61,10 +61,12 @@ def plan_layers(trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool
         raise ValueError(f"freeze_layers: {config.freeze_layers} would freeze all {n_layers} layers of the model")
     if matured:
         if config.freeze_layers:
+            assert isinstance(trainer, FFTrainer), "configuration allows freeze_layers only with trainer = 'ff'"
             trainer.freeze(config.freeze_layers)
         for i in range(config.freeze_layers, n_layers - 1):
             trainer.layer_lr[i] = config.lower_lr
     if replay_rows and config.replay_layers != "all":
+        assert isinstance(trainer, FFTrainer), "configuration allows replay_layers only with trainer = 'ff'"
         new_rows = config.batch_size - replay_rows
         skip = range(n_layers - 1, n_layers) if config.replay_layers == "lower" else range(n_layers - 1)
         for i in skip:

@@ -190,7 +190,7 @@ def _train_night(
         f", at {rate:g} of the learning rate after rejected updates" if rate < 1 else "",
     )
     model = night.start
-    meta = {
+    meta: dict[str, object] = {
         "run_id": run_id,
         "parent_id": night.parent_id,
         **bounds,
@@ -291,6 +291,7 @@ def _judge(db, config: Config, candidate: Loaded, candidate_id: int, parent_id: 
     """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass."""
     reference = None if parent_id is None else runs.newest_pass(db, parent_id)
     if reference is not None and not gate.comparable(reference):
+        assert parent_id is not None, "a reference is the parent's pass"
         log.info("the current model (checkpoint %d) has no comparable probe pass: probing it first", parent_id)
         current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
         reference = _probe(db, config, current, parent_id, should_stop)
@@ -356,6 +357,7 @@ def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
         current = checkpoints.load_current(db, config)
         if current is None:  # the caller says so, once
             return []
+        assert current.checkpoint_id is not None, "loaded from a checkpoint: not a fresh model"
         try:
             return _probe(db, config, current.model, current.checkpoint_id, should_stop)
         except ProbesStopped:

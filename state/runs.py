@@ -28,6 +28,7 @@ def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int
             f"{_NEXT_NUMBER}, ?, 'running', ?, ?)",
             [kind, kind, now(), os.getpid(), resumed_from],
         )
+    assert cursor.lastrowid is not None, "an INSERT sets lastrowid"
     return cursor.lastrowid
 
 
@@ -165,6 +166,7 @@ def add_checkpoint(
             [run_id, path, sha256, kind, parent_id, steps, status, now()],
         )
         db.execute("DELETE FROM checkpoint_writes WHERE path = ?", [path])
+    assert cursor.lastrowid is not None, "an INSERT sets lastrowid"
     return cursor.lastrowid
 
 
@@ -192,6 +194,7 @@ def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_thro
             ).lastrowid
             if f["kind"] == "final":
                 db.execute("UPDATE runs SET checkpoint_id = ? WHERE id = ?", [checkpoint_id, run_id])
+    assert run_id is not None, "an INSERT sets lastrowid"
     return run_id
 
 
@@ -316,7 +319,8 @@ def pass_scores(
     db: sqlite_utils.Database, run_id: int, *, kind: str | None = None, metric: str | None = None
 ) -> list[dict]:
     """One probe pass's scores, of one kind or metric if given."""
-    where, params = "run_id = ?", [run_id]
+    where = "run_id = ?"
+    params: list[object] = [run_id]
     if kind is not None:
         where, params = where + " AND kind = ?", params + [kind]
     if metric is not None:
