@@ -328,13 +328,15 @@ def with_remembered(config: Config, origins: dict[str, str] | None = None) -> Co
         settings = {}
     finally:
         db.close()
-    changes: dict[str, object] = {}
-    if config.watch_dir is None and settings.get("watch_dir"):
-        changes["watch_dir"] = Path(settings["watch_dir"])
-    if config.facts_file is None and settings.get("facts") == "bundled":
+    watch_dir, facts_file = config.watch_dir, config.facts_file
+    if watch_dir is None and settings.get("watch_dir"):
+        watch_dir = Path(settings["watch_dir"])
+        if origins is not None:
+            origins["watch_dir"] = REMEMBERED
+    if facts_file is None and settings.get("facts") == "bundled":
         from engram_ff.daemon.facts import BUNDLED_FACTS
 
-        changes["facts_file"] = BUNDLED_FACTS
-    if origins is not None:
-        origins.update(dict.fromkeys(changes, REMEMBERED))
-    return dataclasses.replace(config, **changes)
+        facts_file = BUNDLED_FACTS
+        if origins is not None:
+            origins["facts_file"] = REMEMBERED
+    return dataclasses.replace(config, watch_dir=watch_dir, facts_file=facts_file)
