@@ -121,10 +121,13 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
     first_id, deferred_first = runs.trained_through(db), runs.deferred_through(db)
     deferred_last = queries.end_of_night(db, deferred_first, night_bytes, split="probe", through_id=first_id)
     room = night_bytes - queries.bytes_between(db, deferred_first, deferred_last, split="probe")
+    last_id = queries.end_of_night(db, first_id, room)
+    if room > 0:  # the probe-split messages right after its last train message are held out of it too
+        last_id = queries.held_out_through(db, last_id)
     return Night(
         current,
         first_id,
-        queries.end_of_night(db, first_id, room),
+        last_id,
         current.checkpoint_id,
         deferred_first=deferred_first,
         deferred_last=deferred_last,

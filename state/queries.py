@@ -95,6 +95,17 @@ def end_of_night(
     return last_id if through_id is None else max(through_id, after_id)
 
 
+def held_out_through(db: sqlite_utils.Database, last_id: int) -> int:
+    """The id before the first train-split message after last_id, or the newest message's id if none: a night
+    that trains through last_id holds out the probe-split messages right after it too (it costs them nothing),
+    rather than leaving them for a night that has a train message after them (the answer that ends a day)."""
+    return db.execute(
+        "SELECT max(?, coalesce((SELECT min(id) - 1 FROM messages WHERE id > ? AND split = 'train'),"
+        " (SELECT max(id) FROM messages), 0))",
+        [last_id, last_id],
+    ).fetchone()[0]
+
+
 def bytes_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> int:
     """The bytes of the lines of one split's messages with first_id < id <= last_id (no blank lines)."""
     return db.execute(
