@@ -281,10 +281,12 @@ def newest_pass(db: sqlite_utils.Database, checkpoint_id: int) -> list[dict]:
 
 def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
     """The newest `limit` probe passes, newest first: run, checkpoint, when, and the status of the update
-    that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges)."""
+    that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges) and its
+    prequential score (the night's new text, scored by the model it started from before training)."""
     return list(
         db.query(
-            "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status "
+            "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status, "
+            "r.prequential_bpb "
             "FROM probe_scores s LEFT JOIN checkpoints c ON c.id = s.checkpoint_id LEFT JOIN runs r ON r.id = c.run_id "
             "GROUP BY s.run_id ORDER BY s.run_id DESC LIMIT ?",
             [limit],

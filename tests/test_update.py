@@ -169,7 +169,7 @@ def test_history_command_prints_and_plots(setup, capsys, tmp_path):
     plot = tmp_path / "history.png"
     assert main(["history", "--data", str(config.data_dir), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "held_out_bpb" in out and "facts_first" in out
+    assert "held_out_bpb" in out and "facts_first" in out and "prequential_bpb" in out
     assert plot.stat().st_size > 10_000
 
 
