@@ -127,7 +127,7 @@ def alarm(db) -> str | None:
         return None
     return (
         f"{rejected} updates in a row rejected by the promotion gate: the model has not learned "
-        "since the last promoted one (see README, 'When the gate rejects')"
+        "since the last promoted one (see docs/update.md, 'When the gate rejects')"
     )
 
 

@@ -18,7 +18,7 @@ Exactly once, argued:
   lines on one day are one message; a line without a timestamp in a file whose name has no date
   takes the day it is read, so a copy read on a later day stores it again.)
 - Lines are lost only if no file holds them when they are read: between logrotate's copy and its
-  truncate (copytruncate's own window, see the README), or when a file is deleted unread while no
+  truncate (copytruncate's own window, see docs/ingest.md), or when a file is deleted unread while no
   descriptor is held on it.
 A line over the size limit is quarantined from its first max_line_bytes and the rest is skipped up to
 its newline without holding it in memory. A file that leads out of the watched folder is not read.
