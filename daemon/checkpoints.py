@@ -248,7 +248,7 @@ def adopt(db, folder: Path) -> None:
     when each day has one file; otherwise a few may be trained twice or only replayed. A checkpoint
     written before its metadata held that key counts everything already ingested as trained. The probe
     split's progress is named the same way (`deferred_through`); a checkpoint written before the rolling
-    hold-out (state/schema.py 0600) trained none of it, so the next nights train it all. Nothing is
+    hold-out (state/schema.py 0602) trained none of it, so the next nights train it all. Nothing is
     adopted while the database holds no message: there would be nothing to say "trained up to here" by."""
     if runs.knows_checkpoints(db) or not folder.is_dir() or not queries.max_message_id(db):
         return

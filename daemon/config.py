@@ -83,7 +83,7 @@ class Config:
     # days scored per probe pass: the newest half of them and evenly spaced older ones, the oldest always
     # among them, so a pass in month 12 costs what one in month 1 does
     probe_max_days: int = 32
-    facts_file: Path | None = None  # None: the bundled example facts
+    facts_file: Path | None = None  # None: no fact probes (the demo's data directory: the bundled example facts)
     max_line_bytes: int = Limits.max_line_bytes
     debounce_seconds: float = 0.2
     rescan_seconds: float = 60.0
@@ -114,18 +114,23 @@ class Config:
         hour, minute = self.schedule.split(":")
         return int(hour), int(minute)
 
-    def as_toml(self) -> str:
+    def as_toml(self, origins: dict[str, str] | None = None) -> str:
+        """The configuration as TOML; with `origins` (load_config's), each line ends with where its value
+        came from: a file, the environment, a flag, the database, or the default."""
         lines = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None:
-                lines.append(f"# {f.name} = (default)")
+                line = f"# {f.name} = (default)"
             elif isinstance(value, bool):
-                lines.append(f"{f.name} = {'true' if value else 'false'}")
+                line = f"{f.name} = {'true' if value else 'false'}"
             elif isinstance(value, (int, float)):
-                lines.append(f"{f.name} = {value}")
+                line = f"{f.name} = {value}"
             else:
-                lines.append(f'{f.name} = "{value}"')
+                line = f'{f.name} = "{value}"'
+            if origins is not None:
+                line = f"{line:<56}  # from {origins.get(f.name, 'the default')}"
+            lines.append(line)
         lines.append(f'# watch folder in effect: "{self.watch}"')
         lines.append(f'# database: "{self.db_path}"')
         return "\n".join(lines) + "\n"
@@ -238,10 +243,17 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 
 
-def load_config(config_file: str | os.PathLike | None = None, environ: dict | None = None, **flags: object) -> Config:
-    """Merge the sources in order of strength; flags left as None do not override."""
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    environ: dict | None = None,
+    origins: dict[str, str] | None = None,
+    **flags: object,
+) -> Config:
+    """Merge the sources in order of strength; flags left as None do not override. `origins`, if given,
+    receives where each key that is not a default came from (`engram-ff config --show-origin`)."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    origins = {} if origins is None else origins
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
         path = Path(config_file).expanduser()
@@ -259,22 +271,66 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from {path}): unknown key; known keys: {', '.join(_FIELDS)}")
             values[key] = _coerce(key, raw, str(path))
+            origins[key] = f"file {path}"
     for env_key, raw in environ.items():
         if env_key.startswith(ENV_PREFIX) and env_key != ENV_PREFIX + "CONFIG":
             key = env_key[len(ENV_PREFIX) :].lower()
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from environment {env_key}): unknown key")
             values[key] = _coerce(key, raw, f"environment {env_key}")
+            origins[key] = f"environment {env_key}"
     for key, raw in flags.items():
         if raw is not None:
             values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), f"--{key.split('_')[0]}")
+            origins[key] = f"flag --{key.split('_')[0]}"
     config = Config(**values)
     _validate(config)
     return config
 
 
-def config_from_args(args) -> Config:
+def config_from_args(args, origins: dict[str, str] | None = None) -> Config:
     """The CLI's view: --config, --watch and --data flags over file and environment."""
     return load_config(
-        getattr(args, "config", None), watch_dir=getattr(args, "watch", None), data_dir=getattr(args, "data", None)
+        getattr(args, "config", None),
+        origins=origins,
+        watch_dir=getattr(args, "watch", None),
+        data_dir=getattr(args, "data", None),
     )
+
+
+REMEMBERED = "the database (what this data directory last used)"
+
+
+def with_remembered(config: Config, origins: dict[str, str] | None = None) -> Config:
+    """Fill what no source set from what the data directory's database remembers (migration 0600): the
+    watch folder it last watched or ingested, and in the demo's data directory the bundled facts. A
+    missing or unreadable database remembers nothing; nothing is created or changed here."""
+    if config.watch_dir is not None and config.facts_file is not None:
+        return config
+    if not config.db_path.is_file():
+        return config
+    import sqlite3
+
+    from engram_ff.state.db import open_db
+    from engram_ff.state.queries import remembered
+
+    try:
+        db = open_db(config.db_path, migrate=False)  # not migrated: reading its settings changes nothing
+    except sqlite3.Error:
+        return config
+    try:
+        settings = remembered(db)
+    except sqlite3.Error:  # a database older than migration 0600, or damaged: it remembers nothing
+        settings = {}
+    finally:
+        db.close()
+    changes: dict[str, object] = {}
+    if config.watch_dir is None and settings.get("watch_dir"):
+        changes["watch_dir"] = Path(settings["watch_dir"])
+    if config.facts_file is None and settings.get("facts") == "bundled":
+        from engram_ff.daemon.facts import BUNDLED_FACTS
+
+        changes["facts_file"] = BUNDLED_FACTS
+    if origins is not None:
+        origins.update(dict.fromkeys(changes, REMEMBERED))
+    return dataclasses.replace(config, **changes)

@@ -133,5 +133,5 @@ def alarm(db) -> str | None:
 
 def gate_line(run: dict) -> str:
     """An update row's gate decision as one line: 'promoted: ...' or 'rejected: ...'."""
-    decision = orjson.loads(run["gate"])
+    decision = run["gate"] if isinstance(run["gate"], dict) else orjson.loads(run["gate"])
     return f"{decision['decision']}: {decision['reason']}"

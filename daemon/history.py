@@ -49,7 +49,8 @@ def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     for p in reversed(passes):
         split = held_out.get(p["run_id"], {})
         row = {
-            "run": p["run_id"],
+            "update": p["update_number"],  # the update whose model was probed, as `status` and `learned` name it
+            "run": p["run_id"],  # the probe pass's own run
             "checkpoint": p["checkpoint_id"],
             "recorded_at": p["recorded_at"],
             "new_day_bpb": split.get("new_day_bpb"),

@@ -153,18 +153,20 @@ class Team:
             if self.replicas is not None and not self.sent:
                 self.replicas.broadcast(None)
         finally:
-            for helper in self.helpers:
-                try:
-                    helper.wait(HELPER_EXIT_S)
-                except subprocess.TimeoutExpired:
-                    log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
-                    helper.kill()
-                    helper.wait()
-            if self.replicas is not None:
-                self.replicas.close()
-            if self.store is not None:
-                self.store.unlink(missing_ok=True)
-            torch.set_num_threads(self.threads)
+            try:
+                for helper in self.helpers:
+                    try:
+                        helper.wait(HELPER_EXIT_S)
+                    except subprocess.TimeoutExpired:
+                        log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
+                        helper.kill()
+                        helper.wait()
+                if self.replicas is not None:
+                    self.replicas.close()
+            finally:  # the rendezvous file goes even if the wait above is interrupted (a second Ctrl-C)
+                if self.store is not None:
+                    self.store.unlink(missing_ok=True)
+                torch.set_num_threads(self.threads)
 
 
 class RankFailed(RuntimeError):
@@ -210,7 +212,7 @@ def follow(replicas: Replicas, should_stop=lambda: False) -> int:
     generator = torch.Generator().manual_seed(night["seed"])
     batches, _ = recipe.update_batches(night["new_text"], night["replay"], night["config"], generator, replicas.world)
     result = train(trainer, batches, night["budget_s"], night["steps"], should_stop=should_stop, replicas=replicas)
-    log.info("rank %d: %d steps", replicas.rank, result.steps)
+    log.debug("rank %d: %d steps", replicas.rank, result.steps)  # rank 0's log says it for all
     return 0
 
 

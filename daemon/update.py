@@ -38,7 +38,7 @@ from engram_ff.daemon import checkpoints, gate, ranks, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.errors import UserError
-from engram_ff.daemon.output import duration, size
+from engram_ff.daemon.output import duration, run_name, size
 from engram_ff.daemon.probes import LN2, ProbesStopped, probe, text_hash
 from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
@@ -102,7 +102,7 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
             meta["first_message_id"],
             meta["last_message_id"],
             meta.get("parent_id"),
-            deferred_first=meta.get("deferred_first_id", 0),  # a partial from before 0600 trained none
+            deferred_first=meta.get("deferred_first_id", 0),  # a partial from before 0602 trained none
             deferred_last=meta.get("deferred_last_id", 0),
             resumed_run=meta["run_id"],
             steps_done=meta.get("update_steps", 0),
@@ -149,14 +149,20 @@ def run_update(
     runs.mark_dead_runs_interrupted(db)
     started = time.monotonic()
     team = team or ranks.Team.local(config)
+    progress = progress or Progress()
     run_id = None
     try:
         night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
-        return _train_night(db, config, run_id, night, started, should_stop, progress or Progress(), team)
+        return _train_night(db, config, run_id, night, started, should_stop, progress, team)
     except UserError:
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but no run left 'running' either
+        progress.finish()
+        runs.interrupt_own_runs(db, "given up at once by a second Ctrl-C")
+        raise
     except Exception as exc:
+        progress.finish()  # the log line below gets a line of its own, not the bar's
         exc = team.abort(exc)
         if run_id is None and isinstance(exc, sqlite3.Error):
             raise  # the database refused the run's first row, so none can record this: the caller says why
@@ -218,9 +224,10 @@ def _train_night(
     steps_left = 0 if night.trained else max(0, budget - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
     rate = recipe.retry_rate(runs.rejected_in_a_row(db))
+    name = run_name(runs.get_run(db, run_id))  # "update 3 (run 5)", as status, learned and history say
     log.info(
-        "update %d: %s new, %s replayed, up to %d steps in %s%s",
-        run_id,
+        "%s: %s new, %s replayed, up to %d steps in %s%s",
+        name,
         size(len(new_text)),
         size(len(replay)),
         steps_left,
@@ -262,7 +269,7 @@ def _train_night(
         night_for_ranks = ranks.night_for_ranks(model.trainer, config, (new_text, replay), run_id, budget_s, steps_left)
         replicas = team.start(config, night_for_ranks)
         model.trainer.distribute(replicas)
-    progress.start(run_id, steps_left, budget_s)
+    progress.start(run_id, steps_left, budget_s, name=name)
     result = train(
         model.trainer,
         batches,
@@ -272,8 +279,8 @@ def _train_night(
         should_stop=should_stop,
         replicas=replicas,
     )
+    progress.finish()  # before the helpers' last log lines, which must not land on the bar's line
     team.finish()  # the helper ranks leave now: the gate's probes run here alone, on every core
-    progress.finish()
     fields = dict(
         new_bytes=len(new_text),
         replay_bytes=len(replay),
@@ -321,7 +328,7 @@ def _train_night(
         **fields,
     )
     checkpoints.settle_files(runs.get_checkpoint(db, candidate)["path"], promoted=promoted)
-    _report(db, run_id, candidate, night, decision)
+    _report(db, name, candidate, night, decision)
     checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return runs.get_run(db, run_id)
 
@@ -395,14 +402,14 @@ def _probe(db, config: Config, model, checkpoint_id: int, should_stop=lambda: Fa
     return rows
 
 
-def _report(db, run_id: int, candidate: int, night: Night, decision: dict) -> None:
+def _report(db, name: str, candidate: int, night: Night, decision: dict) -> None:
     if decision["decision"] == "promoted":
-        log.info("update %d promoted checkpoint %d: %s", run_id, candidate, decision["reason"])
+        log.info("%s promoted checkpoint %d: %s", name, candidate, decision["reason"])
         return
     log.warning(
-        "update %d rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
+        "%s rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
         "the next update trains on these messages again: %s",
-        run_id,
+        name,
         candidate,
         night.parent_id,
         decision["reason"],
@@ -427,8 +434,7 @@ def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
     db = open_db(config.db_path)
     try:
         current = checkpoints.load_current(db, config)
-        if current is None:
-            log.info("no trained checkpoint yet: nothing to probe")
+        if current is None:  # the caller says so, once
             return []
         try:
             return _probe(db, config, current.model, current.checkpoint_id, should_stop)

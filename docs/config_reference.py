@@ -23,7 +23,7 @@ END = "<!-- END GENERATED -->"
 COMPUTED = {
     "data_dir": "`$XDG_DATA_HOME/engram-ff`",
     "watch_dir": "`<data_dir>/engram`",
-    "facts_file": "bundled `daemon/facts.toml`",
+    "facts_file": "none (the demo: bundled `daemon/facts.toml`)",
 }
 
 WHAT = {

@@ -357,3 +357,27 @@ def new_days(db: sqlite_utils.Database, first_id: int, last_id: int, split: str 
             [first_id, last_id, split],
         )
     )
+
+
+def remember(db: sqlite_utils.Database, key: str, value: str) -> None:
+    """Record one of the data directory's settings (migration 0600), replacing its earlier value."""
+    with db.conn:
+        db.execute(
+            "INSERT INTO settings (key, value, set_at) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
+            [key, value],
+        )
+
+
+def remembered(db: sqlite_utils.Database) -> dict[str, str]:
+    """The data directory's settings, key -> value ({} before any was recorded)."""
+    return {key: value for key, value in db.execute("SELECT key, value FROM settings")}
+
+
+def newest_days_from(db: sqlite_utils.Database, n: int) -> str:
+    """The oldest of the n newest days that hold messages ('9999-12-31' if none does): `status` shows
+    the days that have something in them, however long ago the one before the newest was."""
+    row = db.execute(
+        "SELECT min(day) FROM (SELECT DISTINCT day FROM day_counts WHERE messages > 0 ORDER BY day DESC LIMIT ?)", [n]
+    ).fetchone()
+    return row[0] or "9999-12-31"

@@ -11,7 +11,7 @@ files       one row per file ever read (a device and inode; a rename or rotation
 messages    one row per conversation message: source file and line offset, day (YYYY-MM-DD),
             timestamp, session, role, sender, text, hash of the raw line (unique within a day: the
             same line is stored once however often it is read), split 'train' or 'probe' (held out
-            of the first night that sees it, for its gate, and trained by the next: 0600), shape.
+            of the first night that sees it, for its gate, and trained by the next: 0602), shape.
             Ids only grow (AUTOINCREMENT), so "everything after id N" is a stable cursor.
 events      hook event lines (command, agent:bootstrap, gateway:startup...): counted, no text.
 quarantine  lines that could not be used: file, offset, length, reason, an excerpt; once per file (0201).
@@ -33,7 +33,7 @@ from messages, the exact definition that day_counts keeps).
 0400 writes every timestamp of runs, checkpoints and probe_scores in the one format the ingest tables
 always had, UTC with milliseconds and a Z (`2026-11-27T06:27:08.000Z`), which sorts as text in time order.
 0401 makes runs.checkpoint_id and runs.parent_checkpoint_id foreign keys of checkpoints(id).
-0600 makes the hold-out roll: runs.deferred_first_id and deferred_last_id bound the probe-split messages an
+0602 makes the hold-out roll: runs.deferred_first_id and deferred_last_id bound the probe-split messages an
 update trained (held out of an earlier night), runs.prequential_bpb is its test-then-train score.
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
@@ -402,7 +402,31 @@ def _waiting_bytes(db) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN waiting_bytes INTEGER")
 
 
-@migrations(name="0600_rolling_hold_out")
+@migrations(name="0600_data_dir_settings")
+def _data_dir_settings(db) -> None:
+    """What a data directory remembers of how it was used, so that a later command without the flags
+    acts on the same things: 'watch_dir', the folder last watched or ingested (`status --data D` names
+    the daemon's folder, `reset` the right logs, `update` ingests from it), and 'facts', 'bundled' in
+    the demo's data directory (only there are the bundled facts probed)."""
+    db.execute(
+        """CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    )"""
+    )
+
+
+@migrations(name="0601_runs_number")
+def _runs_number(db) -> None:
+    """runs.number: the n-th run of its kind in this data directory (update 1, 2, 3), which people read,
+    beside runs.id, which probe passes share and so skips (updates 1, 3, 5). Numbered for the rows there."""
+    db.execute("ALTER TABLE runs ADD COLUMN number INTEGER")
+    db.execute("UPDATE runs SET number = (SELECT count(*) FROM runs r WHERE r.kind = runs.kind AND r.id <= runs.id)")
+    db.execute("CREATE UNIQUE INDEX runs_kind_number ON runs (kind, number)")
+
+
+@migrations(name="0602_rolling_hold_out")
 def _rolling_hold_out(db) -> None:
     """The hold-out rolls instead of being permanent (issue 22, "every message is learned").
 

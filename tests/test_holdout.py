@@ -172,16 +172,16 @@ def test_a_fact_whose_answer_hashes_to_probe_is_trained(config, tmp_path):
 
 
 def test_a_database_from_before_the_rolling_hold_out_trains_its_old_probe_messages(config):
-    """A database at the schema before migration 0600, whose last update (by the code of that time) trained
+    """A database at the schema before migration 0602, whose last update (by the code of that time) trained
     every train-split message and, as that code did, none of the probe split."""
     for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
         write_day(config.watch, day, 60)
     old = open_db(config.db_path, migrate=False)
     old.conn.execute("BEGIN IMMEDIATE")
-    migrations.apply(old, stop_before="0600_rolling_hold_out")
+    migrations.apply(old, stop_before="0602_rolling_hold_out")
     old.conn.commit()
     assert "deferred_last_id" not in old["runs"].columns_dict
-    catch_up(old, config.watch)  # the ingest tables are the same before and after 0600
+    catch_up(old, config.watch)  # the ingest tables are the same before and after 0602
     last_train = queries.max_message_id(old, "train")
     run = runs.start_run(old, "update")
     meta = {"run_id": run, "first_message_id": 0, "last_message_id": last_train}

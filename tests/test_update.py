@@ -12,6 +12,7 @@ import pytest
 from engram_ff.daemon import checkpoints, probes, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.facts import BUNDLED_FACTS
 from engram_ff.daemon.output import size
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
@@ -22,7 +23,11 @@ from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 
 @pytest.fixture
 def setup(tmp_path):
-    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    config = load_config(
+        environ={**FAST, "ENGRAM_FF_FACTS_FILE": str(BUNDLED_FACTS)},  # facts, as the demo probes them
+        data_dir=str(tmp_path / "data"),
+        watch_dir=str(tmp_path / "engram"),
+    )
     write_day(config.watch, "2026-01-01", 60)
     db = open_db(config.db_path)
     catch_up(db, config.watch)
@@ -185,7 +190,7 @@ def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, capl
     assert {row["kind"] for row in rows} == {"probe", "trained", "summary", "canary"}
     assert f"fact probes skipped this pass: fact probes file {bad}: 'fact' must be" in caplog.text
 
-    config.facts_file = None  # the bundled four
+    config.facts_file = BUNDLED_FACTS  # the demo's three
     real = probes.rank_among
 
     def fails_for_victor(model, prompt, answer, distractors):
@@ -242,7 +247,7 @@ def test_a_backlog_is_trained_in_nights_of_update_max_new_mib_and_status_says_wh
     assert main(["status", "--data", str(config.data_dir), "--watch", str(config.watch)]) == 0
     out = capsys.readouterr().out
     waiting = size(nights[0]["waiting_bytes"])  # the status run's update_max_new_mib is the default, 16
-    assert f"{waiting} of newer text left by update {nights[0]['id']}: about 1 more night at update_max_new_mib" in out
+    assert f"{waiting} of newer text left by update 1 (run 1): about 1 more night at update_max_new_mib" in out
     while nights[-1]["status"] == "ok":
         nights.append(update.run_update(config))
     assert nights.pop()["status"] == "skipped" and len(nights) >= 3
