@@ -1,8 +1,10 @@
 """`engram-ff history`: the probe history, one row per probe pass, and a plot of it over dates.
 
-What a person should see at a glance, with 1 night as with 365: did the newest day's held-out text get
-learned, did the older days stay learned (both in bits per byte, lower is better), are the facts still
-known, and what each night's update did (how much new text; kept, rejected by a promotion gate, failed).
+What a person should see at a glance, with 1 night as with 365: how well the model predicts the newest day's
+held-out text, did the older days stay learned (both in bits per byte, lower is better; an older day's probe
+split was trained the night after it arrived: daemon/probes.py), how well the model of the night before
+predicted the night's new text before training on it (prequential), are the facts still known, and what each
+night's update did (how much new text; kept, rejected by a promotion gate, failed).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
             "recorded_at": p["recorded_at"],
             "new_day_bpb": split.get("new_day_bpb"),
             "old_days_bpb": split.get("old_days_bpb"),
+            "prequential_bpb": p["prequential_bpb"],
         }
         scores = {r["metric"]: r["value"] for r in runs.pass_scores(db, p["run_id"], kind="summary")}
         for metric, column in SUMMARY_COLUMNS.items():
@@ -111,7 +114,9 @@ def history_figure(db: sqlite_utils.Database):
                 fontsize=8,
                 color=line.get_color(),
             )
-    text_ax.set_title("held-out text the model never trained on", fontsize=10, loc="left")
+    text_ax.set_title(
+        "probe-split text: the newest day's held out, older days' trained the night after", fontsize=10, loc="left"
+    )
     text_ax.set_ylabel("bits per byte\n(lower is better)")
     if text_ax.get_lines():
         text_ax.legend(fontsize=8, loc="upper right")

@@ -196,7 +196,8 @@ def _messages_line(m: dict) -> str:
         return "none yet"
     span = f"{m['first_day']} to {m['last_day']}" if m["days"] > 1 else m["first_day"]
     day_word = "day" if m["days"] == 1 else "days"
-    return f"{total:,} ({m['train']:,} to train on, {m['probe']:,} held out) over {m['days']:,} {day_word}, {span}"
+    held = f"{m['probe']:,} held out for a night first"  # the rolling hold-out (daemon/update.py)
+    return f"{total:,} ({m['train']:,} trained at once, {held}) over {m['days']:,} {day_word}, {span}"
 
 
 def _update_line(last: dict | None, running: list[dict]) -> str:

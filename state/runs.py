@@ -132,6 +132,16 @@ def trained_through(db: sqlite_utils.Database) -> int:
     ).fetchone()[0]
 
 
+def deferred_through(db: sqlite_utils.Database) -> int:
+    """How far the probe split has been trained: every probe-split message with an id up to this was trained
+    by a promoted update, or by an adopted checkpoint (0 before any, and for runs older than migration 0602,
+    which trained none). The next update trains those after it, up to its own first id; a rejected night's
+    are trained again by the next one, as its new text is."""
+    return db.execute(
+        "SELECT coalesce(max(deferred_last_id), 0) FROM runs WHERE kind IN ('update', 'adopt') AND status = 'ok'"
+    ).fetchone()[0]
+
+
 def begin_checkpoint_write(db: sqlite_utils.Database, path: str, run_id: int) -> None:
     """Name a checkpoint file before writing it, so that if the write is killed the file is known as ours."""
     with db.conn:
@@ -175,16 +185,19 @@ def knows_checkpoints(db: sqlite_utils.Database) -> bool:
     return db.execute("SELECT EXISTS (SELECT 1 FROM checkpoints)").fetchone()[0] == 1
 
 
-def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_through_id: int) -> int:
+def adopt_checkpoints(
+    db: sqlite_utils.Database, files: list[dict], trained_through_id: int, deferred_through_id: int = 0
+) -> int:
     """Record checkpoint files an earlier database wrote (`files`: path, sha256, kind, steps; oldest first,
-    so the newest final gets the highest id and is current) under one 'adopt' run, which counts messages
-    up to trained_through_id as trained. One transaction: a crash leaves all of it or none. Returns the run id."""
+    so the newest final gets the highest id and is current) under one 'adopt' run, which counts train-split
+    messages up to trained_through_id, and probe-split ones up to deferred_through_id, as trained. One
+    transaction: a crash leaves all of it or none. Returns the run id."""
     stamp = now()
     with db.conn:
         run_id = db.execute(
-            "INSERT INTO runs (kind, number, started_at, ended_at, status, pid, first_message_id, last_message_id) "
-            f"VALUES ('adopt', {_NEXT_NUMBER}, ?, ?, 'ok', ?, 0, ?)",
-            ["adopt", stamp, stamp, os.getpid(), trained_through_id],
+            "INSERT INTO runs (kind, number, started_at, ended_at, status, pid, first_message_id, last_message_id, "
+            f"deferred_first_id, deferred_last_id) VALUES ('adopt', {_NEXT_NUMBER}, ?, ?, 'ok', ?, 0, ?, 0, ?)",
+            ["adopt", stamp, stamp, os.getpid(), trained_through_id, deferred_through_id],
         ).lastrowid
         for f in files:
             checkpoint_id = db.execute(
@@ -303,11 +316,12 @@ def newest_pass(db: sqlite_utils.Database, checkpoint_id: int) -> list[dict]:
 
 def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
     """The newest `limit` probe passes, newest first: run, checkpoint, when, and the status and number of the
-    update that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges)."""
+    update that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges) and
+    its prequential score (the night's new text, scored by the model it started from before training)."""
     return list(
         db.query(
             "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status, "
-            "CASE WHEN r.kind = 'update' THEN r.number END AS update_number "
+            "CASE WHEN r.kind = 'update' THEN r.number END AS update_number, r.prequential_bpb "
             "FROM probe_scores s LEFT JOIN checkpoints c ON c.id = s.checkpoint_id LEFT JOIN runs r ON r.id = c.run_id "
             "GROUP BY s.run_id ORDER BY s.run_id DESC LIMIT ?",
             [limit],

@@ -111,6 +111,7 @@ def test_the_step_budget_bounds_passes_once_a_model_exists_and_small_days_replay
 def test_a_31_byte_day_after_a_normal_one_stays_within_tolerance(night):
     first = night("2026-01-01", 60)
     assert first["status"] == "ok" and "first model" in json.loads(first["gate"])["reason"]
+    assert night(None)["status"] == "ok"  # the night after: the first day's held-out messages, trained
     small = night("2026-01-02", 1, text=SMALL_DAY)
     assert small["new_bytes"] == len(f"user: {SMALL_DAY}\n")
     config = load_config()
