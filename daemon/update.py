@@ -340,7 +340,7 @@ PREQUENTIAL_MAX_BYTES = 65536
 FRESH_MAX_BYTES = 16384
 
 
-def _judge(db, config: Config, candidate: Loaded, candidate_id: int, night: Night, should_stop) -> tuple[dict, float]:
+def _judge(db, config: Config, candidate: Loaded, candidate_id: int, night: Night, should_stop) -> tuple[dict, float | None]:
     """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass; and
     score both on the night's held-out messages, which neither trained on (the gate's `fresh` check). Returns
     the decision and the prequential bits per byte (None for a first model: nothing scored the night before)."""
@@ -356,6 +356,7 @@ def _judge(db, config: Config, candidate: Loaded, candidate_id: int, night: Nigh
     if reference is None:
         return gate.decide(rows, reference, config), None
     if current is None:
+        assert parent_id is not None, "a reference is the parent's pass"
         try:
             current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
         except (OSError, ckpt.CheckpointError) as exc:  # its newest pass still judges; only tonight's text cannot
