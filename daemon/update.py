@@ -340,7 +340,9 @@ PREQUENTIAL_MAX_BYTES = 65536
 FRESH_MAX_BYTES = 16384
 
 
-def _judge(db, config: Config, candidate: Loaded, candidate_id: int, night: Night, should_stop) -> tuple[dict, float | None]:
+def _judge(
+    db, config: Config, candidate: Loaded, candidate_id: int, night: Night, should_stop
+) -> tuple[dict, float | None]:
     """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass; and
     score both on the night's held-out messages, which neither trained on (the gate's `fresh` check). Returns
     the decision and the prequential bits per byte (None for a first model: nothing scored the night before)."""
