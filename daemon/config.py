@@ -64,6 +64,12 @@ class Config:
     lower_lr: float = 0.3  # learning-rate multiplier of every layer below the top once trained for one update
     # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
     replay_layers: str = "all"
+    # rows of each batch that rehearse the night's most surprising sessions (daemon/recipe.py rehearsal): the
+    # top rehearse_fraction of its distinct sessions by bits per byte under the current model; 0: none
+    rehearse_rows: int = 0
+    rehearse_fraction: float = 0.15
+    # FF: the layers whose loss reads the rehearsed rows: "all", or "top" (the lower layers keep to ordinary text)
+    rehearse_layers: str = "all"
     batch_size: int = 16
     seq_len: int = 256
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
@@ -220,6 +226,18 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"trainer: expected 'ff' or 'bp', got {config.trainer!r}")
     if config.replay_layers not in ("all", "lower", "upper"):
         raise ConfigError(f"replay_layers: expected 'all', 'lower' or 'upper', got {config.replay_layers!r}")
+    if not 0 <= config.rehearse_rows < config.batch_size:
+        raise ConfigError(
+            f"rehearse_rows: expected 0 to batch_size - 1 ({config.batch_size - 1}), got {config.rehearse_rows}"
+        )
+    if not 0 < config.rehearse_fraction <= 1:
+        raise ConfigError(f"rehearse_fraction: expected a share above 0 and at most 1, got {config.rehearse_fraction}")
+    if config.rehearse_layers not in ("all", "top"):
+        raise ConfigError(f"rehearse_layers: expected 'all' or 'top', got {config.rehearse_layers!r}")
+    if config.rehearse_rows and config.replay_layers == "lower":  # the top layer's rows would not be a prefix
+        raise ConfigError(
+            "rehearse_rows: the top layer learns from rehearsed rows, which replay_layers = 'lower' denies"
+        )
     if config.freeze_layers < 0:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
     if not 0 <= config.lower_lr <= 1:
@@ -239,6 +257,8 @@ def _validate(config: Config) -> None:
             )
     if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
         raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
+    if config.trainer == "bp" and config.rehearse_rows and config.rehearse_layers == "top":
+        raise ConfigError("rehearse_layers = 'top' acts on FF's per-layer losses: with trainer = 'bp' use 'all'")
     from engram_ff.model.config import PRESETS  # torch-free
 
     if config.model_preset not in PRESETS:

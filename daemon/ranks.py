@@ -179,12 +179,15 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
-def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes], seed: int, budget_s: float, steps: int):
+def night_for_ranks(
+    trainer, config: Config, text: tuple[bytes, bytes, bytes], seed: int, budget_s: float, steps: int
+):
     """What every other rank needs to train exactly as rank 0 does: picklable, tensors included."""
     return {
         "config": config,
         "new_text": text[0],
         "replay": text[1],
+        "rehearse": text[2],
         "seed": seed,
         "budget_s": budget_s,
         "steps": steps,
@@ -214,7 +217,9 @@ def follow(replicas: Replicas, should_stop=lambda: False) -> int:
         trainer.loss_rows = night["loss_rows"]
     trainer.distribute(replicas)
     generator = torch.Generator().manual_seed(night["seed"])
-    batches, _ = recipe.update_batches(night["new_text"], night["replay"], night["config"], generator, replicas.world)
+    batches, _ = recipe.update_batches(
+        night["new_text"], night["replay"], night["config"], generator, replicas.world, night["rehearse"]
+    )
     result = train(trainer, batches, night["budget_s"], night["steps"], should_stop=should_stop, replicas=replicas)
     log.debug("rank %d: %d steps", replicas.rank, result.steps)  # rank 0's log says it for all
     return 0

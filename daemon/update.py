@@ -261,12 +261,23 @@ def _train_night(
 
     model.trainer.lr *= config.lr_scale * rate  # a trainer is built afresh for each update, at its default rate
     generator = torch.Generator().manual_seed(run_id)
-    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world)
-    recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
+    rehearse = b""
+    if config.rehearse_rows and matured and steps_left > 0:  # a fresh model's surprise says nothing yet
+        rehearse = recipe.rehearsal(model.model, new_text, config.rehearse_fraction)
+        log.info("%s: rehearsing %s, the night's most surprising sessions", name, size(len(rehearse)))
+    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world, rehearse)
+    recipe.plan_layers(
+        model.trainer,
+        config,
+        matured=matured,
+        replay_rows=replay_rows,
+        rehearse_rows=recipe.rehearsal_rows(config, rehearse, team.world),
+    )
     replicas = None
     if team.world > 1 and steps_left > 0:
         meta["workers"] = team.world
-        night_for_ranks = ranks.night_for_ranks(model.trainer, config, (new_text, replay), run_id, budget_s, steps_left)
+        text = (new_text, replay, rehearse)
+        night_for_ranks = ranks.night_for_ranks(model.trainer, config, text, run_id, budget_s, steps_left)
         replicas = team.start(config, night_for_ranks)
         model.trainer.distribute(replicas)
     progress.start(run_id, steps_left, budget_s, name=name)

@@ -50,6 +50,10 @@ WHAT = {
     "freeze_layers": "FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)",
     "lower_lr": "learning-rate multiplier of every layer below the top once trained for one update (0.3: they "
     "learn at 30 %)",
+    "rehearse_rows": "rows of each batch that rehearse the night's most surprising sessions (0: none; "
+    "bench/results/learning-recipes.md)",
+    "rehearse_fraction": "the share of a night's distinct sessions rehearsed, the most surprising per byte first",
+    "rehearse_layers": 'FF: layers whose loss reads the rehearsed rows: "top" or "all"',
     "replay_layers": 'FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" '
     "(the top only)",
     "batch_size": "windows per training step",
