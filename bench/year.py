@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,7 +64,9 @@ HELD_OUT_BYTES = 1024  # per day, for the benchmark's own month-1 and newest-mon
 # minutes: about 60 s for an ordinary day here, 6 hours for the year. Cut to one pass, 16 to 64 steps, so
 # an ordinary night trains about 30 steps (a few seconds) and the burst day 64; and probes to 16 days a pass
 # (32: 8 s of a 18 s night at 30 days on the shared machine, bench/results/year.md's first run).
-BUDGET = dict(update_epochs=1.0, update_min_steps=16, update_max_steps=64, update_budget_minutes=2.0, probe_max_days=16)
+BUDGET: dict[str, Any] = dict(
+    update_epochs=1.0, update_min_steps=16, update_max_steps=64, update_budget_minutes=2.0, probe_max_days=16
+)
 QUICK = dict(nights=14, scale=0.05, preset="tiny", batch_size=4, seq_len=64, threads=1)
 
 
@@ -99,6 +102,7 @@ def _scores(config: Config, texts: dict[str, bytes], update_run: int) -> dict:
         if current is None:
             return dict(probe_s=probe_s, facts={})
         facts: dict[str, dict] = {}
+        assert current.checkpoint_id is not None, "loaded from a checkpoint: not a fresh model"
         for row in runs.newest_pass(db, current.checkpoint_id):
             if row["kind"] == "fact":
                 facts.setdefault(row["probe"], {})[row["metric"]] = row["value"]

@@ -145,7 +145,9 @@ def day_lines(day: Day, pool: list[str], facts: list[dict], seed: int = 0) -> li
 
 def held_out(lines: list[dict], probe_fraction: float, max_bytes: int) -> bytes:
     """A day's held-out text as the daemon writes it (`sender: text` lines, sessions apart), at most max_bytes:
-    the messages that land in the probe split, which no update ever trains on."""
+    the messages that land in the probe split. Since the rolling hold-out (issue 22, daemon/update.py) the
+    night after a day trains them, so for an older day this is retained, not unseen, text; the results
+    committed before it were measured when no update trained the probe split."""
     rows = [
         {
             "day": line["timestamp"][:10],

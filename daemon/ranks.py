@@ -37,7 +37,7 @@ from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.model.lm import FFLM, LMConfig
 from engram_ff.model.parallel import Replicas
-from engram_ff.model.train import TRAINERS, train
+from engram_ff.model.train import TRAINERS, FFTrainer, train
 
 log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
 
@@ -103,6 +103,7 @@ class Team:
             raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} ranks")
         if self.replicas is None:
             self._start_helpers(config)
+        assert self.replicas is not None, "torchrun's, or joined by _start_helpers"
         self.replicas.broadcast(night)
         self.sent = True
         log.info("training on %d ranks of %d rows each", self.world, config.batch_size // self.world)
@@ -123,6 +124,7 @@ class Team:
     def follow(self) -> int:
         """A rank other than 0 under torchrun: train as rank 0 says, then leave the group."""
         stop = stop_flag()
+        assert self.replicas is not None, "torchrun's team is made with its replicas"
         try:
             return follow(self.replicas, should_stop=lambda: stop["requested"])
         except Exception as exc:  # rank 0's failure reaches us as a broken collective
@@ -153,18 +155,20 @@ class Team:
             if self.replicas is not None and not self.sent:
                 self.replicas.broadcast(None)
         finally:
-            for helper in self.helpers:
-                try:
-                    helper.wait(HELPER_EXIT_S)
-                except subprocess.TimeoutExpired:
-                    log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
-                    helper.kill()
-                    helper.wait()
-            if self.replicas is not None:
-                self.replicas.close()
-            if self.store is not None:
-                self.store.unlink(missing_ok=True)
-            torch.set_num_threads(self.threads)
+            try:
+                for helper in self.helpers:
+                    try:
+                        helper.wait(HELPER_EXIT_S)
+                    except subprocess.TimeoutExpired:
+                        log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
+                        helper.kill()
+                        helper.wait()
+                if self.replicas is not None:
+                    self.replicas.close()
+            finally:  # the rendezvous file goes even if the wait above is interrupted (a second Ctrl-C)
+                if self.store is not None:
+                    self.store.unlink(missing_ok=True)
+                torch.set_num_threads(self.threads)
 
 
 class RankFailed(RuntimeError):
@@ -175,12 +179,15 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
-def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes], seed: int, budget_s: float, steps: int):
+def night_for_ranks(
+    trainer, config: Config, text: tuple[bytes, bytes, bytes], seed: int, budget_s: float, steps: int
+):
     """What every other rank needs to train exactly as rank 0 does: picklable, tensors included."""
     return {
         "config": config,
         "new_text": text[0],
         "replay": text[1],
+        "rehearse": text[2],
         "seed": seed,
         "budget_s": budget_s,
         "steps": steps,
@@ -199,18 +206,22 @@ def follow(replicas: Replicas, should_stop=lambda: False) -> int:
     night = replicas.broadcast()
     if night is None:
         return 0
+    assert isinstance(night, dict), "rank 0 broadcasts the night as a dict (Team.start)"
     model = FFLM(LMConfig.from_dict(night["model_config"]))
     model.load_state_dict(night["model"])
     trainer = TRAINERS[night["trainer_kind"]](model)
     trainer.load_state_dict(night["trainer"])
     trainer.lr, trainer.layer_lr = night["lr"], night["layer_lr"]
     if night["loss_rows"]:
+        assert isinstance(trainer, FFTrainer), "only FF's trainer has loss rows to send"
         trainer.loss_rows = night["loss_rows"]
     trainer.distribute(replicas)
     generator = torch.Generator().manual_seed(night["seed"])
-    batches, _ = recipe.update_batches(night["new_text"], night["replay"], night["config"], generator, replicas.world)
+    batches, _ = recipe.update_batches(
+        night["new_text"], night["replay"], night["config"], generator, replicas.world, night["rehearse"]
+    )
     result = train(trainer, batches, night["budget_s"], night["steps"], should_stop=should_stop, replicas=replicas)
-    log.info("rank %d: %d steps", replicas.rank, result.steps)
+    log.debug("rank %d: %d steps", replicas.rank, result.steps)  # rank 0's log says it for all
     return 0
 
 
