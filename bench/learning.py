@@ -600,13 +600,15 @@ def target_rows(result: dict) -> list[list]:
             )
         known = [f for f, s in first["facts"].items() if s["recalled"]]
         kept = sum(last["facts"][f]["recalled"] for f in known)
-        share = kept / len(known) if known else None
+        kept_share = kept / len(known) if known else None
         rows.append(
             [
                 name,
                 f"{points[-1][0]}: >= {KEPT_TARGET:.0%} of those still answered",
                 f"{kept}/{len(known)}" if known else "none to keep",
-                "-" if share is None else _verdict(share >= KEPT_TARGET, f"{KEPT_TARGET - share:.0%} short"),
+                "-"
+                if kept_share is None
+                else _verdict(kept_share >= KEPT_TARGET, f"{KEPT_TARGET - kept_share:.0%} short"),
             ]
         )
         for code in result["days"][0]["compressors"]:

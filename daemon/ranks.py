@@ -179,9 +179,7 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
-def night_for_ranks(
-    trainer, config: Config, text: tuple[bytes, bytes, bytes], seed: int, budget_s: float, steps: int
-):
+def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes, bytes], seed: int, budget_s: float, steps: int):
     """What every other rank needs to train exactly as rank 0 does: picklable, tensors included."""
     return {
         "config": config,
