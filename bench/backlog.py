@@ -51,7 +51,11 @@ def write_backlog(raw: Path, n_bytes: int) -> int:
                 speaker, speech = pool[k % len(pool)]
                 k, second = k + 1, second + 1
                 stamp = f"{day}T{second // 3600 % 24:02d}:{second // 60 % 60:02d}:{second % 60:02d}.{k % 1000:03d}Z"
-                line = {"timestamp": stamp, "session_key": f"s:{day}:{second // 600}", "direction": "in"}
+                line: dict[str, object] = {
+                    "timestamp": stamp,
+                    "session_key": f"s:{day}:{second // 600}",
+                    "direction": "in",
+                }
                 line |= {"channel": "bench", "sender": speaker, "content": speech, "tool_calls": []}
                 f.write(orjson.dumps(line) + b"\n")
                 written += len(speaker) + len(speech) + 3
@@ -96,7 +100,7 @@ def measure(size_gb: float, budget_minutes: float, prompt_mb: float, tmp: Path) 
     env["ENGRAM_FF_UPDATE_BUDGET_MINUTES"] = str(budget_minutes)
     env["ENGRAM_FF_FACTS_FILE"] = str(facts_file(tmp / "facts.toml", prompt_mb))
     subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True)
-    nights = []
+    nights: list[dict[str, object]] = []
     for night in (1, 2):
         wall, peak, code = child_run(env)
         db = sqlite3.connect(data / "engram-ff.db")

@@ -69,13 +69,13 @@ class BPPipeline:
             self.schedule.step(target=y)
         else:
             self.schedule.step()
-        params = [p for p in self.module.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         if self.clip:  # the model's norm: the stages' squared norms summed
-            squared = torch.stack([p.grad.square().sum() for p in params]).sum().reshape(1)
+            squared = torch.stack([g.square().sum() for g in grads]).sum().reshape(1)
             dist.all_reduce(squared)
             factor = (self.clip / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-            for p in params:
-                p.grad.mul_(factor)
+            for g in grads:
+                g.mul_(factor)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
         self.optimizer.step()

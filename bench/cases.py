@@ -53,7 +53,7 @@ def line(n: int) -> bytes:
 
 
 def on_disk(raw: Path) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for path in raw.iterdir():
         data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
         found.update(orjson.loads(r)["content"] for r in data.split(b"\n") if r.strip(b"\x00"))
@@ -61,6 +61,7 @@ def on_disk(raw: Path) -> set[str]:
 
 
 def _append_and_rotate(daily: Path, mode: str, written: int, per_s: float) -> int:
+    assert LOGROTATE is not None, "the logrotate modes run only where it is installed"
     conf, state = daily.parent.parent.parent / "logrotate.conf", daily.parent.parent.parent / "logrotate.state"
     conf.write_text(f"{daily} {{\n    rotate 10000\n    missingok\n    {MODES[mode]}\n}}\n")
     conf.chmod(0o644)

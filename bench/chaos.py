@@ -441,7 +441,7 @@ class Trial:
     ready: bool = False  # the daemon had come back up (READY=1) before this kill
     triggered: bool = False  # the trigger's moment came (else the kill came at the timeout)
     phases: list[str] = field(default_factory=list)
-    check: Check | None = None
+    check: Check = field(default_factory=Check)  # Chaos.trial's, once the daemon is dead
 
 
 class Chaos:
@@ -934,7 +934,7 @@ def trials_section(args, chaos: Chaos, final: Check, seconds: float) -> str:
     by_trigger = Counter(t.trigger for t in trials)
     lost = sum(t.check.lost for t in trials) + final.lost
     dup = sum(t.check.duplicated for t in trials) + final.duplicated
-    rows = [
+    rows: list[list[object]] = [
         ["trials (SIGKILL of daemon + update child)", len(trials)],
         ["kill triggers", ", ".join(f"{k} {v}" for k, v in sorted(by_trigger.items()))],
         ["what was running at the kill", ", ".join(f"{k} {v}" for k, v in sorted(by_phase.items()))],
@@ -1009,7 +1009,7 @@ def trials_section(args, chaos: Chaos, final: Check, seconds: float) -> str:
 
 
 def load_section(load: LoadResult) -> str:
-    load_rows = [
+    load_rows: list[list[object]] = [
         ["files x lines dropped at once", f"{load.files} x {load.lines}"],
         ["stored / duplicated", f"{load.stored} / {load.duplicated}"],
         ["seconds until every line was stored", f"{load.seconds:.1f}"],

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 # Public-domain text the benchmarks and tests read, carried with the project (data/README.md).
 DATA = Path(__file__).resolve().parent / "data"
@@ -20,6 +23,18 @@ DATA = Path(__file__).resolve().parent / "data"
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: writing 5 to clear_refs resets VmHWM (Linux 4.0+), so each night's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_since_reset_mib() -> float:
+    """VmHWM, in MiB: this process's peak resident memory since reset_peak_rss (ru_maxrss never resets)."""
+    found = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+    assert found is not None, "Linux's /proc/self/status has VmHWM"
+    return int(found.group(1)) / 1024
 
 
 @contextmanager
@@ -33,11 +48,11 @@ def stopwatch() -> Iterator[list[float]]:
         t[0] = time.perf_counter() - start
 
 
-def _measured(fn: Callable, args: tuple) -> tuple[object, float]:
+def _measured(fn: Callable[..., T], args: tuple) -> tuple[T, float]:
     return fn(*args), peak_rss_mib()
 
 
-def run_isolated(fn: Callable, *args) -> tuple[object, float]:
+def run_isolated(fn: Callable[..., T], *args) -> tuple[T, float]:
     """fn(*args) in a fresh process, so the peak RSS is that job's alone; returns (result, peak MiB).
     fn must be importable by name (a module-level function)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -54,7 +69,7 @@ def _serve(conn, make: Callable[..., Iterable], args: tuple) -> None:
         conn.send((None, peak_rss_mib(), e))
 
 
-def lockstep(*jobs: tuple[Callable[..., Iterable], tuple]) -> Iterator[list[tuple[object, float]]]:
+def lockstep(*jobs: tuple[Callable[..., Iterable[T]], tuple]) -> Iterator[list[tuple[T, float]]]:
     """Run each (make, args) job, a generator, in a fresh process of its own and advance them in turn, one
     item each per round: they then share whatever load the rest of the machine puts on them, so their
     timings compare fairly, while each peak RSS stays its own. Yields [(item, peak MiB), ...] per round

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,7 @@ class PipelineStage:
     """This process's layers of the model, their FF steps, and its neighbours in the pipe."""
 
     def __init__(self, trainer: FFTrainer, rank: int, stages: int, replicas: int, replica_group=None):
+        assert isinstance(trainer.model, FFLM), "the pipe splits an FFLM's layers"
         self.trainer, self.model = trainer, trainer.model
         self.stage, self.replica = divmod(rank, replicas)
         self.stages, self.replicas = stages, replicas
@@ -71,6 +73,7 @@ class PipelineStage:
             dist.recv(lower, self.prev)
         for i in self.layers:
             h, lower = self._layer_step(i, x, y, h, lower, header[0].item())
+        assert h is not None and lower is not None, "every stage has a layer"
         self._send([header, h, lower])
         self.trainer.steps += 1
         self.step_ends.append(time.monotonic())
@@ -98,7 +101,8 @@ class PipelineStage:
         """Send downstream without waiting for it, but never more than one batch ahead of the send before."""
         for work in self.sending:
             work.wait()
-        self.sending = [dist.isend(t, self.next) for t in tensors] if self.next is not None else []
+        sends = [dist.isend(t, self.next) for t in tensors] if self.next is not None else []
+        self.sending = cast(list[dist.Work], sends)  # isend's None: a rank outside the group; none is here
 
     def flush(self) -> None:
         self._send([])

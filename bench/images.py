@@ -77,7 +77,7 @@ def error_rates(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> d
     return {name: 100.0 * w / len(y) for name, w in wrong.items()}
 
 
-def build(kind: str, s: Setup) -> torch.nn.Module:
+def build(kind: str, s: Setup) -> BPMLP | FFMLP:
     if kind == "bp":
         return BPMLP(BPMLPConfig(hidden=s.hidden, lr=s.lr))
     return FFMLP(

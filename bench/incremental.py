@@ -68,7 +68,7 @@ PLAIN = dict(
     replay_ratio=0.0, replay_min_bytes=0, lower_lr=1.0, freeze_layers=0, replay_layers="all", lr_scale=1.0, **NO_GATE
 )
 # name -> daemon configuration fields over PLAIN (everything else is shared by all methods)
-METHODS = {
+METHODS: dict[str, dict[str, object]] = {
     "ff": dict(trainer="ff"),
     "ff-replay0.5": dict(trainer="ff", replay_ratio=0.5),
     "ff-replay1": dict(trainer="ff", replay_ratio=1.0),
@@ -230,7 +230,9 @@ def run_method(method: str, day_files: list[Path], probes: list[bytes], folder: 
         run.update_seconds.append(row["wall_seconds"])
         db = open_db(config.db_path)
         try:
-            model = load_current(db, config).model
+            current = load_current(db, config)
+            assert current is not None, "the update just ended ok, with a final checkpoint"
+            model = current.model
         finally:
             db.close()
         run.R.append([evaluate_nats(model, text) / LN2 for text in probes])
@@ -633,6 +635,7 @@ def merge(paths: list[Path]) -> tuple[dict, list[Run]]:
         meta["peak_rss_mib"] += study["meta"]["peak_rss_mib"]
         meta["threads"] = max(meta["threads"], study["meta"]["threads"])
         runs += [Run(**r) for r in study["runs"]]
+    assert meta is not None, "main merges only a non-empty --merge list"
     return meta, runs
 
 

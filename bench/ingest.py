@@ -234,7 +234,7 @@ def append_latencies(folder: Path, db_path: Path, appends: int, debounce_s: floa
     return latencies
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         args.lines, args.appends, args.gb = 100_000, 40, min(args.gb, 0.05)
     load = os.getloadavg()[0]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="engram-ff-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="engram-ff-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         size = write_lines(tmp / "engram", args.lines, days=8)
         result, _ = run_isolated(ingest_folder, str(tmp / "engram"), str(tmp / "state.db"))
         assert result["messages"] == args.lines, result
@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_latency(latencies, args.out / "ingest_latency.png")
 
     if args.gb > 0:
-        with tempfile.TemporaryDirectory(prefix="engram-ff-bench-") as tmp:
-            tmp = Path(tmp)
+        with tempfile.TemporaryDirectory(prefix="engram-ff-bench-") as tmp_name:
+            tmp = Path(tmp_name)
             n = int(args.gb * 1e9 / (size / args.lines))
             size_gb = write_lines(tmp / "engram", n, days=8, seed=2)
             result, _ = run_isolated(ingest_folder, str(tmp / "engram"), str(tmp / "state.db"))

@@ -43,7 +43,10 @@ _HEADING = re.compile(r"^(ACT|SCENE|Scene|PERSONS|DRAMATIS)\b")
 def play_speeches(text: str) -> list[tuple[str, str, str]]:
     """(scene, speaker, speech) in order. A speaker is a short line of its own naming a character
     (`HAMLET.`, `Ber.`, `THESEUS`); stage directions in brackets are dropped."""
-    speeches, scene, speaker, lines = [], "prologue", None, []
+    speeches: list[tuple[str, str, str]] = []
+    lines: list[str] = []
+    scene = "prologue"
+    speaker: str | None = None
 
     def flush():
         if speaker and lines:
@@ -85,7 +88,7 @@ def _stamp(day: date, second: int) -> str:
 
 def day_lines(day: date, speeches, source: str, facts: list[dict] | None = None, repeat: int = 0) -> list[dict]:
     """A day's file: a gateway start-up, a command at each new scene, a recorder line per speech."""
-    lines = [
+    lines: list[dict[str, object]] = [
         {
             "timestamp": _stamp(day, 6 * 3600),
             "type": "gateway",

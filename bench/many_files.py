@@ -96,7 +96,7 @@ def _alive(daemon, deadline: float) -> None:
 def section(result: ManyFilesResult, args) -> str:
     from engram_ff.bench.common import markdown_table
 
-    rows = [
+    rows: list[list[object]] = [
         ["one-line files in the folder at start", f"{result.files:,}", ""],
         ["start to READY=1", f"{result.ready_s:.1f} s", f"<= 30 s: {'met' if result.ready_s <= 30 else '**missed**'}"],
         ["start to every line stored (the catch-up, after READY)", f"{result.stored_s:.0f} s", ""],

@@ -342,7 +342,7 @@ def target_rows(speed: dict[Setup, float], runs: list[dict], scaling: dict[int, 
     def row(target: str, measured: str, verdict: str) -> None:
         rows.append([target, measured, verdict])
 
-    today = {t: speed.get(Setup(t, threads=2)) for t in ("ff", "bp")}
+    today = {t: speed.get(Setup(t, threads=2), 0.0) for t in ("ff", "bp")}
     for trainer in ("ff", "bp"):
         dp = speed.get(Setup(trainer, ranks=2))
         if dp and today[trainer]:
@@ -396,7 +396,7 @@ def render(
     lines = [f"# Parallel training: every core, FF and BP\n\n{header}\n"]
     if speed:
         lines.append("## Train bytes/s, interleaved (daemon preset, 3 layers, batch 16 x 256)\n")
-        base = {t: speed.get(Setup(t, threads=2)) for t in ("ff", "bp")}
+        base = {t: speed.get(Setup(t, threads=2), 0.0) for t in ("ff", "bp")}
         table = [
             [
                 s.label,
@@ -437,7 +437,7 @@ def render(
         cores = usable_cores()
         for layers, results in scaling.items():
             lines.append(f"\n### {layers} layers\n")
-            single = {t: results.get(Setup(t, layers)) for t in ("ff", "bp")}
+            single = {t: results.get(Setup(t, layers), 0.0) for t in ("ff", "bp")}
             table = []
             for s, v in results.items():
                 note = "oversubscribed" if s.cores > cores else ""
@@ -506,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [10.0] if args.quick else [float(b) for b in args.budgets.split(",")]
     rounds, steps = (2, 6) if args.quick else (args.rounds, 12)
     started, load_before = time.time(), os.getloadavg()
-    speed, rows_speed, runs, scaling, rss = {}, {}, [], {}, {}
+    speed: dict[Setup, float] = {}
+    rows_speed: dict[Setup, float] = {}
+    runs: list[dict] = []
+    scaling: dict[int, dict[Setup, float]] = {}
+    rss: dict[Setup, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="engram-parallel-") as folder:
         if "throughput" not in skip:
             print("part 1: throughput, interleaved", flush=True)
@@ -522,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                 trainable = {
                     s: v for s, v in speed.items() if s.trainer == trainer and not (trainer == "bp" and s.stages > 1)
                 }
-                fastest[trainer] = max(trainable, key=trainable.get) if trainable else Setup(trainer, ranks=2)
+                fastest[trainer] = max(trainable, key=lambda s: trainable[s]) if trainable else Setup(trainer, ranks=2)
             for budget in budgets:
                 for trainer in ("ff", "bp"):
                     runs.append(validation(fastest[trainer], budget, folder))

@@ -90,6 +90,7 @@ def build_status_db(path: str, messages: int, files: int, seed: int = 0) -> dict
                 "INSERT INTO runs (kind, started_at, ended_at, status, steps) VALUES (?, ?, ?, 'ok', 300)",
                 (kind, f"{day}T03:00:00+00:00", f"{day}T03:10:00+00:00"),
             ).lastrowid
+        assert run is not None, "an INSERT sets lastrowid"
         conn.execute(
             "INSERT INTO checkpoints (run_id, path, sha256, kind, steps, status, created_at) "
             "VALUES (?, ?, 'x', 'final', 300, 'good', ?)",

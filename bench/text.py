@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from engram_ff.bench.common import DATA, save_figure
 
@@ -93,11 +94,12 @@ def build(spec: dict, lr: float | None = None):
     from engram_ff.model.train import BPTrainer, FFTrainer
     from engram_ff.model.window_mlp import WindowConfig, WindowMLP
 
+    model: FFLM | WindowMLP
     if spec["model"] == "window":
         model = WindowMLP(WindowConfig())
     else:
         model = FFLM(replace(PRESETS["daemon"], goodness=spec.get("goodness", "linear")))
-    rate = {} if lr is None else {"lr": lr}
+    rate: dict[str, Any] = {} if lr is None else {"lr": lr}
     if spec["trainer"] == "bp":
         return model, BPTrainer(model, **rate)
     return model, FFTrainer(model, **rate, **spec.get("trainer_args", {}))
@@ -224,7 +226,7 @@ def scan_timings(lengths: list[int]) -> list[dict]:
     for T in lengths:
         u = torch.randn(8, T, 128, requires_grad=True)
         a = torch.rand(128) * 0.5 + 0.49
-        row = {"T": T}
+        row: dict[str, float] = {"T": T}
         for label, fn in (("scan_ms", scan), ("loop_ms", scan_loop)):
             fn(u, a).sum().backward()  # warm up
             start = time.perf_counter()

@@ -28,16 +28,24 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from engram_ff.bench.common import RESULTS, markdown_table, parse_args, save_figure, write_result
+from engram_ff.bench.common import (
+    RESULTS,
+    markdown_table,
+    parse_args,
+    peak_rss_since_reset_mib,
+    reset_peak_rss,
+    save_figure,
+    write_result,
+)
 from engram_ff.bench.make_stream import daemon_facts, load_facts, write_day
 from engram_ff.bench.year_days import Day, calendar, day_lines, held_out, sentences
 from engram_ff.daemon.checkpoints import load_current
@@ -56,7 +64,9 @@ HELD_OUT_BYTES = 1024  # per day, for the benchmark's own month-1 and newest-mon
 # minutes: about 60 s for an ordinary day here, 6 hours for the year. Cut to one pass, 16 to 64 steps, so
 # an ordinary night trains about 30 steps (a few seconds) and the burst day 64; and probes to 16 days a pass
 # (32: 8 s of a 18 s night at 30 days on the shared machine, bench/results/year.md's first run).
-BUDGET = dict(update_epochs=1.0, update_min_steps=16, update_max_steps=64, update_budget_minutes=2.0, probe_max_days=16)
+BUDGET: dict[str, Any] = dict(
+    update_epochs=1.0, update_min_steps=16, update_max_steps=64, update_budget_minutes=2.0, probe_max_days=16
+)
 QUICK = dict(nights=14, scale=0.05, preset="tiny", batch_size=4, seq_len=64, threads=1)
 
 
@@ -73,15 +83,6 @@ def year_config(folder: Path, args) -> Config:
         checkpoint_every_seconds=3600,
         **BUDGET,
     )
-
-
-def _peak_rss_reset() -> None:
-    """Start a new peak: writing 5 to clear_refs resets VmHWM (Linux 4.0+), so each night's peak is its own."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss_mib() -> float:
-    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 def _size_mib(*paths: Path) -> float:
@@ -101,6 +102,7 @@ def _scores(config: Config, texts: dict[str, bytes], update_run: int) -> dict:
         if current is None:
             return dict(probe_s=probe_s, facts={})
         facts: dict[str, dict] = {}
+        assert current.checkpoint_id is not None, "loaded from a checkpoint: not a fresh model"
         for row in runs.newest_pass(db, current.checkpoint_id):
             if row["kind"] == "fact":
                 facts.setdefault(row["probe"], {})[row["metric"]] = row["value"]
@@ -115,7 +117,7 @@ def run_night(config: Config, day: Day, lines: list[dict], texts: dict[str, byte
     record = dict(night=day.night, date=day.date.isoformat(), kind=day.kind, messages=len(lines) - 1)
     if not day.machine_on:
         return dict(record, status="off")
-    _peak_rss_reset()
+    reset_peak_rss()
     start = time.perf_counter()
     db = open_db(config.db_path)
     try:
@@ -133,7 +135,7 @@ def run_night(config: Config, day: Day, lines: list[dict], texts: dict[str, byte
         replay_bytes=row["replay_bytes"] or 0,
         steps=row["steps"] or 0,
         gate=json.loads(row["gate"]) if row["gate"] else None,
-        rss_mib=_peak_rss_mib(),
+        rss_mib=peak_rss_since_reset_mib(),
         db_mib=_size_mib(config.db_path, Path(f"{config.db_path}-wal")),
         checkpoints_mib=_size_mib(config.checkpoint_dir),
     )

@@ -94,7 +94,8 @@ def sentences() -> list[str]:
     return [part for _, _, speech in speeches for part in re.split(r"(?<=[.!?])\s+", speech) if part.strip()]
 
 
-def _record(day: date, millisecond: int, session: str, sender: str, content: str) -> dict:
+def chat_record(day: date, millisecond: int, session: str, sender: str, content: str) -> dict:
+    """One recorder line of a Telegram chat, as Engram writes it: `user` speaks in, anyone else out."""
     second, ms = divmod(millisecond, 1000)
     stamp = f"{day.isoformat()}T{second // 3600 % 24:02d}:{second // 60 % 60:02d}:{second % 60:02d}.{ms:03d}Z"
     return {
@@ -138,13 +139,15 @@ def day_lines(day: Day, pool: list[str], facts: list[dict], seed: int = 0) -> li
     for k, chat in enumerate(conversations):
         for sender, text in chat:
             millisecond += step
-            lines.append(_record(day.date, millisecond, f"chat:{day.date}:{k}", sender, text))
+            lines.append(chat_record(day.date, millisecond, f"chat:{day.date}:{k}", sender, text))
     return lines
 
 
 def held_out(lines: list[dict], probe_fraction: float, max_bytes: int) -> bytes:
     """A day's held-out text as the daemon writes it (`sender: text` lines, sessions apart), at most max_bytes:
-    the messages that land in the probe split, which no update ever trains on."""
+    the messages that land in the probe split. Since the rolling hold-out (issue 22, daemon/update.py) the
+    night after a day trains them, so for an older day this is retained, not unseen, text; the results
+    committed before it were measured when no update trained the probe split."""
     rows = [
         {
             "day": line["timestamp"][:10],

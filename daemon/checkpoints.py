@@ -27,6 +27,7 @@ from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
+from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class TrainerMismatch(ValueError):
 
 @dataclass
 class Loaded:
-    model: FFLM
+    model: FFLM | WindowMLP  # what a checkpoint holds; the daemon makes FFLMs
     trainer: FFTrainer | BPTrainer
     checkpoint_id: int | None  # None: a fresh model
     meta: dict
@@ -58,6 +59,7 @@ def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:
             f"asks for {trainer!r}; set trainer = {saved.trainer_kind!r}, or use a new data_dir to start afresh"
         )
     state = TRAINERS[trainer](saved.model)
+    assert saved.trainer_state is not None, "load_model gives a trainer kind only with the trainer's state"
     state.load_state_dict(saved.trainer_state)
     return Loaded(saved.model, state, checkpoint_id, saved.meta)
 
@@ -112,7 +114,7 @@ def load_current(db, config: Config) -> Loaded | None:
     return newest_loadable(db, runs.current_candidates(db), config)
 
 
-def current_model(db) -> tuple[FFLM, dict] | None:
+def current_model(db) -> tuple[FFLM | WindowMLP, dict] | None:
     """The current model for inference (`ask`, `generate`) and its checkpoint row, whatever trainer made
     it. Read-only: a file that does not load is skipped with a log line and left for the next update to
     mark corrupt."""
@@ -157,6 +159,8 @@ def save(
     meta = {**meta, "kind": kind, "created_at": _timestamp(time.time())}
     if "last_message_id" in meta:
         meta["trained_through"] = queries.message_key(db, meta["last_message_id"])
+    if meta.get("deferred_last_id"):
+        meta["deferred_through"] = queries.message_key(db, meta["deferred_last_id"], split="probe")
     runs.begin_checkpoint_write(db, str(path), run_id)
     digest = ckpt.save_model(path, loaded.model, loaded.trainer, meta)
     if status == "candidate":  # before its row: a file the gate has not promoted is never adopted
@@ -258,7 +262,9 @@ def adopt(db, folder: Path) -> None:
     up to that one's new id counts as trained, so the next update trains on what came after it. Files
     are read in path order, as Engram's daily files were written, so this is the same set of messages
     when each day has one file; otherwise a few may be trained twice or only replayed. A checkpoint
-    written before its metadata held that key counts everything already ingested as trained. Nothing is
+    written before its metadata held that key counts everything already ingested as trained. The probe
+    split's progress is named the same way (`deferred_through`); a checkpoint written before the rolling
+    hold-out (state/schema.py 0602) trained none of it, so the next nights train it all. Nothing is
     adopted while the database holds no message: there would be nothing to say "trained up to here" by."""
     if runs.knows_checkpoints(db) or not folder.is_dir() or not queries.max_message_id(db):
         return
@@ -269,7 +275,9 @@ def adopt(db, folder: Path) -> None:
     current = finals[-1] if finals else None
     key = current and current["meta"].get("trained_through")
     through = queries.id_of_key(db, key) if key else (queries.max_message_id(db) if current else 0)
-    runs.adopt_checkpoints(db, found, through)
+    deferred_key = current and current["meta"].get("deferred_through")  # none before the rolling hold-out:
+    deferred = queries.id_of_key(db, deferred_key, split="probe") if deferred_key else 0  # the probe split waits
+    runs.adopt_checkpoints(db, found, through, deferred)
     if current is None:
         log.warning("this database knows no checkpoint; %s holds only partial ones: a new model starts", folder)
         return

@@ -1,11 +1,14 @@
 """`engram-ff`: the command line. It builds one argparse parser from the commands registered in
 daemon/commands.py, runs the one asked for, and turns the failures a user can act on into one line
 on stderr and an exit code (2 for bad configuration or usage, 1 otherwise, 130 for Ctrl-C), never a
-traceback. A misused command answers with its own usage, not the top-level one."""
+traceback. A misused command answers with its own usage, not the top-level one; a mistyped command gets
+a "did you mean"; `engram-ff help [COMMAND]` and `-V` work as in git, and so does `--data DIR` written
+before the command (as git's -C)."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sqlite3
@@ -25,6 +28,7 @@ BENCHMARKS = {  # name -> what it measures; its module is engram_ff.bench.<name>
     "incremental": "day-by-day learning and forgetting, method by method",
     "chaos": "SIGKILL trials, load and the units' security",
     "year": "a simulated year of nights through the daemon's update, gate and probes",
+    "learning": "facts said k times asked the next morning and a month later; each day predicted before training",
     "parallel": "data-parallel ranks and FF's layer pipeline against one process, FF and BP",
 }
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
@@ -48,8 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a byte-level SSM language model learning every night from Engram logs, "
         "with Forward-Forward training on the CPU.",
     )
-    parser.add_argument("--version", action="version", version=f"engram-ff {installed_version()}")
+    parser.add_argument("-V", "--version", action="version", version=f"engram-ff {installed_version()}")
+    parser.add_argument(
+        "--data",
+        dest="data_before",
+        metavar="DIR",
+        help="the data directory, for the command that follows (the same as its own --data)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("help", help="show the help of a command, or this list", description="Show a command's help.")
+    p.add_argument("topic", nargs="?", metavar="COMMAND", help="the command (default: the list of commands)")
     for cmd in COMMANDS.values():
         p = sub.add_parser(
             cmd.name,
@@ -87,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "help":
+        return _help(parser, args.topic)
     try:
         if args.command == "bench":
             if args.name is None:  # bare `engram-ff bench`: which benchmarks there are
@@ -109,13 +123,55 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), 1)
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """parse_args, except that an unknown flag of a command is reported with that command's usage."""
+    """parse_args, except that an unknown flag of a command is reported with that command's usage, a
+    mistyped command with the nearest one, and a --data before the command is the command's."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = _commands(parser)
+    word = _command_word(argv)
+    if word is not None and word not in commands:
+        near = difflib.get_close_matches(word, list(commands), n=1, cutoff=0.6)
+        parser.error(
+            f"unknown command {word!r}: " + (f"did you mean {near[0]!r}?" if near else "`engram-ff help` lists them")
+        )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
         (commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.data_before is not None and args.command is not None:
+        if not hasattr(args, "data"):
+            commands[args.command].error(f"{args.command} takes no --data")
+        if args.data is not None and args.data != args.data_before:
+            commands[args.command].error(f"--data given twice: {args.data_before} and {args.data}")
+        args.data = args.data_before
     return args
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The first word that is not a top-level option or its value: the command the user typed."""
+    words = iter(argv)
+    for word in words:
+        if word == "--data":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:
+    """`engram-ff help [COMMAND]`: the same text as `--help`."""
+    commands = _commands(parser)
+    if topic is None:
+        parser.print_help()
+        return 0
+    if topic not in commands:
+        near = difflib.get_close_matches(topic, list(commands), n=1, cutoff=0.6)
+        return _fail(f"no command {topic!r}" + (f": did you mean {near[0]!r}?" if near else ""), 2)
+    commands[topic].print_help()
+    return 0
 
 
 def _fail(message: str, code: int) -> int:

@@ -16,13 +16,23 @@ import signal
 import sqlite3
 import sys
 
-from engram_ff.daemon.config import Config, config_from_args
+from engram_ff.daemon.config import Config, config_from_args, with_remembered
 from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
-from engram_ff.daemon.options import command, json_option, location_options, option
-from engram_ff.daemon.output import as_json, duration, moment, printable, probe_table, size, table
+from engram_ff.daemon.options import command, data_options, json_option, location_options, option
+from engram_ff.daemon.output import (
+    as_json,
+    duration,
+    moment,
+    printable,
+    probe_table,
+    run_name,
+    size,
+    suggest,
+    table,
+)
 
 ASK_SAMPLING_TEMPERATURE = 0.8
 # An answer is one turn of a chat; 100,000,000 bytes ran for over 25 minutes (issue #20.8). `generate`
@@ -30,23 +40,38 @@ ASK_SAMPLING_TEMPERATURE = 0.8
 ASK_MAX_BYTES = 10_000
 
 
-def _config(args) -> Config:
-    config = config_from_args(args)
+def _config(args, origins: dict[str, str] | None = None) -> Config:
+    """The effective configuration, with what the data directory remembers (its watch folder; the demo's
+    facts) where no flag, variable or file says otherwise."""
+    config = config_from_args(args, origins)
     setup_logging(config.log_level)
-    return config
+    if config.data_dir.is_file():  # `--data …/engram-ff.db`: nothing may be created beside it, or over it
+        raise UserError(
+            f"{config.data_dir} is a file: --data takes the data directory that holds engram-ff.db, "
+            f"e.g. --data {config.data_dir.parent}",
+            2,
+        )
+    return with_remembered(config, origins)
 
 
-def _database(config: Config):
+def _database(config: Config, args):
     """The data directory's database, for a command that must not create one."""
+    from engram_ff.daemon.demo import demo_data_dir
     from engram_ff.state.db import NoDatabase, open_existing
 
     try:
         with database_errors(config.db_path):
             return open_existing(config.db_path)
     except NoDatabase:
+        demo = demo_data_dir()
+        if args.data is None and config.data_dir != demo and (demo / "engram-ff.db").is_file():
+            raise UserError(
+                f"no engram-ff database in {config.data_dir} (the default data directory); the demo's data is "
+                f"in {demo}: add `--data {demo}`"
+            ) from None
         raise UserError(
-            f"no engram-ff database in {config.data_dir}: check --data, or start with `engram-ff ingest` "
-            "or `engram-ff run`"
+            f"no engram-ff database in {config.data_dir}: check --data, or start with "
+            f"{suggest('ingest --watch DIR', args.data)} or {suggest('run --watch DIR', args.data)}"
         ) from None
 
 
@@ -82,7 +107,7 @@ def run(args) -> int:
 
     config = _config(args)
     if not args.demo:
-        return Service(config, lambda: config_from_args(args)).run()
+        return Service(config, lambda: with_remembered(config_from_args(args))).run()
     if args.watch:
         raise UserError("the demo watches a folder of its own: run it without --watch", 2)
     given = args.data is not None
@@ -93,7 +118,8 @@ def run(args) -> int:
 
 class _StopOnSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the update to stop at its next step and save a partial checkpoint;
-    a second Ctrl-C gives up at once."""
+    a second one gives up at once (KeyboardInterrupt), and any after it is ignored while the update marks
+    its run interrupted and ends its helper ranks, which takes a few seconds at most."""
 
     def __init__(self):
         self.requested = False
@@ -103,15 +129,52 @@ class _StopOnSignal:
         return self
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not self.requested:
+            self.requested = True
+            return
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-@command("update", help="run one nightly update now", example="engram-ff update --data ~/.local/share/engram-ff")
+def _catch_up(config: Config):
+    """One pass over the watch folder into the database (the caller holds the data directory's lock), and
+    the folder remembered for the next command. Returns catch_up's counts."""
+    from engram_ff.ingest.reader import Limits, catch_up
+    from engram_ff.state.db import open_db
+    from engram_ff.state.queries import remember
+
+    try:
+        db = open_db(config.db_path)
+        try:
+            remember(db, "watch_dir", str(config.watch))
+            return catch_up(db, config.watch, limits=Limits.of(config))
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
+        raise UserError(
+            f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
+            "stored before is kept: run it again once there is space"
+        ) from None
+
+
+def _ingest_sentence(config: Config, stats) -> str:
+    return (
+        f"{printable(str(config.watch))}: {stats.files} files, {stats.lines} lines read: {stats.messages} new "
+        f"messages, {stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
+        f"{stats.quarantined} quarantined, {stats.errors} files unreadable"
+    )
+
+
+@command(
+    "update",
+    help="read what the watch folder holds, then run one nightly update now",
+    example="engram-ff update --data ~/.local/share/engram-ff",
+)
 @location_options
 @option(
     "--from-scratch",
@@ -132,40 +195,52 @@ def update(args) -> int:
             raise UserError(str(exc)) from None
     config = _config(args)
     if args.watch and not config.watch.is_dir():
-        raise UserError(f"watch folder {config.watch} does not exist (an update trains on what was ingested from it)")
-    _database(config).close()  # there must be something to train on: nothing is created here
+        raise UserError(f"watch folder {config.watch} does not exist: check --watch")
+    if not (args.watch or config.db_path.is_file()):
+        _database(config, args)  # says which directory has no database: nothing is created by a mistyped --data
+    notes = sys.stderr if args.json else sys.stdout
     try:
-        with DataDirLock(config.lock_path), database_errors(config.db_path), _StopOnSignal() as stop:
-            row = run_update(
-                config,
-                should_stop=lambda: stop.requested,
-                progress=for_this_process(),
-                from_scratch=args.from_scratch,
-                team=team,
-            )
+        with DataDirLock(config.lock_path), _StopOnSignal() as stop:
+            # no daemon runs (this holds its lock), so nothing ingests as files change: read the folder first
+            if config.watch.is_dir():
+                print(f"ingested {_ingest_sentence(config, _catch_up(config))}", file=notes, flush=True)
+            else:
+                print(f"watch folder {printable(str(config.watch))} does not exist: nothing read", file=notes)
+            if stop.requested:
+                raise UserError("stopped after reading the watch folder: nothing was trained", 130)
+            with database_errors(config.db_path):
+                row = run_update(
+                    config,
+                    should_stop=lambda: stop.requested,
+                    progress=for_this_process(),
+                    from_scratch=args.from_scratch,
+                    team=team,
+                )
+    except KeyboardInterrupt:  # a second Ctrl-C: run_update marked its run interrupted on the way out
+        raise UserError(
+            "update given up at once (a second Ctrl-C): the next update resumes from its last partial checkpoint, "
+            "if it wrote one",
+            130,
+        ) from None
     except AlreadyRunning as exc:
-        raise UserError(f"{exc} (the running daemon does the updates)") from None
+        raise UserError(f"{exc} (the running daemon ingests and does the updates)") from None
     finally:
         if team is not None:
             team.finish()
     if args.json:
-        print(as_json(row))
+        from engram_ff.state.runs import decoded
+
+        print(as_json(decoded(row)))
     elif row["status"] == "interrupted":
         print(
-            f"engram-ff: update {row['id']} interrupted at step {row['steps'] or 0}: its partial checkpoint is "
+            f"engram-ff: {run_name(row)} interrupted at step {row['steps'] or 0}: its partial checkpoint is "
             "saved and the next update resumes from it",
             file=sys.stderr,
         )
     else:
         print(_update_sentence(row))
-        if row["status"] == "skipped":  # no daemon runs (this command held its lock), so nothing ingested lately
-            print(
-                "engram-ff: an update trains on what was ingested; `engram-ff ingest` reads what the watch folder "
-                "holds now (a running daemon does it as files change)",
-                file=sys.stderr,
-            )
         if stop.requested:  # the update itself finished; Ctrl-C came during its probes
-            print("engram-ff: the probes were stopped; `engram-ff probe` runs them", file=sys.stderr)
+            print(f"engram-ff: the probes were stopped; {suggest('probe', args.data)} runs them", file=sys.stderr)
     if not args.json:
         if row.get("gate"):
             print(f"gate: {gate_line(row)}")
@@ -177,7 +252,7 @@ def update(args) -> int:
 
 
 def _update_sentence(row: dict) -> str:
-    words = f"update {row['id']} {row['status']}"
+    words = f"{run_name(row)} {row['status']}"
     if row["status"] in ("ok", "rejected"):
         words += (
             f": {size(row['new_bytes'])} new and {size(row['replay_bytes'])} replayed, {row['steps']:,} steps in "
@@ -190,32 +265,35 @@ def _update_sentence(row: dict) -> str:
 
 
 @command("probe", help="run the retention, forgetting and fact probes now", example="engram-ff probe")
-@location_options
+@data_options
 @json_option
 def probe(args) -> int:
     from engram_ff.daemon.update import run_probes
 
     config = _config(args)
-    _database(config).close()
+    _database(config, args).close()
     with database_errors(config.db_path):
         rows = run_probes(config)
     if not rows:
-        raise UserError("no trained checkpoint yet: run `engram-ff update` first")
+        raise UserError(f"no trained checkpoint yet: run {suggest('update', args.data)} first")
     print(as_json(rows) if args.json else probe_table(rows))
     return 0
 
 
-@command("config", help="print the effective configuration", example="engram-ff config --config engram-ff.toml")
+@command("config", help="print the effective configuration", example="engram-ff config --show-origin")
 @location_options
+@option("--show-origin", action="store_true", help="say where each value came from, as `git config --show-origin`")
 def config(args) -> int:
-    print(config_from_args(args).as_toml(), end="")
+    origins: dict[str, str] = {}
+    effective = _config(args, origins)
+    print(effective.as_toml(origins if args.show_origin else None), end="")
     return 0
 
 
 @command(
     "history", help="recent probe history as a table, and a plot", example="engram-ff history --limit 30 --plot h.png"
 )
-@location_options
+@data_options
 @option("--limit", type=_positive, default=20, metavar="N", help="how many recent probe passes (default 20)")
 @option("--plot", metavar="FILE.png", help="also draw held-out text, facts and nightly updates over dates")
 @json_option
@@ -232,7 +310,7 @@ def history(args) -> int:
             plot_format(args.plot)
         except ValueError as exc:
             raise UserError(f"cannot write {args.plot}: {exc}", 2) from None
-    db = _database(config)
+    db = _database(config, args)
     rows = recent_history(db, args.limit)
     if args.json:
         print(as_json(rows))
@@ -241,7 +319,7 @@ def history(args) -> int:
         shown = [{"when": moment(r["recorded_at"]), **r} for r in rows]
         print(table(shown, ["when", *(c for c in rows[0] if c != "recorded_at")]))
     else:
-        print("no probe passes yet: `engram-ff update` trains and probes")
+        print(f"no probe passes yet: {suggest('update', args.data)} trains and probes")
     if not args.json and (loud := alarm(db)):
         print(f"WARNING: {loud}")
     if args.plot:
@@ -257,13 +335,13 @@ def history(args) -> int:
 
 
 @command("learned", help="what the last night's update learned", example="engram-ff learned")
-@location_options
+@data_options
 @json_option
 def learned(args) -> int:
     from engram_ff.daemon import learned as last_night
 
-    facts = last_night.gather(_database(_config(args)))
-    print(as_json(facts) if args.json else last_night.render(facts))
+    facts = last_night.gather(_database(_config(args), args))
+    print(as_json(facts) if args.json else last_night.render(facts, data=args.data))
     return 0
 
 
@@ -273,7 +351,7 @@ def learned(args) -> int:
     example='engram-ff ask "Who is Victor?"',
 )
 @option("question", help="what to ask, as you would write it in the chat")
-@location_options
+@data_options
 @option(
     "--sample",
     action="store_true",
@@ -302,8 +380,8 @@ def ask(args) -> int:
             2,
         )
     config = _config(args)
-    db = _database(config)
-    model = _model(db, args.checkpoint, config)
+    db = _database(config, args)
+    model = _model(db, args.checkpoint, config, args)
     who = asking.voices(db)
     prompt = asking.prompt(args.question, who)
     temperature = (
@@ -317,8 +395,9 @@ def ask(args) -> int:
     return 0
 
 
-def _model(db, checkpoint: str | None, config: Config):
-    """The model of a checkpoint file, or the current model of the data directory."""
+def _model(db, checkpoint: str | None, config: Config | None, args):
+    """The model of a checkpoint file, or the current model of the data directory (db and config are
+    read only then: `generate --checkpoint` has neither)."""
     from engram_ff.daemon.checkpoints import current_model
     from engram_ff.model.checkpoint import CheckpointError, load_model
 
@@ -327,9 +406,10 @@ def _model(db, checkpoint: str | None, config: Config):
             return load_model(checkpoint).model
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
+    assert config is not None, "a caller without a checkpoint passes its configuration"
     found = current_model(db)
     if found is None:
-        raise UserError(f"no trained model in {config.data_dir} yet: run `engram-ff update` first")
+        raise UserError(f"no trained model in {config.data_dir} yet: run {suggest('update', args.data)} first")
     return found[0]
 
 
@@ -338,7 +418,7 @@ def _model(db, checkpoint: str | None, config: Config):
     help="stream raw text from the current model (or a checkpoint), byte by byte",
     example="engram-ff generate --prompt 'user: Who is Victor?' --bytes 200",
 )
-@location_options
+@data_options
 @option("--checkpoint", metavar="PATH", help="the checkpoint file to read (default: the current model of --data)")
 @option("--prompt", default="", metavar="TEXT", help="text the model continues (default: none, a new line)")
 @option("--bytes", type=int, default=300, metavar="N", help="how many bytes to generate (default 300)")
@@ -354,10 +434,10 @@ def generate(args) -> int:
     if args.bytes < 0:
         raise UserError(f"--bytes must be >= 0, not {args.bytes}", 2)
     if args.checkpoint:
-        model = _model(None, args.checkpoint, None)
+        model = _model(None, args.checkpoint, None, args)
     else:
         config = _config(args)
-        model = _model(_database(config), None, config)
+        model = _model(_database(config, args), None, config, args)
     out = sys.stdout.buffer
     out.write(args.prompt.encode())
     noise = torch.Generator().manual_seed(args.seed)
@@ -372,27 +452,15 @@ def generate(args) -> int:
 @command("ingest", help="one catch-up pass over the watched folder", example="engram-ff ingest --watch ~/engram")
 @location_options
 def ingest(args) -> int:
-    from engram_ff.ingest.reader import Limits, catch_up
-    from engram_ff.state.db import open_db
-
     config = _config(args)
     if not config.watch.is_dir():
         raise UserError(f"watch folder {config.watch} does not exist: check --watch")
     try:
         with DataDirLock(config.lock_path):
-            stats = catch_up(open_db(config.db_path), config.watch, limits=Limits.of(config))
-    except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
-        raise UserError(
-            f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
-            "stored before is kept: run it again once there is space"
-        ) from None
+            stats = _catch_up(config)
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon ingests as files change)") from None
-    print(
-        f"{printable(str(config.watch))}: {stats.files} files, {stats.lines} lines read: {stats.messages} new "
-        f"messages, {stats.events} events, {stats.skipped} skipped, {stats.duplicates} already stored, "
-        f"{stats.quarantined} quarantined, {stats.errors} files unreadable"
-    )
+    print(_ingest_sentence(config, stats))
     return 1 if stats.errors else 0
 
 
@@ -404,8 +472,8 @@ def status(args) -> int:
     from engram_ff.daemon import status as report
 
     config = _config(args)
-    facts = report.gather(_database(config), config, verbose=args.verbose)
-    print(as_json(facts) if args.json else report.render(facts, verbose=args.verbose))
+    facts = report.gather(_database(config, args), config, verbose=args.verbose)
+    print(as_json(facts) if args.json else report.render(facts, verbose=args.verbose, data=args.data))
     return 0
 
 

@@ -10,8 +10,10 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engram_ff.ingest.reader import Limits
 
@@ -62,6 +64,12 @@ class Config:
     lower_lr: float = 0.3  # learning-rate multiplier of every layer below the top once trained for one update
     # FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" (the top only)
     replay_layers: str = "all"
+    # rows of each batch that rehearse the night's most surprising sessions (daemon/recipe.py rehearsal): the
+    # top rehearse_fraction of its distinct sessions by bits per byte under the current model; 0: none
+    rehearse_rows: int = 0
+    rehearse_fraction: float = 0.15
+    # FF: the layers whose loss reads the rehearsed rows: "all", or "top" (the lower layers keep to ordinary text)
+    rehearse_layers: str = "all"
     batch_size: int = 16
     seq_len: int = 256
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
@@ -83,7 +91,7 @@ class Config:
     # days scored per probe pass: the newest half of them and evenly spaced older ones, the oldest always
     # among them, so a pass in month 12 costs what one in month 1 does
     probe_max_days: int = 32
-    facts_file: Path | None = None  # None: the bundled example facts
+    facts_file: Path | None = None  # None: no fact probes (the demo's data directory: the bundled example facts)
     max_line_bytes: int = Limits.max_line_bytes
     debounce_seconds: float = 0.2
     rescan_seconds: float = 60.0
@@ -114,18 +122,23 @@ class Config:
         hour, minute = self.schedule.split(":")
         return int(hour), int(minute)
 
-    def as_toml(self) -> str:
+    def as_toml(self, origins: dict[str, str] | None = None) -> str:
+        """The configuration as TOML; with `origins` (load_config's), each line ends with where its value
+        came from: a file, the environment, a flag, the database, or the default."""
         lines = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None:
-                lines.append(f"# {f.name} = (default)")
+                line = f"# {f.name} = (default)"
             elif isinstance(value, bool):
-                lines.append(f"{f.name} = {'true' if value else 'false'}")
+                line = f"{f.name} = {'true' if value else 'false'}"
             elif isinstance(value, (int, float)):
-                lines.append(f"{f.name} = {value}")
+                line = f"{f.name} = {value}"
             else:
-                lines.append(f'{f.name} = "{value}"')
+                line = f'{f.name} = "{value}"'
+            if origins is not None:
+                line = f"{line:<56}  # from {origins.get(f.name, 'the default')}"
+            lines.append(line)
         lines.append(f'# watch folder in effect: "{self.watch}"')
         lines.append(f'# database: "{self.db_path}"')
         return "\n".join(lines) + "\n"
@@ -156,8 +169,10 @@ def _coerce(name: str, raw: object, source: str) -> object:
         if isinstance(raw, bool):
             raise ConfigError(f"{where}: expected a number, got {raw!r}")
         try:
+            if not isinstance(raw, int | float | str):  # a TOML array, table or date: no number
+                raise TypeError(raw)
             value = int(raw) if kind == "int" else float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), TOML's `inf` for an integer
             raise ConfigError(
                 f"{where}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}"
             ) from None
@@ -211,6 +226,18 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"trainer: expected 'ff' or 'bp', got {config.trainer!r}")
     if config.replay_layers not in ("all", "lower", "upper"):
         raise ConfigError(f"replay_layers: expected 'all', 'lower' or 'upper', got {config.replay_layers!r}")
+    if not 0 <= config.rehearse_rows < config.batch_size:
+        raise ConfigError(
+            f"rehearse_rows: expected 0 to batch_size - 1 ({config.batch_size - 1}), got {config.rehearse_rows}"
+        )
+    if not 0 < config.rehearse_fraction <= 1:
+        raise ConfigError(f"rehearse_fraction: expected a share above 0 and at most 1, got {config.rehearse_fraction}")
+    if config.rehearse_layers not in ("all", "top"):
+        raise ConfigError(f"rehearse_layers: expected 'all' or 'top', got {config.rehearse_layers!r}")
+    if config.rehearse_rows and config.replay_layers == "lower":  # the top layer's rows would not be a prefix
+        raise ConfigError(
+            "rehearse_rows: the top layer learns from rehearsed rows, which replay_layers = 'lower' denies"
+        )
     if config.freeze_layers < 0:
         raise ConfigError(f"freeze_layers: must be >= 0, got {config.freeze_layers}")
     if not 0 <= config.lower_lr <= 1:
@@ -230,6 +257,8 @@ def _validate(config: Config) -> None:
             )
     if config.trainer == "bp" and (config.freeze_layers or config.replay_layers != "all"):
         raise ConfigError("freeze_layers and replay_layers act on FF's per-layer losses: they need trainer = 'ff'")
+    if config.trainer == "bp" and config.rehearse_rows and config.rehearse_layers == "top":
+        raise ConfigError("rehearse_layers = 'top' acts on FF's per-layer losses: with trainer = 'bp' use 'all'")
     from engram_ff.model.config import PRESETS  # torch-free
 
     if config.model_preset not in PRESETS:
@@ -238,10 +267,17 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 
 
-def load_config(config_file: str | os.PathLike | None = None, environ: dict | None = None, **flags: object) -> Config:
-    """Merge the sources in order of strength; flags left as None do not override."""
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    origins: dict[str, str] | None = None,
+    **flags: object,
+) -> Config:
+    """Merge the sources in order of strength; flags left as None do not override. `origins`, if given,
+    receives where each key that is not a default came from (`engram-ff config --show-origin`)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # each value of its field's type (_coerce)
+    origins = {} if origins is None else origins
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
         path = Path(config_file).expanduser()
@@ -259,22 +295,68 @@ def load_config(config_file: str | os.PathLike | None = None, environ: dict | No
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from {path}): unknown key; known keys: {', '.join(_FIELDS)}")
             values[key] = _coerce(key, raw, str(path))
+            origins[key] = f"file {path}"
     for env_key, raw in environ.items():
         if env_key.startswith(ENV_PREFIX) and env_key != ENV_PREFIX + "CONFIG":
             key = env_key[len(ENV_PREFIX) :].lower()
             if key not in _FIELDS:
                 raise ConfigError(f"{key} (from environment {env_key}): unknown key")
             values[key] = _coerce(key, raw, f"environment {env_key}")
+            origins[key] = f"environment {env_key}"
     for key, raw in flags.items():
         if raw is not None:
             values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), f"--{key.split('_')[0]}")
+            origins[key] = f"flag --{key.split('_')[0]}"
     config = Config(**values)
     _validate(config)
     return config
 
 
-def config_from_args(args) -> Config:
+def config_from_args(args, origins: dict[str, str] | None = None) -> Config:
     """The CLI's view: --config, --watch and --data flags over file and environment."""
     return load_config(
-        getattr(args, "config", None), watch_dir=getattr(args, "watch", None), data_dir=getattr(args, "data", None)
+        getattr(args, "config", None),
+        origins=origins,
+        watch_dir=getattr(args, "watch", None),
+        data_dir=getattr(args, "data", None),
     )
+
+
+REMEMBERED = "the database (what this data directory last used)"
+
+
+def with_remembered(config: Config, origins: dict[str, str] | None = None) -> Config:
+    """Fill what no source set from what the data directory's database remembers (migration 0600): the
+    watch folder it last watched or ingested, and in the demo's data directory the bundled facts. A
+    missing or unreadable database remembers nothing; nothing is created or changed here."""
+    if config.watch_dir is not None and config.facts_file is not None:
+        return config
+    if not config.db_path.is_file():
+        return config
+    import sqlite3
+
+    from engram_ff.state.db import open_db
+    from engram_ff.state.queries import remembered
+
+    try:
+        db = open_db(config.db_path, migrate=False)  # not migrated: reading its settings changes nothing
+    except sqlite3.Error:
+        return config
+    try:
+        settings = remembered(db)
+    except sqlite3.Error:  # a database older than migration 0600, or damaged: it remembers nothing
+        settings = {}
+    finally:
+        db.close()
+    watch_dir, facts_file = config.watch_dir, config.facts_file
+    if watch_dir is None and settings.get("watch_dir"):
+        watch_dir = Path(settings["watch_dir"])
+        if origins is not None:
+            origins["watch_dir"] = REMEMBERED
+    if facts_file is None and settings.get("facts") == "bundled":
+        from engram_ff.daemon.facts import BUNDLED_FACTS
+
+        facts_file = BUNDLED_FACTS
+        if origins is not None:
+            origins["facts_file"] = REMEMBERED
+    return dataclasses.replace(config, watch_dir=watch_dir, facts_file=facts_file)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from engram_ff.daemon.config import Config, user_data_dir
+from engram_ff.daemon.facts import BUNDLED_FACTS
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +30,14 @@ def demo_data_dir() -> Path:
 
 
 def demo_config(config: Config, *, data_given: bool) -> Config:
-    """The demo's data directory (an explicit --data wins), its own watch folder inside it, a short update."""
+    """The demo's data directory (an explicit --data wins), its own watch folder inside it, a short update,
+    and the bundled facts, which are about its made-up days (unless a facts_file is configured)."""
     return dataclasses.replace(
         config,
         data_dir=config.data_dir if data_given else demo_data_dir(),
         watch_dir=None,
         update_budget_minutes=min(config.update_budget_minutes, BUDGET_MINUTES),
+        facts_file=config.facts_file or BUNDLED_FACTS,
     )
 
 
@@ -48,3 +53,29 @@ def seed(watch_dir: Path) -> list[Path]:
             written.append(target)
     log.info("demo: %d sample days written to %s", len(written), raw)
     return written
+
+
+def program() -> str:
+    """engram-ff as the user can type it: its name where the shell finds this one, else its full path (a
+    venv that was not activated: `.venv/bin/engram-ff`)."""
+    me = Path(sys.argv[0])
+    if me.name != "engram-ff":
+        return "engram-ff"
+    found = shutil.which("engram-ff")
+    if found and Path(found).resolve() == me.resolve():
+        return "engram-ff"
+    return shlex.quote(str(me.absolute()))
+
+
+def closing_lines(config: Config) -> str:
+    """What the demo prints under its probe table: what the table means, that it goes on, how to stop it,
+    and the exact next command, with the demo's --data (the default data directory is not the demo's)."""
+    return (
+        "\nbpb: bits per byte the model needs for a text, lower is better (probe_bpb: a day's held-out "
+        "messages, never trained on;\ntrained_bpb: its trained ones); canary: the oldest held-out text, the "
+        "same every night, to catch forgetting;\nanswer_rank: where a fact's true answer ranks among its wrong "
+        "ones (1: the model prefers the truth).\n\n"
+        f"The demo keeps watching {config.watch} (a line appended there is read at once)\nand updates nightly at "
+        f"{config.schedule}. Ctrl-C stops it.\nTry next, in another terminal:\n"
+        f'  {program()} ask --data {shlex.quote(str(config.data_dir))} "Who is Victor?"'
+    )

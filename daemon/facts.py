@@ -22,7 +22,11 @@ class FactsError(ValueError):
 
 
 def load_facts(path: Path | None) -> list[dict]:
-    path = Path(path) if path else BUNDLED_FACTS
+    """The facts of `path`; none without one. The bundled ones (Victor, his boat, the cabin's wifi) are
+    the demo's: a real data directory must never report them as what its owner's model knows."""
+    if not path:
+        return []
+    path = Path(path)
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -1,14 +1,25 @@
 """The promotion gate: a night's candidate becomes the current model only if it is not worse than the
-current one beyond the configured tolerances, on three checks taken from the night's probe pass:
+current one beyond the configured tolerances, on four checks, three of them from the night's probe pass:
 
-  held_out  probe_bpb, the held-out text of the days both models were scored on;
+  held_out  probe_bpb, the probe-split text of the days both models were scored on;
   facts     answer_bpb, the mean over the facts the current model knows of their answers' bits per
             byte: rank alone hid a collapse from 0.0008 to 4.10 (issue 12). A fact it does not know cannot
             be forgotten: in the tests, on text that never mentions them, the answers of facts ranked first
             by chance swung by 2.8 bits per byte between two normal nights. So a fact counts as known when
             the current model ranks its answer first AND predicts it better than the held-out text of its
-            days (mean probe_bpb of its pass): it learned the answer, not just the language;
-  canary    canary_bpb, the oldest held-out text, the same every night, whose score must not jump.
+            days (mean probe_bpb of its pass; since the hold-out rolls, mostly text trained one night
+            later, so the bar is a little stricter than unseen text): it learned the answer, not just the language;
+  canary    canary_bpb, the oldest probe-split text, the same every night, whose score must not jump;
+  fresh     fresh_bpb, the night's own held-out messages (its new probe-split ones), scored on both models by
+            the update (daemon/update.py _judge) rather than by the probe pass: the one text neither model
+            trained on, so the one check of generalisation rather than of retention.
+
+The hold-out rolls (daemon/update.py): a probe-split message is held out of the night that first sees it and
+trained by the next promoted night. So the held-out text of older days, and the canary, were trained one
+night after they arrived: on them the candidate and the current model both trained (except for the day or
+two whose held-out messages tonight's candidate trained and the current model did not, which favour the
+candidate), and these checks ask whether the candidate kept what the current model knew. Tonight's held-out
+messages are the `fresh` check, held to gate_tolerance_bpb like the other held-out text.
 
 Each check compares the candidate's scores with the current model's newest pass on exactly the same
 texts (same day or fact and the same text_hash), as a mean over what both scored, so a day whose text
@@ -31,9 +42,15 @@ CHECKS = (
     ("held_out", "probe_bpb", ("day", "text_hash"), "gate_tolerance_bpb"),
     ("facts", "answer_bpb", ("probe", "text_hash"), "gate_facts_tolerance_bpb"),
     ("canary", "canary_bpb", ("text_hash",), "gate_canary_tolerance_bpb"),
+    ("fresh", "fresh_bpb", ("text_hash",), "gate_tolerance_bpb"),
 )
 ALARM_AFTER = 3  # rejected updates in a row that `status`, STATUS=, the log and `history` call out loudly
-LABELS = {"held_out": "held-out bits per byte", "facts": "facts' answer bits per byte", "canary": "canary"}
+LABELS = {
+    "held_out": "held-out bits per byte",
+    "facts": "facts' answer bits per byte",
+    "canary": "canary",
+    "fresh": "tonight's held-out bits per byte",
+}
 
 
 def comparable(reference: list[dict]) -> bool:
@@ -116,5 +133,5 @@ def alarm(db) -> str | None:
 
 def gate_line(run: dict) -> str:
     """An update row's gate decision as one line: 'promoted: ...' or 'rejected: ...'."""
-    decision = orjson.loads(run["gate"])
+    decision = run["gate"] if isinstance(run["gate"], dict) else orjson.loads(run["gate"])
     return f"{decision['decision']}: {decision['reason']}"

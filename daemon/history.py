@@ -1,8 +1,10 @@
 """`engram-ff history`: the probe history, one row per probe pass, and a plot of it over dates.
 
-What a person should see at a glance, with 1 night as with 365: did the newest day's held-out text get
-learned, did the older days stay learned (both in bits per byte, lower is better), are the facts still
-known, and what each night's update did (how much new text; kept, rejected by a promotion gate, failed).
+What a person should see at a glance, with 1 night as with 365: how well the model predicts the newest day's
+held-out text, did the older days stay learned (both in bits per byte, lower is better; an older day's probe
+split was trained the night after it arrived: daemon/probes.py), how well the model of the night before
+predicted the night's new text before training on it (prequential), are the facts still known, and what each
+night's update did (how much new text; kept, rejected by a promotion gate, failed).
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ def recent_history(db: sqlite_utils.Database, limit: int = 20) -> list[dict]:
     for p in reversed(passes):
         split = held_out.get(p["run_id"], {})
         row = {
-            "run": p["run_id"],
+            "update": p["update_number"],  # the update whose model was probed, as `status` and `learned` name it
+            "run": p["run_id"],  # the probe pass's own run
             "checkpoint": p["checkpoint_id"],
             "recorded_at": p["recorded_at"],
             "new_day_bpb": split.get("new_day_bpb"),
             "old_days_bpb": split.get("old_days_bpb"),
+            "prequential_bpb": p["prequential_bpb"],
         }
         scores = {r["metric"]: r["value"] for r in runs.pass_scores(db, p["run_id"], kind="summary")}
         for metric, column in SUMMARY_COLUMNS.items():
@@ -132,7 +136,9 @@ def history_figure(db: sqlite_utils.Database):
                 fontsize=8,
                 color=line.get_color(),
             )
-    text_ax.set_title("held-out text the model never trained on", fontsize=10, loc="left")
+    text_ax.set_title(
+        "probe-split text: the newest day's held out, older days' trained the night after", fontsize=10, loc="left"
+    )
     text_ax.set_ylabel("bits per byte\n(lower is better)")
     if text_ax.get_lines():
         text_ax.legend(fontsize=8, loc="upper right")
@@ -142,8 +148,8 @@ def history_figure(db: sqlite_utils.Database):
         by_fact.setdefault(r["fact"], {}).setdefault(r["run_id"], {"at": _when(r["recorded_at"])})[r["metric"]] = r[
             "value"
         ]
-    for name, series in sorted(by_fact.items()):
-        points = [s for _, s in sorted(series.items()) if "answer_bpb" in s]
+    for name, by_run in sorted(by_fact.items()):
+        points = [s for _, s in sorted(by_run.items()) if "answer_bpb" in s]
         rank = points[-1].get("answer_rank") if points else None
         label = name if rank is None else f"{name} ({'ranked first' if rank == 1 else f'rank {rank:.0f}'} now)"
         (line,) = facts_ax.plot([p["at"] for p in points], [p["answer_bpb"] for p in points], label=label)
@@ -224,7 +230,7 @@ def _time_axis(ax, first: datetime, last: datetime) -> timedelta:
     if span < HOURS_UP_TO:
         pad = max(span * 0.1, (SHORTEST_WINDOW - span) / 2)
         locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=10)
-        formatter = mdates.DateFormatter("%H:%M", tz=zone)
+        formatter: mdates.DateFormatter | mdates.ConciseDateFormatter = mdates.DateFormatter("%H:%M", tz=zone)
         days = f"{first:%a %d %b %Y}" if first.date() == last.date() else f"{first:%a %d %b} to {last:%a %d %b %Y}"
         ax.set_xlabel(f"local time on {days}")
     else:

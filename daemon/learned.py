@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from engram_ff.daemon.output import duration, moment, number, printable, size, table
+from engram_ff.daemon.output import duration, moment, number, printable, run_name, size, suggest, table
 from engram_ff.state import queries, runs
 
 BIGGEST = 8
@@ -25,12 +25,16 @@ def gather(db) -> dict | None:
     before = runs.checkpoint_scores(db, run["parent_checkpoint_id"])
     after = runs.checkpoint_scores(db, run["checkpoint_id"])
     return {
-        "run": run,
+        "run": runs.decoded(run),
+        "update": run_name(run),
         "gate": _gate(run),
         "days": queries.new_days(db, run["first_message_id"] or 0, run["last_message_id"] or 0),
         "changes": changes(before, after),
         "facts_first": {"before": _first(before), "after": _first(after)},
-        "since": [{k: r[k] for k in ("id", "status", "ended_at", "error")} for r in runs.updates_after(db, run["id"])],
+        "since": [
+            {**{k: r[k] for k in ("id", "number", "status", "ended_at", "error")}, "update": run_name(r)}
+            for r in runs.updates_after(db, run["id"])
+        ],
     }
 
 
@@ -40,7 +44,7 @@ def _gate(run: dict) -> dict | None:
     if not raw:
         return None
     try:
-        value = orjson.loads(raw)
+        value = raw if isinstance(raw, dict) else orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"decision": None, "reason": raw}
     return value if isinstance(value, dict) else {"decision": None, "reason": value}
@@ -64,18 +68,18 @@ def _first(scores: list[dict]) -> str | None:
     return f"{sum(rank == 1 for rank in ranks)}/{len(ranks)}" if ranks else None
 
 
-def render(facts: dict | None) -> str:
+def render(facts: dict | None, data: str | None = None) -> str:
     if facts is None:
-        return "Nothing learned yet: no update has trained. `engram-ff update` runs one now."
+        return f"Nothing learned yet: no update has trained. {suggest('update', data)} runs one now."
     run, days = facts["run"], facts["days"]
-    lines = [f"update {run['id']}, {moment(run['ended_at'])}: {_decision(run, facts['gate'])}"]
+    lines = [f"{facts['update']}, {moment(run['ended_at'])}: {_decision(run, facts['gate'])}"]
     if days:
         span = days[0]["day"] if len(days) == 1 else f"{days[0]['day']} to {days[-1]['day']}"
         n_messages = sum(d["messages"] for d in days)
         word = "day" if len(days) == 1 else "days"
         lines.append(f"new text: {size(run['new_bytes'])} in {n_messages:,} messages from {len(days)} {word}, {span}")
     elif run["resumed_from"]:
-        lines.append(f"new text: {size(run['new_bytes'])} (resumed update {run['resumed_from']})")
+        lines.append(f"new text: {size(run['new_bytes'])} (it resumed run {run['resumed_from']})")
     lines.append(
         f"trained {run['steps'] or 0:,} steps in {duration(run['wall_seconds'])}, with {size(run['replay_bytes'])} of "
         f"older text replayed; checkpoint {run['checkpoint_id']}"
@@ -102,7 +106,7 @@ def render(facts: dict | None) -> str:
         lines += ["", "first probe pass: nothing earlier to compare with"]
     for later in facts["since"]:
         why = f" ({later['error']})" if later["error"] else ""
-        lines.append(f"since then: update {later['id']} {later['status']}{why}")
+        lines.append(f"since then: {later['update']} {later['status']}{why}")
     return "\n".join(printable(line) if "\n" not in line else line for line in lines)
 
 

@@ -23,7 +23,15 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+# Libraries whose INFO lines say nothing a user can act on ("Adding job tentatively -- it will be properly
+# scheduled when the scheduler starts", "Matplotlib is building the font cache"): their warnings still show,
+# and log_level = "DEBUG" shows everything.
+CHATTY = ("apscheduler", "matplotlib")
+
+
 def setup_logging(level: str = "INFO") -> None:
     under_journal = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
     fmt = "%(name)s: %(message)s" if under_journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, handlers=[_StderrHandler()], force=True)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, environ: dict | None = None):
+    def __init__(self, environ: Mapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):  # abstract namespace: a leading NUL byte instead of '@'
@@ -48,6 +49,7 @@ class Notifier:
         if self._socket is None:
             return False
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
+        assert self.address is not None, "a socket is made only for an address"
         try:
             self._socket.sendto(message.encode(), self.address)
             return True

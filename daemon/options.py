@@ -40,10 +40,21 @@ def option(*flags: str, **kwargs):
     return add
 
 
+def data_options(run):
+    """--config and --data: which configuration and data directory, for the commands that never read the
+    Engram folder (ask, generate, history, learned, probe), so their --help offers no --watch."""
+    run = option("--data", metavar="DIR", help="the data directory: where the database, checkpoints and lock live")(run)
+    return option("--config", metavar="FILE", help="TOML configuration file")(run)
+
+
 def location_options(run):
     """--config, --watch and --data: which configuration, Engram folder and data directory."""
-    run = option("--data", metavar="DIR", help="where the database, checkpoints and lock live")(run)
-    run = option("--watch", metavar="DIR", help="the Engram folder to watch (its raw/ holds the daily files)")(run)
+    run = option("--data", metavar="DIR", help="the data directory: where the database, checkpoints and lock live")(run)
+    run = option(
+        "--watch",
+        metavar="DIR",
+        help="the Engram folder (its raw/ holds the daily files); default: the one this data directory last used",
+    )(run)
     return option("--config", metavar="FILE", help="TOML configuration file")(run)
 
 

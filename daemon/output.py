@@ -9,6 +9,7 @@ the cursor or recolour the terminal.
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 
 import orjson
@@ -80,6 +81,19 @@ def moment(stamp: str | None) -> str:
         return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return printable(stamp)
+
+
+def run_name(row: dict) -> str:
+    """How people see a run: 'update 3 (run 5)'. The number counts this data directory's runs of one
+    kind (runs.number), so a person follows night 3 through `status`, `learned` and `history`; the id,
+    which probe passes share, is what sqlite3 queries and the log name."""
+    kind, number = row.get("kind") or "update", row.get("number")
+    return f"{kind} {number} (run {row['id']})" if number is not None else f"{kind} run {row['id']}"
+
+
+def suggest(words: str, data: str | None = None) -> str:
+    """A command for the user to type next, with their --data kept, so it acts on the same directory."""
+    return f"`engram-ff {words}" + (f" --data {shlex.quote(str(data))}`" if data else "`")
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -1,13 +1,21 @@
 """Retention, forgetting, canary and fact probes, each score one row of `probe_scores`.
 
 Scores are bits per byte, lower is better. For day d at checkpoint k:
-  retention   probe_bpb (d's held-out probe split) and trained_bpb (a fixed sample of d's train text);
-              at most `probe_max_days` days a pass (probed_days), so a pass costs the same in any month;
-  canary      canary_bpb: the first CANARY_BYTES of held-out text ever stored, the same text every night;
+  retention   probe_bpb (d's probe split) and trained_bpb (a fixed sample of d's train text); at most
+              `probe_max_days` days a pass (probed_days), so a pass costs the same in any month;
+  canary      canary_bpb: the first CANARY_BYTES of probe-split text ever stored, the same text every night;
   forgetting  score now minus the best score any earlier checkpoint had on d (Chaudhry et al. 2018,
               in loss form: positive means forgotten), averaged over the days before the newest;
   backward transfer (GEM, Lopez-Paz and Ranzato 2017): mean over days before the newest of
               (score when d was first probed - score now); positive means later learning helped d.
+
+The probe split is a rolling hold-out (daemon/update.py): a day's probe-split messages are held out of the
+night that first sees them and trained by the next promoted night. So probe_bpb of the newest day is
+held-out text (what that night generalised to), while for older days, and the canary, it measures retained
+knowledge of text trained one night after it arrived, as trained_bpb does for text trained the night it
+arrived; forgetting and backward transfer are about what was learned and kept. A day's first probe_bpb is
+taken before its probe messages were trained, so its backward transfer counts the night that trained them.
+The text neither model trained on is the gate's `fresh` check (daemon/gate.py), scored by the update.
 """
 
 from __future__ import annotations

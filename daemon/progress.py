@@ -35,13 +35,16 @@ class Progress:
         self.status = status  # receives "training: step 120/900, 3 min left"
         self.clock = clock
         self.run_id = 0
+        self.name = "update 0"
         self.total = 0
         self.budget_s = 0.0
         self._next = {"log": 0.0, "status": 0.0, "bar": 0.0}
         self._drawn = False
 
-    def start(self, run_id: int, total_steps: int, budget_s: float) -> None:
+    def start(self, run_id: int, total_steps: int, budget_s: float, name: str | None = None) -> None:
+        """`name` is how the log names the update ('update 3 (run 5)'); 'update RUN_ID' without one."""
         self.run_id, self.total, self.budget_s = run_id, total_steps, budget_s
+        self.name = name or f"update {run_id}"
         now = self.clock()
         self._next = {"log": now + LOG_EVERY_S, "status": now, "bar": now}
 
@@ -59,8 +62,8 @@ class Progress:
             self.finish()  # the log line gets a line of its own; the bar is drawn again below it
             self._next["bar"] = now
             log.info(
-                "update %d: step %d/%d, loss %.3f, %s/s, %s left",
-                self.run_id,
+                "%s: step %d/%d, loss %.3f, %s/s, %s left",
+                self.name,
                 step,
                 self.total,
                 loss,

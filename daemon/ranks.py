@@ -47,7 +47,7 @@ from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.sandbox import adapt_torch
 from engram_ff.model.lm import FFLM, LMConfig
 from engram_ff.model.parallel import STOP_GRACE_S, Patience, Replicas, Unanswered
-from engram_ff.model.train import TRAINERS, train
+from engram_ff.model.train import TRAINERS, FFTrainer, train
 
 log = logging.getLogger("engram_ff.daemon.ranks")  # also when run as __main__, a helper rank
 
@@ -121,6 +121,7 @@ class Team:
             raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} ranks")
         if self.replicas is None:
             self._start_helpers(config)
+        assert self.replicas is not None, "torchrun's, or joined by _start_helpers"
         self.deadline = time.monotonic() + night["budget_s"] + BUDGET_GRACE_S  # the budget counts from here
         self.replicas.patience = Patience(should_stop=self.should_stop, deadline=self.deadline)
         if self.helpers:
@@ -181,6 +182,7 @@ class Team:
         """The collectives this thread cannot wait for in small steps (DistributedDataParallel's, under the
         BP trainer, wait inside backward()): past the deadline by STOP_GRACE_S with training not finished,
         the helpers are killed, so that rank 0's collective fails at once instead of after TIMEOUT."""
+        assert self.deadline is not None and self.group is not None, "started once the helpers met"
         while not self.finished:
             if time.monotonic() > self.deadline + STOP_GRACE_S:
                 log.error("the ranks are past the budget and did not finish: ending the helper ranks")
@@ -203,6 +205,7 @@ class Team:
     def follow(self) -> int:
         """A rank other than 0 under torchrun: train as rank 0 says, then leave the group."""
         stop = stop_flag()
+        assert self.replicas is not None, "torchrun's team is made with its replicas"
         try:
             return follow(self.replicas, should_stop=lambda: stop["requested"])
         except Exception as exc:  # rank 0's failure reaches us as a broken collective
@@ -247,17 +250,19 @@ class Team:
             if self.replicas is not None and not self.sent:
                 self.replicas.broadcast(None)
         finally:
-            for helper in self.helpers:
-                try:
-                    helper.wait(HELPER_EXIT_S)
-                except subprocess.TimeoutExpired:
-                    log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
-            self.kill()  # the whole group, whatever it holds now
-            if self.replicas is not None:
-                self.replicas.close()
-            if self.store is not None:
-                self.store.unlink(missing_ok=True)
-            torch.set_num_threads(self.threads)
+            try:
+                for helper in self.helpers:
+                    try:
+                        helper.wait(HELPER_EXIT_S)
+                    except subprocess.TimeoutExpired:
+                        log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
+                self.kill()  # the whole group, whatever it holds now
+                if self.replicas is not None:
+                    self.replicas.close()
+            finally:  # the rendezvous file goes even if the wait above is interrupted (a second Ctrl-C)
+                if self.store is not None:
+                    self.store.unlink(missing_ok=True)
+                torch.set_num_threads(self.threads)
 
 
 class RankFailed(RuntimeError):
@@ -296,12 +301,13 @@ def remove_stale_stores(data_dir: Path) -> None:
             log.warning("cannot remove the stale rendezvous file %s (%s): skipped", stale, exc.strerror)
 
 
-def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes], seed: int, budget_s: float, steps: int):
+def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes, bytes], seed: int, budget_s: float, steps: int):
     """What every other rank needs to train exactly as rank 0 does: picklable, tensors included."""
     return {
         "config": config,
         "new_text": text[0],
         "replay": text[1],
+        "rehearse": text[2],
         "seed": seed,
         "budget_s": budget_s,
         "steps": steps,
@@ -320,18 +326,22 @@ def follow(replicas: Replicas, should_stop=lambda: False) -> int:
     night = replicas.broadcast()
     if night is None:
         return 0
+    assert isinstance(night, dict), "rank 0 broadcasts the night as a dict (Team.start)"
     model = FFLM(LMConfig.from_dict(night["model_config"]))
     model.load_state_dict(night["model"])
     trainer = TRAINERS[night["trainer_kind"]](model)
     trainer.load_state_dict(night["trainer"])
     trainer.lr, trainer.layer_lr = night["lr"], night["layer_lr"]
     if night["loss_rows"]:
+        assert isinstance(trainer, FFTrainer), "only FF's trainer has loss rows to send"
         trainer.loss_rows = night["loss_rows"]
     trainer.distribute(replicas)
     generator = torch.Generator().manual_seed(night["seed"])
-    batches, _ = recipe.update_batches(night["new_text"], night["replay"], night["config"], generator, replicas.world)
+    batches, _ = recipe.update_batches(
+        night["new_text"], night["replay"], night["config"], generator, replicas.world, night["rehearse"]
+    )
     result = train(trainer, batches, night["budget_s"], night["steps"], should_stop=should_stop, replicas=replicas)
-    log.info("rank %d: %d steps", replicas.rank, result.steps)
+    log.debug("rank %d: %d steps", replicas.rank, result.steps)  # rank 0's log says it for all
     return 0
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import torch
 
 from engram_ff.daemon.config import Config
+from engram_ff.model.scoring import continuation_nats
 from engram_ff.model.train import BPTrainer, FFTrainer, byte_batches
 from engram_ff.state import queries
+
+REHEARSAL_SCORED_BYTES = 1 << 20  # the sessions scored for rehearsal: a backlog night scores its first MiB
 
 
 def replay_size(config: Config, new_bytes: int, history_bytes: int) -> int:
@@ -52,36 +55,94 @@ def retry_rate(rejected_in_a_row: int) -> float:
     return 0.5**rejected_in_a_row
 
 
-def plan_layers(trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool, replay_rows: int) -> None:
+def plan_layers(
+    trainer: FFTrainer | BPTrainer, config: Config, *, matured: bool, replay_rows: int, rehearse_rows: int = 0
+) -> None:
     """Per-layer guards against forgetting: slow every layer below the top once matured (either trainer);
     with FF also freeze the lowest layers, which then need no backward pass, and let only some layers'
-    losses see the replayed rows (the last `replay_rows` of each batch), which backprop's one loss cannot."""
+    losses see the replayed rows (after the new ones) or the rehearsed rows (last of each batch), which
+    backprop's one loss cannot."""
     n_layers = len(trainer.layer_lr)
     if config.freeze_layers >= n_layers:
         raise ValueError(f"freeze_layers: {config.freeze_layers} would freeze all {n_layers} layers of the model")
     if matured:
         if config.freeze_layers:
+            assert isinstance(trainer, FFTrainer), "configuration allows freeze_layers only with trainer = 'ff'"
             trainer.freeze(config.freeze_layers)
         for i in range(config.freeze_layers, n_layers - 1):
             trainer.layer_lr[i] = config.lower_lr
+    rows = config.batch_size - rehearse_rows
     if replay_rows and config.replay_layers != "all":
-        new_rows = config.batch_size - replay_rows
+        assert isinstance(trainer, FFTrainer), "configuration allows replay_layers only with trainer = 'ff'"
         skip = range(n_layers - 1, n_layers) if config.replay_layers == "lower" else range(n_layers - 1)
         for i in skip:
-            trainer.loss_rows[i] = new_rows
+            trainer.loss_rows[i] = rows - replay_rows
+    if rehearse_rows and config.rehearse_layers == "top":
+        assert isinstance(trainer, FFTrainer), "configuration allows rehearse_layers = 'top' only with trainer = 'ff'"
+        for i in range(n_layers - 1):
+            trainer.loss_rows[i] = min(rows, trainer.loss_rows[i] or rows)
 
 
-def update_batches(new_text: bytes, replay: bytes, config: Config, generator: torch.Generator, world: int = 1):
+def rehearsal(model, new_text: bytes, fraction: float) -> bytes:
+    """The night's sessions that the current model finds most surprising, per byte: what it has not learned.
+
+    A fact said once is a short session whose every specific (a name, a number) the model cannot predict,
+    while ordinary chat is mostly predictable language; rehearsing the top `fraction` of the distinct
+    sessions gives the fact many exposures in one night while the rest of the text keeps its few. Scored
+    before training, each session from the start of a line, as state/text.py writes sessions apart.
+    Repeated sessions count once, so a fact said 8 times does not crowd out one said once."""
+    pieces = new_text[:REHEARSAL_SCORED_BYTES].split(b"\n\n")
+    sessions = [s for s in dict.fromkeys(p.strip(b"\n") for p in pieces) if len(s) >= 2]
+    if not sessions or fraction <= 0:
+        return b""
+    surprise = {s: continuation_nats(model, b"\n", s) for s in sessions}  # mean nats per byte
+    ranked = sorted(sessions, key=surprise.__getitem__, reverse=True)
+    return b"\n\n".join(ranked[: max(1, round(fraction * len(ranked)))])
+
+
+def rehearsal_rows(config: Config, rehearse: bytes, world: int = 1) -> int:
+    """Rows of each batch that rehearse: `rehearse_rows`, a multiple of the ranks, none without text."""
+    if len(rehearse) < 2 or not config.rehearse_rows:
+        return 0
+    return max(world, world * round(config.rehearse_rows / world))
+
+
+def update_batches(
+    new_text: bytes,
+    replay: bytes,
+    config: Config,
+    generator: torch.Generator,
+    world: int = 1,
+    rehearse: bytes = b"",
+):
     """(batches, replayed rows per batch). Windows come from new and replayed text together; only when
     layers treat replay differently is each batch split into new rows first, then replayed ones in
-    proportion to the bytes, so a layer can take its loss on the new rows alone. Over `world` data-parallel
-    ranks both counts are multiples of world, so that every rank's shard holds the same share of each."""
+    proportion to the bytes, so a layer can take its loss on the new rows alone. Rehearsal rows (see
+    `rehearsal`) come last, so that `rehearse_layers = "top"` can keep them from the lower layers' losses.
+    Over `world` data-parallel ranks every count is a multiple of world, so that every rank's shard holds
+    the same share of each."""
+    n_rehearse = rehearsal_rows(config, rehearse, world)
+    rows = config.batch_size - n_rehearse
+    batches, replay_rows = _new_and_replay(new_text, replay, config, rows, generator, world)
+    if not n_rehearse:
+        return batches, replay_rows
+    again = byte_batches(rehearse, n_rehearse, config.seq_len, generator)
+
+    def joined():
+        for (x, y), (xr, yr) in zip(batches, again):
+            t = min(x.shape[1], xr.shape[1])  # a short rehearsal set has short windows: the batch takes theirs
+            yield torch.cat([x[:, :t], xr[:, :t]]), torch.cat([y[:, :t], yr[:, :t]])
+
+    return joined(), replay_rows
+
+
+def _new_and_replay(new_text: bytes, replay: bytes, config: Config, rows: int, generator, world: int):
     text = bytearray().join((new_text, replay))  # one copy, which the batches share rather than copy again
     if config.replay_layers == "all" or min(len(new_text), len(replay)) < 2:
-        return byte_batches(text, config.batch_size, config.seq_len, generator), 0
-    share = world * round(config.batch_size * len(replay) / len(text) / world)
-    replay_rows = min(config.batch_size - world, max(world, share))
+        return byte_batches(text, rows, config.seq_len, generator), 0
+    share = world * round(rows * len(replay) / len(text) / world)
+    replay_rows = min(rows - world, max(world, share))
     seq_len = min(config.seq_len, len(new_text) - 1, len(replay) - 1)
-    new = byte_batches(new_text, config.batch_size - replay_rows, seq_len, generator)
+    new = byte_batches(new_text, rows - replay_rows, seq_len, generator)
     old = byte_batches(replay, replay_rows, seq_len, generator)
     return ((torch.cat([xn, xo]), torch.cat([yn, yo])) for (xn, yn), (xo, yo) in zip(new, old)), replay_rows

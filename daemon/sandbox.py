@@ -41,5 +41,5 @@ def adapt_torch() -> None:
     import torch
 
     if write_execute_denied():
-        torch.backends.mkldnn.enabled = False
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a ContextProp: setting it sets the flag
         log.info("MemoryDenyWriteExecute is in force: oneDNN's JIT is off, plain CPU kernels serve")

@@ -25,10 +25,11 @@ from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.daemon.gate import alarm
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
+from engram_ff.daemon.output import run_name
 from engram_ff.ingest.names import shown
 from engram_ff.ingest.reader import Limits
 from engram_ff.ingest.watcher import Watcher
-from engram_ff.state import runs
+from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ class Service:
         log.info("update finished with exit code %d (%s)", code, self.last_update)
         if self.demo:
             self._print_latest_probes()
+            from engram_ff.daemon.demo import closing_lines
+
+            print(closing_lines(self.config), flush=True)
         return code
 
     def _relay_status(self, fd: int) -> None:
@@ -190,7 +194,7 @@ class Service:
         db = open_db(self.config.db_path)
         try:
             row = runs.last_update(db)
-            self.last_update = f"run {row['id']} {row['status']} at {row['ended_at']}" if row else "never"
+            self.last_update = f"{run_name(row)} {row['status']} at {row['ended_at']}" if row else "never"
             if row and row["status"] == "refused":
                 self.last_update += f": REFUSED, {row['error']}"
             if loud := alarm(db):
@@ -292,10 +296,12 @@ class Service:
         with DataDirLock(self.config.lock_path):
             db = open_db(self.config.db_path)  # migrations happen here, before READY
             runs.mark_dead_runs_interrupted(db)
+            queries.remember(db, "watch_dir", str(self.config.watch))  # what `status` and `reset` name later
             self._refresh_last_update()
             if self.demo:
                 from engram_ff.daemon.demo import seed
 
+                queries.remember(db, "facts", "bundled")  # its facts are about its own made-up days
                 seed(self.config.watch)
             if not self._wait_for_watch_folder():
                 return 0

@@ -9,13 +9,13 @@ marked).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from pathlib import Path
 
 from engram_ff.daemon import schedule
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import holder
-from engram_ff.daemon.output import duration, moment, printable, size, table
+from engram_ff.daemon.output import duration, moment, printable, run_name, size, suggest, table
 from engram_ff.state import queries, runs
 
 RECENT_DAYS = 7
@@ -25,21 +25,25 @@ RECENT_ROWS = 5
 def gather(db, config: Config, *, verbose: bool = False) -> dict:
     """Every fact `status` shows, as plain values (what `--json` prints)."""
     messages = queries.message_summary(db)
-    since = _days_before(messages["last_day"], RECENT_DAYS - 1)
+    since = queries.newest_days_from(db, RECENT_DAYS)
     last_update = runs.last_update(db)
     pid = holder(config.lock_path)
+    watch = config.watch
+    if pid is not None and (daemons := queries.remembered(db).get("watch_dir")):
+        watch = Path(daemons)  # what the running daemon recorded at its start, whatever this shell's flags say
     facts = {
         "database": str(config.db_path),
         "daemon": {"running": pid is not None, "pid": pid or None},
-        "watch_dir": str(config.watch),
-        "watch_dir_exists": config.watch.is_dir(),
+        "watch_dir": str(watch),
+        "watch_dir_exists": watch.is_dir(),
+        "facts_file": str(config.facts_file) if config.facts_file else None,
         "files": queries.file_totals(db),
         "messages": messages,
         "quarantine": queries.counts(db)["quarantine"],
-        "last_update": last_update,
-        "running": runs.running_runs(db),
+        "last_update": runs.decoded(last_update),
+        "running": [runs.decoded(r) for r in runs.running_runs(db)],
         "next_update": _next_update(db, config, daemon_running=pid is not None),
-        "current_checkpoint": runs.current_checkpoint(db),
+        "current_checkpoint": _current(db),
         "waiting": _waiting(db, config),
         "gate_alarm": alarm(db),
         "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
@@ -51,19 +55,24 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
     return facts
 
 
+def _current(db) -> dict | None:
+    """The current model's checkpoint row, and the run that made it as people name it ('update 3 (run 5)')."""
+    current = runs.current_checkpoint(db)
+    return None if current is None else {**current, "made_by": run_name(runs.get_run(db, current["run_id"]))}
+
+
 def _waiting(db, config: Config) -> dict | None:
     """New text the last successful update left for later nights (a night takes at most update_max_new_mib)."""
     done = runs.last_successful_update(db)
     if done is None or not done["waiting_bytes"]:
         return None
     night = config.update_max_new_mib * (1 << 20)
-    return {"update": done["id"], "bytes": done["waiting_bytes"], "nights": math.ceil(done["waiting_bytes"] / night)}
-
-
-def _days_before(day: str | None, n: int) -> str:
-    if day is None:
-        return "9999-12-31"
-    return (datetime.fromisoformat(day) - timedelta(days=n)).date().isoformat()
+    return {
+        "update": done["id"],
+        "name": run_name(done),
+        "bytes": done["waiting_bytes"],
+        "nights": math.ceil(done["waiting_bytes"] / night),
+    }
 
 
 def _next_update(db, config: Config, *, daemon_running: bool) -> dict:
@@ -76,8 +85,24 @@ def _next_update(db, config: Config, *, daemon_running: bool) -> dict:
     }
 
 
-def render(facts: dict, *, verbose: bool = False) -> str:
-    lines = [_summary(facts)]
+FACTS_EXAMPLE = """\
+  [[fact]]
+  name = "sister-city"
+  prompt = "user: Where does my sister live?\\nassistant: "
+  answer = "Your sister lives in Porto."
+  distractors = ["Your sister lives in Leeds.", "Your sister lives in Oslo."]"""
+
+
+def render(facts: dict, *, verbose: bool = False, data: str | None = None) -> str:
+    lines = [_summary(facts, data)]
+    if not facts["facts_file"]:
+        lines += [
+            "",
+            "No fact probes: write the facts your model should learn from your chats in a TOML file, e.g.",
+            FACTS_EXAMPLE,
+            "and name it as facts_file (in --config's file, or ENGRAM_FF_FACTS_FILE=~/facts.toml); every update "
+            "then scores each answer, and `learned` and `history` show whether it was learned.",
+        ]
     if facts["gate_alarm"]:
         lines.insert(0, f"WARNING: {facts['gate_alarm']}\n")
     sections = [
@@ -95,7 +120,7 @@ def render(facts: dict, *, verbose: bool = False) -> str:
         if rows:
             lines += ["", f"{title}:", table(rows, columns)]
     if not verbose and facts["files"]["files"] > RECENT_ROWS:
-        lines += ["", "`engram-ff status --verbose` lists every file, day and event."]
+        lines += ["", f"{suggest('status --verbose', data)} lists every file, day and event."]
     return "\n".join(lines)
 
 
@@ -124,16 +149,17 @@ def _files(rows: list[dict], verbose: bool) -> list[dict]:
     ]
 
 
-def _summary(facts: dict) -> str:
+def _summary(facts: dict, data: str | None = None) -> str:
     f, m, daemon = facts["files"], facts["messages"], facts["daemon"]
     rows = [
         ("database", facts["database"]),
         ("daemon", f"running (pid {daemon['pid']})" if daemon["running"] else "not running"),
-        ("next update", _next_line(facts["next_update"])),
+        ("next update", _next_line(facts["next_update"], data)),
         (
-            "watching",
+            "watching" if daemon["running"] else "watch folder",
             f"{facts['watch_dir']}" + ("" if facts["watch_dir_exists"] else " (does not exist)"),
         ),
+        ("facts", facts["facts_file"] or "none probed (below: how to write them)"),
         (
             "files",
             f"{f['files']:,} ({size(f['committed'] + f['pending'])}), {size(f['pending'])} waiting for a newline"
@@ -148,7 +174,7 @@ def _summary(facts: dict) -> str:
         rows.append(
             (
                 "waiting to train",
-                f"{size(waiting['bytes'])} of newer text left by update {waiting['update']}: "
+                f"{size(waiting['bytes'])} of newer text left by {waiting['name']}: "
                 f"about {waiting['nights']} more night{'s' if waiting['nights'] != 1 else ''} at update_max_new_mib",
             )
         )
@@ -156,12 +182,12 @@ def _summary(facts: dict) -> str:
     return "\n".join(f"{label.ljust(width)}  {printable(value)}" for label, value in rows)
 
 
-def _next_line(next_update: dict) -> str:
+def _next_line(next_update: dict, data: str | None = None) -> str:
     nightly = moment(next_update["nightly_at"])
     if next_update["daemon_running"]:
         return f"{nightly} (the running daemon's nightly update)"
     when = "at once, as none succeeded in the last day" if next_update["catch_up_at_start"] else f"at {nightly}"
-    return f"none while no daemon runs; `engram-ff run` (or the service) updates {when}"
+    return f"none while no daemon runs; {suggest('run', data)} (or the service) updates {when}"
 
 
 def _messages_line(m: dict) -> str:
@@ -170,7 +196,8 @@ def _messages_line(m: dict) -> str:
         return "none yet"
     span = f"{m['first_day']} to {m['last_day']}" if m["days"] > 1 else m["first_day"]
     day_word = "day" if m["days"] == 1 else "days"
-    return f"{total:,} ({m['train']:,} to train on, {m['probe']:,} held out) over {m['days']:,} {day_word}, {span}"
+    held = f"{m['probe']:,} held out for a night first"  # the rolling hold-out (daemon/update.py)
+    return f"{total:,} ({m['train']:,} trained at once, {held}) over {m['days']:,} {day_word}, {span}"
 
 
 def _update_line(last: dict | None, running: list[dict]) -> str:
@@ -179,9 +206,9 @@ def _update_line(last: dict | None, running: list[dict]) -> str:
     if last["status"] == "running":
         state = next((r for r in running if r["id"] == last["id"]), None)
         if state is not None and not state["alive"]:
-            return f"run {last['id']} interrupted: its process died (started {moment(last['started_at'])})"
-        return f"run {last['id']} running since {moment(last['started_at'])}"
-    words = f"run {last['id']} {last['status']}, {moment(last['ended_at'])}, took {duration(last['wall_seconds'])}"
+            return f"{run_name(last)} interrupted: its process died (started {moment(last['started_at'])})"
+        return f"{run_name(last)} running since {moment(last['started_at'])}"
+    words = f"{run_name(last)} {last['status']}, {moment(last['ended_at'])}, took {duration(last['wall_seconds'])}"
     if last["new_bytes"]:
         words += f": {size(last['new_bytes'])} new, {last['steps'] or 0:,} steps"
     if last.get("gate"):
@@ -195,4 +222,4 @@ def _model_line(current: dict | None) -> str:
     if current is None:
         return "none yet (a fresh model is built by the first update)"
     steps = f"{current['steps']:,} steps"
-    return f"checkpoint {current['id']} of run {current['run_id']}, {steps}, {moment(current['created_at'])}"
+    return f"checkpoint {current['id']} of {current['made_by']}, {steps}, {moment(current['created_at'])}"

@@ -1,6 +1,21 @@
 """The nightly update: from the current model, train a candidate on what arrived since, probe it, and let
 the promotion gate (daemon/gate.py) make it the current model or reject it.
 
+Nothing a user says is thrown away, and every gate still sees text neither model trained on: the hold-out
+rolls. A message whose hash puts it in the probe split (ingest/reader.py split_of) is held out of the night
+that first sees it, whose gate compares the candidate with the current model on it (the `fresh` check,
+daemon/gate.py), and the next promoted night trains it, within its conversation (state/queries.py
+deferred_text). A night's text is therefore: the probe-split messages at or before its first id that no
+promoted night has trained yet (oldest first), then its new train-split messages, together at most
+update_max_new_mib; the rest waits. An update records both ranges (runs.first/last_message_id and
+runs.deferred_first/last_id), so a resumed update trains the same text, a rejected night's held-out
+messages are trained by the next promoted one, and no two promoted nights train the same message. Why not
+test-then-train alone (score each night's text before training on all of it): the gate would then judge a
+candidate only on text it had trained on, or on older days that both models had, and a night that overfits
+its own text would pass; a rolling slice keeps one check on unseen text at the cost of one night's delay
+for a tenth of the messages. The test-then-train score is recorded too, as runs.prequential_bpb: the bits
+per byte the model the night started from gives the night's new train text, before training on it.
+
 A partial checkpoint, written every `checkpoint_every_seconds`, lets an update killed half-way resume
 where it stopped, with its optimiser state and the same messages, rather than start again. The trained
 candidate is saved before it is probed, as a 'candidate' checkpoint that is not current, and the gate's
@@ -12,6 +27,7 @@ checkpoint lifecycle is daemon/checkpoints.py's; how a night trains is daemon/re
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -22,12 +38,12 @@ from engram_ff.daemon import checkpoints, gate, ranks, recipe
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.errors import UserError
-from engram_ff.daemon.output import duration, size
-from engram_ff.daemon.probes import ProbesStopped, probe
+from engram_ff.daemon.output import duration, run_name, size
+from engram_ff.daemon.probes import LN2, ProbesStopped, probe, text_hash
 from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
 from engram_ff.model import checkpoint as ckpt
-from engram_ff.model.train import train
+from engram_ff.model.train import evaluate_nats, train
 from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
 
@@ -44,12 +60,16 @@ class Refused(Exception):
 
 @dataclass
 class Night:
-    """What one update trains, and from where: the new train messages are those with first_id < id <= last_id."""
+    """What one update trains, and from where: the new train messages are those with first_id < id <= last_id,
+    the probe-split ones held out of earlier nights those with deferred_first < id <= deferred_last; the
+    probe-split messages with first_id < id <= last_id are held out of this night, for its gate."""
 
     start: Loaded
     first_id: int
     last_id: int
     parent_id: int | None  # the final checkpoint the model grew from (None: a fresh model)
+    deferred_first: int = 0
+    deferred_last: int = 0
     resumed_run: int | None = None  # the interrupted update this one continues
     steps_done: int = 0  # by the update(s) it continues
     seconds_spent: float = 0.0
@@ -59,8 +79,10 @@ class Night:
 def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
     """Continue an interrupted update with its own messages, or start a new one after the last promoted
     model's messages; from scratch (asked for by the user) only where no model loads, from the first
-    message. A new night takes at most update_max_new_mib of new text: the rest waits, and the bounds
-    recorded are exactly what this night trains on, so a resumed update trains on the same messages."""
+    message. A new night takes at most update_max_new_mib of text, oldest first: the probe-split messages
+    no promoted night trained yet (up to its first id), then new train-split ones; the rest waits, and the
+    bounds recorded are exactly what this night trains on, so a resumed update trains on the same messages.
+    (The context lines around a deferred message, at most two each, are not counted: like replay.)"""
     night_bytes = round(config.update_max_new_mib * MIB)
     if from_scratch:
         if (loaded := checkpoints.load_current(db, config)) is not None:
@@ -80,6 +102,8 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
             meta["first_message_id"],
             meta["last_message_id"],
             meta.get("parent_id"),
+            deferred_first=meta.get("deferred_first_id", 0),  # a partial from before 0602 trained none
+            deferred_last=meta.get("deferred_last_id", 0),
             resumed_run=meta["run_id"],
             steps_done=meta.get("update_steps", 0),
             seconds_spent=meta.get("seconds", 0.0),
@@ -94,8 +118,20 @@ def plan_night(db, config: Config, *, from_scratch: bool = False) -> Night:
             "message stored"
         )
     current = current or checkpoints.fresh(config)
-    first_id = runs.trained_through(db)
-    return Night(current, first_id, queries.end_of_night(db, first_id, night_bytes), current.checkpoint_id)
+    first_id, deferred_first = runs.trained_through(db), runs.deferred_through(db)
+    deferred_last = queries.end_of_night(db, deferred_first, night_bytes, split="probe", through_id=first_id)
+    room = night_bytes - queries.bytes_between(db, deferred_first, deferred_last, split="probe")
+    last_id = queries.end_of_night(db, first_id, room)
+    if room > 0:  # the probe-split messages right after its last train message are held out of it too
+        last_id = queries.held_out_through(db, last_id)
+    return Night(
+        current,
+        first_id,
+        last_id,
+        current.checkpoint_id,
+        deferred_first=deferred_first,
+        deferred_last=deferred_last,
+    )
 
 
 def run_update(
@@ -114,19 +150,21 @@ def run_update(
     started = time.monotonic()
     team = team or ranks.Team.local(config)
     team.should_stop = should_stop
+    progress = progress or Progress()
     run_id = None
     try:
         night = plan_night(db, config, from_scratch=from_scratch)
         run_id = runs.start_run(db, "update", resumed_from=night.resumed_run)
-        return _train_night(db, config, run_id, night, started, should_stop, progress or Progress(), team)
+        return _train_night(db, config, run_id, night, started, should_stop, progress, team)
     except UserError:
         raise
-    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but no helper left and the run says so
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but no helper left and no run 'running'
         team.kill()
-        if run_id is not None:
-            _abandoned(db, run_id, "stopped by a second Ctrl-C", started)
+        progress.finish()
+        runs.interrupt_own_runs(db, "given up at once by a second Ctrl-C")
         raise
     except Exception as exc:
+        progress.finish()  # the log line below gets a line of its own, not the bar's
         exc = team.abort(exc)
         if run_id is None and isinstance(exc, sqlite3.Error):
             raise  # the database refused the run's first row, so none can record this: the caller says why
@@ -174,8 +212,13 @@ def _abandoned(db, run_id: int, error: str, started: float) -> dict:
 def _train_night(
     db, config: Config, run_id: int, night: Night, started: float, should_stop, progress: Progress, team: ranks.Team
 ) -> dict:
-    new_text = queries.text_between(db, night.first_id, night.last_id, split="train")
-    bounds = dict(first_message_id=night.first_id, last_message_id=night.last_id)
+    bounds = dict(
+        first_message_id=night.first_id,
+        last_message_id=night.last_id,
+        deferred_first_id=night.deferred_first,
+        deferred_last_id=night.deferred_last,
+    )
+    new_text = queries.night_text(db, bounds)
     if not new_text:
         runs.finish_run(
             db,
@@ -188,7 +231,11 @@ def _train_night(
             **bounds,
         )
         return runs.get_run(db, run_id)
-    waiting = queries.bytes_after(db, night.last_id)
+    # what update_max_new_mib left for later nights: newer train text, and probe-split text held out of
+    # earlier nights that did not fit (tonight's own held-out messages are not waiting: the next night has them)
+    waiting = queries.bytes_after(db, night.last_id) + queries.bytes_between(
+        db, night.deferred_last, night.first_id, split="probe"
+    )
     if waiting:
         log.info("%s of newer text waits for the next nights (update_max_new_mib)", size(waiting))
     matured = night.parent_id is not None
@@ -199,9 +246,10 @@ def _train_night(
     steps_left = 0 if night.trained else max(0, budget - night.steps_done)
     budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
     rate = recipe.retry_rate(runs.rejected_in_a_row(db))
+    name = run_name(runs.get_run(db, run_id))  # "update 3 (run 5)", as status, learned and history say
     log.info(
-        "update %d: %s new, %s replayed, up to %d steps in %s%s",
-        run_id,
+        "%s: %s new, %s replayed, up to %d steps in %s%s",
+        name,
         size(len(new_text)),
         size(len(replay)),
         steps_left,
@@ -209,7 +257,7 @@ def _train_night(
         f", at {rate:g} of the learning rate after rejected updates" if rate < 1 else "",
     )
     model = night.start
-    meta = {
+    meta: dict[str, object] = {
         "run_id": run_id,
         "parent_id": night.parent_id,
         **bounds,
@@ -235,15 +283,26 @@ def _train_night(
 
     model.trainer.lr *= config.lr_scale * rate  # a trainer is built afresh for each update, at its default rate
     generator = torch.Generator().manual_seed(run_id)
-    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world)
-    recipe.plan_layers(model.trainer, config, matured=matured, replay_rows=replay_rows)
+    rehearse = b""
+    if config.rehearse_rows and matured and steps_left > 0:  # a fresh model's surprise says nothing yet
+        rehearse = recipe.rehearsal(model.model, new_text, config.rehearse_fraction)
+        log.info("%s: rehearsing %s, the night's most surprising sessions", name, size(len(rehearse)))
+    batches, replay_rows = recipe.update_batches(new_text, replay, config, generator, team.world, rehearse)
+    recipe.plan_layers(
+        model.trainer,
+        config,
+        matured=matured,
+        replay_rows=replay_rows,
+        rehearse_rows=recipe.rehearsal_rows(config, rehearse, team.world),
+    )
     replicas = None
     if team.world > 1 and steps_left > 0:
         meta["workers"] = team.world
-        night_for_ranks = ranks.night_for_ranks(model.trainer, config, (new_text, replay), run_id, budget_s, steps_left)
+        text = (new_text, replay, rehearse)
+        night_for_ranks = ranks.night_for_ranks(model.trainer, config, text, run_id, budget_s, steps_left)
         replicas = team.start(config, night_for_ranks)
         model.trainer.distribute(replicas)
-    progress.start(run_id, steps_left, budget_s)
+    progress.start(run_id, steps_left, budget_s, name=name)
     result = train(
         model.trainer,
         batches,
@@ -253,8 +312,8 @@ def _train_night(
         should_stop=should_stop,
         replicas=replicas,
     )
+    progress.finish()  # before the helpers' last log lines, which must not land on the bar's line
     team.finish()  # the helper ranks leave now: the gate's probes run here alone, on every core
-    progress.finish()
     fields = dict(
         new_bytes=len(new_text),
         replay_bytes=len(replay),
@@ -285,7 +344,7 @@ def _train_night(
     candidate = save("final", status="candidate")
     progress.phase("probing the candidate for the promotion gate")
     try:
-        judged = _judge(db, config, model, candidate, night.parent_id, should_stop)
+        judged, prequential = _judge(db, config, model, candidate, night, should_stop)
     except ProbesStopped:  # the candidate is saved: the next update resumes it and judges it
         return interrupted(candidate, "stopped by a signal while the gate probed the candidate")
     decision = dict(judged, learning_rate_scale=config.lr_scale * rate)
@@ -296,24 +355,63 @@ def _train_night(
         promoted=promoted,
         checkpoint_id=candidate,
         gate=decision,
+        prequential_bpb=prequential,
         wall_seconds=time.monotonic() - started,
         peak_rss_mb=peak_rss_mb(),
         **fields,
     )
     checkpoints.settle_files(runs.get_checkpoint(db, candidate)["path"], promoted=promoted)
-    _report(db, run_id, candidate, night, decision)
+    _report(db, name, candidate, night, decision)
     checkpoints.prune(db, config.keep_checkpoints, config.checkpoint_dir)
     return runs.get_run(db, run_id)
 
 
-def _judge(db, config: Config, candidate: Loaded, candidate_id: int, parent_id: int | None, should_stop) -> dict:
-    """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass."""
+# Bytes of a night's own text scored by the current model (before it trains: test-then-train) and by both
+# models (its held-out messages): a normal day (issue 22's days are 35 kB) whole; a backlog night, a sample
+# of it, so the gate's cost stays that of a probe pass or so (32 days of 2 x 4 KiB, a 16 KiB canary).
+PREQUENTIAL_MAX_BYTES = 65536
+FRESH_MAX_BYTES = 16384
+
+
+def _judge(
+    db, config: Config, candidate: Loaded, candidate_id: int, night: Night, should_stop
+) -> tuple[dict, float | None]:
+    """Probe the candidate (the night's probe pass) and compare it with the current model's newest pass; and
+    score both on the night's held-out messages, which neither trained on (the gate's `fresh` check). Returns
+    the decision and the prequential bits per byte (None for a first model: nothing scored the night before)."""
+    parent_id = night.parent_id
     reference = None if parent_id is None else runs.newest_pass(db, parent_id)
+    current = None
     if reference is not None and not gate.comparable(reference):
+        assert parent_id is not None, "a reference is the parent's pass"
         log.info("the current model (checkpoint %d) has no comparable probe pass: probing it first", parent_id)
         current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
         reference = _probe(db, config, current, parent_id, should_stop)
-    return gate.decide(_probe(db, config, candidate.model, candidate_id, should_stop), reference, config)
+    rows = _probe(db, config, candidate.model, candidate_id, should_stop)
+    if reference is None:
+        return gate.decide(rows, reference, config), None
+    if current is None:
+        assert parent_id is not None, "a reference is the parent's pass"
+        try:
+            current = ckpt.load_model(runs.get_checkpoint(db, parent_id)["path"]).model
+        except (OSError, ckpt.CheckpointError) as exc:  # its newest pass still judges; only tonight's text cannot
+            log.warning("the current model's file does not load now (%s): no fresh check, no prequential score", exc)
+            return gate.decide(rows, reference, config), None
+    held_out = queries.text_between(db, night.first_id, night.last_id, split="probe")[:FRESH_MAX_BYTES]
+    new = queries.text_between(db, night.first_id, night.last_id, split="train")[:PREQUENTIAL_MAX_BYTES]
+    scored = [(text, _nats(current, text)) for text in (held_out, new) if len(text) >= 2]
+    prequential = sum(len(t) * nats for t, nats in scored) / sum(len(t) for t, _ in scored) / LN2 if scored else None
+    if len(held_out) >= 2:
+        hashed = text_hash(held_out)
+        rows = [*rows, dict(metric="fresh_bpb", value=_nats(candidate.model, held_out) / LN2, text_hash=hashed)]
+        reference = [*reference, dict(metric="fresh_bpb", value=scored[0][1] / LN2, text_hash=hashed)]
+    return gate.decide(rows, reference, config), None if prequential is None else round(prequential, 4)
+
+
+def _nats(model, text: bytes) -> float:
+    """evaluate_nats, with a diverged model's NaN as inf (infinitely bad, as the probes record it)."""
+    nats = evaluate_nats(model, text)
+    return math.inf if math.isnan(nats) else nats
 
 
 def _probe(db, config: Config, model, checkpoint_id: int, should_stop=lambda: False) -> list[dict]:
@@ -341,14 +439,14 @@ def _probe(db, config: Config, model, checkpoint_id: int, should_stop=lambda: Fa
     return rows
 
 
-def _report(db, run_id: int, candidate: int, night: Night, decision: dict) -> None:
+def _report(db, name: str, candidate: int, night: Night, decision: dict) -> None:
     if decision["decision"] == "promoted":
-        log.info("update %d promoted checkpoint %d: %s", run_id, candidate, decision["reason"])
+        log.info("%s promoted checkpoint %d: %s", name, candidate, decision["reason"])
         return
     log.warning(
-        "update %d rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
+        "%s rejected its candidate (checkpoint %d, kept for inspection); checkpoint %s stays current and "
         "the next update trains on these messages again: %s",
-        run_id,
+        name,
         candidate,
         night.parent_id,
         decision["reason"],
@@ -373,9 +471,9 @@ def run_probes(config: Config, *, should_stop=lambda: False) -> list[dict]:
     db = open_db(config.db_path)
     try:
         current = checkpoints.load_current(db, config)
-        if current is None:
-            log.info("no trained checkpoint yet: nothing to probe")
+        if current is None:  # the caller says so, once
             return []
+        assert current.checkpoint_id is not None, "loaded from a checkpoint: not a fresh model"
         try:
             return _probe(db, config, current.model, current.checkpoint_id, should_stop)
         except ProbesStopped:

@@ -23,7 +23,7 @@ END = "<!-- END GENERATED -->"
 COMPUTED = {
     "data_dir": "`$XDG_DATA_HOME/engram-ff`",
     "watch_dir": "`<data_dir>/engram`",
-    "facts_file": "bundled `daemon/facts.toml`",
+    "facts_file": "none (the demo: bundled `daemon/facts.toml`)",
 }
 
 WHAT = {
@@ -50,6 +50,10 @@ WHAT = {
     "freeze_layers": "FF: the lowest k layers stop learning once trained for one update (no backward, no optimiser)",
     "lower_lr": "learning-rate multiplier of every layer below the top once trained for one update (0.3: they "
     "learn at 30 %)",
+    "rehearse_rows": "rows of each batch that rehearse the night's most surprising sessions (0: none; "
+    "bench/results/learning-recipes.md)",
+    "rehearse_fraction": "the share of a night's distinct sessions rehearsed, the most surprising per byte first",
+    "rehearse_layers": 'FF: layers whose loss reads the rehearsed rows: "top" or "all"',
     "replay_layers": 'FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" '
     "(the top only)",
     "batch_size": "windows per training step",
@@ -59,11 +63,13 @@ WHAT = {
     "checkpoint_every_seconds": "how often a running update writes a partial (resumable) checkpoint",
     "keep_checkpoints": "final checkpoints kept, newest first (and as many rejected ones, for inspection)",
     "gate_tolerance_bpb": "the promotion gate: how much worse (bits per byte) a candidate may be than the current "
-    "model on the held-out text of the days both were probed on; `inf` turns a check off",
+    "model on the probe-split text of the days both were probed on, and on the night's own held-out messages; "
+    "`inf` turns a check off",
     "gate_facts_tolerance_bpb": "the same for the facts' answers (mean over the facts the current model knows)",
-    "gate_canary_tolerance_bpb": "the same for the canary, the oldest held-out text, the same every night",
+    "gate_canary_tolerance_bpb": "the same for the canary, the oldest probe-split text, the same every night",
     "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `tiny` for tests)",
-    "probe_fraction": "share of every day's messages held out for probes (a deterministic hash of the message)",
+    "probe_fraction": "share of every day's messages (a deterministic hash of the message) held out of the night "
+    "that first sees them, for its gate, and trained by the next promoted night",
     "probe_max_bytes": "per day and split, so probing stays cheap as days pile up",
     "probe_max_days": "days scored per probe pass: the newest half and evenly spaced older ones (the oldest "
     "always), so a pass costs the same in any month",

@@ -128,10 +128,10 @@ def _chat(obj: dict, ctx: LineContext) -> Message | Skip:
         return Skip("no text")  # e.g. a recorder line carrying only tool_calls
     direction = obj.get("direction")
     if isinstance(direction, str) or "session_key" in obj:
-        role = ROLES.get(direction, direction if isinstance(direction, str) else "unknown")
+        role = ROLES.get(direction, direction) if isinstance(direction, str) else "unknown"  # a list: unhashable
         shape = "recorder"
     else:
-        role = obj.get("role") if isinstance(obj.get("role"), str) else "unknown"
+        role = obj["role"] if isinstance(obj.get("role"), str) else "unknown"
         shape = "chat"
     sender = _str(obj.get("sender")) or _str(obj.get("name")) or role
     session = _str(obj.get("session_key")) or _str(obj.get("session")) or ctx.session

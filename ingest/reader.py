@@ -41,14 +41,14 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engram_ff.ingest.folder import Folder, Signature, signature
 from engram_ff.ingest.identity import find_row
 from engram_ff.ingest.names import is_compressed, live_name, shown
-from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, context_for, parse_line
+from engram_ff.ingest.parse import BadLine, Event, LineContext, Message, Skip, context_for, parse_line
 from engram_ff.state import files
 
 if TYPE_CHECKING:  # the parsing process imports this module: keep it light
@@ -70,6 +70,16 @@ PARALLEL_MIN_BYTES = 8 << 20  # a backlog this large is parsed in a second proce
 LINE_END = re.compile(rb"\n|\r(?=\{)")
 
 
+class LimitsSource(Protocol):
+    """What Limits.of reads (daemon.config.Config has these, and follow_outside_symlinks)."""
+
+    @property
+    def probe_fraction(self) -> float: ...
+
+    @property
+    def max_line_bytes(self) -> int: ...
+
+
 @dataclass
 class Limits:
     probe_fraction: float = 0.10
@@ -77,7 +87,7 @@ class Limits:
     follow_outside: bool = False  # read files that symlinks lead to outside the watched folder
 
     @classmethod
-    def of(cls, config: object | None) -> Limits:
+    def of(cls, config: LimitsSource | None) -> Limits:
         """From anything with probe_fraction, max_line_bytes and follow_outside_symlinks attributes
         (daemon.config.Config)."""
         if config is None:
@@ -147,8 +157,8 @@ def open_file(path: str | os.PathLike) -> int:
 
 def ingest_file(
     db: sqlite_utils.Database,
-    path: str | os.PathLike | None,
-    config: object | None = None,
+    path: str | os.PathLike[str] | None,
+    config: LimitsSource | None = None,
     *,
     should_stop: Callable[[], bool] = lambda: False,
     parser: ParsingProcess | None = None,
@@ -168,6 +178,7 @@ def ingest_file(
     result = FileResult(path or "")
     own = fd is None
     if own:
+        assert path is not None, "path None comes with fd (see above)"
         try:
             fd = open_file(path)
         except FileNotFoundError as exc:
@@ -177,13 +188,14 @@ def ingest_file(
             return result
         except OSError as exc:
             return _failed(db, result, describe_error(exc))
+    assert fd is not None, "given, or opened just above"
     try:
         st = os.fstat(fd)
         result.signature = signature(st)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             result.error = f"{kind}, not a JSONL file"
-            log.info("%s: skipped: %s", shown(path), result.error)
+            log.info("%s: skipped: %s", shown(result.path), result.error)
             return result
         if folder is not None and path is not None and folder.outside(real := _opened_path(fd, path)):
             result.error = "outside the watched folder"
@@ -233,7 +245,7 @@ class CommitGroup:
     read did counts only once `commit` returns (then `on_commit` runs), and a failure rolls back every
     read since the last commit, to be read again."""
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
         self.lines, self.began = 0, 0.0
         self.on_commit: list[Callable[[], None]] = []
@@ -303,7 +315,7 @@ def read_batches(
     limits: Limits,
     batch_lines: int | None = None,
     compressed: bool = False,
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Parse an open file from start to its last newline, a batch every batch_lines (default
     BATCH_LINES) lines and one at the end. Touches no database, so it can run in another process.
     Memory: one chunk plus at most max_line_bytes of a line still being read. Offsets of a compressed
@@ -447,6 +459,7 @@ def _add_line(batch: Batch, line: bytes, offset: int, file_id: int, ctx: LineCon
     elif type(item) is Event:
         batch.events.append((file_id, offset, item.day, item.ts, item.type, item.action, item.session, line_hash(line)))
     else:
+        assert type(item) is Skip, "parse_line returns a Message, an Event or a Skip"
         batch.skipped.append((offset, item.reason))
 
 
@@ -573,7 +586,7 @@ class _FileReader:
             return self.st.st_size == row["size"] and start > 0
         return self.st.st_size == start
 
-    def _store(self, batches: Iterator[Batch]) -> None:
+    def _store(self, batches: Generator[Batch, None, None]) -> None:
         """Insert every batch; commit every BATCH_LINES lines, when a parsing process fails (what it sent
         is whole lines), and at the end; roll back on anything else."""
         with contextlib.closing(batches):  # closing stops a parsing process still running
@@ -722,7 +735,7 @@ class ParsingProcess:
     interpreter start, not one a file. It sends PIECE_LINES at a time, so the writer starts early and
     finishes soon after it; the pipe bounds what is in flight."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ParsingProcess:
@@ -731,8 +744,9 @@ class ParsingProcess:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def batches(self, path: str, st: os.stat_result, *args) -> Iterator[Batch]:
+    def batches(self, path: str, st: os.stat_result, *args) -> Generator[Batch, None, None]:
         proc = self._started()
+        assert proc.stdin is not None and proc.stdout is not None, "started with both pipes"
         in_step = False  # the process has answered this file to its end, so it can take the next one
         try:
             try:
@@ -745,6 +759,7 @@ class ParsingProcess:
                 if kind is None:
                     raise WorkerFailed(f"the parsing process died (exit code {proc.wait()})")
                 if kind == "batch":
+                    assert isinstance(value, tuple), "the worker writes a batch as a tuple of its fields"
                     yield Batch(*value)
                     continue
                 in_step = True
@@ -762,6 +777,7 @@ class ParsingProcess:
                 self._proc = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             except OSError as exc:
                 raise WorkerFailed(f"cannot start a parsing process: {exc}") from None
+            assert self._proc.stdout is not None, "started with stdout=PIPE"
             with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few pieces in the pipe
                 fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         return self._proc
@@ -772,6 +788,7 @@ class ParsingProcess:
             return
         if kill:
             proc.kill()
+        assert proc.stdin is not None and proc.stdout is not None, "started with both pipes"
         with contextlib.suppress(OSError):
             proc.stdin.close()
         proc.stdout.close()
@@ -782,7 +799,7 @@ class ParsingProcess:
             proc.wait()
 
 
-def write_frame(out, kind: str, value: object) -> None:
+def write_frame(out, kind: str, value: tuple | str | None) -> None:
     """One message on the pipe: its length, then marshal of (kind, value); marshal is 3x faster to
     write than pickle for rows of strings and numbers, and both ends run the same interpreter."""
     data = marshal.dumps((kind, value))

@@ -40,6 +40,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from engram_ff.ingest.folder import Folder, Signature, signature
@@ -107,7 +108,7 @@ class Watcher:
         self._wake = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._writer: threading.Thread | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the database file opened
 
@@ -345,15 +346,18 @@ class Watcher:
 
     def _hold(self, fd: int, path: str, result: FileResult) -> None:
         """Keep the descriptor of a file that grew (so a rotation cannot take its tail away); else close it."""
-        identity, now = (result.signature[:2] if result.signature else None), time.monotonic()
-        held = self._held.get(identity)
-        if held is not None:
-            held.path, held.size = path, result.signature[2]
-            held.grew = now if result.lines else held.grew
-        if held is not None or identity is None or not result.lines:
+        if result.signature is None:  # no identity to hold it by
             os.close(fd)
             return
-        self._held[identity] = _Held(fd, path, result.signature[2], now)
+        identity, size, now = result.signature[:2], result.signature[2], time.monotonic()
+        held = self._held.get(identity)
+        if held is not None:
+            held.path, held.size = path, size
+            held.grew = now if result.lines else held.grew
+        if held is not None or not result.lines:
+            os.close(fd)
+            return
+        self._held[identity] = _Held(fd, path, size, now)
         if len(self._held) > MAX_HELD:
             oldest = min(self._held, key=lambda k: self._held[k].grew)
             os.close(self._held.pop(oldest).fd)

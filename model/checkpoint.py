@@ -17,10 +17,16 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from engram_ff.model.lm import FFLM
+    from engram_ff.model.window_mlp import WindowMLP
 
 
 class CheckpointError(Exception):
@@ -132,14 +138,14 @@ FORMAT = 2
 class Saved:
     """What a checkpoint holds, whatever format wrote it."""
 
-    model: torch.nn.Module
+    model: FFLM | WindowMLP
     trainer_kind: str | None  # "ff", "bp", or None: saved without an optimiser
     trainer_state: dict | None
     meta: dict  # plain values: what the daemon needs to resume and to audit a run
     format: int
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, trainer=None, meta: dict | None = None) -> str:
+def save_model(path: str | os.PathLike, model: FFLM | WindowMLP, trainer=None, meta: dict | None = None) -> str:
     """Write a model (and its trainer's state, to continue training) in the current format; its sha256.
 
     Format 2 holds: format, kind ("ssm": FFLM, "window": WindowMLP), config, model (the state dict),
@@ -174,10 +180,12 @@ def load_model(path: str | os.PathLike, sha256: str | None = None) -> Saved:
     version = payload.get("format", 1)
     if version > FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {version}, newer than this engram-ff reads ({FORMAT})")
-    builders = {"ssm": (FFLM, LMConfig), "window": (WindowMLP, WindowConfig)}
+    builders: dict[str, Callable[[dict], FFLM | WindowMLP]] = {
+        "ssm": lambda config: FFLM(LMConfig.from_dict(config)),
+        "window": lambda config: WindowMLP(WindowConfig.from_dict(config)),
+    }
     try:
-        model_cls, config_cls = builders[payload.get("kind", "ssm")]
-        model = model_cls(config_cls.from_dict(payload["config"]))
+        model = builders[payload.get("kind", "ssm")](payload["config"])
         model.load_state_dict(payload["model"])
         trainer_kind = payload.get("trainer_kind", "ff" if version == 1 else None)
         trainer_state = payload.get("trainer")

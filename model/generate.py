@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 
 from engram_ff.model.train import as_byte_tensor
+
+if TYPE_CHECKING:
+    from engram_ff.model.lm import FFLM
+    from engram_ff.model.window_mlp import WindowMLP
 
 NOISE_BLOCK = 1024  # bytes of sampling noise drawn per call into the generator
 
 
 @torch.inference_mode()
 def generate(
-    model: nn.Module, prompt: bytes, n_bytes: int, temperature: float = 0.8, generator: torch.Generator | None = None
+    model: FFLM | WindowMLP,
+    prompt: bytes,
+    n_bytes: int,
+    temperature: float = 0.8,
+    generator: torch.Generator | None = None,
 ) -> Iterator[bytes]:
     """Yield n_bytes sampled bytes, one at a time, continuing `prompt` (an empty prompt starts at a newline).
 
@@ -34,5 +42,5 @@ def generate(
             byte = torch.argmax(logits / temperature + noise[i % NOISE_BLOCK], dim=-1)
         else:
             byte = torch.argmax(logits, dim=-1)
-        yield bytes([byte.item()])
+        yield bytes([int(byte.item())])  # argmax: an integer
         logits, state = step(state, byte)

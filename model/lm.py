@@ -161,9 +161,10 @@ class Recurrent:
         self.linear_heads = model.config.goodness == "linear"
         self.mlp_in_head = model.config.mlp_in_head
         self.heads = model.heads
-        self.bias = 0
-        self.layers = []
+        bias: torch.Tensor | int = 0
+        self.layers: list[tuple[torch.Tensor, ...]] = []
         for layer, head in zip(model.layers, model.heads):
+            assert isinstance(layer, Layer) and isinstance(head, CandidateHead), "what FFLM's two lists hold"
             a, gain = layer.ssm.decay()
             w_in, b_in = fold(layer.ln1, layer.ssm.in_proj)
             w_in[:, : self.d_state] *= gain
@@ -171,7 +172,7 @@ class Recurrent:
             w1, b1 = fold(layer.ln2, layer.fc1)
             w_q, b_q = head.query.weight * head.ln.weight, head.query.weight @ head.ln.bias  # q = n W_q^T + b_q
             w_head = (w_q.T @ (2 * head.table.T)).contiguous()  # [D, 256]
-            self.bias = self.bias + 2 * head.table @ b_q + head.table.square().sum(-1)
+            bias = bias + 2 * head.table @ b_q + head.table.square().sum(-1)
             out, fc2 = layer.ssm.out_proj, layer.fc2
             self.layers.append(
                 (
@@ -187,11 +188,13 @@ class Recurrent:
                     w_head,
                 )
             )
+        assert isinstance(bias, torch.Tensor), "an FFLM has at least one layer"
+        self.bias = bias
 
     def __call__(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         D, N = (self.d_model,), self.d_state
         h = self.embed[byte]  # [B, D]
-        logits = self.bias if self.linear_heads else 0
+        logits = self.bias if self.linear_heads else torch.zeros_like(self.bias)  # 0 + head(z), as a tensor
         new_state = []
         for (w_in, b_in, a, w_out, b_out, w1, b1, w2, b2, w_head), s, head in zip(self.layers, state, self.heads):
             ug = torch.addmm(b_in, F.layer_norm(h, D), w_in)  # [B, 2N]: gained input u, gate g

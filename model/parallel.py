@@ -67,7 +67,7 @@ def _loopback_gloo(store, rank: int, size: int, timeout: timedelta):
     """gloo bound to 127.0.0.1 by address: unlike GLOO_SOCKET_IFNAME=lo, no interface lookup, which would
     need netlink sockets that the systemd unit does not allow (`ProcessGroupGloo._Options` is how torch's
     own tests choose gloo's devices)."""
-    options = dist.ProcessGroupGloo._Options()
+    options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # private: not in torch's stubs
     options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
     options._timeout = timeout
     return dist.ProcessGroupGloo(store, rank, size, options)

@@ -30,6 +30,7 @@ def read_prompt(model, prompt: bytes) -> tuple[torch.Tensor, list]:
     for i in range(0, len(x), CHUNK):
         logits, state = model(x[None, i : i + CHUNK], state)  # (1, t, 256)
         last = logits[0, -1]
+    assert last is not None and state is not None, "x holds at least one byte, so the loop ran"
     return F.log_softmax(last.float(), dim=-1), state
 
 

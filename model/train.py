@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,10 @@ import torch.nn.functional as F
 from engram_ff.model import losses
 from engram_ff.model.config import VOCAB
 from engram_ff.model.parallel import Replicas
+
+if TYPE_CHECKING:
+    from engram_ff.model.lm import FFLM
+    from engram_ff.model.window_mlp import WindowMLP
 
 # Each trainer's default learning rate is its best of 4e-3, 8e-3 and 1.2e-2 on TinyShakespeare at 150
 # CPU-s (batch 16 x 256, daemon preset): FF 1.766 / 1.745 / 1.757 nats a byte, BP 1.621 at 4e-3 and
@@ -47,7 +52,7 @@ class FFTrainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: FFLM | WindowMLP,
         lr: float = FF_LR,
         loss: str = "softmax",
         negatives: str = "model",
@@ -180,7 +185,7 @@ class BPTrainer:
 
     kind = "bp"
 
-    def __init__(self, model: nn.Module, lr: float = BP_LR, clip: float = 1.0):
+    def __init__(self, model: FFLM | WindowMLP, lr: float = BP_LR, clip: float = 1.0):
         self.model, self.lr, self.clip = model, lr, clip
         self.optimizer = _adam(list(model.parameters()), lr)
         self.layers = model.layer_parameters()

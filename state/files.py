@@ -58,13 +58,17 @@ def add(conn: sqlite3.Connection, key: str) -> dict:
     """A new row, in the read's transaction (begun here if none is): one fsync a new file, not two."""
     begin(conn)
     conn.execute("INSERT INTO files (path) VALUES (?)", (key,))
-    return by_path(conn, key)
+    row = by_path(conn, key)
+    assert row is not None, "inserted just above, in this transaction"
+    return row
 
 
 def rename(conn: sqlite3.Connection, file_id: int, key: str) -> dict:
     begin(conn)
     conn.execute("UPDATE files SET path = ? WHERE id = ?", (key, file_id))
-    return by_id(conn, file_id)
+    row = by_id(conn, file_id)
+    assert row is not None, "the caller read this row in this transaction, and no files row is ever deleted"
+    return row
 
 
 def name_before_detach(path: str) -> str:

@@ -74,17 +74,84 @@ def text_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: 
 _LINE_BYTES = "length(CAST(sender AS BLOB)) + length(CAST(text AS BLOB)) + 3"
 
 
-def end_of_night(db: sqlite_utils.Database, after_id: int, max_bytes: int, split: str = "train") -> int:
+def end_of_night(
+    db: sqlite_utils.Database, after_id: int, max_bytes: int, split: str = "train", through_id: int | None = None
+) -> int:
     """The id of the message whose line brings the text after `after_id` to max_bytes (or the last one, if
-    there is less): the night trains on (after_id, that id], the rest waits. Reads only ids and sizes."""
+    there is less): the night trains on (after_id, that id], the rest waits. Reads only ids and sizes.
+    With through_id, only messages up to it count, and through_id itself is returned when all of them fit.
+    No room (max_bytes <= 0) takes nothing: after_id."""
+    if max_bytes <= 0:
+        return after_id
+    upper, params = ("AND id <= ?", [through_id]) if through_id is not None else ("", [])
     last_id, size = after_id, 0
     for message_id, line_bytes in db.execute(
-        f"SELECT id, {_LINE_BYTES} FROM messages WHERE id > ? AND split = ? ORDER BY id", [after_id, split]
+        f"SELECT id, {_LINE_BYTES} FROM messages WHERE id > ? AND split = ? {upper} ORDER BY id",
+        [after_id, split, *params],
     ):
         last_id, size = message_id, size + line_bytes
         if size >= max_bytes:
-            break
-    return last_id
+            return last_id
+    return last_id if through_id is None else max(through_id, after_id)
+
+
+def held_out_through(db: sqlite_utils.Database, last_id: int) -> int:
+    """The id before the first train-split message after last_id, or the newest message's id if none: a night
+    that trains through last_id holds out the probe-split messages right after it too (it costs them nothing),
+    rather than leaving them for a night that has a train message after them (the answer that ends a day)."""
+    return db.execute(
+        "SELECT max(?, coalesce((SELECT min(id) - 1 FROM messages WHERE id > ? AND split = 'train'),"
+        " (SELECT max(id) FROM messages), 0))",
+        [last_id, last_id],
+    ).fetchone()[0]
+
+
+def bytes_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> int:
+    """The bytes of the lines of one split's messages with first_id < id <= last_id (no blank lines)."""
+    return db.execute(
+        f"SELECT coalesce(sum({_LINE_BYTES}), 0) FROM messages WHERE id > ? AND id <= ? AND split = ?",
+        [first_id, last_id, split],
+    ).fetchone()[0]
+
+
+# The probe-split messages with first < id <= last (held out of an earlier night, trained now), each with
+# the message before and after it in its session (of the same day) as context, so that an answer is learned
+# after its question and a question before its answer. A probe message after `last` is never context: it is
+# held out of tonight. Gaps and islands: rows kept one after another in a session make one block, and each
+# block stands apart (a blank line), in order of its first message, so no two messages that were not
+# said one after the other are joined. Costs one read of the days that hold such messages.
+_DEFERRED = """
+    WITH d AS (SELECT DISTINCT day FROM messages WHERE id > :first AND id <= :last AND split = 'probe'),
+    s AS (SELECT m.id, m.day, m.session, m.sender, m.text, m.split,
+                 (m.split = 'probe' AND m.id > :first AND m.id <= :last) AS deferred,
+                 row_number() OVER (PARTITION BY m.day, m.session ORDER BY m.id) AS n
+          FROM messages m WHERE m.day IN d),
+    k AS (SELECT *, lag(deferred, 1, 0) OVER w AS after_one, lead(deferred, 1, 0) OVER w AS before_one
+          FROM s WINDOW w AS (PARTITION BY day, session ORDER BY id)),
+    kept AS (SELECT id, day, session, sender, text,
+                    n - row_number() OVER (PARTITION BY day, session ORDER BY id) AS island
+             FROM k WHERE deferred OR ((after_one OR before_one) AND NOT (split = 'probe' AND id > :last))),
+    blocks AS (SELECT *, min(id) OVER (PARTITION BY day, session, island) AS first FROM kept)
+    SELECT day, session, island, sender, text FROM blocks ORDER BY day, first, id
+"""
+
+
+def deferred_text(db: sqlite_utils.Database, first_id: int, last_id: int) -> bytes:
+    """What an update that recorded deferred bounds (first_id, last_id] trains of the probe split: each such
+    message in its conversation, between its neighbours (see _DEFERRED). The neighbours were trained on
+    their own night (or are trained tonight): like replay, context, not new text."""
+    if last_id <= first_id:
+        return b""
+    rows = db.query(_DEFERRED, {"first": first_id, "last": last_id})
+    return conversation({**row, "session": (row["session"], row["island"])} for row in rows)
+
+
+def night_text(db: sqlite_utils.Database, run: dict) -> bytes:
+    """What an update (a `runs` row, or anything with its four bounds) trains on: the probe-split messages held
+    out of earlier nights, in their conversations, then its new train-split messages."""
+    deferred = deferred_text(db, run.get("deferred_first_id") or 0, run.get("deferred_last_id") or 0)
+    new = text_between(db, run["first_message_id"], run["last_message_id"], split="train")
+    return deferred + b"\n" + new if deferred and new else deferred or new
 
 
 def bytes_after(db: sqlite_utils.Database, after_id: int, split: str = "train") -> int:
@@ -119,28 +186,28 @@ def sample_text(
     return bytes(spans)
 
 
-def message_key(db: sqlite_utils.Database, through_id: int) -> dict | None:
-    """The (day, hash) of the newest train message with id <= through_id: a name for "trained up to here"
+def message_key(db: sqlite_utils.Database, through_id: int, split: str = "train") -> dict | None:
+    """The (day, hash) of the newest message of `split` with id <= through_id: a name for "trained up to here"
     that survives the database (a message is unique on day, split and the hash of its raw line, and
     reading the same files again gives the same keys, with new ids)."""
     rows = list(
         db.query(
-            "SELECT day, hash FROM messages WHERE id <= ? AND split = 'train' ORDER BY id DESC LIMIT 1", [through_id]
+            "SELECT day, hash FROM messages WHERE id <= ? AND split = ? ORDER BY id DESC LIMIT 1", [through_id, split]
         )
     )
     return rows[0] if rows else None
 
 
-def id_of_key(db: sqlite_utils.Database, key: dict) -> int:
-    """This database's id of the train message `key` names; if it has no such message (its file is gone),
-    the newest train message of that day or before (0 for none)."""
+def id_of_key(db: sqlite_utils.Database, key: dict, split: str = "train") -> int:
+    """This database's id of the message of `split` that `key` names; if it has no such message (its file is
+    gone), the newest message of that split of that day or before (0 for none)."""
     row = db.execute(
-        "SELECT id FROM messages WHERE day = ? AND split = 'train' AND hash = ?", [key["day"], key["hash"]]
+        "SELECT id FROM messages WHERE day = ? AND split = ? AND hash = ?", [key["day"], split, key["hash"]]
     ).fetchone()
     if row is not None:
         return row[0]
     return db.execute(
-        "SELECT coalesce(max(id), 0) FROM messages WHERE day <= ? AND split = 'train'", [key["day"]]
+        "SELECT coalesce(max(id), 0) FROM messages WHERE day <= ? AND split = ?", [key["day"], split]
     ).fetchone()[0]
 
 
@@ -290,3 +357,27 @@ def new_days(db: sqlite_utils.Database, first_id: int, last_id: int, split: str 
             [first_id, last_id, split],
         )
     )
+
+
+def remember(db: sqlite_utils.Database, key: str, value: str) -> None:
+    """Record one of the data directory's settings (migration 0600), replacing its earlier value."""
+    with db.conn:
+        db.execute(
+            "INSERT INTO settings (key, value, set_at) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
+            [key, value],
+        )
+
+
+def remembered(db: sqlite_utils.Database) -> dict[str, str]:
+    """The data directory's settings, key -> value ({} before any was recorded)."""
+    return {key: value for key, value in db.execute("SELECT key, value FROM settings")}
+
+
+def newest_days_from(db: sqlite_utils.Database, n: int) -> str:
+    """The oldest of the n newest days that hold messages ('9999-12-31' if none does): `status` shows
+    the days that have something in them, however long ago the one before the newest was."""
+    row = db.execute(
+        "SELECT min(day) FROM (SELECT DISTINCT day FROM day_counts WHERE messages > 0 ORDER BY day DESC LIMIT ?)", [n]
+    ).fetchone()
+    return row[0] or "9999-12-31"

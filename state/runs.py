@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -17,12 +18,17 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_NEXT_NUMBER = "(SELECT coalesce(max(number), 0) + 1 FROM runs WHERE kind = ?)"  # runs.number (migration 0601)
+
+
 def start_run(db: sqlite_utils.Database, kind: str = "update", resumed_from: int | None = None) -> int:
     with db.conn:
         cursor = db.execute(
-            "INSERT INTO runs (kind, started_at, status, pid, resumed_from) VALUES (?, ?, 'running', ?, ?)",
-            [kind, now(), os.getpid(), resumed_from],
+            "INSERT INTO runs (kind, number, started_at, status, pid, resumed_from) VALUES (?, "
+            f"{_NEXT_NUMBER}, ?, 'running', ?, ?)",
+            [kind, kind, now(), os.getpid(), resumed_from],
         )
+    assert cursor.lastrowid is not None, "an INSERT sets lastrowid"
     return cursor.lastrowid
 
 
@@ -38,6 +44,33 @@ def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **fields: ob
 def _as_columns(fields: dict) -> dict:
     """Lists and dicts as JSON text (inf and NaN become null)."""
     return {k: (orjson.dumps(v).decode() if isinstance(v, (list, dict)) else v) for k, v in fields.items()}
+
+
+JSON_COLUMNS = ("gate", "layer_losses")  # runs' columns that hold JSON text
+
+
+def decoded(row: dict | None) -> dict | None:
+    """A runs row with its JSON columns as the objects they hold, for `--json`: a script reads
+    `"gate": {"decision": ...}`, not a string it must parse again."""
+    if row is None:
+        return None
+    out = dict(row)
+    for column in JSON_COLUMNS:
+        if isinstance(out.get(column), str):
+            with contextlib.suppress(orjson.JSONDecodeError):  # not JSON after all: shown as stored
+                out[column] = orjson.loads(out[column])
+    return out
+
+
+def interrupt_own_runs(db: sqlite_utils.Database, error: str) -> list[int]:
+    """Mark this process's running runs interrupted (an update given up at once by a second Ctrl-C)."""
+    ids = [r["id"] for r in db.query("SELECT id FROM runs WHERE status = 'running' AND pid = ?", [os.getpid()])]
+    with db.conn:
+        for run_id in ids:
+            db.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?", [now(), error, run_id]
+            )
+    return ids
 
 
 def mark_dead_runs_interrupted(db: sqlite_utils.Database) -> list[int]:
@@ -99,6 +132,16 @@ def trained_through(db: sqlite_utils.Database) -> int:
     ).fetchone()[0]
 
 
+def deferred_through(db: sqlite_utils.Database) -> int:
+    """How far the probe split has been trained: every probe-split message with an id up to this was trained
+    by a promoted update, or by an adopted checkpoint (0 before any, and for runs older than migration 0602,
+    which trained none). The next update trains those after it, up to its own first id; a rejected night's
+    are trained again by the next one, as its new text is."""
+    return db.execute(
+        "SELECT coalesce(max(deferred_last_id), 0) FROM runs WHERE kind IN ('update', 'adopt') AND status = 'ok'"
+    ).fetchone()[0]
+
+
 def begin_checkpoint_write(db: sqlite_utils.Database, path: str, run_id: int) -> None:
     """Name a checkpoint file before writing it, so that if the write is killed the file is known as ours."""
     with db.conn:
@@ -133,6 +176,7 @@ def add_checkpoint(
             [run_id, path, sha256, kind, parent_id, steps, status, now()],
         )
         db.execute("DELETE FROM checkpoint_writes WHERE path = ?", [path])
+    assert cursor.lastrowid is not None, "an INSERT sets lastrowid"
     return cursor.lastrowid
 
 
@@ -141,16 +185,19 @@ def knows_checkpoints(db: sqlite_utils.Database) -> bool:
     return db.execute("SELECT EXISTS (SELECT 1 FROM checkpoints)").fetchone()[0] == 1
 
 
-def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_through_id: int) -> int:
+def adopt_checkpoints(
+    db: sqlite_utils.Database, files: list[dict], trained_through_id: int, deferred_through_id: int = 0
+) -> int:
     """Record checkpoint files an earlier database wrote (`files`: path, sha256, kind, steps; oldest first,
-    so the newest final gets the highest id and is current) under one 'adopt' run, which counts messages
-    up to trained_through_id as trained. One transaction: a crash leaves all of it or none. Returns the run id."""
+    so the newest final gets the highest id and is current) under one 'adopt' run, which counts train-split
+    messages up to trained_through_id, and probe-split ones up to deferred_through_id, as trained. One
+    transaction: a crash leaves all of it or none. Returns the run id."""
     stamp = now()
     with db.conn:
         run_id = db.execute(
-            "INSERT INTO runs (kind, started_at, ended_at, status, pid, first_message_id, last_message_id) "
-            "VALUES ('adopt', ?, ?, 'ok', ?, 0, ?)",
-            [stamp, stamp, os.getpid(), trained_through_id],
+            "INSERT INTO runs (kind, number, started_at, ended_at, status, pid, first_message_id, last_message_id, "
+            f"deferred_first_id, deferred_last_id) VALUES ('adopt', {_NEXT_NUMBER}, ?, ?, 'ok', ?, 0, ?, 0, ?)",
+            ["adopt", stamp, stamp, os.getpid(), trained_through_id, deferred_through_id],
         ).lastrowid
         for f in files:
             checkpoint_id = db.execute(
@@ -160,6 +207,7 @@ def adopt_checkpoints(db: sqlite_utils.Database, files: list[dict], trained_thro
             ).lastrowid
             if f["kind"] == "final":
                 db.execute("UPDATE runs SET checkpoint_id = ? WHERE id = ?", [checkpoint_id, run_id])
+    assert run_id is not None, "an INSERT sets lastrowid"
     return run_id
 
 
@@ -267,11 +315,13 @@ def newest_pass(db: sqlite_utils.Database, checkpoint_id: int) -> list[dict]:
 
 
 def probe_passes(db: sqlite_utils.Database, limit: int) -> list[dict]:
-    """The newest `limit` probe passes, newest first: run, checkpoint, when, and the status of the update
-    that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges)."""
+    """The newest `limit` probe passes, newest first: run, checkpoint, when, and the status and number of the
+    update that wrote the checkpoint ('ok': the gate promoted it, 'rejected', or 'running' while it judges) and
+    its prequential score (the night's new text, scored by the model it started from before training)."""
     return list(
         db.query(
-            "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status "
+            "SELECT s.run_id, s.checkpoint_id, min(s.recorded_at) AS recorded_at, r.status AS update_status, "
+            "CASE WHEN r.kind = 'update' THEN r.number END AS update_number, r.prequential_bpb "
             "FROM probe_scores s LEFT JOIN checkpoints c ON c.id = s.checkpoint_id LEFT JOIN runs r ON r.id = c.run_id "
             "GROUP BY s.run_id ORDER BY s.run_id DESC LIMIT ?",
             [limit],
@@ -283,7 +333,8 @@ def pass_scores(
     db: sqlite_utils.Database, run_id: int, *, kind: str | None = None, metric: str | None = None
 ) -> list[dict]:
     """One probe pass's scores, of one kind or metric if given."""
-    where, params = "run_id = ?", [run_id]
+    where = "run_id = ?"
+    params: list[object] = [run_id]
     if kind is not None:
         where, params = where + " AND kind = ?", params + [kind]
     if metric is not None:

@@ -10,7 +10,8 @@ files       one row per file ever read (a device and inode; a rename or rotation
             it), first and last seen times, the last read error.
 messages    one row per conversation message: source file and line offset, day (YYYY-MM-DD),
             timestamp, session, role, sender, text, hash of the raw line (unique within a day: the
-            same line is stored once however often it is read), split 'train' or 'probe', shape.
+            same line is stored once however often it is read), split 'train' or 'probe' (held out
+            of the first night that sees it, for its gate, and trained by the next: 0602), shape.
             Ids only grow (AUTOINCREMENT), so "everything after id N" is a stable cursor.
 events      hook event lines (command, agent:bootstrap, gateway:startup...): counted, no text.
 quarantine  lines that could not be used: file, offset, length, reason, an excerpt; once per file (0201).
@@ -32,6 +33,8 @@ from messages, the exact definition that day_counts keeps).
 0400 writes every timestamp of runs, checkpoints and probe_scores in the one format the ingest tables
 always had, UTC with milliseconds and a Z (`2026-11-27T06:27:08.000Z`), which sorts as text in time order.
 0401 makes runs.checkpoint_id and runs.parent_checkpoint_id foreign keys of checkpoints(id).
+0602 makes the hold-out roll: runs.deferred_first_id and deferred_last_id bound the probe-split messages an
+update trained (held out of an earlier night), runs.prequential_bpb is its test-then-train score.
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
@@ -397,3 +400,53 @@ def _checkpoint_writes(db) -> None:
 def _waiting_bytes(db) -> None:
     """How much newer train text an update left for the next nights (update_max_new_mib caps a night)."""
     db.execute("ALTER TABLE runs ADD COLUMN waiting_bytes INTEGER")
+
+
+@migrations(name="0600_data_dir_settings")
+def _data_dir_settings(db) -> None:
+    """What a data directory remembers of how it was used, so that a later command without the flags
+    acts on the same things: 'watch_dir', the folder last watched or ingested (`status --data D` names
+    the daemon's folder, `reset` the right logs, `update` ingests from it), and 'facts', 'bundled' in
+    the demo's data directory (only there are the bundled facts probed)."""
+    db.execute(
+        """CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    )"""
+    )
+
+
+@migrations(name="0601_runs_number")
+def _runs_number(db) -> None:
+    """runs.number: the n-th run of its kind in this data directory (update 1, 2, 3), which people read,
+    beside runs.id, which probe passes share and so skips (updates 1, 3, 5). Numbered for the rows there."""
+    db.execute("ALTER TABLE runs ADD COLUMN number INTEGER")
+    db.execute("UPDATE runs SET number = (SELECT count(*) FROM runs r WHERE r.kind = runs.kind AND r.id <= runs.id)")
+    db.execute("CREATE UNIQUE INDEX runs_kind_number ON runs (kind, number)")
+
+
+@migrations(name="0602_rolling_hold_out")
+def _rolling_hold_out(db) -> None:
+    """The hold-out rolls instead of being permanent (issue 22, "every message is learned").
+
+    A message whose hash falls in the probe slice (messages.split = 'probe') is held out of the night
+    that first sees it, whose gate scores both models on it (text neither trained on), and is trained by
+    the next promoted night; before, no update ever trained it, so a fact whose answer hashed to 'probe'
+    was never learned. An update records which probe-split messages it trained as ids in
+    (deferred_first_id, deferred_last_id]; the highest deferred_last_id of a promoted update (or an
+    adopted checkpoint) is how far they have been trained, so a rejected night's are trained again by
+    the next one, and none twice by two promoted nights. prequential_bpb is the bits per byte the model
+    an update started from gave the night's new text before training on it (test-then-train).
+
+    An existing database's runs get NULL: nothing of the probe split counts as trained, so the next
+    nights train every old probe message, oldest first, within update_max_new_mib a night (the rest
+    waits, as a backlog of new text does). No row is rewritten."""
+    _run(
+        db,
+        [
+            "ALTER TABLE runs ADD COLUMN deferred_first_id INTEGER",  # probe-split messages trained: (first, last]
+            "ALTER TABLE runs ADD COLUMN deferred_last_id INTEGER",
+            "ALTER TABLE runs ADD COLUMN prequential_bpb REAL",
+        ],
+    )

@@ -66,6 +66,7 @@ def test_a_bad_line_is_quarantined_with_its_reason_and_the_rest_stored(db, daily
         (b'{"content": "nul\\u0000inside"}', "nul\x00inside"),  # an escaped NUL is text: kept verbatim
         ('{"content": "sep\u2028ar\u2029ators \U0001f600"}'.encode(), "sep\u2028ar\u2029ators \U0001f600"),
         (b'{"content": "obj sender", "sender": {"id": 1}, "session_key": ["x"]}', "obj sender"),
+        (b'{"content": "list direction", "direction": ["in"], "session_key": "s"}', "list direction"),  # unhashable
         (b'\xef\xbb\xbf{"content": "after a byte order mark"}', "after a byte order mark"),
     ],
 )

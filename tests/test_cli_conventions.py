@@ -73,14 +73,14 @@ def test_a_missing_watch_folder_is_a_clear_message(tmp_path, capsys):
     assert f"watch folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
 
 
-def test_an_update_with_nothing_ingested_says_how_to_ingest(tmp_path, capsys):
-    """Lines appended while no daemon runs are in the folder, not the database: the skipped update says so."""
+def test_an_update_with_an_empty_watch_folder_is_skipped_after_reading_it(tmp_path, capsys):
+    """With no daemon running, `update` reads the watch folder first; an empty one leaves nothing to train."""
     data, watch = tmp_path / "data", tmp_path / "engram"
     (watch / "raw").mkdir(parents=True)
     open_db(data / "engram-ff.db").close()
     assert main(["update", "--watch", str(watch), "--data", str(data)]) == 0
-    captured = capsys.readouterr()
-    assert " skipped" in captured.out and "`engram-ff ingest` reads what the watch folder holds now" in captured.err
+    out = capsys.readouterr().out
+    assert out.startswith(f"ingested {watch}: 0 files") and "update 1 (run 1) skipped" in out
 
 
 def test_history_plot_into_a_missing_folder_is_one_line(tmp_path, capsys):
@@ -125,3 +125,90 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path):
         child.kill()
     assert child.returncode == 130 and err == "engram-ff: interrupted\n"
     assert (tmp_path / "engram-ff.db").exists()  # nothing removed
+
+
+def test_a_mistyped_command_gets_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["staus"])
+    err = capsys.readouterr().err
+    assert (
+        done.value.code == 2
+        and err.splitlines()[-1] == "engram-ff: error: unknown command 'staus': did you mean 'status'?"
+    )
+
+
+def test_help_and_dash_v_work_as_in_git(capsys):
+    assert main(["help"]) == 0
+    assert "usage: engram-ff" in capsys.readouterr().out
+    assert main(["help", "ask"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: engram-ff ask") and "--data DIR" in out
+    assert main(["help", "lerned"]) == 2 and "did you mean 'learned'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["-V"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("engram-ff 0.")
+
+
+@pytest.mark.parametrize("command", ["ask", "generate", "history", "learned", "probe"])
+def test_commands_that_never_read_the_engram_folder_offer_no_watch(command, capsys):
+    assert main(["help", command]) == 0
+    assert "--watch" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main([command, *(["q"] if command == "ask" else []), "--watch", "/tmp"])
+    assert done.value.code == 2 and "unrecognized arguments: --watch" in capsys.readouterr().err
+
+
+def test_data_before_the_command_is_the_commands(tmp_path, capsys):
+    open_db(tmp_path / "engram-ff.db").close()
+    assert main(["--data", str(tmp_path), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["database"] == str(tmp_path / "engram-ff.db")
+    with pytest.raises(SystemExit) as done:
+        main(["--data", str(tmp_path), "status", "--data", str(tmp_path / "other")])
+    assert done.value.code == 2 and "--data given twice" in capsys.readouterr().err
+
+
+def test_data_naming_the_database_file_says_it_takes_the_directory(tmp_path, capsys):
+    open_db(tmp_path / "engram-ff.db").close()
+    assert main(["status", "--data", str(tmp_path / "engram-ff.db")]) == 2
+    assert capsys.readouterr().err == (
+        f"engram-ff: {tmp_path / 'engram-ff.db'} is a file: --data takes the data directory that holds "
+        f"engram-ff.db, e.g. --data {tmp_path}\n"
+    )
+
+
+def test_hints_keep_the_users_data_dir(tmp_path, capsys):
+    open_db(tmp_path / "engram-ff.db").close()
+    assert main(["ask", "hi", "--data", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.endswith(f"run `engram-ff update --data {tmp_path}` first\n")
+    assert main(["learned", "--data", str(tmp_path)]) == 0
+    assert f"`engram-ff update --data {tmp_path}` runs one now" in capsys.readouterr().out
+    assert main(["probe", "--data", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (  # said once, not once by the log and once by the command
+        f"engram-ff: no trained checkpoint yet: run `engram-ff update --data {tmp_path}` first\n"
+    )
+
+
+def test_config_show_origin_says_where_each_value_came_from(tmp_path, capsys, monkeypatch):
+    toml = tmp_path / "e.toml"
+    toml.write_text('schedule = "04:30"\n')
+    monkeypatch.setenv("ENGRAM_FF_BATCH_SIZE", "8")
+    assert main(["config", "--config", str(toml), "--data", str(tmp_path), "--show-origin"]) == 0
+    lines = {line.split(" =")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["schedule"].endswith(f"# from file {toml}") and '"04:30"' in lines["schedule"]
+    assert lines["batch_size"].endswith("# from environment ENGRAM_FF_BATCH_SIZE")
+    assert lines["data_dir"].endswith("# from flag --data")
+    assert lines["seq_len"].endswith("# from the default")
+
+
+def test_library_chatter_is_hidden_unless_debug():
+    import logging
+
+    from engram_ff.daemon.logs import setup_logging
+
+    setup_logging("INFO")
+    assert not logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.INFO)
+    assert logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.WARNING)
+    setup_logging("DEBUG")
+    assert logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.DEBUG)
+    setup_logging("INFO")

@@ -28,6 +28,9 @@ def test_defaults_live_under_the_data_dir(tmp_path):
         ('schedule = "25:61"', "schedule"),
         ('replay_ratio = "lots"', "replay_ratio"),
         ("update_max_steps = 2.5", "update_max_steps"),
+        ("batch_size = inf", "batch_size"),  # int(inf) raises OverflowError: once a traceback
+        ("batch_size = -inf", "batch_size"),
+        ("batch_size = [16]", "batch_size"),
         ("polling = 3", "polling"),
         ("probe_fraction = 1.5", "probe_fraction"),
         ('model_preset = "huge"', "model_preset"),

@@ -101,3 +101,78 @@ def test_reset_removes_only_engram_ffs_files_and_keeps_a_folder_it_did_not_make(
     assert main(["reset", "--data", str(other), "--yes"]) == 0
     assert (other / "checkpoints").is_dir() and list((other / "checkpoints").iterdir()) == []
     assert "removed 2 files" in capsys.readouterr().out
+
+
+def test_reset_names_the_watch_folder_the_data_dir_last_used(data_dir, tmp_path, capsys):
+    from engram_ff.state.queries import remember
+
+    elsewhere = tmp_path / "logs" / "engram"
+    db = open_db(data_dir / "engram-ff.db")
+    remember(db, "watch_dir", str(elsewhere))  # as `run --watch ~/logs/engram --data DATA` records it
+    db.close()
+    assert main(["reset", "--data", str(data_dir), "--yes"]) == 0
+    assert f"The Engram logs in {elsewhere} are not touched" in capsys.readouterr().out
+
+
+def test_no_database_in_the_default_dir_names_the_demos(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    open_db(tmp_path / "engram-ff-demo" / "engram-ff.db").close()
+    assert main(["ask", "Who is Victor?"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the demo's data is in {tmp_path / 'engram-ff-demo'}: add `--data" in err
+    assert not (tmp_path / "engram-ff").exists()
+
+
+def test_update_reads_what_was_appended_first_and_remembers_the_folder(tmp_path, capsys, monkeypatch):
+    """With no daemon running, nothing ingests lines as they are appended: `update` reads them itself, from
+    --watch, and later from the folder the data directory remembers."""
+    from tests.daemon_helpers import FAST
+
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    data, watch = tmp_path / "state", tmp_path / "logs" / "engram"
+    write_day(watch, "2026-01-01", 40)
+    assert main(["update", "--watch", str(watch), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ingested {watch}: 1 files, 40 lines read: 40 new messages") and "update 1 (run 1) ok" in out
+    write_day(watch, "2026-01-02", 30)
+    assert main(["update", "--data", str(data)]) == 0  # no --watch: the folder this data directory used
+    out = capsys.readouterr().out
+    assert out.startswith(f"ingested {watch}: 2 files") and "30 new messages" in out and "update 2 (run 3) ok" in out
+    assert main(["status", "--data", str(data)]) == 0
+    assert f"watch folder  {watch}\n" in capsys.readouterr().out
+
+
+def test_the_demo_says_what_next_and_its_ask_line_works(tmp_path):
+    """The demo's closing lines, run as printed: they name its --data, so `ask` finds the demo's model."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.daemon_helpers import environment
+
+    script = Path(sys.executable).with_name("engram-ff")
+    env = environment(XDG_DATA_HOME=str(tmp_path / "share"), HOME=str(tmp_path))
+    demo = subprocess.Popen(
+        [str(script), "run", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out = []
+    try:
+        for line in demo.stdout:
+            out.append(line)
+            if line.startswith("  ") and " ask --data " in line:
+                break
+    finally:
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=120)
+    text = "".join(out)
+    assert demo.returncode == 0 and "answer_rank" in text and "who-is-victor" in text  # the demo's facts
+    assert "answer_rank: where a fact's true answer ranks" in text and "canary: the oldest held-out text" in text
+    assert "Ctrl-C stops it." in text and "keeps watching" in text
+    assert "apscheduler" not in err and "Adding job tentatively" not in err
+    asked = subprocess.run(shlex.split(out[-1]), env=env, capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+    assert str(tmp_path / "share" / "engram-ff-demo") in out[-1]
+    assert not (tmp_path / "share" / "engram-ff").exists()  # the demo never touched the default directory

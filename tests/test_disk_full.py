@@ -182,8 +182,9 @@ def test_run_update_commands_on_a_full_disk_say_so_in_one_line_and_record_what_t
     size = next(config.checkpoint_dir.glob("*.pt")).stat().st_size
 
     def command(limit: int, name: str) -> subprocess.CompletedProcess:
+        used = args if name == "update" else args[2:]  # probe never reads the watch folder: it takes no --watch
         return subprocess.run(
-            limited(limit, "engram_ff.daemon.cli", name, *args), env=environment(), capture_output=True, text=True
+            limited(limit, "engram_ff.daemon.cli", name, *used), env=environment(), capture_output=True, text=True
         )
 
     # Room for the database's rows but not for the checkpoint: the run is recorded as failed.
@@ -194,12 +195,15 @@ def test_run_update_commands_on_a_full_disk_say_so_in_one_line_and_record_what_t
     assert query(config.db_path, newest) == [("failed",)]
     before = query(config.db_path, "SELECT count(*) FROM runs")
     # Not even room for the run's first row: nothing can be recorded, and the line says why.
-    for name in ("update", "probe"):
+    said = {  # update reads the watch folder first (no daemon runs), so its first write is the ingest's
+        "update": "engram-ff: ingest stopped: the database refused a write (disk I/O error; is the disk full?). "
+        "Every line stored before is kept: run it again once there is space",
+        "probe": f"engram-ff: the database {config.db_path} refused a write (disk I/O error): is the disk full? "
+        "Nothing stored before is lost",
+    }
+    for name, line in said.items():
         full = command(KIB, name)
-        assert full.returncode == 1 and full.stderr.splitlines()[-1] == (
-            f"engram-ff: the database {config.db_path} refused a write (disk I/O error): is the disk full? "
-            "Nothing stored before is lost"
-        ), full.stderr
+        assert full.returncode == 1 and full.stderr.splitlines()[-1] == line, full.stderr
         assert "Traceback" not in full.stderr
     assert query(config.db_path, "SELECT count(*) FROM runs") == before
     state = check_state(config.watch, config.data_dir, settled=True)

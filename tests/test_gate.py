@@ -18,6 +18,7 @@ from engram_ff.bench.chaos import check_state
 from engram_ff.daemon import gate, recipe, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.facts import BUNDLED_FACTS
 from engram_ff.daemon.probes import probed_days
 from engram_ff.daemon.service import Service
 from engram_ff.ingest.reader import catch_up
@@ -50,6 +51,7 @@ def night(tmp_path, monkeypatch):
     for key, value in {**FAST, "ENGRAM_FF_DATA_DIR": str(tmp_path / "data")}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("ENGRAM_FF_WATCH_DIR", str(tmp_path / "engram"))
+    monkeypatch.setenv("ENGRAM_FF_FACTS_FILE", str(BUNDLED_FACTS))  # facts for the gate to compare
     written: dict[str, int] = {}
 
     def night(day: str | None, lines: int = 0, *, text: str | None = None, **fields) -> dict:
@@ -109,6 +111,7 @@ def test_the_step_budget_bounds_passes_once_a_model_exists_and_small_days_replay
 def test_a_31_byte_day_after_a_normal_one_stays_within_tolerance(night):
     first = night("2026-01-01", 60)
     assert first["status"] == "ok" and "first model" in json.loads(first["gate"])["reason"]
+    assert night(None)["status"] == "ok"  # the night after: the first day's held-out messages, trained
     small = night("2026-01-02", 1, text=SMALL_DAY)
     assert small["new_bytes"] == len(f"user: {SMALL_DAY}\n")
     config = load_config()
@@ -330,8 +333,10 @@ def test_a_database_from_before_the_gate_is_migrated_with_its_rows(tmp_path):
     path = tmp_path / "old.db"
     old = sqlite_utils.Database(connect(path))
     migrations.apply(old, stop_before="0300_promotion_gate")
-    run = runs.start_run(old, "update")
     with old.conn:  # as the code of that time wrote it (state/runs.py at 0101)
+        run = old.execute(
+            "INSERT INTO runs (kind, started_at, status, pid) VALUES ('update', ?, 'running', 1)", [runs.now()]
+        ).lastrowid
         old.execute(
             "INSERT INTO checkpoints (run_id, path, sha256, kind, parent_id, steps, status, created_at) "
             "VALUES (?, 'x.pt', '0', 'final', NULL, 1, 'good', ?)",
@@ -370,3 +375,22 @@ def test_a_lost_database_never_adopts_a_candidate_the_gate_rejected(night, caplo
         (promoted,)
     ]
     assert f"not adopting {kept}: the promotion gate rejected it" in caplog.text
+
+
+def test_migration_0601_numbers_the_runs_already_there_by_kind(tmp_path):
+    """Updates 1, 3, 5 in runs.id (probe passes between them) become updates 1, 2, 3; new runs go on counting."""
+    old = sqlite_utils.Database(connect(tmp_path / "old.db"))
+    migrations.apply(old, stop_before="0601_runs_number")
+    with old.conn:
+        for kind in ("update", "probe", "update", "probe", "update"):
+            old.execute("INSERT INTO runs (kind, started_at, status) VALUES (?, ?, 'ok')", [kind, runs.now()])
+    migrations.apply(old)
+    assert [tuple(r) for r in old.execute("SELECT id, kind, number FROM runs ORDER BY id")] == [
+        (1, "update", 1),
+        (2, "probe", 1),
+        (3, "update", 2),
+        (4, "probe", 2),
+        (5, "update", 3),
+    ]
+    assert runs.get_run(old, runs.start_run(old, "update"))["number"] == 4
+    old.close()

@@ -134,6 +134,13 @@ def test_wrongly_typed_metadata_falls_back():
     assert (m.session, m.role, m.sender, m.day) == ("file-session", "unknown", "unknown", "2026-11-20")
 
 
+@pytest.mark.parametrize("direction", [["in"], {"in": 1}])
+def test_an_unhashable_direction_falls_back_too(direction):
+    """A list or object is no key of the roles table: once a TypeError that escaped the parser."""
+    m = parse({"session_key": "s", "direction": direction, "content": "text"})
+    assert (m.role, m.sender, m.shape) == ("unknown", "unknown", "recorder")
+
+
 @pytest.mark.parametrize(
     "raw,reason",
     [

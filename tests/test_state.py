@@ -261,3 +261,27 @@ def test_the_counters_read_only_the_rows_a_commit_added(tmp_path):
         row[3] for row in db.execute("EXPLAIN QUERY PLAN SELECT * FROM files WHERE device = 1 AND inode = 2")
     )
     assert "files_identity" in identity
+
+
+def test_deferred_text_puts_each_held_out_message_between_its_neighbours(tmp_path):
+    """What a night trains of the probe split (state/schema.py 0600): each message in (first, last] with the
+    message before and after it in its session as context; a probe message after `last` (held out of
+    tonight) is never context; rows not said one after the other stand apart, a blank line between."""
+    from engram_ff.ingest.reader import split_of
+
+    def texts(split):
+        return (t for t in (f"{split} text {n}" for n in range(10_000)) if split_of(t, 0.10) == split)
+
+    train, probe = texts("train"), texts("probe")
+    a, c, d, e, f, b = (next(train) for _ in range(6))
+    p1, p2, p3 = (next(probe) for _ in range(3))
+    said = [("s", a), ("s", p1), ("u", b), ("s", c), ("s", d), ("s", e), ("s", f), ("s", p2), ("s", p3)]
+    write_day(tmp_path, "2026-11-27", [(session, "al", text) for session, text in said])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path)
+    ids = {row["text"]: row["id"] for row in db.query("SELECT id, text FROM messages")}
+    assert queries.deferred_text(db, 0, ids[p2]) == f"al: {a}\nal: {p1}\nal: {c}\n\nal: {f}\nal: {p2}\n".encode()
+    assert queries.deferred_text(db, ids[p1], ids[p3]) == f"al: {f}\nal: {p2}\nal: {p3}\n".encode()
+    assert queries.deferred_text(db, ids[p3], ids[p3]) == b""
+    assert queries.held_out_through(db, ids[f]) == ids[p3]  # the probe messages that end the day
+    assert queries.held_out_through(db, ids[b]) == ids[c] - 1

@@ -12,6 +12,7 @@ import pytest
 from engram_ff.daemon import checkpoints, probes, update
 from engram_ff.daemon.cli import main
 from engram_ff.daemon.config import load_config
+from engram_ff.daemon.facts import BUNDLED_FACTS
 from engram_ff.daemon.output import size
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
@@ -22,7 +23,11 @@ from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 
 @pytest.fixture
 def setup(tmp_path):
-    config = load_config(environ=FAST, data_dir=str(tmp_path / "data"), watch_dir=str(tmp_path / "engram"))
+    config = load_config(
+        environ={**FAST, "ENGRAM_FF_FACTS_FILE": str(BUNDLED_FACTS)},  # facts, as the demo probes them
+        data_dir=str(tmp_path / "data"),
+        watch_dir=str(tmp_path / "engram"),
+    )
     write_day(config.watch, "2026-01-01", 60)
     db = open_db(config.db_path)
     catch_up(db, config.watch)
@@ -43,14 +48,20 @@ def test_update_trains_records_and_chains_checkpoints(setup):
     path = Path(db.execute("SELECT path FROM checkpoints WHERE id = ?", [first["checkpoint_id"]]).fetchone()[0])
     assert Path(str(path) + ".sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
 
-    assert update.run_update(config)["status"] == "skipped"  # nothing new
+    # nothing new, but the first night's held-out messages (the probe split) are trained the night after it
+    deferred = update.run_update(config)
+    assert deferred["status"] == "ok" and deferred["new_bytes"] > 0
+    assert (deferred["first_message_id"], deferred["last_message_id"]) == (first["last_message_id"],) * 2
+    assert (deferred["deferred_first_id"], deferred["deferred_last_id"]) == (0, first["last_message_id"])
+    assert update.run_update(config)["status"] == "skipped"  # nothing new, nothing held out
 
     write_day(config.watch, "2026-01-02", 30)
     catch_up(db, config.watch)
     second = update.run_update(config)
     assert second["status"] == "ok" and second["replay_bytes"] > 0
-    assert second["parent_checkpoint_id"] == first["checkpoint_id"]
+    assert second["parent_checkpoint_id"] == deferred["checkpoint_id"]
     assert second["first_message_id"] == first["last_message_id"]
+    assert second["prequential_bpb"] > 0  # the model of the night before, on the new day before training
 
     metrics = {row[0] for row in db.execute("SELECT DISTINCT metric FROM probe_scores")}
     assert {
@@ -163,7 +174,7 @@ def test_history_command_prints_and_plots(setup, capsys, tmp_path):
     plot = tmp_path / "history.png"
     assert main(["history", "--data", str(config.data_dir), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "held_out_bpb" in out and "facts_first" in out
+    assert "held_out_bpb" in out and "facts_first" in out and "prequential_bpb" in out
     assert plot.stat().st_size > 10_000
 
 
@@ -179,7 +190,7 @@ def test_a_bad_fact_costs_only_its_own_scores(setup, tmp_path, monkeypatch, capl
     assert {row["kind"] for row in rows} == {"probe", "trained", "summary", "canary"}
     assert f"fact probes skipped this pass: fact probes file {bad}: 'fact' must be" in caplog.text
 
-    config.facts_file = None  # the bundled four
+    config.facts_file = BUNDLED_FACTS  # the demo's three
     real = probes.rank_among
 
     def fails_for_victor(model, prompt, answer, distractors):
@@ -236,18 +247,22 @@ def test_a_backlog_is_trained_in_nights_of_update_max_new_mib_and_status_says_wh
     assert main(["status", "--data", str(config.data_dir), "--watch", str(config.watch)]) == 0
     out = capsys.readouterr().out
     waiting = size(nights[0]["waiting_bytes"])  # the status run's update_max_new_mib is the default, 16
-    assert f"{waiting} of newer text left by update {nights[0]['id']}: about 1 more night at update_max_new_mib" in out
+    assert f"{waiting} of newer text left by update 1 (run 1): about 1 more night at update_max_new_mib" in out
     while nights[-1]["status"] == "ok":
         nights.append(update.run_update(config))
-    assert nights.pop()["status"] == "skipped" and len(nights) == 3
-    assert nights[0]["first_message_id"] == 0
-    assert (
-        nights[-1]["last_message_id"] == db.execute("SELECT max(id) FROM messages WHERE split = 'train'").fetchone()[0]
-    )
-    for before, after in zip(nights, nights[1:]):
-        assert after["first_message_id"] == before["last_message_id"]  # nothing skipped, nothing twice
+    assert nights.pop()["status"] == "skipped" and len(nights) >= 3
+    last_train, last_probe = (queries.max_message_id(db, split) for split in ("train", "probe"))
+    assert nights[0]["first_message_id"] == nights[0]["deferred_last_id"] == 0
+    assert nights[-1]["last_message_id"] == last_train and nights[-1]["deferred_last_id"] >= last_probe
+    for before, after in zip(nights, nights[1:]):  # nothing skipped, nothing twice, in either split
+        assert after["first_message_id"] == before["last_message_id"]
+        assert after["deferred_first_id"] == before["deferred_last_id"] <= after["first_message_id"]
         assert after["parent_checkpoint_id"] == before["checkpoint_id"]
     for night in nights:  # the recorded bounds are exactly what it trained on, whole messages up to the cap
-        text = queries.text_between(db, night["first_message_id"], night["last_message_id"])
-        assert night["new_bytes"] == len(text) and len(text) < 1536 + 100
-    assert [night["waiting_bytes"] > 0 for night in nights] == [True, True, False]
+        assert night["new_bytes"] == len(queries.night_text(db, night))
+        messages = queries.bytes_between(db, night["first_message_id"], night["last_message_id"])
+        messages += queries.bytes_between(db, night["deferred_first_id"], night["deferred_last_id"], split="probe")
+        assert messages < 1536 + 100
+        done = night["last_message_id"] == last_train and night["deferred_last_id"] == night["first_message_id"]
+        assert (night["waiting_bytes"] > 0) == (not done)
+    assert nights[0]["waiting_bytes"] > 0 and nights[-1]["waiting_bytes"] == 0

@@ -15,7 +15,9 @@ label columns times the label vector: one matmul for the image, then a cheap (10
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,10 @@ class FFMLPConfig:
 
 
 class FFMLP(nn.Module):
+    one_hot: torch.Tensor  # buffers, registered in __init__
+    neutral: torch.Tensor
+    wrong: torch.Tensor
+
     def __init__(self, cfg: FFMLPConfig):
         super().__init__()
         losses.check(cfg.loss, cfg.negatives, losses=("softmax", "pair"), negative_kinds=("uniform", "model"))
@@ -58,18 +64,23 @@ class FFMLP(nn.Module):
         # wrong[y] lists the labels other than y: (L, L-1)
         self.register_buffer("wrong", torch.tensor([[c for c in range(L) if c != y] for y in range(L)]))
 
+    @property
+    def ff_layers(self) -> Sequence[FFLayer]:
+        """self.layers as what it holds: to a type checker an nn.ModuleList holds plain Modules."""
+        return cast(Sequence[FFLayer], self.layers)
+
     def image_term(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, d_in) -> the image's share of the first layer's pre-activation (B, H1) and the input
         normalisation's scale (B, 1); the first L inputs are overwritten by the label, so left out."""
         blank = F.pad(x[:, self.cfg.n_labels :], (self.cfg.n_labels, 0))  # (B, d_in), label inputs zeroed
         length = (blank.pow(2).sum(-1, keepdim=True) + self.cfg.label_scale**2).sqrt()  # (B, 1)
         scale = math.sqrt(self.cfg.d_in) / length  # as in normalise(): the input gets length sqrt(d_in)
-        return F.linear(blank, self.layers[0].linear.weight) * scale, scale  # full W: no sliced gradient
+        return F.linear(blank, self.ff_layers[0].linear.weight) * scale, scale  # full W: no sliced gradient
 
     def first_layer(self, image: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """image (B, H1), scale (B, 1) from image_term(); labels (C, L) or (B, C, L) label vectors of
         length label_scale -> (B, C, H1): layers[0] on the image with each label overlaid."""
-        W, b = self.layers[0].linear.weight, self.layers[0].linear.bias  # (H1, d_in), (H1,)
+        W, b = self.ff_layers[0].linear.weight, self.ff_layers[0].linear.bias  # (H1, d_in), (H1,)
         label_term = (labels @ W[:, : self.cfg.n_labels].T) * scale[:, :, None]  # (B, C, H1)
         return F.relu((image + b)[:, None, :] + label_term)
 
@@ -91,8 +102,8 @@ class FFMLP(nn.Module):
             negatives = torch.multinomial(p + 1e-12, self.cfg.n_negatives)  # (B, K)
         labels = torch.cat([y[:, None], negatives], dim=1)  # (B, 1+K): the positive first
         h = self.first_layer(image, scale, self.one_hot[labels])  # (B, 1+K, H1)
-        loss = self.layers[0].learn(h)
-        for layer in self.layers[1:]:
+        loss = self.ff_layers[0].learn(h)
+        for layer in self.ff_layers[1:]:
             h = layer(h.detach())  # (B, 1+K, H)
             loss += layer.learn(h)
         return loss
@@ -103,7 +114,7 @@ class FFMLP(nn.Module):
         neutral label, without gradient."""
         h = self.first_layer(image, scale, self.neutral)[:, 0]  # (B, H1)
         out = [normalise(h)]
-        for layer in self.layers[1:]:
+        for layer in self.ff_layers[1:]:
             h = layer(h)
             out.append(normalise(h))
         return torch.cat(out, dim=1)
@@ -112,8 +123,8 @@ class FFMLP(nn.Module):
     def goodness_scores(self, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """-> (B, L): each label's goodness summed over the layers."""
         h = self.first_layer(image, scale, self.one_hot)  # (B, L, H1)
-        total = self.layers[0].goodness(h)
-        for layer in self.layers[1:]:
+        total = self.ff_layers[0].goodness(h)
+        for layer in self.ff_layers[1:]:
             h = layer(h)
             total += layer.goodness(h)
         return total
@@ -129,7 +140,7 @@ class FFMLP(nn.Module):
 
     def scale_lr(self, factor: float) -> None:
         """Set every learning rate to its configured value times factor (for a schedule)."""
-        for layer in self.layers:
+        for layer in self.ff_layers:
             layer.set_lr(self.cfg.lr * factor)
         for group in self.readout_opt.param_groups:
             group["lr"] = self.cfg.readout_lr * factor

@@ -1,0 +1,123 @@
+"""`engram-ff bench learning`: its days plant each fact k times in sessions of their own, its compressor
+costs are real, and a quick run goes through the daemon's ingest, update, probes and gate for FF and BP to
+a report whose numbers come from the run."""
+
+import json
+import math
+import shutil
+from collections import Counter
+
+import pytest
+
+from engram_ff.bench import learning
+from engram_ff.daemon.cli import BENCHMARKS, build_parser
+from engram_ff.daemon.config import ConfigError
+
+
+def test_the_facts_are_varied_and_not_the_demos():
+    facts = learning.load_facts()
+    assert Counter(f["k"] for f in facts) == {k: 4 for k in learning.KS}
+    demo = (learning.FACTS.parent.parent / "daemon" / "facts.toml").read_text()
+    assert not [f["name"] for f in facts if f["answer"] in demo or f["question"] in demo]
+    assert all(len(f["distractors"]) == 3 and f["answer"] not in f["distractors"] for f in facts)
+    assert len({f["answer"] for f in facts}) == len(facts)
+
+
+def test_a_fact_day_plants_each_fact_k_times_each_in_a_session_of_its_own():
+    facts = learning.load_facts()
+    days = learning.make_days(4, 20_000, facts, [2], seed=0)
+    assert [d.planted for d in days if d.night != 2] == [{}, {}, {}]
+    assert days[1].planted == {f["name"]: f["k"] for f in facts}
+    sessions: dict[str, list[dict]] = {}
+    for line in days[1].lines[1:]:
+        sessions.setdefault(line["session_key"], []).append(line)
+    for fact in facts:
+        asked = [s for s in sessions.values() if any(m["content"] == fact["question"] for m in s)]
+        assert len(asked) == fact["k"]
+        assert all(
+            [(m["sender"], m["content"]) for m in s] == [("user", fact["question"]), ("assistant", fact["answer"])]
+            for s in asked
+        )
+    order = list(sessions)  # a fact said 8 times is spread through the day, not bunched
+    spots = [order.index(k) for k, s in sessions.items() if s[0]["content"] == facts[-1]["question"]]
+    assert spots[-1] - spots[0] > len(order) / 2
+    assert all(len(d.text) >= 20_000 for d in days)
+    chat = [line["content"] for d in days for line in d.lines[1:] if d.night != 2]
+    assert len(set(chat)) > 0.9 * len(chat)  # new text each day (a play repeats a few short speeches)
+
+
+def test_facts_spread_over_several_nights_and_the_plays_recur_once_used_up():
+    facts = learning.load_facts()
+    days = learning.make_days(3, 400_000, facts, [1, 3], seed=1)
+    said = {f["name"]: days[0].planted.get(f["name"], 0) + days[2].planted.get(f["name"], 0) for f in facts}
+    assert said == {f["name"]: f["k"] for f in facts} and days[1].planted == {}
+    assert days[0].planted["router-password"] == days[2].planted["router-password"] == 4
+    assert [d.recurs for d in days] == [False, False, True]  # about 0.9 MB of plays
+
+
+def test_compressor_costs_are_real():
+    texts = [b"user: the quick brown fox jumps over the lazy dog\n" * 40, bytes(range(256)) * 4]
+    texts.append(texts[0])
+    costs, notes = learning.compressor_bpb(texts)
+    assert set(costs[0]) >= {"bz2 -9", "xz -9e"}
+    assert ("zstd --long -19" in costs[0]) == (shutil.which("zstd") is not None) != bool(notes)
+    for code in costs[0]:
+        assert all(math.isfinite(c[code]) for c in costs)
+        assert costs[2][code] < costs[0][code] / 2  # a day said before costs little given it as history
+
+
+def test_methods_and_checkpoints():
+    method = learning.parse_method("ff+lr_scale=2+update_max_passes=16")
+    assert (method.trainer, method.overrides) == ("ff", {"lr_scale": "2", "update_max_passes": "16"})
+    settings = dict(preset="tiny", budget=1.5, set={"replay_ratio": "1"})
+    config = learning.method_config(learning.Path("/nonexistent"), method, settings)
+    assert (config.trainer, config.lr_scale, config.workers, config.update_budget_minutes) == ("ff", 2.0, 1, 1.5)
+    assert config.replay_ratio == 1.0 and config.model_preset == "tiny"
+    with pytest.raises(ConfigError):
+        learning.method_config(learning.Path("/x"), learning.parse_method("bp+freeze_layers=1"), settings)
+    meta = dict(fact_nights=[2], checkpoints=[0, 7, 30])
+    labels = learning.checkpoint_nights(meta, 12)
+    assert [n for _, n in labels] == [2, 9, 12] and "not reached" in labels[2][0] and "not reached" not in labels[1][0]
+    assert "learning" in BENCHMARKS
+    assert build_parser().parse_args(["bench", "learning", "--quick"]).name == "learning"
+
+
+def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path):
+    assert learning.main(["--quick", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "learning-quick.json").read_text())
+    facts = result["facts"]
+    nights = result["meta"]["nights"]
+    assert list(result["methods"]) == ["ff", "bp"]
+    assert 'trainer = "bp"' in result["meta"]["methods"]["bp"] and "workers = 1" in result["meta"]["methods"]["ff"]
+    for day in result["days"]:
+        assert set(day["compressors"]) >= {"bz2 -9", "xz -9e"}
+        assert all(0 < v < 9 for v in day["compressors"].values())
+    for name, records in result["methods"].items():
+        assert [r["night"] for r in records] == list(range(1, nights + 1))
+        assert all(r["status"] in ("ok", "rejected") and r["steps"] > 0 and r["new_bytes"] > 0 for r in records)
+        assert all(r["rss_mib"] > 0 and r["update_s"] > 0 for r in records)
+        assert records[0]["prequential_bpb"] is None and records[0]["gate"]["decision"] == "promoted"
+        assert all(0 < r["prequential_bpb"] < 9 for r in records[1:]), name
+        assert all(r["held_out"] and all(math.isfinite(v) for v in r["held_out"].values()) for r in records)
+        fact_night = records[1]
+        assert fact_night["planted"] == {f["name"]: f["k"] for f in facts}
+        # the facts were ingested and trained: their answers are in the text the fact night's update trained on
+        trained = fact_night["trained_mentions"]
+        assert all(trained[f["name"]] in (0, f["k"]) for f in facts)  # a message is held out or trained, all k
+        assert sum(trained.values()) >= 0.75 * sum(f["k"] for f in facts)
+        assert sum(records[0]["trained_mentions"].values()) == 0
+        for r in records:
+            assert set(r["facts"]) == {f["name"] for f in facts}
+            for score in r["facts"].values():
+                assert isinstance(score["recalled"], bool) and isinstance(score["answer"], str)
+                assert 1 <= score["rank"] <= 4 and 0 < score["bpb"] < 20
+            for k in learning.KS:
+                group = [f["name"] for f in facts if f["k"] == k]
+                share = sum(r["facts"][n]["recalled"] for n in group) / len(group)
+                assert 0 <= share <= 1
+    report = (tmp_path / "learning-quick.md").read_text()
+    for section in ("## Targets", "## Facts", "## Prequential bits per byte", "## Every night", "## Settings"):
+        assert section in report
+    assert "| bz2 -9 | xz -9e |" in report and "**mean, nights 2-3**" in report
+    assert "next morning (night 2)" in report and "not reached" in report  # +7 and +30 read the last night
+    assert (tmp_path / "learning-quick.png").stat().st_size > 20_000
