@@ -17,7 +17,7 @@ import sqlite3
 import sys
 
 from engram_ff.daemon.config import Config, config_from_args, with_remembered
-from engram_ff.daemon.errors import UserError, database_errors
+from engram_ff.daemon.errors import UserError, database_errors, database_problem
 from engram_ff.daemon.gate import alarm, gate_line
 from engram_ff.daemon.lock import AlreadyRunning, DataDirLock
 from engram_ff.daemon.logs import setup_logging
@@ -156,6 +156,9 @@ def _catch_up(config: Config):
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:  # a full disk (ENOSPC, or EFBIG past a size limit), a lock held too long
+        said = str(exc)
+        if not any(word in said for word in ("full", "I/O error")):  # read-only, locked: errors.py says what to do
+            raise UserError(f"ingest stopped: {database_problem(exc, config.db_path)}") from None
         raise UserError(
             f"ingest stopped: the database refused a write ({exc}; is the disk full?). Every line "
             "stored before is kept: run it again once there is space"

@@ -107,7 +107,9 @@ def test_generate_defaults_to_the_current_model(data_dir, capsys):
 def test_no_model_yet_is_one_line(tmp_path, capsys):
     open_db(tmp_path / "engram-ff.db").close()
     assert main(["ask", "Who is Victor?", "--data", str(tmp_path)]) == 1
-    assert capsys.readouterr().err == f"engram-ff: no trained model in {tmp_path} yet: run `engram-ff update` first\n"
+    assert capsys.readouterr().err == (
+        f"engram-ff: no trained model in {tmp_path} yet: run `engram-ff update --data {tmp_path}` first\n"
+    )
 
 
 def test_an_answer_longer_than_the_cap_is_refused_in_one_line(data_dir, capsys):

@@ -338,8 +338,9 @@ def test_run_update_on_an_immutable_database_say_so_in_one_line(tmp_path):
         subprocess.run(undo, check=True)
     for done in results:
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-        assert done.stderr.splitlines()[-1] == (
-            f"engram-ff: the database {config.db_path} is read-only (attempt to write a readonly database): check "
+        last = done.stderr.splitlines()[-1]  # update says that its first step, reading the folder, stopped
+        assert last.startswith("engram-ff: ") and last.endswith(
+            f"the database {config.db_path} is read-only (attempt to write a readonly database): check "
             "its permissions, `lsattr` (chattr +i) and whether its file system is mounted read-only"
         )
     assert query(config.db_path, "SELECT count(*) FROM runs") == before  # the first update (and its probes) alone
@@ -358,11 +359,13 @@ def test_run_update_on_a_read_only_mount_say_so_in_one_line(tmp_path):
         "sh",
     )
     update_done, probe_done = _cli(config, "update", prefix=read_only), _cli(config, "probe", prefix=read_only)
-    for done in (update_done, probe_done):  # neither creates anything: they stop at opening the database
+    for done in (update_done, probe_done):  # neither creates anything
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-        assert done.stderr.splitlines()[-1].startswith(
-            f"engram-ff: the database {config.db_path} cannot be opened (unable to open database file): SQLite must"
-        )
+    # update stops at the data directory's lock, which it takes to read the folder first; probe at the database
+    assert update_done.stderr.splitlines()[-1] == f"engram-ff: {config.lock_path}: Read-only file system"
+    assert probe_done.stderr.splitlines()[-1].startswith(
+        f"engram-ff: the database {config.db_path} cannot be opened (unable to open database file): SQLite must"
+    )
 
 
 def test_run_update_on_a_database_locked_past_the_busy_timeout_say_so_in_one_line(tmp_path, monkeypatch, capsys):

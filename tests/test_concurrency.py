@@ -67,7 +67,7 @@ def test_update_while_run_holds_the_data_directory_is_one_line_and_harms_nothing
         code, err = stop(running)
     assert update.returncode == 1 and update.stdout == ""
     assert update.stderr.count("\n") == 1 and "already uses" in update.stderr
-    assert "daemon does the updates" in update.stderr
+    assert "does the updates" in update.stderr
     assert code == 0 and "Traceback" not in err
     stored_once(data / "engram-ff.db")
 

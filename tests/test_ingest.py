@@ -485,10 +485,10 @@ def test_ingest_and_status_commands(tmp_path):
         "2026-11-27.jsonl",
         "2026-11-27  train",
         "gateway  startup  1",
-        "quarantine   1 line",
+        "quarantine 1 line",
         "malformed JSON",
     ):
-        assert expected in status.stdout
+        assert " ".join(expected.split()) in " ".join(status.stdout.split())  # columns widen with their keys
 
 
 def test_odd_file_names(db, tmp_path):
