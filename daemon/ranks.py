@@ -95,7 +95,7 @@ class Team:
         self.helpers: list[subprocess.Popen] = []
         self.store: Path | None = None
         self.threads = torch.get_num_threads()
-        self.sent = self.finished = False
+        self.sent = self.finished = self.aborted = False
         self.should_stop = lambda: False  # the update's: a collective waits only a little once it is true
         self.deadline: float | None = None
         self.group: int | None = None  # the helpers' process group
@@ -216,6 +216,7 @@ class Team:
     def abort(self, exc: Exception) -> Exception:
         """The update failed: end the helpers, which may wait in a collective that will never come. If one
         of them had died first, that is why: the failure names it rather than the broken collective."""
+        self.aborted = True  # finish() must not wait on a collective with ranks that are gone
         died, hung = [], []
         for rank, helper in enumerate(self.helpers, start=1):
             if isinstance(exc, Unanswered) and helper.poll() is None:
@@ -247,8 +248,10 @@ class Team:
             return
         self.finished = True
         try:
-            if self.replicas is not None and not self.sent:
+            if self.replicas is not None and not self.sent and not self.aborted:
                 self.replicas.broadcast(None)
+        except Exception as exc:  # the update already failed or is ending: its own error is the one to say
+            log.debug("releasing the ranks failed: %s", first_line(exc))
         finally:
             try:
                 for helper in self.helpers:
@@ -258,7 +261,10 @@ class Team:
                         log.warning("helper rank (pid %d) still runs after training; ending it", helper.pid)
                 self.kill()  # the whole group, whatever it holds now
                 if self.replicas is not None:
-                    self.replicas.close()
+                    try:
+                        self.replicas.close()
+                    except Exception as exc:  # a group whose peer died: leaving it is all that is left to do
+                        log.debug("leaving the process group failed: %s", first_line(exc))
             finally:  # the rendezvous file goes even if the wait above is interrupted (a second Ctrl-C)
                 if self.store is not None:
                     self.store.unlink(missing_ok=True)
