@@ -143,8 +143,10 @@ def base_model(path: Path, history: bytes, steps: int, trainer: str) -> FFLM:
 def parse_recipe(text: str) -> dict:
     fields: dict = {"steps": 205}  # what the daemon's step budget gives this night (8 passes over new + replay)
     for item in filter(None, text.split(",")):
+        if item == "default":
+            continue
         if "=" not in item:
-            continue  # a bare name, "default": the defaults
+            raise SystemExit(f"a recipe is `default` or key=value,...; not {item!r}")
         key, value = item.split("=", 1)
         if key not in RECIPE_KEYS:
             raise SystemExit(f"unknown recipe key {key!r}; known: {', '.join(RECIPE_KEYS)}")

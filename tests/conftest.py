@@ -27,6 +27,18 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """In-process updates on two busy cores: a second torch thread only spins waiting for the first
+    (10 ms a tiny step alone, 0.7 s with two), as FAST's OMP_NUM_THREADS=1 avoids in subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def db(tmp_path):
     return open_db(tmp_path / "state.db")
 

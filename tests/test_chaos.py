@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from engram_ff.bench.chaos import Chaos, check_state
 from engram_ff.daemon import update
@@ -26,15 +25,7 @@ from engram_ff.state import runs
 from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for, write_day
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process updates on two busy cores: a second torch thread only spins waiting for the first
-    (10 ms a tiny step alone, 0.7 s with two), as FAST's OMP_NUM_THREADS=1 avoids in subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py says why
 
 
 def test_sigkill_at_random_instants_loses_nothing_and_updates_resume(tmp_path):

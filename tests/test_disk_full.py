@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from engram_ff.bench.chaos import check_state, make_line
 from engram_ff.daemon import update
 from engram_ff.daemon.config import load_config
@@ -20,7 +22,8 @@ from engram_ff.ingest.reader import catch_up
 from engram_ff.model.checkpoint import load_checkpoint
 from engram_ff.state.db import open_db
 from tests.daemon_helpers import FAST, NotifySocket, environment, query, wait_for
-from tests.test_chaos import one_torch_thread  # noqa: F401 (an autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py says why
 
 LIMITED = """
 import resource, runpy, signal, sys

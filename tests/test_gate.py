@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import sqlite_utils
-import torch
 
 from engram_ff.bench.chaos import check_state
 from engram_ff.daemon import gate, recipe, update
@@ -34,13 +33,7 @@ SMALL_DAY = "The cat needs her pills tonight"  # 31 bytes, in the train split
 DESTRUCTIVE = dict(lr_scale=2000)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process updates on two busy cores: one torch thread (FAST says the same to subprocesses)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py says why
 
 
 @pytest.fixture

@@ -24,12 +24,7 @@ DESTRUCTIVE = dict(lr_scale=2000)  # as tests/test_gate.py: a candidate the gate
 PROBE_SPLIT = "SELECT id, sender, text FROM messages WHERE split = 'probe'"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py says why
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from engram_ff.daemon import ranks, update
 from engram_ff.daemon.config import ConfigError, load_config
@@ -24,13 +23,7 @@ from tests.daemon_helpers import FAST, environment, query, wait_for, write_day
 LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process rank 0 beside a helper on two busy cores: one thread each (see tests/test_chaos.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py says why
 
 
 def children(pid: int) -> list[int]:
