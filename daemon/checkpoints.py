@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
+from engram_ff.model.memory import ContextMemory
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
 from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
@@ -48,6 +49,22 @@ class Loaded:
 def fresh(config: Config) -> Loaded:
     model = FFLM(PRESETS[config.model_preset])
     return Loaded(model, TRAINERS[config.trainer](model), None, {})
+
+
+def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
+    """A model saved before the context memory existed (model/memory.py) gets the preset's, empty. An empty
+    memory adds nothing to any prediction, so the model the gate compares with is the same as before; it
+    starts learning with the next night."""
+    preset = PRESETS[config.model_preset]
+    if isinstance(model, FFLM) and model.memory is None and preset.memory_bits:
+        model.config = replace(
+            model.config,
+            memory_bits=preset.memory_bits,
+            memory_dim=preset.memory_dim,
+            memory_orders=preset.memory_orders,
+        )
+        model.memory = ContextMemory(preset.memory_orders, preset.memory_bits, preset.memory_dim)
+        log.info("the current model predates the context memory: it gets an empty one, which learns from tonight")
 
 
 def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:
@@ -87,6 +104,7 @@ def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
             log.warning("checkpoint %s matches its recorded sha256 again: good again", row["path"])
             runs.set_checkpoint_status(db, row["id"], "good")
         _restore_digest_file(row["path"], row["sha256"])
+        with_memory(saved.model, config)
         return restore(saved, row["id"], config.trainer)
     return None
 

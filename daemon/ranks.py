@@ -317,8 +317,9 @@ def night_for_ranks(trainer, config: Config, text: tuple[bytes, bytes, bytes], s
         "seed": seed,
         "budget_s": budget_s,
         "steps": steps,
-        "model_config": trainer.model.config.to_dict(),
-        "model": trainer.model.state_dict(),
+        # the helpers train the SSM layers only: the context memory (64 MiB) learns on rank 0 after them
+        "model_config": {**trainer.model.config.to_dict(), "memory_bits": 0},
+        "model": {k: v for k, v in trainer.model.state_dict().items() if not k.startswith("memory.")},
         "trainer_kind": trainer.kind,
         "trainer": trainer.state_dict(),
         "lr": trainer.lr,

@@ -43,6 +43,7 @@ from engram_ff.daemon.probes import LN2, ProbesStopped, probe, text_hash
 from engram_ff.daemon.progress import Progress
 from engram_ff.daemon.resources import peak_rss_mb
 from engram_ff.model import checkpoint as ckpt
+from engram_ff.model import memory
 from engram_ff.model.train import evaluate_nats, train
 from engram_ff.state import queries, runs
 from engram_ff.state.db import open_db
@@ -340,6 +341,16 @@ def _train_night(
 
     if result.stopped or should_stop():  # a stop asked of any rank stops them all
         return interrupted(save("partial"), "stopped by a signal")
+    if not night.trained and getattr(model.model, "memory", None) is not None:
+        progress.phase("the context memory reads the night's text once")
+        memory_bpb = memory.learn(model.model, new_text)
+        log.info(
+            "%s: the context memory read %s once, at %.3f bits per byte before learning each part",
+            name,
+            size(len(new_text)),
+            memory_bpb,
+        )
+        meta["memory_bpb"] = round(memory_bpb, 4)
     meta.update(trained=True, layer_losses=fields["layer_losses"])
     candidate = save("final", status="candidate")
     progress.phase("probing the candidate for the promotion gate")

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engram_ff.model.config import PRESETS, VOCAB, LMConfig  # noqa: F401  (PRESETS: re-exported)
+from engram_ff.model.memory import ContextMemory
 from engram_ff.model.ssm import SSM
 
 
@@ -88,6 +89,10 @@ class FFLM(nn.Module):
         self.heads = nn.ModuleList(
             CandidateHead(config.d_model, config.d_score, config.goodness) for _ in range(config.n_layers)
         )
+        # the top, sparse layer: learned by its own rule (model/memory.py), never by a trainer's optimiser
+        self.memory = (
+            ContextMemory(config.memory_orders, config.memory_bits, config.memory_dim) if config.memory_bits else None
+        )
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""
@@ -117,10 +122,25 @@ class FFLM(nn.Module):
             if detach:
                 h = h.detach()
 
-    def forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list]:
-        """x [B, T] -> (next-byte logits [B, T, 256], SSM state after x)."""
+    def forward(
+        self, x: torch.Tensor, state: list[torch.Tensor] | None = None, use_memory: bool = True
+    ) -> tuple[torch.Tensor, list]:
+        """x [B, T] -> (next-byte logits [B, T, 256], state after x: each layer's SSM state, then the memory's
+        last bytes). use_memory=False: the SSM layers' logits alone (what backprop trains, as FF's layers)."""
+        logits, new_state = self.ssm_forward(x, state)
+        if self.memory is not None:
+            context = self.memory.empty_context(x.shape[0]) if state is None else state[-1]
+            memory_logits, context = self.memory(x, context)
+            if use_memory:
+                logits = logits + memory_logits
+            new_state.append(context)
+        return logits, new_state
+
+    def ssm_forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list]:
+        """The SSM layers' logits [B, T, 256] and SSM states; a memory's entry at the end of `state` is ignored."""
         new_state: list[torch.Tensor] = []
         logits = sum(head(z) for head, z in zip(self.heads, self.features(x, False, state, new_state)))
+        assert isinstance(logits, torch.Tensor), "an FFLM has at least one layer"
         return logits, new_state
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +148,8 @@ class FFLM(nn.Module):
 
     def init_state(self, batch: int) -> list[torch.Tensor]:
         p = self.embed.weight
-        return [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
+        states = [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
+        return states + ([] if self.memory is None else [self.memory.empty_context(batch)])
 
     def step(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Recurrent mode, one byte per stream: byte [B] -> (logits [B, 256], state). Inference only."""
@@ -161,6 +182,7 @@ class Recurrent:
         self.linear_heads = model.config.goodness == "linear"
         self.mlp_in_head = model.config.mlp_in_head
         self.heads = model.heads
+        self.memory = model.memory  # read live: its rows change by `learn`, not by a parameter's version
         bias: torch.Tensor | int = 0
         self.layers: list[tuple[torch.Tensor, ...]] = []
         for layer, head in zip(model.layers, model.heads):
@@ -205,4 +227,8 @@ class Recurrent:
             if not self.mlp_in_head:
                 h = z
             new_state.append(s)
+        if self.memory is not None:
+            memory_logits, context = self.memory(byte[:, None], state[-1])
+            logits = logits + memory_logits[:, 0]
+            new_state.append(context)
         return logits, new_state

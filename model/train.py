@@ -209,7 +209,9 @@ class BPTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         self.model.train()
-        loss = F.cross_entropy(self.net(x)[0].reshape(-1, VOCAB), y.reshape(-1))
+        # the SSM layers' logits alone, as FF's layers learn them: a context memory learns by its own rule
+        ssm_only = {"use_memory": False} if getattr(self.model, "memory", None) is not None else {}
+        loss = F.cross_entropy(self.net(x, **ssm_only)[0].reshape(-1, VOCAB), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip:
