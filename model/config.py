@@ -19,7 +19,7 @@ class LMConfig:
     goodness: str = "linear"  # "linear" (one matmul) or "relu" (nonlinear, broadcast over candidates)
     mlp_in_head: bool = True  # the GELU block feeds only this layer's head; the layer above gets the SSM stream
     memory_bits: int = 0  # the context memory (model/memory.py) has 2^bits rows; 0: none
-    memory_dim: int = 16  # G: width of a memory row
+    memory_dim: int = 8  # G: width of a memory row
     memory_orders: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # context lengths it hashes, in bytes
 
     def to_dict(self) -> dict:
@@ -40,7 +40,8 @@ PRESETS = {
     # Nightly CPU training: what the text benchmark's main model uses (chosen by short trials on 2 cores:
     # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
-    "daemon": LMConfig(memory_bits=20),
+    # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
+    "daemon": LMConfig(memory_bits=22),
     # Tests and smoke runs.
-    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=14, memory_dim=8),
+    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18),
 }

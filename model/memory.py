@@ -1,33 +1,35 @@
-"""The context memory: the model's fast, sparse layer, which learns a sentence from one reading.
+"""The context memory: the model's fast, sparse top layer, which learns a sentence from one reading.
 
 The SSM layers learn slowly and everywhere at once: every step moves every weight, so a fact said once
 is either not learned or learned at the price of everything else (bench/results/learning-recipes.md).
-This layer is the opposite. For every byte position it hashes the contexts that end there, the last
-n bytes for each order n in `orders`, into rows of one big table, and the rows it finds add a vector
-each; a per-order output matrix turns their sum into logits that are added to the SSM layers' logits:
+This layer is the opposite. At every byte it hashes the contexts that end there, the last n bytes for
+each order n in `orders`, to rows of one big table; each row it finds adds its vector, through a fixed
+random matrix per order, to the SSM layers' logits:
 
-    m_t = sum_o hit_o(t) * R[idx_o(t)]                   [G]
-    logits_t = SSM logits_t + sum_o hit_o(t) * R[idx_o(t)] @ W_o     [256]
+    logits_t = SSM logits_t + sum_o hit_o(t) * R[row_o(t)] @ W_o        R [S, G], W_o [G, 256]
 
-Reading a sentence changes only the rows of the contexts in it, so nothing else is disturbed. Each row
-carries a tag (a second hash of its context and order): a row whose tag is not the context's reads as
-empty (hit = 0), so an unseen context adds nothing rather than another context's noise, and the
-contexts of text never read cost nothing on held-out text.
+Reading a sentence changes only the rows of the contexts in it, so nothing else is disturbed. A row
+carries a tag (other bits of its context's hash): a context no row's tag matches reads as empty, so an
+unseen context adds nothing rather than another context's noise. Each context may live in one of two
+rows; a new one evicts the one of the two that has learned less (its smaller `seen`).
 
 It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order
-(`learn`), the way a compressor does: each chunk is first scored with the rows as they are, then each
-row it used takes a step down the gradient of that chunk's cross-entropy (the SSM logits are detached
-inputs: no gradient reaches another layer). The row step is normalised per row (row-wise Adagrad), so a
-context's first occurrence moves its row by a fixed length, `lr * order_scale`, and later ones by less
-and less, like a count; and since W_o is fitted on scores of text the rows had not yet seen, it learns
-how far a row read once can be trusted at each order. Passing over the same text again would teach
-the rows to trust themselves on text they have already seen; the one pass keeps them honest.
+(`learn`), the way a compressor does: each chunk is scored with the rows as they are, then every
+context whose byte cost more than `claim_nats` gets a row, and every row the chunk used takes one step
+down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no gradient reaches
+another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
+its row by a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count.
+Passing over the same text again would teach the rows to trust themselves on text they have already
+seen; the one pass keeps them honest.
 
-Why these numbers, from `python /work/scratch/mem2.py`-style sweeps on the fact night (bench/fact_night.py's
-days, facts said 1-8 times, one night; held-out: a play none of the days came from; docs/memory.md):
-row lr 3 -> 6 with the per-order scale n/32 kept 11 of 12 facts and the held-out bpb at 2.34 (the SSM
-alone: 2.59); lr 1 kept 7 of 12, lr 3 without the order scale 10 of 12 at 2.76 held-out; 2^18 rows
-evicted enough of three days to lose facts (hist 2.0 bpb), 2^20 did not; G = 8, 16, 32 were within noise.
+W never learns, and that is what makes a fact last: the memory's first version learned W (and then
+per-order gains) on the prequential loss, and 12 days later the rows of the facts were still there but
+W had turned under them: answers' bits per byte 1.37 with learned gains, 0.98 with W learned, 0.31 with
+W fixed. The numbers (bench/results/memory-sweep.md, `python -m engram_ff.bench.memory_sweep`): on three
+days of dialogue, a fourth with 12 facts said 1-8 times, then 12 more days, with the SSM layers frozen:
+ROW_LR 4 kept 10 of 12 facts the next morning and 7 of 12 twelve days later (3: 7 and 4; 6: 10 and 5;
+10: 11 and 2, held-out 2.67 bpb against 2.38); claim_nats 0.7 spends 37 % fewer rows than 0 for the same
+facts; 2^21 rows of 16 and 2^22 of 8 (the same bytes) were within noise of each other.
 
 Glossary: O orders, G row width (`dim`), S = 2^bits rows, P = max(orders) - 1 bytes of context carried.
 """
@@ -44,10 +46,12 @@ VOCAB = 256
 MIX = 0x5851F42D4C957F2D  # odd 64-bit multipliers: the hash's avalanche (wrapping int64 arithmetic)
 STEP = 0x100000001B3
 ORDER_SALT = 0x2545F4914F6CDD1D
-ROW_LR = 6.0  # a row's first step, at the highest order (docstring)
-OUT_LR = 0.03  # Adam's rate for the output matrices W_o
-CHUNK = 256  # bytes per stream per learning step: a step reads [streams, CHUNK]
+ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
+CLAIM_NATS = 0.7  # a new context gets a row only where its byte cost more than this (p < 0.5)
+SEEN_MAX = 60000.0  # `seen` is float16: its largest value (a row's steps are below ROW_LR / 245 by then)
+CHUNK = 256  # bytes per stream per learning step: a step reads [STREAMS, CHUNK]
 STREAMS = 16  # the night's text is read as this many contiguous streams side by side
+IGNORE = -100  # a target that is padding: cross_entropy's ignore_index, so nothing learns from it
 
 
 def _signed(v: int) -> int:
@@ -81,30 +85,34 @@ class ContextMemory(nn.Module):
         super().__init__()
         self.orders, self.bits, self.P = tuple(orders), bits, max(orders) - 1
         self.weights = hash_weights(self.orders)
-        self.register_buffer("rows", torch.zeros(1 << bits, dim))  # R [S, G]
-        self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int32))  # 0: an empty row
-        self.register_buffer("seen", torch.zeros(1 << bits))  # each row's sum of squared gradients (Adagrad)
-        # W [O, G, 256] and its Adam moments: buffers, not parameters, so that no optimiser but `learn` moves them
-        self.register_buffer("out", torch.randn(len(orders), dim, VOCAB) * dim**-0.5)
-        self.register_buffer("out_m", torch.zeros(len(orders), dim, VOCAB))
-        self.register_buffer("out_v", torch.zeros(len(orders), dim, VOCAB))
-        self.register_buffer("out_steps", torch.zeros((), dtype=torch.long))
+        self.row_lr, self.claim_nats = ROW_LR, CLAIM_NATS  # instance settings, so that a sweep can vary them
+        # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^22 rows take 80 MiB
+        self.register_buffer("rows", torch.zeros(1 << bits, dim, dtype=torch.float16))  # R [S, G]
+        self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int16))  # 0: an empty row
+        self.register_buffer("seen", torch.zeros(1 << bits, dtype=torch.float16))  # sum of squared gradients
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("out", torch.randn(len(orders), dim, VOCAB, generator=generator) * dim**-0.5)  # W
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hashes [...] -> (row index, tag in 1..2^19), from disjoint bits of the hash."""
-        return (h >> 20) & ((1 << self.bits) - 1), (((h >> 44) & 0x7FFFF) + 1).int()
+        """Hashes [...] -> (the first of the context's two rows (even), an odd tag in 1..32767), from
+        disjoint bits of the hash."""
+        return (h >> 20) & ((1 << self.bits) - 2), (((h >> 44) & 0x7FFE) | 1).short()
+
+    def find(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the row holding each context [...], or its first row if neither does; hit [...]; tag [...])."""
+        first, tag = self.locate(h)
+        in_first, in_second = self.tags[first] == tag, self.tags[first + 1] == tag
+        return first + in_second.long(), in_first | in_second, tag
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row vectors [B, T, O, G], zero where the tag differs; row index [B, T, O]; hit [B, T, O])."""
-        idx, tag = self.locate(h)
-        hit = self.tags[idx] == tag
-        return self.rows[idx] * hit[..., None], idx, hit
+        """(row vectors [B, T, O, G], zero where no row holds the context; row index [B, T, O]; hit [B, T, O])."""
+        idx, hit, _ = self.find(h)
+        return self.rows[idx].float() * hit[..., None], idx, hit
 
-    def logits(self, m: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Row vectors m [B, T, O, G] -> logits [B, T, 256]: one matmul over the orders' outputs stacked."""
-        out = self.out if out is None else out
-        return m.flatten(-2) @ out.flatten(0, 1)
+    def logits(self, m: torch.Tensor) -> torch.Tensor:
+        """Row vectors m [B, T, O, G] -> logits [B, T, 256]: one matmul over the orders' W stacked."""
+        return m.flatten(-2) @ self.out.flatten(0, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T] bytes after `context` [B, P] -> (logits [B, T, 256], the context after x)."""
@@ -115,64 +123,70 @@ class ContextMemory(nn.Module):
     def empty_context(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.P, dtype=torch.long, device=self.rows.device)
 
-    @torch.no_grad()
+    def used_rows(self) -> int:
+        return int(self.tags.count_nonzero())
+
     def _claim(self, h: torch.Tensor) -> None:
-        """Give every context of h a row: a row holding another context's tag is emptied and re-tagged."""
-        idx, tag = self.locate(h)
-        miss = self.tags[idx] != tag
-        self.rows[idx[miss]] = 0
-        self.seen[idx[miss]] = 0
-        self.tags[idx[miss]] = tag[miss]
+        """Give every new context of h [...] a row: of its two, the one that has learned less (smaller `seen`)
+        is emptied and re-tagged, so a row that carried much surprise (a name, a number) outlives the
+        ordinary ones around it."""
+        first, hit, tag = self.find(h)
+        first, tag = first[~hit] & ~1, tag[~hit]
+        victim = first + (self.seen[first + 1] < self.seen[first]).long()
+        self.rows[victim] = 0
+        self.seen[victim] = 0
+        self.tags[victim] = tag
 
     def learn_chunk(self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor) -> float:
         """One test-then-train step: score y [B, T] from the SSM's logits `lower` [B, T, 256] and the rows as
-        they are, then step the rows and W. Returns the chunk's summed nats, scored before the step."""
+        they are, then give the surprising new contexts rows and step every row used. Returns the chunk's
+        summed nats, scored before the step."""
         h = context_hashes(xe, self.weights)
-        self._claim(h)
-        m, idx, hit = self.read(h)
+        m, _, _ = self.read(h)
         m.requires_grad_(True)
-        out = self.out.clone().requires_grad_(True)
-        logits = lower + self.logits(m, out)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), reduction="sum")
-        grad_m, grad_out = torch.autograd.grad(loss, (m, out))
+        logits = lower + self.logits(m)
+        cost = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=IGNORE)  # [B, T]
+        (grad_m,) = torch.autograd.grad(cost.sum(), (m,))
         with torch.no_grad():
-            self._adam_out(grad_out)
-            g = (grad_m * hit[..., None]).reshape(-1, grad_m.shape[-1])
+            self._claim(h[(y != IGNORE) & (cost > self.claim_nats)])
+            idx, owned, _ = self.find(h)  # every context now, but the losers of a collision within this chunk
+            g = (grad_m * owned[..., None]).reshape(-1, grad_m.shape[-1])
             rows, where = torch.unique(idx.reshape(-1), return_inverse=True)
             g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
             scale = torch.zeros(len(rows)).index_put_((where,), self.order_scale.expand_as(idx).reshape(-1))
-            self.seen[rows] += g_row.square().sum(-1)
-            self.rows[rows] -= ROW_LR * scale[:, None] * g_row / (self.seen[rows, None].sqrt() + 1e-8)
-        return loss.item()
-
-    def _adam_out(self, grad: torch.Tensor, beta1: float = 0.9, beta2: float = 0.999) -> None:
-        self.out_steps += 1
-        t = int(self.out_steps)
-        self.out_m.lerp_(grad, 1 - beta1)
-        self.out_v.lerp_(grad.square(), 1 - beta2)
-        step = OUT_LR * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-        self.out.addcdiv_(self.out_m, self.out_v.sqrt().add_(1e-8), value=-step)
+            seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
+            self.seen[rows] = seen.half()
+            step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
+            self.rows[rows] = (self.rows[rows].float() - step).half()
+        return float(cost.detach().sum())
 
 
 @torch.no_grad()
 def learn(model, text: bytes) -> float:
     """The memory's night: one test-then-train pass over `text` (the SSM layers' logits as they now are).
-    Returns the bits per byte the pass scored before learning each chunk: a prequential score of the text."""
+    Returns the bits per byte the pass scored before learning each chunk: a prequential score of the text.
+
+    The text is read as STREAMS side-by-side streams, each starting P bytes before its first prediction, so
+    that every context is whole wherever a stream begins (a fact cut by a stream's start was lost before:
+    tests/test_memory.py). The SSM starts each stream afresh, as `evaluate_nats` starts a text."""
     memory: ContextMemory = model.memory
     tokens = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
-    per = len(tokens) // STREAMS
-    if per < 2:
+    n, P = len(tokens), memory.P
+    if n < 2:
         return float("nan")
-    streams = torch.cat([memory.empty_context(STREAMS), tokens[: per * STREAMS].view(STREAMS, per)], 1)
+    per = -(-(n - 1) // STREAMS)  # predictions per stream; the last stream's end is padding, never learned
+    pad = STREAMS * per + 1 - n
+    ext = torch.cat([memory.empty_context(1)[0], tokens, torch.zeros(pad, dtype=torch.long)])
+    streams = ext.unfold(0, P + per + 1, per)  # [STREAMS, P + per + 1]: context, inputs, the last target
+    targets = streams[:, P + 1 :].clone()  # [STREAMS, per]
+    targets.view(-1)[n - 1 :] = IGNORE  # stream-major order is text order: the padding is the tail
     was_training = model.training
     model.eval()
-    state, total, counted = None, 0.0, 0
-    for s in range(memory.P, streams.shape[1] - 1, CHUNK):
-        e = min(s + CHUNK, streams.shape[1] - 1)
-        x, y = streams[:, s:e], streams[:, s + 1 : e + 1]
-        lower, state = model.ssm_forward(x, state)
+    state, total = None, 0.0
+    for s in range(0, per, CHUNK):
+        e = min(s + CHUNK, per)
+        lower, state = model.ssm_forward(streams[:, P + s : P + e], state)
         with torch.enable_grad():
-            total += memory.learn_chunk(lower, streams[:, s - memory.P : e], y)
-        counted += y.numel()
+            total += memory.learn_chunk(lower, streams[:, s : P + e], targets[:, s:e])
     model.train(was_training)
-    return total / counted / math.log(2)
+    return total / (n - 1) / math.log(2)

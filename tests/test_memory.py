@@ -1,0 +1,141 @@
+"""The context memory (model/memory.py): the sparse top layer that learns a sentence from one reading."""
+
+import logging
+import math
+from dataclasses import replace
+
+import orjson
+import pytest
+import torch
+
+from engram_ff.daemon import ask, checkpoints, update
+from engram_ff.ingest.reader import catch_up
+from engram_ff.model import checkpoint as ckpt
+from engram_ff.model.config import PRESETS
+from engram_ff.model.generate import generate
+from engram_ff.model.lm import FFLM
+from engram_ff.model.memory import STREAMS, context_hashes, learn
+from engram_ff.model.train import evaluate_nats
+from tests.daemon_helpers import recorder_line
+from tests.test_incremental import make  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FILLER = b"".join(b"user: tell me about day %d\nassistant: it was an ordinary day, number %d.\n\n" % (i, i) for i in range(60))
+FACT = b"user: What is the door code at the studio?\nassistant: The studio door code is 47193.\n\n"
+
+
+def tiny(memory: bool = True) -> FFLM:
+    torch.manual_seed(0)
+    return FFLM(PRESETS["tiny"] if memory else replace(PRESETS["tiny"], memory_bits=0))
+
+
+def greedy(model: FFLM, prompt: bytes, n: int) -> bytes:
+    return b"".join(generate(model, prompt, n, temperature=0.0))
+
+
+def test_hashes_tell_orders_and_contexts_apart_and_depend_only_on_the_last_n_bytes():
+    model = tiny()
+    weights, P = model.memory.weights, model.memory.P
+    a = torch.tensor([list(b"x" * (P - 3) + b"abcd")])
+    b = torch.tensor([list(b"y" * (P - 3) + b"abcd")])
+    ha, hb = context_hashes(a, weights)[0, -1], context_hashes(b, weights)[0, -1]  # [O] at the last byte
+    orders = model.memory.orders
+    for o, n in enumerate(orders):
+        assert (ha[o] == hb[o]) == (n <= 4), n  # the same last 4 bytes, then x against y
+    assert len(set(ha.tolist())) == len(orders)  # every order hashes to its own value
+
+
+def test_an_empty_memory_changes_no_prediction():
+    with_memory, without = tiny(), tiny(memory=False)
+    without.load_state_dict({k: v for k, v in with_memory.state_dict().items() if not k.startswith("memory.")})
+    x = torch.tensor([list(FACT)])
+    assert torch.equal(with_memory(x)[0], without(x)[0])
+    assert evaluate_nats(with_memory, FACT) == evaluate_nats(without, FACT)
+
+
+def test_a_sentence_read_once_is_answered_by_greedy_generation():
+    model = tiny()
+    before = greedy(model, b"user: What is the door code at the studio?\nassistant: ", 32)
+    learn(model, FILLER[: len(FILLER) // 2] + FACT + FILLER[len(FILLER) // 2 :])
+    after = greedy(model, b"user: What is the door code at the studio?\nassistant: ", 32)
+    assert b"47193" not in before and b"The studio door code is 47193." in after
+
+
+def test_the_pass_scores_each_part_before_learning_it():
+    """A text of one chunk per stream is scored before any row learns: its bits are the SSM layers' own."""
+    model = tiny()
+    text = FILLER[: STREAMS * 200 + 1]
+    streams = [text[i * 200 : (i + 1) * 200 + 1] for i in range(STREAMS)]  # 200 predictions each
+    alone = sum(evaluate_nats(model, s) for s in streams) / STREAMS / math.log(2)
+    assert learn(model, text) == pytest.approx(alone, rel=1e-5)
+    assert learn(model, text) < alone - 1  # read once: the same text again costs far less
+    assert model.memory.used_rows() > 0 and model.memory.rows.abs().sum() > 0
+
+
+def test_another_context_in_the_same_row_reads_as_empty():
+    model = tiny()
+    model.memory.claim_nats = 0.0  # every context gets a row, however predictable its byte
+    learn(model, FACT * 64)
+    x = torch.tensor([list(FACT * 2)])
+    h = context_hashes(torch.cat([model.memory.empty_context(1), x], 1), model.memory.weights)[:, model.memory.P :]
+    vectors, idx, hit = model.memory.read(h)  # past the first P bytes, every context is one the text had
+    assert hit.all() and vectors.abs().sum() > 0
+    model.memory.tags[idx] += 2  # as if other contexts (tags are odd) had taken both rows of each since
+    model.memory.tags[idx ^ 1] += 2
+    vectors, _, hit = model.memory.read(h)
+    assert not hit.any() and vectors.abs().sum() == 0
+
+
+def test_parallel_chunked_and_recurrent_reading_agree():
+    model = tiny()
+    learn(model, FILLER + FACT)
+    x = torch.tensor([list(FACT + FILLER[:100])])
+    whole, _ = model(x)
+    first, state = model(x[:, :50])
+    rest, _ = model(x[:, 50:], state)
+    assert torch.allclose(torch.cat([first, rest], 1), whole, atol=1e-4)
+    state, step, stepped = model.init_state(1), model.recurrent(), []
+    with torch.inference_mode():
+        for byte in x[0]:
+            logits, state = step(state, byte[None])
+            stepped.append(logits)
+    assert torch.allclose(torch.stack(stepped, 1), whole, atol=1e-4)
+
+
+def test_a_checkpoint_keeps_what_the_memory_learned_and_an_older_one_gets_an_empty_memory(tmp_path, make):  # noqa: F811
+    model = tiny()
+    learn(model, FILLER + FACT)
+    ckpt.save_model(tmp_path / "m.pt", model)
+    loaded = ckpt.load_model(tmp_path / "m.pt").model
+    x = torch.tensor([list(FACT)])
+    assert torch.equal(loaded(x)[0], model(x)[0])
+    assert torch.equal(loaded.memory.tags, model.memory.tags)
+
+    old = tiny(memory=False)  # saved before the memory existed: its config has no memory_* keys
+    config, _ = make()
+    checkpoints.with_memory(old, config)
+    assert old.memory is not None and old.config.memory_bits == PRESETS["tiny"].memory_bits
+    assert torch.equal(old(x)[0], tiny(memory=False)(x)[0])  # empty: the same predictions as before
+
+
+def test_a_fact_said_once_in_a_day_is_answered_after_the_night(make, caplog):  # noqa: F811
+    """Through the daemon's own path: ingest, update (FF layers, then the memory's pass), gate, ask."""
+    config, db = make()
+    assert update.run_update(config)["status"] == "ok"
+    day = "2026-01-02"
+    question, answer = "What is the door code at the studio?", "The studio door code is 47193."
+    lines = [recorder_line(day, n) for n in range(30)]
+    said = [
+        {"timestamp": f"{day}T11:00:00Z", "session_key": "fact", "direction": "in", "sender": "user", "content": question},
+        {"timestamp": f"{day}T11:00:05Z", "session_key": "fact", "direction": "out", "sender": "bot", "content": answer},
+    ]
+    lines[15:15] = [orjson.dumps(line) + b"\n" for line in said]
+    (config.watch / "raw" / f"{day}.jsonl").write_bytes(b"".join(lines))
+    catch_up(db, config.watch)
+    with caplog.at_level(logging.INFO, logger="engram_ff.daemon.update"):
+        night = update.run_update(config)
+    assert night["status"] == "ok" and "the context memory read" in caplog.text
+    model = checkpoints.current_model(db)[0]
+    who = ask.voices(db)
+    assert "47193" in ask.answer(model, ask.prompt(question, who), who, max_bytes=64).decode()
