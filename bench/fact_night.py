@@ -11,7 +11,8 @@ the held-out bits per byte of a play none of the days came from.
     python -m engram_ff.bench.fact_night --recipe default --recipe rehearse=4,steps=800 --out learning-recipes
 
 A recipe is `name` or `key=value,...` over: steps, lower_lr, rehearse (rows), layers (rehearse_layers),
-fraction (rehearse_fraction), lr_scale, trainer.
+fraction (rehearse_fraction), lr_scale, trainer, memory (1: the daemon's context memory reads the base's
+days and then the night, after the SSM layers' training, as the daemon's night does).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,6 +35,7 @@ from engram_ff.daemon.config import load_config
 from engram_ff.model.config import PRESETS
 from engram_ff.model.generate import generate
 from engram_ff.model.lm import FFLM
+from engram_ff.model.memory import learn
 from engram_ff.model.scoring import continuation_nats
 from engram_ff.model.train import BPTrainer, FFTrainer, byte_batches, evaluate_nats, train
 
@@ -60,6 +63,7 @@ RECIPE_KEYS = {
     "fraction": ("rehearse_fraction", float),
     "lr_scale": ("lr_scale", float),
     "trainer": ("trainer", str),
+    "memory": ("memory", int),
 }
 
 
@@ -129,7 +133,7 @@ def judge(model: FFLM, held: bytes, history: bytes) -> dict:
 
 def base_model(path: Path, history: bytes, steps: int, trainer: str) -> FFLM:
     """The model every recipe starts from: the daemon preset trained `steps` on the history (cached)."""
-    model = FFLM(PRESETS["daemon"])
+    model = FFLM(replace(PRESETS["daemon"], memory_bits=0))  # the SSM layers; a recipe adds a memory (memory=1)
     if path.exists():
         model.load_state_dict(torch.load(path)["model"])
         return model
@@ -137,6 +141,15 @@ def base_model(path: Path, history: bytes, steps: int, trainer: str) -> FFLM:
     kind = FFTrainer if trainer == "ff" else BPTrainer
     train(kind(model), byte_batches(history, 16, 256, torch.Generator().manual_seed(0)), 1e9, steps)
     torch.save({"model": model.state_dict()}, path)
+    return model
+
+
+def with_context_memory(ssm: FFLM, history: list[bytes]) -> FFLM:
+    """The SSM layers with the daemon preset's context memory, which has read the base's days once each."""
+    model = FFLM(PRESETS["daemon"])
+    model.load_state_dict(ssm.state_dict(), strict=False)
+    for day in history:
+        learn(model, day)
     return model
 
 
@@ -163,6 +176,7 @@ def one_night(fields: dict, base: Path, base_steps: int, threads: int) -> dict:
     night = with_facts(days[3], rng)
     new = text_of(night)
     steps = fields.pop("steps")
+    with_memory = fields.pop("memory", 0)
     config = load_config(environ={f"ENGRAM_FF_{k.upper()}": str(v) for k, v in fields.items()})
     model = base_model(
         base.with_name(f"{base.stem}-{config.trainer}{base.suffix}"), history, base_steps, config.trainer
@@ -178,6 +192,9 @@ def one_night(fields: dict, base: Path, base_steps: int, threads: int) -> dict:
     recipe.plan_layers(trainer, config, matured=True, replay_rows=replay_rows, rehearse_rows=n_rehearse)
     began = time.perf_counter()
     train(trainer, batches, 1e9, steps)
+    if with_memory:  # the daemon's night: the SSM layers train, then the context memory reads (model/memory.py)
+        model = with_context_memory(model, [text_of(d) for d in days[:3]])
+        learn(model, new)
     seconds = time.perf_counter() - began
     planted = sum(any(s.startswith(f"user: {q}\n".encode()) for q, _, _ in FACTS) for s in rehearse.split(b"\n\n"))
     return dict(steps=steps, seconds=seconds, rehearsed_facts=planted if rehearse else 0, **judge(model, held, history))

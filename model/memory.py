@@ -47,6 +47,7 @@ MIX = 0x5851F42D4C957F2D  # odd 64-bit multipliers: the hash's avalanche (wrappi
 STEP = 0x100000001B3
 ORDER_SALT = 0x2545F4914F6CDD1D
 ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
+ORDER_POWER = 1.0  # a first step's length grows with the order as (n / max(orders)) ** ORDER_POWER
 CLAIM_NATS = 0.7  # a new context gets a row only where its byte cost more than this (p < 0.5)
 SEEN_MAX = 60000.0  # `seen` is float16: its largest value (a row's steps are below ROW_LR / 245 by then)
 CHUNK = 256  # bytes per stream per learning step: a step reads [STREAMS, CHUNK]
@@ -92,6 +93,7 @@ class ContextMemory(nn.Module):
         self.register_buffer("seen", torch.zeros(1 << bits, dtype=torch.float16))  # sum of squared gradients
         generator = torch.Generator().manual_seed(0)
         self.register_buffer("out", torch.randn(len(orders), dim, VOCAB, generator=generator) * dim**-0.5)  # W
+        self.order_power = ORDER_POWER
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +114,7 @@ class ContextMemory(nn.Module):
 
     def logits(self, m: torch.Tensor) -> torch.Tensor:
         """Row vectors m [B, T, O, G] -> logits [B, T, 256]: one matmul over the orders' W stacked."""
-        return m.flatten(-2) @ self.out.flatten(0, 1)
+        return m.to(self.out.dtype).flatten(-2) @ self.out.flatten(0, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T] bytes after `context` [B, P] -> (logits [B, T, 256], the context after x)."""
@@ -153,11 +155,12 @@ class ContextMemory(nn.Module):
             g = (grad_m * owned[..., None]).reshape(-1, grad_m.shape[-1])
             rows, where = torch.unique(idx.reshape(-1), return_inverse=True)
             g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
-            scale = torch.zeros(len(rows)).index_put_((where,), self.order_scale.expand_as(idx).reshape(-1))
+            order_scale = self.order_scale**self.order_power
+            scale = torch.zeros(len(rows)).index_put_((where,), order_scale.expand_as(idx).reshape(-1))
             seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
-            self.seen[rows] = seen.half()
+            self.seen[rows] = seen.to(self.seen.dtype)
             step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
-            self.rows[rows] = (self.rows[rows].float() - step).half()
+            self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
         return float(cost.detach().sum())
 
 
