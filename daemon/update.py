@@ -343,7 +343,7 @@ def _train_night(
         return interrupted(save("partial"), "stopped by a signal")
     if not night.trained and getattr(model.model, "memory", None) is not None:
         progress.phase("the context memory reads the night's text once")
-        memory_bpb = memory.learn(model.model, new_text)
+        memory_bpb = memory.learn(model.model, new_text, rate)  # gentler after rejected nights, as the layers
         log.info(
             "%s: the context memory read %s once, at %.3f bits per byte before learning each part",
             name,

@@ -47,6 +47,7 @@ MIX = 0x5851F42D4C957F2D  # odd 64-bit multipliers: the hash's avalanche (wrappi
 STEP = 0x100000001B3
 ORDER_SALT = 0x2545F4914F6CDD1D
 ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
+ROW_RULE = "adagrad"  # or "count": each use a unit step scaled 1/n (bench/results/memory-sweep-3.md)
 ORDER_POWER = 1.0  # a first step's length grows with the order as (n / max(orders)) ** ORDER_POWER
 CLAIM_NATS = 0.7  # a new context gets a row only where its byte cost more than this (p < 0.5)
 SEEN_MAX = 60000.0  # `seen` is float16: its largest value (a row's steps are below ROW_LR / 245 by then)
@@ -94,6 +95,7 @@ class ContextMemory(nn.Module):
         generator = torch.Generator().manual_seed(0)
         self.register_buffer("out", torch.randn(len(orders), dim, VOCAB, generator=generator) * dim**-0.5)  # W
         self.order_power = ORDER_POWER
+        self.row_rule = ROW_RULE
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,16 +159,24 @@ class ContextMemory(nn.Module):
             g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
             order_scale = self.order_scale**self.order_power
             scale = torch.zeros(len(rows)).index_put_((where,), order_scale.expand_as(idx).reshape(-1))
-            seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
-            self.seen[rows] = seen.to(self.seen.dtype)
-            step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
+            if self.row_rule == "count":  # each use a unit step along the gradient, scaled 1/n: a running mean
+                uses = torch.zeros(len(rows)).index_add_(0, where, owned.reshape(-1).float())
+                seen = (self.seen[rows].float() + uses).clamp_(max=SEEN_MAX)
+                self.seen[rows] = seen.to(self.seen.dtype)
+                norm = g_row.norm(dim=-1, keepdim=True) + 1e-8
+                step = self.row_lr * scale[:, None] * g_row / norm * (uses / seen.clamp(min=1))[:, None]
+            else:
+                seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
+                self.seen[rows] = seen.to(self.seen.dtype)
+                step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
             self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
         return float(cost.detach().sum())
 
 
 @torch.no_grad()
-def learn(model, text: bytes) -> float:
-    """The memory's night: one test-then-train pass over `text` (the SSM layers' logits as they now are).
+def learn(model, text: bytes, rate: float = 1.0) -> float:
+    """The memory's night: one test-then-train pass over `text` (the SSM layers' logits as they now are),
+    its steps `rate` times their usual length (the daemon's retry rate after rejected nights).
     Returns the bits per byte the pass scored before learning each chunk: a prequential score of the text.
 
     The text is read as STREAMS side-by-side streams, each starting P bytes before its first prediction, so
@@ -185,11 +195,13 @@ def learn(model, text: bytes) -> float:
     targets.view(-1)[n - 1 :] = IGNORE  # stream-major order is text order: the padding is the tail
     was_training = model.training
     model.eval()
-    state, total = None, 0.0
+    state, total, row_lr = None, 0.0, memory.row_lr
+    memory.row_lr *= rate
     for s in range(0, per, CHUNK):
         e = min(s + CHUNK, per)
         lower, state = model.ssm_forward(streams[:, P + s : P + e], state)
         with torch.enable_grad():
             total += memory.learn_chunk(lower, streams[:, s : P + e], targets[:, s:e])
+    memory.row_lr = row_lr
     model.train(was_training)
     return total / (n - 1) / math.log(2)

@@ -21,7 +21,9 @@ from tests.test_incremental import make  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FILLER = b"".join(b"user: tell me about day %d\nassistant: it was an ordinary day, number %d.\n\n" % (i, i) for i in range(60))
+FILLER = b"".join(
+    b"user: tell me about day %d\nassistant: it was an ordinary day, number %d.\n\n" % (i, i) for i in range(60)
+)
 FACT = b"user: What is the door code at the studio?\nassistant: The studio door code is 47193.\n\n"
 
 
@@ -127,8 +129,20 @@ def test_a_fact_said_once_in_a_day_is_answered_after_the_night(make, caplog):  #
     question, answer = "What is the door code at the studio?", "The studio door code is 47193."
     lines = [recorder_line(day, n) for n in range(30)]
     said = [
-        {"timestamp": f"{day}T11:00:00Z", "session_key": "fact", "direction": "in", "sender": "user", "content": question},
-        {"timestamp": f"{day}T11:00:05Z", "session_key": "fact", "direction": "out", "sender": "bot", "content": answer},
+        {
+            "timestamp": f"{day}T11:00:00Z",
+            "session_key": "fact",
+            "direction": "in",
+            "sender": "user",
+            "content": question,
+        },
+        {
+            "timestamp": f"{day}T11:00:05Z",
+            "session_key": "fact",
+            "direction": "out",
+            "sender": "bot",
+            "content": answer,
+        },
     ]
     lines[15:15] = [orjson.dumps(line) + b"\n" for line in said]
     (config.watch / "raw" / f"{day}.jsonl").write_bytes(b"".join(lines))
