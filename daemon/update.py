@@ -343,11 +343,12 @@ def _train_night(
         return interrupted(save("partial"), "stopped by a signal")
     if not night.trained and getattr(model.model, "memory", None) is not None:
         progress.phase("the context memory reads the night's text once")
-        memory_bpb = memory.learn(model.model, new_text, rate)  # gentler after rejected nights, as the layers
+        read = new_text + (b"\n\n" + replay if config.memory_reads_replay and replay else b"")
+        memory_bpb = memory.learn(model.model, read, rate)  # gentler after rejected nights, as the layers
         log.info(
             "%s: the context memory read %s once, at %.3f bits per byte before learning each part",
             name,
-            size(len(new_text)),
+            size(len(read)),
             memory_bpb,
         )
         meta["memory_bpb"] = round(memory_bpb, 4)

@@ -153,3 +153,11 @@ def test_a_fact_said_once_in_a_day_is_answered_after_the_night(make, caplog):  #
     model = checkpoints.current_model(db)[0]
     who = ask.voices(db)
     assert "47193" in ask.answer(model, ask.prompt(question, who), who, max_bytes=64).decode()
+
+
+def test_a_rejected_nights_retry_moves_the_rows_less():
+    full, gentle = tiny(), tiny()
+    learn(full, FILLER + FACT)
+    learn(gentle, FILLER + FACT, rate=0.25)  # the retry rate after two rejected nights
+    assert gentle.memory.row_lr == full.memory.row_lr  # the rate is the night's, not kept
+    assert 0 < gentle.memory.rows.float().abs().sum() < 0.5 * full.memory.rows.float().abs().sum()
