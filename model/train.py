@@ -201,6 +201,9 @@ class BPTrainer:
         from torch.nn.parallel import DistributedDataParallel
 
         self.replicas = replicas
+        # the context memory's buffers are rank 0's alone (the daemon's helpers have none): not DDP's to sync
+        memory = [name for name, _ in self.model.named_buffers() if name.startswith("memory.")]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, memory)
         self.net = DistributedDataParallel(self.model, gradient_as_bucket_view=True)
 
     def set_lr_scale(self, scale: float) -> None:
