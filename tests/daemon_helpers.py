@@ -34,7 +34,7 @@ def recorder_line(day: str, n: int, sender: str = "user", text: str | None = Non
     (model/memory.py) rightly learns to expect anew, so the older days' held-out messages scored worse and
     the gate rejected the night (+0.15 to +0.25 bits per byte on these tiny days), and the tests that need
     a promoted night are about something else."""
-    code = hashlib.sha256(f"{day} {n}".encode()).hexdigest()[:8]
+    code = hashlib.sha256(f"{day} {n}".encode()).hexdigest()[:10]  # as long as the day it replaced
     return (
         orjson.dumps(
             {
@@ -43,7 +43,7 @@ def recorder_line(day: str, n: int, sender: str = "user", text: str | None = Non
                 "direction": "in",
                 "channel": "test",
                 "sender": sender,
-                "content": text or f"message {code}: the quick brown fox",
+                "content": text or f"message number {n} of {code}: the quick brown fox",
                 "tool_calls": [],
             }
         )
