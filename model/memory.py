@@ -87,6 +87,12 @@ def context_hashes(xe: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor])
 
 
 class ContextMemory(nn.Module):
+    rows: torch.Tensor  # the buffers, declared for type checkers (register_buffer sets them)
+    tags: torch.Tensor
+    seen: torch.Tensor
+    out: torch.Tensor
+    order_scale: torch.Tensor
+
     def __init__(self, orders: tuple[int, ...], bits: int, dim: int):
         super().__init__()
         self.orders, self.bits, self.P = tuple(orders), bits, max(orders) - 1
