@@ -70,8 +70,10 @@ class Config:
     rehearse_fraction: float = 0.15
     # FF: the layers whose loss reads the rehearsed rows: "all", or "top" (the lower layers keep to ordinary text)
     rehearse_layers: str = "all"
-    # the context memory (model/memory.py) also reads the night's replayed older text, after the new text
-    memory_reads_replay: bool = False
+    # the context memory (model/memory.py) also reads the night's replayed older text, after the new text: a
+    # fact's rows are then learned again against the SSM layers' logits of tonight, which keep moving (bench
+    # learning, FF, nights 3-9: 11-16 of 16 facts answered against 3-11 without; learning-memory-replay.md)
+    memory_reads_replay: bool = True
     batch_size: int = 16
     seq_len: int = 256
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
