@@ -19,8 +19,9 @@ context whose byte cost more than `claim_nats` gets a row, and every row the chu
 down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no gradient reaches
 another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
 its row by a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count.
-Passing over the same text again would teach the rows to trust themselves on text they have already
-seen; the one pass keeps them honest.
+Passing over the same text again at once would teach the rows to trust themselves on text they have
+just seen; the one pass keeps them honest. (The daemon also has it read the night's replay of older
+text, which the layers below have moved under: docs/memory.md says why and what it measured.)
 
 W never learns, and that is what makes a fact last: a first version learned W (and then gains per
 order) on the prequential loss, and 12 days after a fact night the facts' rows were still there but W
