@@ -18,6 +18,7 @@ import sys
 
 from engram_ff.daemon.config import load_config
 from engram_ff.daemon.errors import UserError, database_errors
+from engram_ff.daemon.idle import Conditions
 from engram_ff.daemon.logs import setup_logging
 from engram_ff.daemon.progress import for_this_process
 from engram_ff.daemon.sandbox import adapt_torch
@@ -37,25 +38,41 @@ def stop_with_parent(parent_pid: int) -> bool:
     return os.getppid() == parent_pid
 
 
+class Stop:
+    """The update's should_stop: a signal came, or the machine is no longer free (daemon/idle.py: on battery,
+    busy with other work). `why` is what the run's row records, so that the daemon knows a paused night from
+    a stopped one and resumes it."""
+
+    def __init__(self, conditions: Conditions):
+        self.conditions = conditions
+        self.why: str | None = None
+
+    def signal(self, signum, frame) -> None:
+        log.info("stop requested: saving a checkpoint")
+        self.why = self.why or "stopped by a signal"
+
+    def __call__(self) -> bool:
+        if self.why is None and (reason := self.conditions.why_not()):
+            self.why = f"paused: {reason}"
+            log.warning("pausing the update, %s: saving a checkpoint; the daemon resumes it when that ends", reason)
+        return self.why is not None
+
+
 def main() -> int:
     config = load_config()
     setup_logging(config.log_level)
     adapt_torch()
-    stop = {"requested": False}
+    stop = Stop(Conditions(config))
 
-    def on_term(signum, frame):
-        log.info("stop requested: saving a checkpoint")
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGTERM, stop.signal)
+    signal.signal(signal.SIGINT, stop.signal)
     if len(sys.argv) > 1 and not stop_with_parent(int(sys.argv[1])):
         log.warning("the daemon that started this update is gone: not starting")
         return EXIT_CODES["interrupted"]
     status = _status_pipe(int(sys.argv[2])) if len(sys.argv) > 2 else None
     try:
         with database_errors(config.db_path):
-            row = run_update(config, should_stop=lambda: stop["requested"], progress=for_this_process(status))
+            row = run_update(config, should_stop=stop, progress=for_this_process(status))
     except UserError as exc:
         log.error("%s", exc)
         return 1

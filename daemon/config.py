@@ -18,6 +18,7 @@ from typing import Any
 from engram_ff.ingest.reader import Limits
 
 ENV_PREFIX = "ENGRAM_FF_"
+FLAGS = {"data_dir": "--data", "watch_dir": "--watch"}  # the keys the command line sets, and its flags
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,10 @@ class Config:
     data_dir: Path = field(default_factory=user_data_dir)
     watch_dir: Path | None = None  # None: <data_dir>/engram
     schedule: str = "03:00"  # local time of the nightly update, HH:MM
+    # local time HH:MM when the night's window ends: an update inside the window (schedule to update_until)
+    # may train until then, less WINDOW_RESERVE_S for the probes, instead of update_budget_minutes; a
+    # paused one resumes only inside it. Empty: no window, update_budget_minutes alone
+    update_until: str = ""
     misfire_grace_hours: float = 6.0
     update_budget_minutes: float = 12.0  # with the probes, a night's update of 1 MiB ends within 15 minutes
     # a night trains at least this many steps (a first night learns its days in one go), but once a model
@@ -79,6 +84,11 @@ class Config:
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
     # usable core while each keeps 4 rows (daemon/ranks.py); 1 is the single-process update
     workers: int | str = "auto"
+    # the update stops with a partial checkpoint while the machine runs on battery, and the daemon resumes it
+    # once mains power is back (daemon/idle.py)
+    pause_on_battery: bool = True
+    # ... and while other processes keep more than this many cores busy (their mean over 2 minutes); 0: never
+    pause_above_cores: float = 1.0
     checkpoint_every_seconds: float = 60.0
     keep_checkpoints: int = 5
     # The promotion gate: a night's candidate replaces the current model only if, on the night's probes, it
@@ -124,6 +134,11 @@ class Config:
     @property
     def schedule_hour_minute(self) -> tuple[int, int]:
         hour, minute = self.schedule.split(":")
+        return int(hour), int(minute)
+
+    @property
+    def until_hour_minute(self) -> tuple[int, int]:
+        hour, minute = self.update_until.split(":")
         return int(hour), int(minute)
 
     def as_toml(self, origins: dict[str, str] | None = None) -> str:
@@ -191,6 +206,12 @@ def _coerce(name: str, raw: object, source: str) -> object:
 def _validate(config: Config) -> None:
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.schedule):
         raise ConfigError(f"schedule: expected local time HH:MM, got {config.schedule!r}")
+    if config.update_until and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.update_until):
+        raise ConfigError(f"update_until: expected local time HH:MM, or empty: no window; got {config.update_until!r}")
+    if config.update_until and config.schedule_hour_minute == config.until_hour_minute:
+        raise ConfigError(f"update_until: the window from schedule to update_until is empty ({config.update_until})")
+    if not config.pause_above_cores >= 0:
+        raise ConfigError(f"pause_above_cores: must be >= 0 (0: never pause for load), got {config.pause_above_cores}")
     if not 0.0 < config.probe_fraction < 1.0:
         raise ConfigError(f"probe_fraction: must be between 0 and 1, got {config.probe_fraction}")
     for name in (
@@ -309,8 +330,9 @@ def load_config(
             origins[key] = f"environment {env_key}"
     for key, raw in flags.items():
         if raw is not None:
-            values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), f"--{key.split('_')[0]}")
-            origins[key] = f"flag --{key.split('_')[0]}"
+            source = f"flag {FLAGS[key]}" if key in FLAGS else f"argument {key}="  # a bench's or a test's setting
+            values[key] = _coerce(key, raw if not isinstance(raw, Path) else str(raw), source)
+            origins[key] = source
     config = Config(**values)
     _validate(config)
     return config

@@ -23,6 +23,7 @@ from engram_ff.daemon import schedule
 from engram_ff.daemon.config import Config, ConfigError
 from engram_ff.daemon.facts import FactsError, load_facts
 from engram_ff.daemon.gate import alarm
+from engram_ff.daemon.idle import Conditions
 from engram_ff.daemon.lock import DataDirLock
 from engram_ff.daemon.notify import Notifier
 from engram_ff.daemon.output import run_name
@@ -77,6 +78,10 @@ class HealthLog:
             self.missed, self.next_summary = 0, now + UNHEALTHY_SUMMARY_S
 
 
+def _ranks_failed(row: dict | None) -> bool:
+    return bool(row and row["status"] == "failed" and (row["error"] or "").startswith("RankFailed"))
+
+
 def child_environment(config: Config) -> dict[str, str]:
     """The effective configuration as ENGRAM_FF_* variables, which outrank any file the child might see."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_") and k != "NOTIFY_SOCKET"}
@@ -108,6 +113,8 @@ class Service:
         self.watcher: Watcher | None = None
         self.catch_up_pending = False  # an update is overdue: run it once the start-up scan is done
         self.health = HealthLog()
+        self.conditions = Conditions(config)  # our process tree: the update child and its ranks are ours
+        self.paused: str | None = None  # why the night's update waits (on battery, busy): resumed when that ends
 
     # --- signals -------------------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -120,28 +127,53 @@ class Service:
 
     # --- the nightly job -----------------------------------------------------------------------
     def run_update(self) -> int | None:
-        """Run one update in a child process; returns its exit code (None if one is already running). An
-        update whose ranks failed (one died or hung) is tried again at once on one process, so that the
-        night is not lost to a rank (issue #20)."""
+        """Run one update in a child process; returns its exit code (None if one is already running, or the
+        machine is not free for it: then it waits, `paused`). An update whose ranks failed (one died or
+        hung) is tried again at once on one process, so that the night is not lost to a rank (issue #20)."""
         if not self.update_lock.acquire(blocking=False):
             log.info("an update is already running; this one is skipped")
             return None
         try:
+            if why := self.conditions.why_not():
+                log.info("update postponed: %s; it starts when that ends", why)
+                self.paused = why
+                return None
+            self.paused = None
             code = self._run_child(self.config)
-            if code is not None and self.config.workers != 1 and self._ranks_failed():
+            last = self._last_update()
+            if code is not None and self.config.workers != 1 and _ranks_failed(last):
                 log.warning("the update's ranks failed: trying the night again on one process")
                 code = self._run_child(replace(self.config, workers=1))
+                last = self._last_update()
+            if last and last["status"] == "interrupted" and (last["error"] or "").startswith("paused: "):
+                self.paused = last["error"].removeprefix("paused: ")
             return code
         finally:
             self.update_lock.release()
 
-    def _ranks_failed(self) -> bool:
+    def _last_update(self) -> dict | None:
         db = open_db(self.config.db_path)
         try:
-            row = runs.last_update(db)
+            return runs.last_update(db)
         finally:
             db.close()
-        return bool(row and row["status"] == "failed" and (row["error"] or "").startswith("RankFailed"))
+
+    def resume_if_free(self, scheduler: BackgroundScheduler) -> None:
+        """A paused night resumes once the machine is free again; inside the night's window if there is one
+        (past its end, the next night resumes it: its partial checkpoint waits)."""
+        if self.config.pause_above_cores > 0:
+            self.conditions.load.sample()  # always, so that a whole window of load is at hand when a night pauses
+        if self.paused is None or self.update_lock.locked():
+            return
+        if self.conditions.why_not(resuming=True) is not None:
+            return
+        if self.config.update_until and schedule.window_end(self.config) is None:
+            log.info("the night's window ended with its update paused (%s); the next night resumes it", self.paused)
+            self.paused = None
+            return
+        log.info("resuming the paused update: %s no longer holds", self.paused)
+        self.paused = None
+        scheduler.add_job(self.run_update, id="resume", replace_existing=True)
 
     def _run_child(self, config: Config) -> int | None:
         """One update child, to its end; its exit code (None: a stop came first)."""
@@ -236,12 +268,14 @@ class Service:
             log.warning("watch and data folders change only at restart; the rest is reloaded")
             new.watch_dir, new.data_dir = self.config.watch_dir, self.config.data_dir
         scheduler.reschedule_job("nightly", trigger=trigger)
-        self.config = new
+        self.config = self.conditions.config = new
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("configuration reloaded; nightly update at %s", new.schedule)
 
     def status_line(self, watcher: Watcher | None) -> str:
         counts = f"{watcher.status_line()}; " if watcher is not None else ""
+        if self.paused and not self.training:
+            return f"update paused ({self.paused}); {counts}last update: {self.last_update}"
         if self.training:
             return f"{self.training}; {counts}last update: {self.last_update}"
         return f"{counts}last update: {self.last_update}"
@@ -347,6 +381,7 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload(scheduler)
+            self.resume_if_free(scheduler)
             why = self.unhealthy_because(watcher, scheduler, db)
             if why is None:
                 self.notifier.watchdog()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engram_ff.daemon import checkpoints, gate, ranks, recipe
+from engram_ff.daemon import checkpoints, gate, ranks, recipe, schedule
 from engram_ff.daemon.checkpoints import Loaded
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.errors import UserError
@@ -172,7 +172,7 @@ def run_update(
         if run_id is not None and isinstance(exc, ranks.RankFailed) and should_stop():
             # a stop came while a rank hung: the update is interrupted, and resumes from its last partial
             log.warning("update %d interrupted: %s", run_id, exc)
-            return _abandoned(db, run_id, f"stopped by a signal; {exc}", started)
+            return _abandoned(db, run_id, f"{stopped_because(should_stop)}; {exc}", started)
         refused = isinstance(exc, Refused)
         if refused:
             log.error("update refused: %s", exc)
@@ -192,6 +192,12 @@ def run_update(
     finally:
         team.finish()
         db.close()
+
+
+def stopped_because(should_stop) -> str:
+    """What an interrupted run's row says: the child's reason (daemon/child.py Stop: "paused: ..." when the
+    machine went on battery or got busy, which the daemon resumes), else a signal."""
+    return getattr(should_stop, "why", None) or "stopped by a signal"
 
 
 def _abandoned(db, run_id: int, error: str, started: float) -> dict:
@@ -245,7 +251,7 @@ def _train_night(
     replay = recipe.replay_sample(db, replay_bytes, night.first_id, seed=run_id)
     budget = recipe.step_budget(config, len(new_text) + len(replay), matured=matured)
     steps_left = 0 if night.trained else max(0, budget - night.steps_done)
-    budget_s = max(0.0, config.update_budget_minutes * 60 - night.seconds_spent)
+    budget_s = schedule.training_seconds(config, night.seconds_spent)
     rate = recipe.retry_rate(runs.rejected_in_a_row(db))
     name = run_name(runs.get_run(db, run_id))  # "update 3 (run 5)", as status, learned and history say
     log.info(
@@ -340,7 +346,7 @@ def _train_night(
         return runs.get_run(db, run_id)
 
     if result.stopped or should_stop():  # a stop asked of any rank stops them all
-        return interrupted(save("partial"), "stopped by a signal")
+        return interrupted(save("partial"), stopped_because(should_stop))
     if not night.trained and getattr(model.model, "memory", None) is not None:
         progress.phase("the context memory reads the night's text once")
         read = new_text + (b"\n\n" + replay if config.memory_reads_replay and replay else b"")
@@ -358,7 +364,7 @@ def _train_night(
     try:
         judged, prequential = _judge(db, config, model, candidate, night, should_stop)
     except ProbesStopped:  # the candidate is saved: the next update resumes it and judges it
-        return interrupted(candidate, "stopped by a signal while the gate probed the candidate")
+        return interrupted(candidate, f"{stopped_because(should_stop)} while the gate probed the candidate")
     decision = dict(judged, learning_rate_scale=config.lr_scale * rate)
     promoted = decision["decision"] == "promoted"
     runs.settle_update(

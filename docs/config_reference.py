@@ -30,6 +30,9 @@ WHAT = {
     "data_dir": "database, checkpoints, lock (`$STATE_DIRECTORY` under systemd)",
     "watch_dir": "the Engram folder; every `*.jsonl` below it is read (Engram writes `raw/YYYY-MM-DD.jsonl`)",
     "schedule": "local time of the nightly update, HH:MM",
+    "update_until": "local time HH:MM when the night's window ends: an update inside it trains up to its end (less "
+    "10 minutes for the probes) instead of `update_budget_minutes`, and a paused one resumes only inside it; "
+    "empty: no window",
     "misfire_grace_hours": "a night missed by less than this (machine asleep at 03:00) still runs when it wakes",
     "update_budget_minutes": "with the probes, a night's update of 1 MiB ends within 15 minutes",
     "update_min_steps": "the fewest steps of a night (a first night learns its days in one go), within "
@@ -59,6 +62,10 @@ WHAT = {
     "(the top only)",
     "batch_size": "windows per training step",
     "seq_len": "bytes per window",
+    "pause_on_battery": "the update stops with a partial checkpoint while the machine runs on battery, and resumes "
+    "on mains power",
+    "pause_above_cores": "the update also stops while other processes keep more than this many cores busy (their mean over 2 "
+    "minutes); it resumes below half that. 0: never pauses for load",
     "workers": "ranks of a data-parallel update, each on `batch_size / workers` rows (the same mathematics as "
     'one process); "auto": one a usable core while each keeps 4 rows (2 on 2 cores), 1: one process',
     "checkpoint_every_seconds": "how often a running update writes a partial (resumable) checkpoint",

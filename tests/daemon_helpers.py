@@ -19,6 +19,9 @@ FAST = {
     "ENGRAM_FF_UPDATE_MAX_STEPS": "40",
     "ENGRAM_FF_UPDATE_BUDGET_MINUTES": "0.5",
     "ENGRAM_FF_DEBOUNCE_SECONDS": "0.05",
+    # a test's update runs whatever else the machine does, plugged in or not (tests/test_idle.py tests pausing)
+    "ENGRAM_FF_PAUSE_ON_BATTERY": "false",
+    "ENGRAM_FF_PAUSE_ABOVE_CORES": "0",
     "OMP_NUM_THREADS": "1",
 }
 
