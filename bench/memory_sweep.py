@@ -9,7 +9,8 @@ after the fact day and after the last day. Held-out: 16 kB of a play none of the
     python -m engram_ff.bench.memory_sweep --variant default --variant row_lr=6 --variant claim_nats=0
 
 A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule
-("adagrad" or "count"), bits, dim and orders (colon-separated).
+("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim and orders
+(colon-separated).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from engram_ff.model.lm import FFLM
 from engram_ff.model.memory import learn
 from engram_ff.model.train import evaluate_nats
 
-KEYS = {"row_lr": float, "claim_nats": float, "power": float, "rule": str, "bits": int, "dim": int, "orders": str}
+KEYS = {
+    "row_lr": float,
+    "claim_nats": float,
+    "power": float,
+    "rule": str,
+    "bits": int,
+    "dim": int,
+    "orders": str,
+    "settle": int,
+}
 
 
 def parse_variant(text: str) -> dict:
@@ -67,6 +77,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.claim_nats = fields.get("claim_nats", model.memory.claim_nats)
     model.memory.order_power = fields.get("power", model.memory.order_power)
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
+    model.memory.settle = fields.get("settle", model.memory.settle)
     began = time.perf_counter()
     for day in days[:3]:
         learn(model, fn.text_of(day))

@@ -19,9 +19,16 @@ context whose byte cost more than `claim_nats` gets a row, and every row the chu
 down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no gradient reaches
 another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
 its row by a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count.
-Passing over the same text again at once would teach the rows to trust themselves on text they have
-just seen; the one pass keeps them honest. (The daemon also has it read the night's replay of older
-text, which the layers below have moved under: docs/memory.md says why and what it measured.)
+Then the chunk is read again, and each byte that is still not the most likely one settles: its contexts
+get rows and up to SETTLE more steps, on that byte's loss alone. One step is not enough where the
+question and its answer share words ("When is my dentist appointment?" / "Your dentist appointment is
+on..."): the shared contexts learn '?' and ' ' at once, the question's surprise wins, and greedy
+generation answered the question with itself; the settling steps give the answer's longer contexts,
+which the question's do not share, the last word. Bytes already right get nothing, so ordinary text
+is not learned twice over. Passing over the whole text again would teach the rows to trust themselves
+on text they have just seen; settling keeps to the bytes that need it. (The daemon also has it read the
+night's replay of older text, which the layers below have moved under: docs/memory.md says why and what
+it measured.)
 
 W never learns, and that is what makes a fact last: a first version learned W (and then gains per
 order) on the prequential loss, and 12 days after a fact night the facts' rows were still there but W
@@ -29,12 +36,13 @@ had turned under them: answers at 0.98 bits per byte with W learned, 1.37 with g
 W fixed (scratch scripts during development; docs/memory.md lists what was tried).
 
 The numbers, from `python -m engram_ff.bench.memory_sweep` (bench/results/memory-sweep*.md: three days
-of dialogue, a fourth with 12 facts said 1-8 times, 12 more days, the SSM layers frozen): ROW_LR 4 kept
-9 of 12 facts the next morning and 4 twelve days later, held-out text at 2.217 bits per byte against the
-SSM layers' 2.587 (ROW_LR 3: 7 and 3; 6: 10 and 4 at 2.279); CLAIM_NATS 0.7 used 35 % of the rows
-where 0 used 54 %, for 9 facts the next morning either way (7 against 4 twelve days on); a first step
-growing as the order squared lost 3 facts the next morning; the "count" rule (a running mean) with
-ROW_LR 8 kept 9 of 12 facts twelve days on but held-out text at 2.498.
+of dialogue, a fourth with 12 facts said 1-8 times, 12 more days, the SSM layers frozen). Settling (3
+steps) and claiming every context (CLAIM_NATS 0) together answered 12 of 12 facts the next morning and
+9 of 12 twelve days on, against 9 and 4 with neither, the held-out text at 2.216 bits per byte either way
+(memory-sweep-4.md); settling alone gave 12 and 6, claiming everywhere alone 9 and 7, and 54 % of the
+rows used after 16 days against 35 %. ROW_LR 4 against 3 (7 and 3 facts) and 6 (10 and 4, held-out
+2.279); a first step growing as the order squared lost 3 facts the next morning; the "count" rule (a
+running mean) with ROW_LR 8 kept 9 of 12 facts twelve days on but held-out text at 2.498.
 
 Glossary: O orders, G row width (`dim`), S = 2^bits rows, P = max(orders) - 1 bytes of context carried.
 """
@@ -54,7 +62,8 @@ ORDER_SALT = 0x2545F4914F6CDD1D
 ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
 ROW_RULE = "adagrad"  # or "count": each use a unit step scaled 1/n (bench/results/memory-sweep-3.md)
 ORDER_POWER = 1.0  # a first step's length grows with the order as (n / max(orders)) ** ORDER_POWER
-CLAIM_NATS = 0.7  # a new context gets a row only where its byte cost more than this (p < 0.5)
+CLAIM_NATS = 0.0  # a new context gets a row only where its byte cost more than this: 0, everywhere (docstring)
+SETTLE = 3  # the most extra steps for a byte the pass still gets wrong (docstring)
 SEEN_MAX = 60000.0  # `seen` is float16: its largest value (a row's steps are below ROW_LR / 245 by then)
 CHUNK = 256  # bytes per stream per learning step: a step reads [STREAMS, CHUNK]
 STREAMS = 16  # the night's text is read as this many contiguous streams side by side
@@ -107,6 +116,7 @@ class ContextMemory(nn.Module):
         self.register_buffer("out", torch.randn(len(orders), dim, VOCAB, generator=generator) * dim**-0.5)  # W
         self.order_power = ORDER_POWER
         self.row_rule = ROW_RULE
+        self.settle = SETTLE
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,23 +175,40 @@ class ContextMemory(nn.Module):
         with torch.no_grad():
             self._claim(h[(y != IGNORE) & (cost > self.claim_nats)])
             idx, owned, _ = self.find(h)  # every context now, but the losers of a collision within this chunk
-            g = (grad_m * owned[..., None]).reshape(-1, grad_m.shape[-1])
-            rows, where = torch.unique(idx.reshape(-1), return_inverse=True)
-            g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
-            order_scale = self.order_scale**self.order_power
-            scale = torch.zeros(len(rows)).index_put_((where,), order_scale.expand_as(idx).reshape(-1))
-            if self.row_rule == "count":  # each use a unit step along the gradient, scaled 1/n: a running mean
-                uses = torch.zeros(len(rows)).index_add_(0, where, owned.reshape(-1).float())
-                seen = (self.seen[rows].float() + uses).clamp_(max=SEEN_MAX)
-                self.seen[rows] = seen.to(self.seen.dtype)
-                norm = g_row.norm(dim=-1, keepdim=True) + 1e-8
-                step = self.row_lr * scale[:, None] * g_row / norm * (uses / seen.clamp(min=1))[:, None]
-            else:
-                seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
-                self.seen[rows] = seen.to(self.seen.dtype)
-                step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
-            self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
+            self._step(idx, owned, grad_m)
+        for _ in range(self.settle):  # the bytes the step still gets wrong: rows for their contexts, more steps
+            with torch.no_grad():
+                wrong = (y != IGNORE) & ((lower + self.logits(self.read(h)[0])).argmax(-1) != y)  # [B, T]
+                if not wrong.any():
+                    break
+                self._claim(h[wrong])
+            m, idx, owned = self.read(h)
+            m.requires_grad_(True)
+            logits = lower + self.logits(m)
+            cost_now = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=IGNORE)
+            (grad_m,) = torch.autograd.grad((cost_now * wrong).sum(), (m,))
+            with torch.no_grad():
+                self._step(idx, owned & wrong[..., None], grad_m)
         return float(cost.detach().sum())
+
+    def _step(self, idx: torch.Tensor, owned: torch.Tensor, grad_m: torch.Tensor) -> None:
+        """Step the rows idx [B, T, O] where `owned`, along grad_m [B, T, O, G] summed per row."""
+        g = (grad_m * owned[..., None]).reshape(-1, grad_m.shape[-1])
+        rows, where = torch.unique(idx.reshape(-1), return_inverse=True)
+        g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
+        order_scale = self.order_scale**self.order_power
+        scale = torch.zeros(len(rows)).index_put_((where,), order_scale.expand_as(idx).reshape(-1))
+        if self.row_rule == "count":  # each use a unit step along the gradient, scaled 1/n: a running mean
+            uses = torch.zeros(len(rows)).index_add_(0, where, owned.reshape(-1).float())
+            seen = (self.seen[rows].float() + uses).clamp_(max=SEEN_MAX)
+            self.seen[rows] = seen.to(self.seen.dtype)
+            norm = g_row.norm(dim=-1, keepdim=True) + 1e-8
+            step = self.row_lr * scale[:, None] * g_row / norm * (uses / seen.clamp(min=1))[:, None]
+        else:
+            seen = (self.seen[rows].float() + g_row.square().sum(-1)).clamp_(max=SEEN_MAX)
+            self.seen[rows] = seen.to(self.seen.dtype)
+            step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
+        self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
 
 
 @torch.no_grad()
