@@ -42,6 +42,9 @@ PRESETS = {
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
     # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
     "daemon": LMConfig(memory_bits=22),
+    # For a machine with cores to spare: 4 layers of 192, about 3 times the daemon preset's compute a step
+    # (bench/results/learning-large.md measures what it learns in the same steps a night).
+    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22),
     # Tests and smoke runs.
     "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18),
 }
