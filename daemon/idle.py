@@ -14,6 +14,7 @@ page load) pauses nothing, and the update's own load never counts against it.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engram_ff.daemon.config import Config
+
+log = logging.getLogger(__name__)
 
 POWER = Path("/sys/class/power_supply")
 PROC = Path("/proc")
@@ -49,10 +52,13 @@ def on_battery(root: Path = POWER) -> bool:
     return any(kind == "Battery" and _read(d / "status") == "Discharging" for kind, d in supplies)
 
 
-def busy_cpu_seconds(proc: Path = PROC) -> float:
-    """Seconds of CPU time all cores spent busy since boot: /proc/stat's first line less idle and iowait."""
-    fields = _read(proc / "stat").split("\n", 1)[0].split()[1:]
-    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
+def busy_cpu_seconds(proc: Path = PROC) -> float | None:
+    """Seconds of CPU time all cores spent busy since boot: /proc/stat's first line less idle and iowait.
+    None where /proc/stat cannot be read (a sandbox with ProcSubset=pid)."""
+    fields = _read(proc / "stat").split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
     return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
 
 
@@ -87,17 +93,25 @@ class OtherLoad:
     def __init__(self, root_pid: int, proc: Path = PROC, clock: Callable[[], float] = time.monotonic):
         self.root_pid, self.proc, self.clock = root_pid, proc, clock
         self.samples: deque[tuple[float, float]] = deque()  # (time, busy seconds not ours)
+        self.readable = True  # False once /proc/stat could not be read: no load is known, none pauses
 
     def sample(self) -> None:
         now = self.clock()
-        if self.samples and now - self.samples[-1][0] < SAMPLE_S:
+        if not self.readable or (self.samples and now - self.samples[-1][0] < SAMPLE_S):
             return
-        self.samples.append((now, busy_cpu_seconds(self.proc) - tree_cpu_seconds(self.root_pid, self.proc)))
+        busy = busy_cpu_seconds(self.proc)
+        if busy is None:
+            log.warning("%s cannot be read here: pause_above_cores has no effect", self.proc / "stat")
+            self.readable = False
+            return
+        self.samples.append((now, busy - tree_cpu_seconds(self.root_pid, self.proc)))
         while len(self.samples) > 2 and now - self.samples[1][0] >= BUSY_WINDOW_S:
             self.samples.popleft()
 
     def cores(self) -> float | None:
         """The mean over the window, or None until a whole window has been seen."""
+        if not self.samples:
+            return None
         (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
         if t1 - t0 < BUSY_WINDOW_S:
             return None
@@ -117,10 +131,10 @@ class Conditions:
         if self.config.pause_on_battery and on_battery(self.power):
             return "the machine runs on battery"
         limit = self.config.pause_above_cores * (RESUME_SHARE if resuming else 1.0)
-        if limit > 0:
+        if limit > 0 and self.load.readable:
             self.load.sample()
             cores = self.load.cores()
-            if cores is None and resuming:
+            if cores is None and resuming and self.load.readable:
                 return "the load of other work is not known yet"
             if cores is not None and cores > limit:
                 return (

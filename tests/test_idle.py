@@ -90,6 +90,18 @@ def test_other_work_pauses_an_update_only_over_a_whole_window_and_never_our_own(
     assert "0.7 cores" in quiet.why_not(resuming=True)
 
 
+def test_without_proc_stat_no_load_is_known_and_none_holds_a_night(tmp_path, make, caplog):  # noqa: F811
+    """The system unit's ProtectProc leaves /proc/stat readable; a sandbox that hides it (ProcSubset=pid) must
+    not stop the nights, nor keep a night paused on battery from resuming."""
+    config, _ = make(pause_on_battery=False, pause_above_cores=1.0)
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    assert busy_cpu_seconds(proc) is None
+    conditions = Conditions(config, proc=proc)
+    assert conditions.why_not() is None and conditions.why_not(resuming=True) is None
+    assert "pause_above_cores has no effect" in caplog.text
+
+
 def window_config(tmp_path, **fields):
     return load_config(environ={}, data_dir=str(tmp_path), **fields)
 
