@@ -42,7 +42,6 @@ KEYS = {
     "dim": int,
     "orders": str,
     "settle": int,
-    "evict_nats": float,
 }
 
 
@@ -79,7 +78,6 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.order_power = fields.get("power", model.memory.order_power)
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
     model.memory.settle = fields.get("settle", model.memory.settle)
-    model.memory.evict_nats = fields.get("evict_nats", model.memory.evict_nats)
     began = time.perf_counter()
     for day in days[:3]:
         learn(model, fn.text_of(day))

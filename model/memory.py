@@ -117,7 +117,6 @@ class ContextMemory(nn.Module):
         self.order_power = ORDER_POWER
         self.row_rule = ROW_RULE
         self.settle = SETTLE
-        self.evict_nats: float | None = None  # a sweep's option: only bytes costing more may evict a row
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,16 +151,13 @@ class ContextMemory(nn.Module):
     def used_rows(self) -> int:
         return int(self.tags.count_nonzero())
 
-    def _claim(self, h: torch.Tensor, may_evict: bool = True) -> None:
+    def _claim(self, h: torch.Tensor) -> None:
         """Give every new context of h [...] a row: of its two, the one that has learned less (smaller `seen`)
         is emptied and re-tagged, so a row that carried much surprise (a name, a number) outlives the
-        ordinary ones around it. With may_evict False a context takes only an empty row."""
+        ordinary ones around it."""
         first, hit, tag = self.find(h)
         first, tag = first[~hit] & ~1, tag[~hit]
         victim = first + (self.seen[first + 1] < self.seen[first]).long()
-        if not may_evict:
-            free = self.tags[victim] == 0
-            victim, tag = victim[free], tag[free]
         self.rows[victim] = 0
         self.seen[victim] = 0
         self.tags[victim] = tag
@@ -177,11 +173,7 @@ class ContextMemory(nn.Module):
         cost = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=IGNORE)  # [B, T]
         (grad_m,) = torch.autograd.grad(cost.sum(), (m,))
         with torch.no_grad():
-            if self.evict_nats is None:
-                self._claim(h[(y != IGNORE) & (cost > self.claim_nats)])
-            else:  # surprising bytes may evict a row; the others take only empty ones
-                self._claim(h[(y != IGNORE) & (cost > self.evict_nats)])
-                self._claim(h[(y != IGNORE) & (cost > self.claim_nats) & (cost <= self.evict_nats)], may_evict=False)
+            self._claim(h[(y != IGNORE) & (cost > self.claim_nats)])
             idx, owned, _ = self.find(h)  # every context now, but the losers of a collision within this chunk
             self._step(idx, owned, grad_m)
         for _ in range(self.settle):  # the bytes the step still gets wrong: rows for their contexts, more steps
