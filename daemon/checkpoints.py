@@ -24,7 +24,6 @@ from pathlib import Path
 
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.layout import FOLDER_MARKER
-from engram_ff.daemon.ranks import usable_cores
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.memory import ContextMemory
@@ -47,24 +46,8 @@ class Loaded:
     meta: dict
 
 
-# From this many usable cores, "auto" builds the large preset (model/config.py): about 3 times the daemon
-# preset's compute a step, the same steps a night (bench/results/learning-large.md).
-LARGE_FROM_CORES = 8
-
-
-def preset_name(config: Config) -> str:
-    """The preset a fresh model is built from: `model_preset`, or for "auto" the one this machine's usable
-    cores afford. Only a first night asks: afterwards the checkpoint holds the model's own shape."""
-    if config.model_preset != "auto":
-        return config.model_preset
-    return "large" if usable_cores() >= LARGE_FROM_CORES else "daemon"
-
-
 def fresh(config: Config) -> Loaded:
-    name = preset_name(config)
-    if config.model_preset == "auto":
-        log.info("a fresh model: the %s preset, for %d usable cores (model_preset = auto)", name, usable_cores())
-    model = FFLM(PRESETS[name])
+    model = FFLM(PRESETS[config.model_preset])
     return Loaded(model, TRAINERS[config.trainer](model), None, {})
 
 
@@ -72,7 +55,7 @@ def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
     """A model saved before the context memory existed (model/memory.py) gets the preset's, empty. An empty
     memory adds nothing to any prediction, so the model the gate compares with is the same as before; it
     starts learning with the next night."""
-    preset = PRESETS[preset_name(config)]
+    preset = PRESETS[config.model_preset]
     if isinstance(model, FFLM) and model.memory is None and preset.memory_bits:
         model.config = replace(
             model.config,

@@ -286,8 +286,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("rehearse_layers = 'top' acts on FF's per-layer losses: with trainer = 'bp' use 'all'")
     from engram_ff.model.config import PRESETS  # torch-free
 
-    if config.model_preset not in (*PRESETS, "auto"):
-        raise ConfigError(f"model_preset: expected one of {', '.join(PRESETS)} or auto, got {config.model_preset!r}")
+    if config.model_preset not in PRESETS:
+        raise ConfigError(f"model_preset: expected one of {', '.join(PRESETS)}, got {config.model_preset!r}")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
 

@@ -75,8 +75,7 @@ WHAT = {
     "`inf` turns a check off",
     "gate_facts_tolerance_bpb": "the same for the facts' answers (mean over the facts the current model knows)",
     "gate_canary_tolerance_bpb": "the same for the canary, the oldest probe-split text, the same every night",
-    "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `large` 4x192, `tiny` for "
-    "tests); `auto`: `large` from 8 usable cores, else `daemon`",
+    "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `large` 4x192, `tiny` for tests)",
     "probe_fraction": "share of every day's messages (a deterministic hash of the message) held out of the night "
     "that first sees them, for its gate, and trained by the next promoted night",
     "probe_max_bytes": "per day and split, so probing stays cheap as days pile up",

@@ -42,8 +42,9 @@ PRESETS = {
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
     # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
     "daemon": LMConfig(memory_bits=22),
-    # For a machine with cores to spare: 4 layers of 192, about 3 times the daemon preset's compute a step
-    # (bench/results/learning-large.md measures what it learns in the same steps a night).
+    # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
+    # predicted new days no better (0.01-0.06 bits per byte worse on 6 of 7 nights) and answered the same facts,
+    # in twice the wall time a night on 2 cores (bench/results/learning-large.md); not a default anywhere.
     "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22),
     # Tests and smoke runs.
     "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18),

@@ -194,16 +194,3 @@ def test_the_daemon_postpones_a_night_on_battery_and_resumes_it_on_mains_power(t
     finally:
         scheduler.shutdown(wait=True)
     assert runs.last_update(db)["status"] == "ok"
-
-
-def test_auto_builds_the_large_model_where_the_cores_afford_it(make, monkeypatch):  # noqa: F811
-    from engram_ff.daemon import checkpoints
-    from engram_ff.daemon.ranks import usable_cores
-
-    config, db = make(model_preset="auto")
-    monkeypatch.setattr(checkpoints, "LARGE_FROM_CORES", usable_cores() + 1)
-    assert checkpoints.preset_name(config) == "daemon"
-    monkeypatch.setattr(checkpoints, "LARGE_FROM_CORES", usable_cores())
-    assert checkpoints.preset_name(config) == "large"
-    assert checkpoints.fresh(config).model.config.d_model == 192
-    assert checkpoints.preset_name(make(model_preset="tiny")[0]) == "tiny"  # a named preset is taken as it is
