@@ -64,8 +64,8 @@ WHAT = {
     "seq_len": "bytes per window",
     "pause_on_battery": "the update stops with a partial checkpoint while the machine runs on battery, and resumes "
     "on mains power",
-    "pause_above_cores": "the update also stops while other processes keep more than this many cores busy (their mean over 2 "
-    "minutes); it resumes below half that. 0: never pauses for load",
+    "pause_above_cores": "the update also stops while other processes keep more than this many cores busy (their "
+    "mean over 2 minutes); it resumes below half that. 0: never pauses for load",
     "workers": "ranks of a data-parallel update, each on `batch_size / workers` rows (the same mathematics as "
     'one process); "auto": one a usable core while each keeps 4 rows (2 on 2 cores), 1: one process',
     "checkpoint_every_seconds": "how often a running update writes a partial (resumable) checkpoint",
@@ -75,7 +75,8 @@ WHAT = {
     "`inf` turns a check off",
     "gate_facts_tolerance_bpb": "the same for the facts' answers (mean over the facts the current model knows)",
     "gate_canary_tolerance_bpb": "the same for the canary, the oldest probe-split text, the same every night",
-    "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `large` 4x192, `tiny` for tests)",
+    "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `large` 4x192, `tiny` for "
+    "tests)",
     "probe_fraction": "share of every day's messages (a deterministic hash of the message) held out of the night "
     "that first sees them, for its gate, and trained by the next promoted night",
     "probe_max_bytes": "per day and split, so probing stays cheap as days pile up",
