@@ -43,8 +43,8 @@ PRESETS = {
     # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
     "daemon": LMConfig(memory_bits=22),
     # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
-    # predicted new days no better (0.01-0.06 bits per byte worse on 6 of 7 nights) and answered the same facts,
-    # in twice the wall time a night on 2 cores (bench/results/learning-large.md); not a default anywhere.
+    # predicted new days worse (2.591 bits per byte against 2.566; worse on 8 of 9 nights) and answered as many
+    # facts, in about twice the wall time a night on 2 cores (bench/results/learning-large.md); no default.
     "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22),
     # Tests and smoke runs.
     "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18),
