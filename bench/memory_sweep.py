@@ -42,6 +42,7 @@ KEYS = {
     "dim": int,
     "orders": str,
     "settle": int,
+    "ways": int,
 }
 
 
@@ -67,6 +68,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         preset,
         memory_bits=fields.get("bits", preset.memory_bits),
         memory_dim=fields.get("dim", preset.memory_dim),
+        memory_ways=fields.get("ways", preset.memory_ways),
         memory_orders=tuple(map(int, fields["orders"].split(":"))) if "orders" in fields else preset.memory_orders,
     )
     base = fn.base_model(base_path, history, base_steps, "ff")  # the SSM layers, cached: every variant's start

@@ -62,8 +62,9 @@ def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
             memory_bits=preset.memory_bits,
             memory_dim=preset.memory_dim,
             memory_orders=preset.memory_orders,
+            memory_ways=preset.memory_ways,
         )
-        model.memory = ContextMemory(preset.memory_orders, preset.memory_bits, preset.memory_dim)
+        model.memory = ContextMemory(preset.memory_orders, preset.memory_bits, preset.memory_dim, preset.memory_ways)
         log.info("the current model predates the context memory: it gets an empty one, which learns from tonight")
 
 

@@ -21,6 +21,7 @@ class LMConfig:
     memory_bits: int = 0  # the context memory (model/memory.py) has 2^bits rows; 0: none
     memory_dim: int = 8  # G: width of a memory row
     memory_orders: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # context lengths it hashes, in bytes
+    memory_ways: int = 2  # the rows a context may live in (set-associative); 2, what checkpoints before it used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,11 +42,11 @@ PRESETS = {
     # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
     # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
-    "daemon": LMConfig(memory_bits=22),
+    "daemon": LMConfig(memory_bits=22, memory_ways=8),
     # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
     # predicted new days worse (2.591 bits per byte against 2.566; worse on 8 of 9 nights) and answered as many
     # facts, in about twice the wall time a night on 2 cores (bench/results/learning-large.md); no default.
-    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22),
+    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22, memory_ways=8),
     # Tests and smoke runs.
-    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18),
+    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18, memory_ways=8),
 }

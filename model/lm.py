@@ -91,7 +91,9 @@ class FFLM(nn.Module):
         )
         # the top, sparse layer: learned by its own rule (model/memory.py), never by a trainer's optimiser
         self.memory = (
-            ContextMemory(config.memory_orders, config.memory_bits, config.memory_dim) if config.memory_bits else None
+            ContextMemory(config.memory_orders, config.memory_bits, config.memory_dim, config.memory_ways)
+            if config.memory_bits
+            else None
         )
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:

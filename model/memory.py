@@ -103,9 +103,11 @@ class ContextMemory(nn.Module):
     out: torch.Tensor
     order_scale: torch.Tensor
 
-    def __init__(self, orders: tuple[int, ...], bits: int, dim: int):
+    def __init__(self, orders: tuple[int, ...], bits: int, dim: int, ways: int = 2):
         super().__init__()
-        self.orders, self.bits, self.P = tuple(orders), bits, max(orders) - 1
+        if ways < 1 or ways & (ways - 1) or ways > 1 << bits:
+            raise ValueError(f"memory ways must be a power of 2 up to the rows, got {ways}")
+        self.orders, self.bits, self.ways, self.P = tuple(orders), bits, ways, max(orders) - 1
         self.weights = hash_weights(self.orders)
         self.row_lr, self.claim_nats = ROW_LR, CLAIM_NATS  # instance settings, so that a sweep can vary them
         # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^22 rows take 80 MiB
@@ -118,17 +120,21 @@ class ContextMemory(nn.Module):
         self.row_rule = ROW_RULE
         self.settle = SETTLE
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
+        self._slots = torch.arange(ways)
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hashes [...] -> (the first of the context's two rows (even), an odd tag in 1..32767), from
-        disjoint bits of the hash."""
-        return (h >> 20) & ((1 << self.bits) - 2), (((h >> 44) & 0x7FFE) | 1).short()
+        """Hashes [...] -> (the first of the context's `ways` rows, a multiple of ways; an odd tag in
+        1..32767), from disjoint bits of the hash."""
+        return (h >> 20) & ((1 << self.bits) - self.ways), (((h >> 44) & 0x7FFE) | 1).short()
 
     def find(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the row holding each context [...], or its first row if neither does; hit [...]; tag [...])."""
+        """(the row holding each context [...], or its first row if none does; hit [...]; tag [...])."""
         first, tag = self.locate(h)
-        in_first, in_second = self.tags[first] == tag, self.tags[first + 1] == tag
-        return first + in_second.long(), in_first | in_second, tag
+        if self.ways == 2:  # the daemon's first layout, kept as it was: two gathers, no [..., ways] tensor
+            in_first, in_second = self.tags[first] == tag, self.tags[first + 1] == tag
+            return first + in_second.long(), in_first | in_second, tag
+        match = self.tags[first[..., None] + self._slots] == tag[..., None]  # [..., ways]
+        return first + match.long().argmax(-1), match.any(-1), tag
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row vectors [B, T, O, G], zero where no row holds the context; row index [B, T, O]; hit [B, T, O])."""
@@ -152,12 +158,15 @@ class ContextMemory(nn.Module):
         return int(self.tags.count_nonzero())
 
     def _claim(self, h: torch.Tensor) -> None:
-        """Give every new context of h [...] a row: of its two, the one that has learned less (smaller `seen`)
-        is emptied and re-tagged, so a row that carried much surprise (a name, a number) outlives the
+        """Give every new context of h [...] a row: of its `ways`, the one that has learned least (smallest
+        `seen`) is emptied and re-tagged, so a row that carried much surprise (a name, a number) outlives the
         ordinary ones around it."""
         first, hit, tag = self.find(h)
-        first, tag = first[~hit] & ~1, tag[~hit]
-        victim = first + (self.seen[first + 1] < self.seen[first]).long()
+        first, tag = first[~hit] & -self.ways, tag[~hit]
+        if self.ways == 2:
+            victim = first + (self.seen[first + 1] < self.seen[first]).long()
+        else:
+            victim = first + self.seen[first[:, None] + self._slots].argmin(-1)
         self.rows[victim] = 0
         self.seen[victim] = 0
         self.tags[victim] = tag
