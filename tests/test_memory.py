@@ -11,10 +11,10 @@ import torch
 from engram_ff.daemon import ask, checkpoints, update
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model import checkpoint as ckpt
-from engram_ff.model.config import PRESETS
+from engram_ff.model.config import PRESETS, LMConfig
 from engram_ff.model.generate import generate
 from engram_ff.model.lm import FFLM
-from engram_ff.model.memory import STREAMS, context_hashes, learn
+from engram_ff.model.memory import STREAMS, ContextMemory, context_hashes, learn
 from engram_ff.model.train import evaluate_nats
 from tests.daemon_helpers import recorder_line
 from tests.test_incremental import make  # noqa: F401  (the fixture)
@@ -98,10 +98,33 @@ def test_another_context_in_the_same_row_reads_as_empty():
     h = context_hashes(torch.cat([model.memory.empty_context(1), x], 1), model.memory.weights)[:, model.memory.P :]
     vectors, idx, hit = model.memory.read(h)  # past the first P bytes, every context is one the text had
     assert hit.all() and vectors.abs().sum() > 0
-    model.memory.tags[idx] += 2  # as if other contexts (tags are odd) had taken both rows of each since
-    model.memory.tags[idx ^ 1] += 2
+    ways = model.memory.ways
+    for way in range(ways):  # as if other contexts (tags are odd) had taken every row of each set since
+        model.memory.tags[(idx & -ways) + way] += 2
     vectors, _, hit = model.memory.read(h)
     assert not hit.any() and vectors.abs().sum() == 0
+
+
+def test_a_new_context_evicts_the_row_of_its_set_that_learned_least():
+    memory = ContextMemory((2, 4), bits=6, dim=4, ways=4)
+    h = torch.tensor([0x1234_5678_9ABC_DEF1])
+    first, tag = memory.locate(h)
+    rows = int(first) + torch.arange(4)
+    memory.tags[rows] = torch.tensor([int(tag) ^ flip for flip in (2, 4, 6, 8)], dtype=torch.int16)  # others'
+    memory.seen[rows] = torch.tensor([5.0, 1.0, 3.0, 2.0], dtype=torch.float16)
+    memory.rows[rows] = 1.0
+    memory._claim(h)
+    idx, hit, _ = memory.find(h)
+    assert bool(hit) and int(idx) == int(first) + 1  # the row with the smallest `seen`, emptied for it
+    assert memory.rows[idx].abs().sum() == 0 and memory.seen[idx] == 0
+    assert (memory.rows[rows[[0, 2, 3]]] == 1.0).all()  # the set's other rows are untouched
+
+
+def test_ways_must_be_a_power_of_two_and_a_checkpoint_without_them_reads_two():
+    with pytest.raises(ValueError, match="power of 2"):
+        ContextMemory((2,), bits=6, dim=4, ways=3)
+    before = {k: v for k, v in PRESETS["tiny"].to_dict().items() if k != "memory_ways"}  # saved before ways
+    assert LMConfig.from_dict(before).memory_ways == 2
 
 
 def test_parallel_chunked_and_recurrent_reading_agree():
