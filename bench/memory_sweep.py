@@ -43,6 +43,7 @@ KEYS = {
     "orders": str,
     "settle": int,
     "ways": int,
+    "reread": str,
 }
 
 
@@ -81,11 +82,23 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
     model.memory.settle = fields.get("settle", model.memory.settle)
     began = time.perf_counter()
+    lags = [int(lag) for lag in fields.get("reread", "").split(":") if lag]
+    read: list[bytes] = []  # every day's text so far, in order: what a reread reaches back into
+
+    def night(text: bytes) -> float:
+        """The memory's night: the new day, then the days `lags` nights back again (spaced rereading)."""
+        bpb = learn(model, text)
+        read.append(text)
+        for lag in lags:
+            if lag < len(read):
+                learn(model, read[-1 - lag])
+        return bpb
+
     for day in days[:3]:
-        learn(model, fn.text_of(day))
-    fact_bpb = learn(model, fact_day)
+        night(fn.text_of(day))
+    fact_bpb = night(fact_day)
     next_morning = fn.judge(model, held, history)
-    later = [learn(model, fn.text_of(day)) for day in days[4 : 4 + after]]
+    later = [night(fn.text_of(day)) for day in days[4 : 4 + after]]
     final = fn.judge(model, held, history)
     return dict(
         fields=fields,

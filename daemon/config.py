@@ -79,6 +79,10 @@ class Config:
     # fact's rows are then learned again against the SSM layers' logits of tonight, which keep moving (bench
     # learning, FF, nights 3-9: 11-16 of 16 facts answered against 3-11 without; learning-memory-replay.md)
     memory_reads_replay: bool = True
+    # ... and rereads the text of the nights 1, 2, 4, ..., 2^(n - 1) promoted nights back, spaced repetition
+    # that keeps a fact's rows from slipping as the layers below and newer text move (daemon/recipe.py
+    # reread_text); 0: none
+    memory_reread_nights: int = 5
     batch_size: int = 16
     seq_len: int = 256
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
@@ -210,6 +214,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"update_until: expected local time HH:MM, or empty: no window; got {config.update_until!r}")
     if config.update_until and config.schedule_hour_minute == config.until_hour_minute:
         raise ConfigError(f"update_until: the window from schedule to update_until is empty ({config.update_until})")
+    if not 0 <= config.memory_reread_nights <= 12:
+        raise ConfigError(
+            f"memory_reread_nights: must be 0 (none) to 12 (up to 2048 nights back), got {config.memory_reread_nights}"
+        )
     if not config.pause_above_cores >= 0:
         raise ConfigError(f"pause_above_cores: must be >= 0 (0: never pause for load), got {config.pause_above_cores}")
     if not 0.0 < config.probe_fraction < 1.0:

@@ -8,7 +8,7 @@ import torch
 from engram_ff.daemon.config import Config
 from engram_ff.model.scoring import continuation_nats
 from engram_ff.model.train import BPTrainer, FFTrainer, byte_batches
-from engram_ff.state import queries
+from engram_ff.state import queries, runs
 
 REHEARSAL_SCORED_BYTES = 1 << 20  # the sessions scored for rehearsal: a backlog night scores its first MiB
 
@@ -27,6 +27,22 @@ def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
     if n_bytes <= 0 or before_id <= 0:
         return b""
     return queries.sample_text(db, n_bytes, max_id=before_id, split="train", seed=seed)
+
+
+def reread_text(db, run_id: int, nights: int) -> bytes:
+    """What earlier nights trained on, for the context memory to read again: the nights 1, 2, 4, ...,
+    2^(nights - 1) promoted nights back, so that a day is reread on a spaced schedule and each reading
+    finds the memory's rows for it as the layers below and the newer text have left them (settling what
+    has slipped). Memory-only, 13 days after a fact day, 1, 2, 4 and 8 nights back kept 12 of 12 facts
+    against 11, answers at 0.01 bits per byte against 0.05, and predicted new days as well (2.238 bits
+    per byte either way; bench/results/memory-sweep-7.md)."""
+    lags = [1 << i for i in range(nights)]
+    if not lags:
+        return b""
+    earlier = runs.promoted_updates_before(db, run_id, lags[-1])
+    return b"\n\n".join(
+        text for lag in lags if lag <= len(earlier) if (text := queries.night_text(db, earlier[lag - 1]))
+    )
 
 
 def step_budget(config: Config, text_bytes: int, *, matured: bool) -> int:

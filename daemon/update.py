@@ -348,13 +348,16 @@ def _train_night(
     if result.stopped or should_stop():  # a stop asked of any rank stops them all
         return interrupted(save("partial"), stopped_because(should_stop))
     if not night.trained and getattr(model.model, "memory", None) is not None:
-        progress.phase("the context memory reads the night's text once")
-        read = new_text + (b"\n\n" + replay if config.memory_reads_replay and replay else b"")
+        progress.phase("the context memory reads the night's text, and earlier nights' again")
+        reread = recipe.reread_text(db, run_id, config.memory_reread_nights)
+        read = b"\n\n".join(part for part in (new_text, replay if config.memory_reads_replay else b"", reread) if part)
         memory_bpb = memory.learn(model.model, read, rate)  # gentler after rejected nights, as the layers
         log.info(
-            "%s: the context memory read %s once, at %.3f bits per byte before learning each part",
+            "%s: the context memory read %s once (%s of it earlier nights' text again), at %.3f bits per byte "
+            "before learning each part",
             name,
             size(len(read)),
+            size(len(reread)),
             memory_bpb,
         )
         meta["memory_bpb"] = round(memory_bpb, 4)

@@ -58,6 +58,8 @@ WHAT = {
     "rehearse_fraction": "the share of a night's distinct sessions rehearsed, the most surprising per byte first",
     "rehearse_layers": 'FF: layers whose loss reads the rehearsed rows: "top" or "all"',
     "memory_reads_replay": "the context memory also reads the night's replayed older text, after the new text",
+    "memory_reread_nights": "the context memory also rereads what the nights 1, 2, 4, ..., 2^(n - 1) promoted "
+    "nights back trained on (spaced repetition); 0: none",
     "replay_layers": 'FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" '
     "(the top only)",
     "batch_size": "windows per training step",

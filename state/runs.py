@@ -377,6 +377,16 @@ def last_trained_update(db: sqlite_utils.Database) -> dict | None:
     return rows[0] if rows else None
 
 
+def promoted_updates_before(db: sqlite_utils.Database, run_id: int, limit: int) -> list[dict]:
+    """The `limit` newest promoted updates before `run_id`, newest first: the nights the current model holds."""
+    return list(
+        db.query(
+            "SELECT * FROM runs WHERE kind = 'update' AND status = 'ok' AND id < ? ORDER BY id DESC LIMIT ?",
+            [run_id, limit],
+        )
+    )
+
+
 def updates_after(db: sqlite_utils.Database, run_id: int) -> list[dict]:
     return list(db.query("SELECT * FROM runs WHERE kind = 'update' AND id > ? ORDER BY id", [run_id]))
 

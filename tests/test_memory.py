@@ -8,7 +8,7 @@ import orjson
 import pytest
 import torch
 
-from engram_ff.daemon import ask, checkpoints, update
+from engram_ff.daemon import ask, checkpoints, recipe, update
 from engram_ff.ingest.reader import catch_up
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.config import PRESETS, LMConfig
@@ -16,6 +16,7 @@ from engram_ff.model.generate import generate
 from engram_ff.model.lm import FFLM
 from engram_ff.model.memory import STREAMS, ContextMemory, context_hashes, learn
 from engram_ff.model.train import evaluate_nats
+from engram_ff.state import runs
 from tests.daemon_helpers import recorder_line
 from tests.test_incremental import make  # noqa: F401  (the fixture)
 
@@ -199,3 +200,23 @@ def test_a_rejected_nights_retry_moves_the_rows_less():
     learn(gentle, FILLER + FACT, rate=0.25)  # the retry rate after two rejected nights
     assert gentle.memory.row_lr == full.memory.row_lr  # the rate is the night's, not kept
     assert 0 < gentle.memory.rows.float().abs().sum() < 0.5 * full.memory.rows.float().abs().sum()
+
+
+def test_the_memory_rereads_the_nights_one_two_and_four_promoted_nights_back(make):  # noqa: F811
+    """recipe.reread_text over a real database: five days ingested, each trained by a night of its own
+    (one more night rejected between them, which holds nothing), then tonight's reread."""
+    config, db = make()
+    days = [f"2026-02-0{d}" for d in range(1, 6)]
+    for day in days:  # six lines a day name it: some are held out (probe split), never all six
+        lines = [recorder_line(day, n, text=f"only on {day}, line {n}") for n in range(6)]
+        (config.watch / "raw" / f"{day}.jsonl").write_bytes(b"".join(lines))
+    catch_up(db, config.watch)
+    for day in days:
+        first, last = db.execute("SELECT min(id), max(id) FROM messages WHERE day = ?", [day]).fetchone()
+        runs.finish_run(db, runs.start_run(db), "ok", first_message_id=first, last_message_id=last)
+        if day == days[2]:
+            runs.finish_run(db, runs.start_run(db), "rejected", first_message_id=first, last_message_id=last)
+    tonight = runs.start_run(db)
+    on = {day for day in days if f"only on {day}".encode() in recipe.reread_text(db, tonight, 3)}
+    assert on == {days[4], days[3], days[1]}  # 1, 2 and 4 promoted nights back; the rejected one not counted
+    assert recipe.reread_text(db, tonight, 0) == b""
