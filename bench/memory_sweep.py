@@ -9,8 +9,9 @@ after the fact day and after the last day. Held-out: 16 kB of a play none of the
     python -m engram_ff.bench.memory_sweep --variant default --variant row_lr=6 --variant claim_nats=0
 
 A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule
-("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim and orders
-(colon-separated).
+("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows
+a context may use), orders (colon-separated) and reread (the days back, colon-separated, that each day's
+night reads again after the day itself: the daemon's memory_reread_nights = 3 is 1:2:4).
 """
 
 from __future__ import annotations
