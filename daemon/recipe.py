@@ -3,6 +3,8 @@ layers learn how fast. The numbers behind each default are in bench/results/incr
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from engram_ff.daemon.config import Config
@@ -29,20 +31,36 @@ def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
     return queries.sample_text(db, n_bytes, max_id=before_id, split="train", seed=seed)
 
 
-def reread_text(db, run_id: int, nights: int) -> bytes:
+REREAD_NIGHT_MAX_BYTES = 1 << 20  # a night's text the memory rereads at most (reread_text)
+
+
+def reread_text(db, run_id: int, nights: int, night_max_bytes: int = REREAD_NIGHT_MAX_BYTES) -> bytes:
     """What earlier nights trained on, for the context memory to read again: the nights 1, 2, 4, ...,
     2^(nights - 1) promoted nights back, so that a day is reread on a spaced schedule and each reading
     finds the memory's rows for it as the layers below and the newer text have left them (settling what
     has slipped). Memory-only, 13 days after a fact day, 1, 2, 4 and 8 nights back kept 12 of 12 facts
     against 11, answers at 0.01 bits per byte against 0.05, and predicted new days as well (2.238 bits
-    per byte either way; bench/results/memory-sweep-7.md)."""
+    per byte either way; bench/results/memory-sweep-7.md).
+
+    A night larger than `night_max_bytes` (a backlog's, up to update_max_new_mib) is reread as one
+    stretch of that size, at a place that differs from one rereading to the next: the memory reads about
+    36 kB a second (the daemon preset, 2 idle cores, 300 kB of the plays), so five 16 MiB nights in full
+    would take it 40 minutes, and five MiB take it two and a half."""
     lags = [1 << i for i in range(nights)]
     if not lags:
         return b""
     earlier = runs.promoted_updates_before(db, run_id, lags[-1])
-    return b"\n\n".join(
-        text for lag in lags if lag <= len(earlier) if (text := queries.night_text(db, earlier[lag - 1]))
-    )
+    parts = []
+    for lag in lags:
+        if lag > len(earlier):
+            break
+        text = queries.night_text(db, earlier[lag - 1])
+        if len(text) > night_max_bytes:
+            start = random.Random(run_id * 64 + lag).randrange(len(text) - night_max_bytes + 1)
+            text = text[start : start + night_max_bytes]
+        if text:
+            parts.append(text)
+    return b"\n\n".join(parts)
 
 
 def step_budget(config: Config, text_bytes: int, *, matured: bool) -> int:

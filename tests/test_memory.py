@@ -220,3 +220,5 @@ def test_the_memory_rereads_the_nights_one_two_and_four_promoted_nights_back(mak
     on = {day for day in days if f"only on {day}".encode() in recipe.reread_text(db, tonight, 3)}
     assert on == {days[4], days[3], days[1]}  # 1, 2 and 4 promoted nights back; the rejected one not counted
     assert recipe.reread_text(db, tonight, 0) == b""
+    stretch = recipe.reread_text(db, tonight, 1, night_max_bytes=40)  # a backlog night: one stretch of it
+    assert len(stretch) == 40 and stretch in recipe.reread_text(db, tonight, 1)
