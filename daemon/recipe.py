@@ -43,9 +43,9 @@ def reread_text(db, run_id: int, nights: int, night_max_bytes: int = REREAD_NIGH
     per byte either way; bench/results/memory-sweep-7.md).
 
     A night larger than `night_max_bytes` (a backlog's, up to update_max_new_mib) is reread as one
-    stretch of that size, at a place that differs from one rereading to the next: the memory reads about
-    36 kB a second (the daemon preset, 2 idle cores, 300 kB of the plays), so five 16 MiB nights in full
-    would take it 40 minutes, and five MiB take it two and a half."""
+    stretch of that size, at a place that differs from one rereading to the next: the memory read about
+    36 kB a second in a development measurement (the daemon preset, 2 idle cores, 300 kB of the plays),
+    so five 16 MiB nights in full would take it 40 minutes, and five MiB two and a half."""
     lags = [1 << i for i in range(nights)]
     if not lags:
         return b""

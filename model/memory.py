@@ -133,9 +133,6 @@ class ContextMemory(nn.Module):
     def find(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the row holding each context [...], or its first row if none does; hit [...]; tag [...])."""
         first, tag = self.locate(h)
-        if self.ways == 2:  # the daemon's first layout, kept as it was: two gathers, no [..., ways] tensor
-            in_first, in_second = self.tags[first] == tag, self.tags[first + 1] == tag
-            return first + in_second.long(), in_first | in_second, tag
         match = self.tags[first[..., None] + self._slots] == tag[..., None]  # [..., ways]
         return first + match.long().argmax(-1), match.any(-1), tag
 
@@ -166,10 +163,7 @@ class ContextMemory(nn.Module):
         ordinary ones around it."""
         first, hit, tag = self.find(h)
         first, tag = first[~hit] & -self.ways, tag[~hit]
-        if self.ways == 2:
-            victim = first + (self.seen[first + 1] < self.seen[first]).long()
-        else:
-            victim = first + self.seen[first[:, None] + self._slots].argmin(-1)
+        victim = first + self.seen[first[:, None] + self._slots].argmin(-1)  # ties: the set's first row
         self.rows[victim] = 0
         self.seen[victim] = 0
         self.tags[victim] = tag
