@@ -1,5 +1,6 @@
 """`engram-ff bench update`: one nightly update over 1 MiB of new text, and the idle daemon's cost;
-with --backlog-gb, instead the update after a backlog of new text (bench/backlog.py).
+with --backlog-gb, instead the update after a backlog of new text (bench/backlog.py); with --compare,
+instead the same update under several settings side by side: what a night affords on this machine.
 
 Part 1 writes a day of Engram logs whose train split holds 1 MiB of text (TinyShakespeare, then the
 plays), ingests it and runs exactly the daemon's update (`python -m engram_ff.daemon.child`, the child the
@@ -7,11 +8,17 @@ daemon starts at night) with the default configuration: wall time, steps, peak R
 process, then the probes.
 Part 2 starts `engram-ff run` on that data (the update done, so no catch-up runs) and samples its
 CPU time and RSS from /proc while it idles.
+
+    engram-ff bench update --compare model_preset=daemon --compare model_preset=large --bytes 262144
+
+--compare runs part 1 once per setting (configuration keys as key=value,...), each in a fresh process
+and folder so that its peak RSS is its own, and tabulates train bytes/s, ranks and held-out bits per byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -41,6 +48,70 @@ def make_day(watch: Path, n_bytes: int) -> int:
             break
     write_day(watch / "raw", date(2026, 1, 1), day_lines(date(2026, 1, 1), speeches, "tinyshakespeare"))
     return size
+
+
+def parse_setting(text: str) -> dict[str, str]:
+    """`key=value,...` over configuration keys, as the update reads them from ENGRAM_FF_* variables."""
+    pairs = [item.partition("=") for item in filter(None, text.split(","))]
+    if not pairs or any(not key or not sep or not value for key, sep, value in pairs):
+        raise SystemExit(f"--compare: expected key=value,... over configuration keys, got {text!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def check_setting(text: str) -> None:
+    """Stop, naming the key, on a setting the update would refuse."""
+    from engram_ff.daemon.config import ConfigError
+
+    environ = {"ENGRAM_FF_" + key.upper(): value for key, value in parse_setting(text).items()}
+    try:
+        load_config(environ=environ)
+    except ConfigError as exc:
+        raise SystemExit(f"--compare {text}: {exc}") from None
+
+
+def measure_update(tmp: Path, n_bytes: int, settings: dict[str, str]) -> tuple[dict, dict]:
+    """Write a day of n_bytes of text into tmp, ingest it and run the daemon's update under settings:
+    (the environment it ran with, its figures)."""
+    watch, data = tmp / "engram", tmp / "data"
+    text_bytes = make_day(watch, int(n_bytes / 0.85))  # about a tenth of the messages go to the probe split
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the daemon's child gets it
+    env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
+    env.update({"ENGRAM_FF_" + key.upper(): value for key, value in settings.items()})
+    effective = load_config(environ=env)  # a bad key or value stops here, with the config's own message
+    subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True)
+    wall, peak, code = run_update(env)
+    import sqlite3
+
+    db = sqlite3.connect(data / "engram-ff.db")
+    db.row_factory = sqlite3.Row
+    run = dict(db.execute("SELECT * FROM runs WHERE kind = 'update'").fetchone())
+    probe = dict(db.execute("SELECT * FROM runs WHERE kind = 'probe'").fetchone() or {})
+    scores = {
+        r["metric"]: r["value"]
+        for r in db.execute("SELECT metric, avg(value) AS value FROM probe_scores WHERE kind != 'fact' GROUP BY metric")
+    }
+    db.close()
+    from engram_ff.daemon.ranks import resolve_workers
+
+    figures = dict(
+        run=run,
+        probe=probe,
+        scores=scores,
+        text_bytes=text_bytes,
+        wall=wall,
+        peak_mib=peak,
+        exit=code,
+        step_bytes=effective.batch_size * effective.seq_len,
+        ranks=resolve_workers(effective),
+    )
+    return env, figures
+
+
+def train_bytes_per_s(figures: dict) -> float:
+    """The update's trained bytes over its wall time less its probe pass (the gate's)."""
+    run, probe = figures["run"], figures["probe"]
+    return run["steps"] * figures["step_bytes"] / (run["wall_seconds"] - (probe.get("wall_seconds") or 0))
 
 
 def run_update(env: dict) -> tuple[float, float, int]:
@@ -94,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-seconds", type=float, default=120)
     parser.add_argument("--quick", action="store_true", help="64 KiB, a one-minute budget, 20 s idle")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/update.md)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help="instead: part 1 under each setting (repeatable), e.g. --compare model_preset=large,workers=1",
+    )
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # --compare's child writes its figures here
+    parser.add_argument("--compare-one", help=argparse.SUPPRESS)  # and runs under this setting
     backlog = parser.add_argument_group("backlog", "instead: the update after a backlog (bench/backlog.py)")
     backlog.add_argument("--backlog-gb", metavar="SIZES", help="comma-separated backlogs of new text, e.g. 0.1,1")
     backlog.add_argument("--budget-minutes", type=float, default=2.0, help="the update's training budget")
@@ -105,36 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.backlog_gb:
         return _backlog(args)
+    if args.compare:
+        return _compare(args)
     n_bytes, idle = (64 * 1024, 20.0) if args.quick else (args.bytes, args.idle_seconds)
-
+    settings = {"update_budget_minutes": "1"} if args.quick else {}
+    if args.json:  # a --compare child: part 1 under one setting
+        settings.update(parse_setting(args.compare_one))
     with tempfile.TemporaryDirectory() as tmp:
-        watch, data = Path(tmp) / "engram", Path(tmp) / "data"
-        text_bytes = make_day(watch, int(n_bytes / 0.85))  # about a tenth of the messages go to the probe split
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the daemon's child gets it
-        env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
-        if args.quick:
-            env["ENGRAM_FF_UPDATE_BUDGET_MINUTES"] = "1"
-        subprocess.run(
-            [sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True
-        )
-        wall, peak, code = run_update(env)
-        import sqlite3
-
-        db = sqlite3.connect(data / "engram-ff.db")
-        db.row_factory = sqlite3.Row
-        run = dict(db.execute("SELECT * FROM runs WHERE kind = 'update'").fetchone())
-        probe = dict(db.execute("SELECT * FROM runs WHERE kind = 'probe'").fetchone() or {})
-        scores = {
-            r["metric"]: r["value"]
-            for r in db.execute(
-                "SELECT metric, avg(value) AS value FROM probe_scores WHERE kind != 'fact' GROUP BY metric"
-            )
-        }
-        db.close()
+        env, figures = measure_update(Path(tmp), n_bytes, settings)
+        if args.json:
+            args.json.write_text(json.dumps(figures))
+            return 0
         idle_cpu, idle_rss = measure_idle(env, idle)
-        effective = load_config(environ=env)
-        step_bytes = effective.batch_size * effective.seq_len
+    run, probe, scores, text_bytes = figures["run"], figures["probe"], figures["scores"], figures["text_bytes"]
+    wall, peak, code = figures["wall"], figures["peak_mib"], figures["exit"]
 
     config = "defaults" if not args.quick else "defaults, budget 1 min (--quick)"
     rows = [
@@ -145,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         ["update wall time, with probes", f"{wall / 60:.1f} min (exit {code})", "<= 15 min"],
         ["training steps", f"{run['steps']}", ""],
-        [
-            "trained bytes per second",  # the update's wall time includes its probe pass (the gate's)
-            f"{run['steps'] * step_bytes / (run['wall_seconds'] - (probe.get('wall_seconds') or 0)):,.0f}",
-            "",
-        ],
+        ["trained bytes per second", f"{train_bytes_per_s(figures):,.0f}", ""],
         ["update peak RSS", f"{peak:,.0f} MiB", "<= 2048 MiB"],
         ["held-out bits per byte after the update", f"{scores.get('probe_bpb', float('nan')):.3f}", ""],
         ["idle daemon CPU", f"{idle_cpu:.2f} % over {idle:.0f} s", "< 1 %"],
@@ -166,6 +225,57 @@ def main(argv: list[str] | None = None) -> int:
     write_result(path.name, header + table, path.parent)
     print(f"wrote {path}")
     return 0
+
+
+def _compare(args) -> int:
+    """--compare: part 1 once per setting, each in a child process of its own (its own peak RSS)."""
+    rows = []
+    for text in args.compare:
+        check_setting(text)  # a typo stops the run before any update starts
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "figures.json"
+            argv = ["--bytes", str(args.bytes), "--json", str(out), "--compare-one", text]
+            child = subprocess.run([sys.executable, "-m", "engram_ff.bench.update", *argv])
+            if child.returncode != 0 or not out.exists():
+                print(f"{text}: the update failed (exit {child.returncode})", file=sys.stderr)
+                return 1
+            figures = json.loads(out.read_text())
+        run = figures["run"]
+        speed = train_bytes_per_s(figures)
+        rows.append(
+            [
+                text,
+                figures["ranks"],
+                run["steps"],
+                f"{figures['wall']:.0f}",
+                f"{speed:,.0f}",
+                f"{speed * 7 * 3600 / 1e6:,.0f}",
+                f"{figures['peak_mib']:,.0f}",
+                f"{figures['scores'].get('probe_bpb', float('nan')):.3f}",
+            ]
+        )
+        print(f"  {text}: {rows[-1][4]} bytes/s on {figures['ranks']} ranks, {rows[-1][3]} s", flush=True)
+    headers = ["setting", "ranks", "steps", "update wall s", "train bytes/s", "MB a 7-hour window trains"]
+    table = markdown_table([*headers, "peak RSS MiB", "held-out bpb after"], rows)
+    print(table)
+    compared = " ".join(f"--compare {c}" for c in args.compare)
+    command = f"engram-ff bench update --bytes {args.bytes} {compared}"
+    header = (
+        f"# What a night affords: one update under several settings\n\n`{command}` on "
+        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch_version()}. Each row is the "
+        "daemon's own update (`python -m engram_ff.daemon.child`) over the same day of text, in a fresh folder; "
+        "train bytes/s leaves out the gate's probe pass.\n\n"
+    )
+    path = args.out or Path(__file__).resolve().parent / "results" / "update-compare.md"
+    write_result(path.name, header + table, path.parent)
+    print(f"wrote {path}")
+    return 0
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _backlog(args) -> int:
