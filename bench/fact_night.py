@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from engram_ff.bench.common import DATA, RESULTS
+from engram_ff.bench.make_stream import tiny_speeches
 from engram_ff.daemon import recipe
 from engram_ff.daemon.config import load_config
 from engram_ff.model.config import PRESETS
@@ -89,17 +90,28 @@ def sessions(speech: list[str], rng: random.Random) -> list[str]:
     return out
 
 
-def make_days(day_bytes: int = 35_000, seed: int = 0) -> tuple[list[list[str]], bytes]:
-    """(days of sessions, held-out text): the days from seven plays, the held-out text from the eighth."""
+def make_days(day_bytes: int = 35_000, seed: int = 0, tiny: bool = False) -> tuple[list[list[str]], bytes]:
+    """(days of sessions, held-out text): the days from seven plays (17 days), the held-out text from the
+    eighth; with tiny, then 25 more days from TinyShakespeare, the first 17 and the held-out text
+    unchanged."""
     rng = random.Random(seed)
     pool = [s for p in sorted((DATA / "plays").glob("*.txt")) if p.name != HELD_OUT_PLAY for s in speeches(p)]
+    days = _deal(sessions(pool, rng), day_bytes)
+    held = "\n".join(sessions(speeches(DATA / "plays" / HELD_OUT_PLAY), rng))[:30_000]
+    if tiny:
+        more = [text[:400] for _, _, text in tiny_speeches((DATA / "tinyshakespeare.txt").read_text())]
+        days += _deal(sessions(more, random.Random(f"{seed}:tiny")), day_bytes)
+    return days, held.encode()
+
+
+def _deal(all_sessions: list[str], day_bytes: int) -> list[list[str]]:
+    """Sessions into days of at least day_bytes each; the last, shorter day is dropped."""
     days: list[list[str]] = [[]]
-    for session in sessions(pool, rng):
+    for session in all_sessions:
         days[-1].append(session)
         if sum(map(len, days[-1])) >= day_bytes:
             days.append([])
-    held = "\n".join(sessions(speeches(DATA / "plays" / HELD_OUT_PLAY), rng))[:30_000]
-    return days[:-1], held.encode()
+    return days[:-1]
 
 
 def with_facts(day: list[str], rng: random.Random) -> list[str]:

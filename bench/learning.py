@@ -2,10 +2,10 @@
 asked with `ask` the next morning, a week and a month later, and each new day is predicted before it is
 trained on, against bz2, xz and zstd given the same history (issue 22, point 1).
 
-Days: chat between two fixed senders, `user` and `assistant`, made of the plays in bench/data/plays: their
-speeches are cut into episodes, mostly short exchanges and some long dialogue, shuffled once and dealt out
-in order, about --day-kb of new text a day, so each day is new text until the plays run out (the report
-says from which night text recurs). On the fact nights (--fact-nights, default 2) the facts of
+Days: chat between two fixed senders, `user` and `assistant`, made of the plays in bench/data/plays and
+then TinyShakespeare: their speeches are cut into episodes, mostly short exchanges and some long dialogue,
+shuffled once and dealt out in order, about --day-kb of new text a day, so each day is new text until both
+run out (the report says from which night text recurs). On the fact nights (--fact-nights, default 2) the facts of
 bench/learning_facts.toml are planted: each mention its own session in which the user asks and the
 assistant answers, spread evenly through the day.
 
@@ -61,7 +61,7 @@ from engram_ff.bench.common import (
     save_figure,
     write_result,
 )
-from engram_ff.bench.make_stream import FIRST_DAY, PLAYS, play_speeches, write_day
+from engram_ff.bench.make_stream import FIRST_DAY, PLAYS, play_speeches, tiny_speeches, write_day
 from engram_ff.bench.year_days import chat_record
 from engram_ff.daemon.ask import ASSISTANT, USER
 from engram_ff.daemon.config import Config, load_config
@@ -136,9 +136,20 @@ def episodes(seed: int) -> list[list[str]]:
     """The plays' speeches cut into runs of consecutive speeches, mostly short exchanges and some long
     dialogue, shuffled so that a day mixes plays."""
     rng = random.Random(seed)
+    plays = [[speech for _, _, speech in play_speeches((DATA / "plays" / f"{name}.txt").read_text())] for name in PLAYS]
+    return _cut(plays, rng)
+
+
+def more_episodes(seed: int) -> list[list[str]]:
+    """TinyShakespeare's speeches, cut and shuffled the same way: dealt once the plays have all been dealt,
+    so that a month (about 26 nights of the plays at the default --day-kb) reaches 50 before text recurs."""
+    text = (DATA / "tinyshakespeare.txt").read_text()
+    return _cut([[speech for _, _, speech in tiny_speeches(text)]], random.Random(f"{seed}:more"))
+
+
+def _cut(sources: list[list[str]], rng: random.Random) -> list[list[str]]:
     out = []
-    for name in PLAYS:
-        speeches = [speech for _, _, speech in play_speeches((DATA / "plays" / f"{name}.txt").read_text())]
+    for speeches in sources:
         i = 0
         while i < len(speeches):
             n = rng.randint(*LONG) if rng.random() < LONG_SHARE else rng.randint(*SHORT)
@@ -154,15 +165,21 @@ def _session_bytes(session: list[tuple[str, str]]) -> int:
 
 def chat_sessions(n_days: int, day_bytes: int, seed: int) -> list[tuple[list[list[tuple[str, str]]], bool]]:
     """Per day, (sessions of (sender, text), whether any was dealt before): episodes dealt in order until the
-    day holds day_bytes of text; when they run out, dealt again in a new order."""
+    day holds day_bytes of text: the plays', then TinyShakespeare's; when both have run out, all of them
+    dealt again in a new order."""
     deck, dealt_round, position = episodes(seed), 0, 0
     days = []
     for _ in range(n_days):
-        sessions, size, recurs = [], 0, dealt_round > 0
+        sessions, size, recurs = [], 0, dealt_round > 1
         while size < day_bytes:
             if position == len(deck):
-                dealt_round, position, recurs = dealt_round + 1, 0, True
-                random.Random(f"{seed}:{dealt_round}").shuffle(deck)
+                dealt_round, position = dealt_round + 1, 0
+                if dealt_round == 1:
+                    deck = more_episodes(seed)
+                else:
+                    deck = episodes(seed) + more_episodes(seed) if dealt_round == 2 else deck
+                    random.Random(f"{seed}:{dealt_round}").shuffle(deck)
+                    recurs = True
             speeches = deck[position]
             position += 1
             session = [(USER if i % 2 == 0 else ASSISTANT, speech) for i, speech in enumerate(speeches)]

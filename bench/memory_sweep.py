@@ -62,7 +62,7 @@ def parse_variant(text: str) -> dict:
 
 def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     torch.manual_seed(0)
-    days, held = fn.make_days()
+    days, held = fn.make_days(tiny=after > 13)  # the plays give the fact day and 13 more
     history = b"\n".join(fn.text_of(d) for d in days[:3])
     fact_day = fn.text_of(fn.with_facts(days[3], random.Random(1)))
     preset = PRESETS["daemon"]
@@ -150,7 +150,9 @@ def report(rows: list[tuple[str, dict]], out: str, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engram_ff.bench.memory_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", action="append", help="`default` or key=value,... (repeatable)")
-    parser.add_argument("--after", type=int, default=12, help="days read after the fact day (default 12)")
+    parser.add_argument(
+        "--after", type=int, default=12, help="days after the fact day (default 12; past 13, from TinyShakespeare)"
+    )
     parser.add_argument("--base", type=Path, default=Path("fact-night-base.pt"), help="the base model's cache")
     parser.add_argument("--base-steps", type=int, default=400)
     parser.add_argument("--out", default="memory-sweep")
