@@ -41,12 +41,14 @@ PRESETS = {
     # Nightly CPU training: what the text benchmark's main model uses (chosen by short trials on 2 cores:
     # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
-    # The context memory (model/memory.py): 2^22 rows of 8, 80 MiB (bench/results/memory-sweep.md).
-    "daemon": LMConfig(memory_bits=22, memory_ways=8),
+    # The context memory (model/memory.py): 2^23 rows of 8, 160 MiB. 34 days of 35 kB of dialogue filled 95 %
+    # of 2^22 rows, and 30 days after the fact day 9 of 12 facts were answered; 2^23 rows were 61 % full and
+    # kept 12 (bench/results/memory-sweep-8b.md, memory-sweep-9a.md).
+    "daemon": LMConfig(memory_bits=23, memory_ways=8),
     # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
     # predicted new days worse (2.591 bits per byte against 2.566; worse on 8 of 9 nights) and answered as many
     # facts, in about twice the wall time a night on 2 cores (bench/results/learning-large.md); no default.
-    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=22, memory_ways=8),
+    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=23, memory_ways=8),
     # Tests and smoke runs.
     "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18, memory_ways=8),
 }

@@ -113,7 +113,7 @@ class ContextMemory(nn.Module):
         self.orders, self.bits, self.ways, self.P = tuple(orders), bits, ways, max(orders) - 1
         self.weights = hash_weights(self.orders)
         self.row_lr, self.claim_nats = ROW_LR, CLAIM_NATS  # instance settings, so that a sweep can vary them
-        # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^22 rows take 80 MiB
+        # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^23 rows take 160 MiB
         self.register_buffer("rows", torch.zeros(1 << bits, dim, dtype=torch.float16))  # R [S, G]
         self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int16))  # 0: an empty row
         self.register_buffer("seen", torch.zeros(1 << bits, dtype=torch.float16))  # sum of squared gradients
