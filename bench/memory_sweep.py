@@ -10,8 +10,9 @@ after the fact day and after the last day. Held-out: 16 kB of a play none of the
 
 A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule
 ("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows
-a context may use), orders (colon-separated) and reread (the days back, colon-separated, that each day's
-night reads again after the day itself: the daemon's memory_reread_nights = 3 is 1:2:4).
+a context may use), orders (colon-separated), age (a factor on every row's `seen` after each night: its
+step size and its claim against eviction) and reread (the days back, colon-separated, that each day's
+night reads again after the day itself: the daemon's memory_reread_nights = 5 is 1:2:4:8:16).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ KEYS = {
     "settle": int,
     "ways": int,
     "reread": str,
+    "age": float,
 }
 
 
@@ -93,6 +95,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         for lag in lags:
             if lag < len(read):
                 learn(model, read[-1 - lag])
+        model.memory.seen.mul_(fields.get("age", 1.0))  # what a row has learned counts less each night
         return bpb
 
     for day in days[:3]:
