@@ -698,9 +698,9 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         f"Machine: {meta['cores']} cores, shared with other jobs: load average {load(meta['load_average_start'])} "
         f"at the start and {load(meta['load_average_end'])} at the end (1, 5, 15 minutes). The methods ran in "
         "lockstep, one night each in turn, so they shared whatever load there was alike.\n",
-        f"Days: chat between `{USER}` and `{ASSISTANT}` from the plays, about {meta['day_kb']:g} kB of new text a "
-        f"day (bench/learning.py), seed {meta['seed']}"
-        + (f"; the plays ran out and text recurs from night {meta['recurs_from']}" if meta["recurs_from"] else "")
+        f"Days: chat between `{USER}` and `{ASSISTANT}` from the plays, then TinyShakespeare, about "
+        f"{meta['day_kb']:g} kB of new text a day (bench/learning.py), seed {meta['seed']}"
+        + (f"; both ran out and text recurs from night {meta['recurs_from']}" if meta["recurs_from"] else "")
         + f". Facts ({meta['facts_file'].rsplit('/', 1)[-1]}, {len(result['facts'])} of them) planted on night(s) "
         f"{', '.join(map(str, meta['fact_nights']))}: k = {', '.join(map(str, KS))} mentions, each its own session. "
         f"Model preset `{meta['preset']}`, update_budget_minutes = {meta['budget_minutes']:g}, {meta['threads']} "
