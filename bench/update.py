@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bytes", type=int, default=MIB, help="new text in the update (default 1 MiB)")
     parser.add_argument("--idle-seconds", type=float, default=120)
     parser.add_argument("--quick", action="store_true", help="64 KiB, a one-minute budget, 20 s idle")
-    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/update.md)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results file (default bench/results/update.md, or update-compare.md)"
+    )
     parser.add_argument(
         "--compare",
         action="append",
