@@ -107,7 +107,8 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path):
     open_db(tmp_path / "engram-ff.db").close()
     script = tmp_path / "reset_on_a_terminal.py"
     script.write_text(
-        "import sys\n"
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal leaves it, also under nohup\n"
         "from engram_ff.daemon.cli import main\n"
         "sys.stdin.isatty = lambda: True  # the prompt needs a terminal; stdin stays an open, silent pipe\n"
         f"sys.exit(main(['reset', '--data', {str(tmp_path)!r}]))\n"

@@ -81,11 +81,16 @@ def test_the_second_signal_raises_and_later_ones_wait_for_the_cleanup():
 
     from engram_ff.daemon.commands import _StopOnSignal
 
-    with _StopOnSignal() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested  # the first: stop at the next step, and save
-        with pytest.raises(KeyboardInterrupt):
+    # as a command typed at a terminal starts, also where the suite itself runs with SIGINT ignored (nohup, &)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopOnSignal() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a third cannot cut the cleanup short
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert stop.requested  # the first: stop at the next step, and save
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a third cannot cut the cleanup short
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
