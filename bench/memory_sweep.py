@@ -84,6 +84,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.order_power = fields.get("power", model.memory.order_power)
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
     model.memory.settle = fields.get("settle", model.memory.settle)
+    seen = model.memory.seen  # what each row has learned: `age` scales it after every night
     began = time.perf_counter()
     lags = [int(lag) for lag in fields.get("reread", "").split(":") if lag]
     read: list[bytes] = []  # every day's text so far, in order: what a reread reaches back into
@@ -95,7 +96,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         for lag in lags:
             if lag < len(read):
                 learn(model, read[-1 - lag])
-        model.memory.seen.mul_(fields.get("age", 1.0))  # what a row has learned counts less each night
+        seen.mul_(fields.get("age", 1.0))  # what a row has learned counts less each night
         return bpb
 
     for day in days[:3]:
