@@ -176,8 +176,9 @@ def chat_sessions(n_days: int, day_bytes: int, seed: int) -> list[tuple[list[lis
                 dealt_round, position = dealt_round + 1, 0
                 if dealt_round == 1:
                     deck = more_episodes(seed)
-                else:
-                    deck = episodes(seed) + more_episodes(seed) if dealt_round == 2 else deck
+                else:  # both used up: all of it again, reshuffled each round
+                    if dealt_round == 2:
+                        deck = episodes(seed) + more_episodes(seed)
                     random.Random(f"{seed}:{dealt_round}").shuffle(deck)
                     recurs = True
             speeches = deck[position]

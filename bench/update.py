@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engram_ff.bench.common import DATA, markdown_table, write_result
 from engram_ff.bench.make_stream import PLAYS, day_lines, play_speeches, tiny_speeches, write_day
-from engram_ff.daemon.config import load_config
+from engram_ff.daemon.config import ENV_PREFIX, ConfigError, load_config
 
 MIB = 1 << 20
 
@@ -58,13 +58,15 @@ def parse_setting(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, _, value in pairs}
 
 
+def setting_environ(settings: dict[str, str]) -> dict[str, str]:
+    """The ENGRAM_FF_* variables that carry settings to the update."""
+    return {ENV_PREFIX + key.upper(): value for key, value in settings.items()}
+
+
 def check_setting(text: str) -> None:
     """Stop, naming the key, on a setting the update would refuse."""
-    from engram_ff.daemon.config import ConfigError
-
-    environ = {"ENGRAM_FF_" + key.upper(): value for key, value in parse_setting(text).items()}
     try:
-        load_config(environ=environ)
+        load_config(environ=setting_environ(parse_setting(text)))
     except ConfigError as exc:
         raise SystemExit(f"--compare {text}: {exc}") from None
 
@@ -77,7 +79,7 @@ def measure_update(tmp: Path, n_bytes: int, settings: dict[str, str]) -> tuple[d
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_FF_")}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the daemon's child gets it
     env.update(ENGRAM_FF_WATCH_DIR=str(watch), ENGRAM_FF_DATA_DIR=str(data))
-    env.update({"ENGRAM_FF_" + key.upper(): value for key, value in settings.items()})
+    env.update(setting_environ(settings))
     effective = load_config(environ=env)  # a bad key or value stops here, with the config's own message
     subprocess.run([sys.executable, "-m", "engram_ff.daemon.cli", "ingest"], env=env, check=True, capture_output=True)
     wall, peak, code = run_update(env)
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args) -> int:
     """--compare: part 1 once per setting, each in a child process of its own (its own peak RSS)."""
+    import torch
+
     rows = []
     for text in args.compare:
         check_setting(text)  # a typo stops the run before any update starts
@@ -264,7 +268,7 @@ def _compare(args) -> int:
     command = f"engram-ff bench update --bytes {args.bytes} {compared}"
     header = (
         f"# What a night affords: one update under several settings\n\n`{command}` on "
-        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch_version()}. Each row is the "
+        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}. Each row is the "
         "daemon's own update (`python -m engram_ff.daemon.child`) over the same day of text, in a fresh folder; "
         "train bytes/s leaves out the gate's probe pass.\n\n"
     )
@@ -272,12 +276,6 @@ def _compare(args) -> int:
     write_result(path.name, header + table, path.parent)
     print(f"wrote {path}")
     return 0
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _backlog(args) -> int:
