@@ -95,7 +95,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         read.append(text)
         for lag in lags:
             if lag < len(read):
-                learn(model, read[-1 - lag])
+                learn(model, read[-1 - lag], count_bytes=0)  # counted on its own night
         seen.mul_(fields.get("age", 1.0))  # what a row has learned counts less each night
         return bpb
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from engram_ff.daemon.config import Config
 from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
+from engram_ff.model.counts import ContextCounts
 from engram_ff.model.lm import FFLM, PRESETS
 from engram_ff.model.memory import ContextMemory
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
@@ -52,20 +53,43 @@ def fresh(config: Config) -> Loaded:
 
 
 def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
-    """A model saved before the context memory existed (model/memory.py) gets the preset's, empty. An empty
-    memory adds nothing to any prediction, so the model the gate compares with is the same as before; it
-    starts learning with the next night."""
+    """A model saved before the context memory existed (model/memory.py) gets the preset's, empty, and a memory
+    saved before its counts (model/counts.py) gets the preset's counts, empty. Neither changes a prediction
+    while empty, so the model the gate compares with is the same as before; they learn from the next night."""
     preset = PRESETS[config.model_preset]
-    if isinstance(model, FFLM) and model.memory is None and preset.memory_bits:
+    if not isinstance(model, FFLM) or not preset.memory_bits:
+        return
+    if model.memory is None:
         model.config = replace(
             model.config,
             memory_bits=preset.memory_bits,
             memory_dim=preset.memory_dim,
             memory_orders=preset.memory_orders,
             memory_ways=preset.memory_ways,
+            memory_count_orders=preset.memory_count_orders,
+            memory_count_bits=preset.memory_count_bits,
         )
-        model.memory = ContextMemory(preset.memory_orders, preset.memory_bits, preset.memory_dim, preset.memory_ways)
+        model.memory = ContextMemory(
+            preset.memory_orders,
+            preset.memory_bits,
+            preset.memory_dim,
+            preset.memory_ways,
+            preset.memory_count_orders,
+            preset.memory_count_bits,
+        )
         log.info("the current model predates the context memory: it gets an empty one, which learns from tonight")
+    elif (
+        model.memory.counts is None
+        and preset.memory_count_orders
+        and max(preset.memory_count_orders) <= max(model.memory.orders)
+    ):
+        model.config = replace(
+            model.config,
+            memory_count_orders=preset.memory_count_orders,
+            memory_count_bits=preset.memory_count_bits,
+        )
+        model.memory.counts = ContextCounts(preset.memory_count_orders, preset.memory_count_bits)
+        log.info("the current model's memory predates its counts: it gets empty ones, which count from tonight")
 
 
 def restore(saved: ckpt.Saved, checkpoint_id: int, trainer: str) -> Loaded:

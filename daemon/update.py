@@ -351,7 +351,8 @@ def _train_night(
         progress.phase("the context memory reads the night's text, and earlier nights' again")
         reread = recipe.reread_text(db, run_id, config.memory_reread_nights)
         read = b"\n\n".join(part for part in (new_text, replay if config.memory_reads_replay else b"", reread) if part)
-        memory_bpb = memory.learn(model.model, read, rate)  # gentler after rejected nights, as the layers
+        # its counts count the new text alone: the replay and the reread were counted on their own nights
+        memory_bpb = memory.learn(model.model, read, rate, count_bytes=len(new_text))  # gentler after rejections
         log.info(
             "%s: the context memory read %s once (%s of it earlier nights' text again), at %.3f bits per byte "
             "before learning each part",

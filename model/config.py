@@ -22,6 +22,8 @@ class LMConfig:
     memory_dim: int = 8  # G: width of a memory row
     memory_orders: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # context lengths it hashes, in bytes
     memory_ways: int = 2  # the rows a context may live in (set-associative); 2, what checkpoints before it used
+    memory_count_orders: tuple[int, ...] = ()  # next-byte counts of these contexts under the rows (model/counts.py)
+    memory_count_bits: int = 18  # the counts' table has 2^bits rows
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,8 +34,9 @@ class LMConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown LMConfig keys: {sorted(unknown)}")
-        if "memory_orders" in d:  # a checkpoint's JSON-like dict may hold a list
-            d = {**d, "memory_orders": tuple(d["memory_orders"])}
+        for key in ("memory_orders", "memory_count_orders"):  # a checkpoint's JSON-like dict may hold a list
+            if key in d:
+                d = {**d, key: tuple(d[key])}
         return cls(**d)
 
 
@@ -41,14 +44,28 @@ PRESETS = {
     # Nightly CPU training: what the text benchmark's main model uses (chosen by short trials on 2 cores:
     # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
+    # Counts of the last 1-4 bytes under the rows (model/counts.py, 42 MiB): on the frozen layers the later days
+    # scored 2.109 bits per byte against 2.196, facts as before (bench/results/memory-sweep-14.md).
     # The context memory (model/memory.py): 2^23 rows of 8, 160 MiB. 34 days of 35 kB of dialogue filled 95 %
     # of 2^22 rows, and 30 days after the fact day 9 of 12 facts were answered; 2^23 rows were 61 % full and
     # kept 12 (bench/results/memory-sweep-8b.md, memory-sweep-9a.md).
-    "daemon": LMConfig(memory_bits=23, memory_ways=8),
+    "daemon": LMConfig(memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4)),
     # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
     # predicted new days worse (2.591 bits per byte against 2.566; worse on 8 of 9 nights) and answered as many
     # facts, in about twice the wall time a night on 2 cores (bench/results/learning-large.md); no default.
-    "large": LMConfig(n_layers=4, d_model=192, d_state=192, memory_bits=23, memory_ways=8),
+    "large": LMConfig(
+        n_layers=4, d_model=192, d_state=192, memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4)
+    ),
     # Tests and smoke runs.
-    "tiny": LMConfig(n_layers=2, d_model=32, d_state=32, mlp_mult=2, d_score=16, memory_bits=18, memory_ways=8),
+    "tiny": LMConfig(
+        n_layers=2,
+        d_model=32,
+        d_state=32,
+        mlp_mult=2,
+        d_score=16,
+        memory_bits=18,
+        memory_ways=8,
+        memory_count_orders=(1, 2, 3, 4),
+        memory_count_bits=14,
+    ),
 }

@@ -91,7 +91,14 @@ class FFLM(nn.Module):
         )
         # the top, sparse layer: learned by its own rule (model/memory.py), never by a trainer's optimiser
         self.memory = (
-            ContextMemory(config.memory_orders, config.memory_bits, config.memory_dim, config.memory_ways)
+            ContextMemory(
+                config.memory_orders,
+                config.memory_bits,
+                config.memory_dim,
+                config.memory_ways,
+                config.memory_count_orders,
+                config.memory_count_bits,
+            )
             if config.memory_bits
             else None
         )
@@ -132,7 +139,7 @@ class FFLM(nn.Module):
         logits, new_state = self.ssm_forward(x, state)
         if self.memory is not None:
             context = self.memory.empty_context(x.shape[0]) if state is None else state[-1]
-            memory_logits, context = self.memory(x, context)
+            memory_logits, context = self.memory(x, context, logits)
             if use_memory:
                 logits = logits + memory_logits
             new_state.append(context)
@@ -230,7 +237,7 @@ class Recurrent:
                 h = z
             new_state.append(s)
         if self.memory is not None:
-            memory_logits, context = self.memory(byte[:, None], state[-1])
+            memory_logits, context = self.memory(byte[:, None], state[-1], logits[:, None])
             logits = logits + memory_logits[:, 0]
             new_state.append(context)
         return logits, new_state

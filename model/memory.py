@@ -8,6 +8,9 @@ random matrix per order, to the SSM layers' logits:
 
     logits_t = SSM logits_t + sum_o hit_o(t) * R[row_o(t)] @ W_o        R [S, G], W_o [G, 256]
 
+(With `counts`, the SSM logits are first reshaped by next-byte counts of the short contexts, model/counts.py:
+a count model of text, which the rows are not; the rows then learn against that, as they are read.)
+
 Reading a sentence changes only the rows of the contexts in it, so nothing else is disturbed. A row
 carries a tag (other bits of its context's hash): a context no row's tag matches reads as empty, so an
 unseen context adds nothing rather than another context's noise. Each context may live in any of the
@@ -58,10 +61,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engram_ff.model.counts import ContextCounts
+from engram_ff.model.hashing import context_hashes, hash_weights
+
 VOCAB = 256
-MIX = 0x5851F42D4C957F2D  # odd 64-bit multipliers: the hash's avalanche (wrapping int64 arithmetic)
-STEP = 0x100000001B3
-ORDER_SALT = 0x2545F4914F6CDD1D
 ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
 ROW_RULE = "adagrad"  # or "count": each use a unit step scaled 1/n (bench/results/memory-sweep-3.md)
 ORDER_POWER = 1.0  # a first step's length grows with the order as (n / max(orders)) ** ORDER_POWER
@@ -73,32 +76,6 @@ STREAMS = 16  # the night's text is read as this many contiguous streams side by
 IGNORE = -100  # a target that is padding: cross_entropy's ignore_index, so nothing learns from it
 
 
-def _signed(v: int) -> int:
-    """An integer mod 2^64 as the int64 that holds the same bits."""
-    v %= 1 << 64
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def hash_weights(orders: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W [P + 1, O], salt [O]) such that ((x + 1) @ W + salt) * MIX hashes, for each order n, the n bytes x
-    that end a window of P + 1: the byte i places back from the newest is weighted STEP^(n - 1 - i), mod 2^64
-    (int64 matmul wraps), and the order's own salt keeps orders apart. One matmul hashes every order."""
-    P = max(orders) - 1
-    W = torch.zeros(P + 1, len(orders), dtype=torch.long)
-    for o, n in enumerate(orders):
-        for i in range(n):
-            W[P - i, o] = _signed(STEP ** (n - 1 - i))
-    return W, torch.tensor([_signed(n * ORDER_SALT) for n in orders])
-
-
-def context_hashes(xe: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """xe [B, P + T] (P bytes of context, then T positions) -> 64-bit hashes [B, T, O] of the last n
-    bytes ending at each position, for each order n. Byte 0 before a stream's start counts as context."""
-    W, salt = weights
-    windows = (xe + 1).unfold(1, W.shape[0], 1)  # [B, T, P + 1]
-    return (windows @ W + salt) * MIX
-
-
 class ContextMemory(nn.Module):
     rows: torch.Tensor  # the buffers, declared for type checkers (register_buffer sets them)
     tags: torch.Tensor
@@ -106,13 +83,22 @@ class ContextMemory(nn.Module):
     out: torch.Tensor
     order_scale: torch.Tensor
 
-    def __init__(self, orders: tuple[int, ...], bits: int, dim: int, ways: int = 2):
+    def __init__(
+        self,
+        orders: tuple[int, ...],
+        bits: int,
+        dim: int,
+        ways: int = 2,
+        counts: tuple[int, ...] = (),
+        count_bits: int = 0,
+    ):
         super().__init__()
         if ways < 1 or ways & (ways - 1) or ways > 1 << bits:
             raise ValueError(f"memory ways must be a power of 2 up to the rows, got {ways}")
         self.orders, self.bits, self.ways, self.P = tuple(orders), bits, ways, max(orders) - 1
         self.weights = hash_weights(self.orders)
         self.row_lr, self.claim_nats = ROW_LR, CLAIM_NATS  # instance settings, so that a sweep can vary them
+        self.count_rate = 1.0  # what a byte counts: `learn`'s rate, lower on nights retried after a rejection
         # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^23 rows take 160 MiB
         self.register_buffer("rows", torch.zeros(1 << bits, dim, dtype=torch.float16))  # R [S, G]
         self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int16))  # 0: an empty row
@@ -124,6 +110,10 @@ class ContextMemory(nn.Module):
         self.settle = SETTLE
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
         self._slots = torch.arange(ways)
+        if counts and max(counts) > max(orders):
+            raise ValueError(f"memory counts reach back at most {max(orders)} bytes (the longest order); got {counts}")
+        # next-byte counts of the short contexts, blended under the rows (model/counts.py)
+        self.counts = ContextCounts(counts, count_bits) if counts else None
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hashes [...] -> (the first of the context's `ways` rows, a multiple of ways; an odd tag in
@@ -145,11 +135,19 @@ class ContextMemory(nn.Module):
         """Row vectors m [B, T, O, G] -> logits [B, T, 256]: one matmul over the orders' W stacked."""
         return m.to(self.out.dtype).flatten(-2) @ self.out.flatten(0, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T] bytes after `context` [B, P] -> (logits [B, T, 256], the context after x)."""
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, lower: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T] bytes after `context` [B, P], the layers' logits for them `lower` [B, T, 256] (needed where
+        the memory has counts) -> (logits to add to lower [B, T, 256], the context after x)."""
         xe = torch.cat([context, x], 1)
         m, _, _ = self.read(context_hashes(xe, self.weights))
-        return self.logits(m), xe[:, -self.P :]
+        logits = self.logits(m)
+        if self.counts is not None:
+            if lower is None:
+                raise ValueError("a context memory with counts blends them over the layers' logits: pass lower")
+            logits = logits + self.counts.adjust(self.counts.hashes(xe, x.shape[1]), lower)
+        return logits, xe[:, -self.P :]
 
     def empty_context(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.P, dtype=torch.long, device=self.rows.device)
@@ -168,18 +166,23 @@ class ContextMemory(nn.Module):
         self.seen[victim] = 0
         self.tags[victim] = tag
 
-    def learn_chunk(self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor) -> float:
-        """One test-then-train step: score y [B, T] from the SSM's logits `lower` [B, T, 256] and the rows as
-        they are, then give the surprising new contexts rows and step every row used. Returns the chunk's
-        summed nats, scored before the step."""
+    def learn_chunk(
+        self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor, counted: torch.Tensor | None = None
+    ) -> float:
+        """One test-then-train step: score y [B, T] from the SSM's logits `lower` [B, T, 256], the counts and
+        the rows as they are, then give the surprising new contexts rows and step every row used, and count
+        the bytes where `counted` [B, T] (default: all). Returns the chunk's summed nats, scored before."""
         h = context_hashes(xe, self.weights)
+        if self.counts is not None:  # the rows learn over the counts' blend, as they will be read
+            hc = self.counts.hashes(xe, y.shape[1])
+            lower = lower + self.counts.adjust(hc, lower)
         m, _, _ = self.read(h)
         m.requires_grad_(True)
         logits = lower + self.logits(m)
         cost = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=IGNORE)  # [B, T]
         (grad_m,) = torch.autograd.grad(cost.sum(), (m,))
         with torch.no_grad():
-            self._claim(h[(y != IGNORE) & (cost > self.claim_nats)])
+            self._claim(h[(y != IGNORE) & (cost >= self.claim_nats)])
             idx, owned, _ = self.find(h)  # every context now, but the losers of a collision within this chunk
             self._step(idx, owned, grad_m)
         for _ in range(self.settle):  # the bytes the step still gets wrong: rows for their contexts, more steps
@@ -195,6 +198,9 @@ class ContextMemory(nn.Module):
             (grad_m,) = torch.autograd.grad((cost_now * wrong).sum(), (m,))
             with torch.no_grad():
                 self._step(idx, owned & wrong[..., None], grad_m)
+        if self.counts is not None:
+            keep = (y != IGNORE) if counted is None else (y != IGNORE) & counted
+            self.counts.learn(hc, y, keep, self.count_rate)
         return float(cost.detach().sum())
 
     def _step(self, idx: torch.Tensor, owned: torch.Tensor, grad_m: torch.Tensor) -> None:
@@ -218,9 +224,11 @@ class ContextMemory(nn.Module):
 
 
 @torch.no_grad()
-def learn(model, text: bytes, rate: float = 1.0) -> float:
+def learn(model, text: bytes, rate: float = 1.0, count_bytes: int | None = None) -> float:
     """The memory's night: one test-then-train pass over `text` (the SSM layers' logits as they now are),
-    its steps `rate` times their usual length (the daemon's retry rate after rejected nights).
+    its steps `rate` times their usual length (the daemon's retry rate after rejected nights). Its counts
+    count the first `count_bytes` of the text (default: all): new text, not the replay or a reread, which
+    they have counted before.
     Returns the bits per byte the pass scored before learning each chunk: a prequential score of the text.
 
     The text is read as STREAMS side-by-side streams, each starting P bytes before its first prediction, so
@@ -237,15 +245,17 @@ def learn(model, text: bytes, rate: float = 1.0) -> float:
     streams = ext.unfold(0, P + per + 1, per)  # [STREAMS, P + per + 1]: context, inputs, the last target
     targets = streams[:, P + 1 :].clone()  # [STREAMS, per]
     targets.view(-1)[n - 1 :] = IGNORE  # stream-major order is text order: the padding is the tail
+    counted = torch.arange(STREAMS * per).view(STREAMS, per) < (n if count_bytes is None else count_bytes) - 1
     was_training = model.training
     model.eval()
     state, total, row_lr = None, 0.0, memory.row_lr
     memory.row_lr *= rate
+    memory.count_rate = rate
     for s in range(0, per, CHUNK):
         e = min(s + CHUNK, per)
         lower, state = model.ssm_forward(streams[:, P + s : P + e], state)
         with torch.enable_grad():
-            total += memory.learn_chunk(lower, streams[:, s : P + e], targets[:, s:e])
-    memory.row_lr = row_lr
+            total += memory.learn_chunk(lower, streams[:, s : P + e], targets[:, s:e], counted[:, s:e])
+    memory.row_lr, memory.count_rate = row_lr, 1.0
     model.train(was_training)
     return total / (n - 1) / math.log(2)

@@ -13,8 +13,9 @@ from engram_ff.ingest.reader import catch_up
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.config import PRESETS, LMConfig
 from engram_ff.model.generate import generate
+from engram_ff.model.hashing import context_hashes
 from engram_ff.model.lm import FFLM
-from engram_ff.model.memory import STREAMS, ContextMemory, context_hashes, learn
+from engram_ff.model.memory import STREAMS, ContextMemory, learn
 from engram_ff.model.train import evaluate_nats
 from engram_ff.state import runs
 from tests.daemon_helpers import recorder_line
