@@ -139,9 +139,11 @@ class FFLM(nn.Module):
         logits, new_state = self.ssm_forward(x, state)
         if self.memory is not None:
             context = self.memory.empty_context(x.shape[0]) if state is None else state[-1]
-            memory_logits, context = self.memory(x, context, logits)
             if use_memory:
+                memory_logits, context = self.memory(x, context, logits)
                 logits = logits + memory_logits
+            else:  # the layers' training reads only their own logits: the memory's context moves on unread
+                context = torch.cat([context, x], 1)[:, -self.memory.P :]
             new_state.append(context)
         return logits, new_state
 
