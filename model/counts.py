@@ -133,7 +133,7 @@ class ContextCounts(nn.Module):
         first, tag = first[~hit] & -WAYS, tag[~hit]
         if not len(first):
             return
-        key, where = torch.unique(first.long() * 65536 + (tag.long() & 0xFFFF), return_inverse=True)
+        key = torch.unique(first.long() * 65536 + tag.long())
         first, tag = key // 65536, (key % 65536).short()  # each new context once
         taken = torch.empty(0, dtype=torch.long)
         for _ in range(WAYS):  # contexts sharing a set take its rows one at a time, never one taken here
