@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,8 +26,7 @@ from engram_ff.daemon.config import Config
 from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.counts import ContextCounts
-from engram_ff.model.lm import FFLM, PRESETS
-from engram_ff.model.memory import ContextMemory
+from engram_ff.model.lm import FFLM, PRESETS, memory_of
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
 from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
@@ -60,23 +59,9 @@ def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
     if not isinstance(model, FFLM) or not preset.memory_bits:
         return
     if model.memory is None:
-        model.config = replace(
-            model.config,
-            memory_bits=preset.memory_bits,
-            memory_dim=preset.memory_dim,
-            memory_orders=preset.memory_orders,
-            memory_ways=preset.memory_ways,
-            memory_count_orders=preset.memory_count_orders,
-            memory_count_bits=preset.memory_count_bits,
-        )
-        model.memory = ContextMemory(
-            preset.memory_orders,
-            preset.memory_bits,
-            preset.memory_dim,
-            preset.memory_ways,
-            preset.memory_count_orders,
-            preset.memory_count_bits,
-        )
+        memory_fields = {f.name: getattr(preset, f.name) for f in fields(preset) if f.name.startswith("memory_")}
+        model.config = replace(model.config, **memory_fields)
+        model.memory = memory_of(model.config)
         log.info("the current model predates the context memory: it gets an empty one, which learns from tonight")
     elif (
         model.memory.counts is None

@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn as nn
 
-from engram_ff.model.hashing import context_hashes, hash_weights
+from engram_ff.model.hashing import context_hashes, find_row, hash_weights
 
 DISCOUNT = 0.6  # D: 0.5-0.7 within 0.01 bits per byte for the plain count model (bench/counts.py)
 WEIGHT = 0.5  # the blend's share of the log prediction (docstring)
@@ -67,10 +67,7 @@ class ContextCounts(nn.Module):
 
     def find(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the row holding each context [...], or its set's first; hit [...]; tag [...])."""
-        first = (h >> 20) & ((1 << self.bits) - WAYS)
-        tag = (((h >> 44) & 0x7FFE) | 1).short()
-        match = self.tags[first[..., None] + self._slots] == tag[..., None]
-        return first + match.long().argmax(-1), match.any(-1), tag
+        return find_row(self.tags, h, self.bits, WAYS)
 
     @torch.no_grad()
     def adjust(self, h: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:

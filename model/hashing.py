@@ -35,3 +35,19 @@ def context_hashes(xe: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor])
     W, salt = weights
     windows = (xe + 1).unfold(1, W.shape[0], 1)  # [B, T, P + 1]
     return (windows @ W + salt) * MIX
+
+
+def locate(h: torch.Tensor, bits: int, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hashes [...] -> (the first of the context's `ways` rows in a table of 2^bits, a multiple of ways; an odd
+    tag in 1..32767), from disjoint bits of the hash."""
+    return (h >> 20) & ((1 << bits) - ways), (((h >> 44) & 0x7FFE) | 1).short()
+
+
+def find_row(
+    tags: torch.Tensor, h: torch.Tensor, bits: int, ways: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In a table of 2^bits rows carrying `tags` [S] (0: empty), in sets of `ways`: (the row holding each
+    context of h [...], or its set's first if none does; hit [...]; its tag [...])."""
+    first, tag = locate(h, bits, ways)
+    match = tags[first[..., None] + torch.arange(ways)] == tag[..., None]  # [..., ways]
+    return first + match.long().argmax(-1), match.any(-1), tag

@@ -80,6 +80,20 @@ class CandidateHead(nn.Module):
         return F.relu(q[..., None, :] + self.table).square().sum(-1)
 
 
+def memory_of(config: LMConfig) -> ContextMemory | None:
+    """The context memory a config describes, empty; None where it has none (memory_bits 0)."""
+    if not config.memory_bits:
+        return None
+    return ContextMemory(
+        config.memory_orders,
+        config.memory_bits,
+        config.memory_dim,
+        config.memory_ways,
+        config.memory_count_orders,
+        config.memory_count_bits,
+    )
+
+
 class FFLM(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -90,18 +104,7 @@ class FFLM(nn.Module):
             CandidateHead(config.d_model, config.d_score, config.goodness) for _ in range(config.n_layers)
         )
         # the top, sparse layer: learned by its own rule (model/memory.py), never by a trainer's optimiser
-        self.memory = (
-            ContextMemory(
-                config.memory_orders,
-                config.memory_bits,
-                config.memory_dim,
-                config.memory_ways,
-                config.memory_count_orders,
-                config.memory_count_bits,
-            )
-            if config.memory_bits
-            else None
-        )
+        self.memory = memory_of(config)
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""

@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engram_ff.model.counts import ContextCounts
-from engram_ff.model.hashing import context_hashes, hash_weights
+from engram_ff.model.hashing import context_hashes, find_row, hash_weights, locate
 
 VOCAB = 256
 ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
@@ -116,15 +116,12 @@ class ContextMemory(nn.Module):
         self.counts = ContextCounts(counts, count_bits) if counts else None
 
     def locate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hashes [...] -> (the first of the context's `ways` rows, a multiple of ways; an odd tag in
-        1..32767), from disjoint bits of the hash."""
-        return (h >> 20) & ((1 << self.bits) - self.ways), (((h >> 44) & 0x7FFE) | 1).short()
+        """Hashes [...] -> (the first of the context's `ways` rows; its tag): model/hashing.py `locate`."""
+        return locate(h, self.bits, self.ways)
 
     def find(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the row holding each context [...], or its first row if none does; hit [...]; tag [...])."""
-        first, tag = self.locate(h)
-        match = self.tags[first[..., None] + self._slots] == tag[..., None]  # [..., ways]
-        return first + match.long().argmax(-1), match.any(-1), tag
+        return find_row(self.tags, h, self.bits, self.ways)
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row vectors [B, T, O, G], zero where no row holds the context; row index [B, T, O]; hit [B, T, O])."""
