@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import orjson
+
 from engram_ff.bench.common import DATA
 from engram_ff.bench.make_stream import PLAYS, play_speeches, tiny_speeches
 from engram_ff.ingest.reader import split_of
@@ -145,9 +147,10 @@ def day_lines(day: Day, pool: list[str], facts: list[dict], seed: int = 0) -> li
 
 def held_out(lines: list[dict], probe_fraction: float, max_bytes: int) -> bytes:
     """A day's held-out text as the daemon writes it (`sender: text` lines, sessions apart), at most max_bytes:
-    the messages that land in the probe split. Since the rolling hold-out (issue 22, daemon/update.py) the
-    night after a day trains them, so for an older day this is retained, not unseen, text; the results
-    committed before it were measured when no update trained the probe split."""
+    the messages whose lines, as make_stream.write_day writes them, land in the probe split. Since the
+    rolling hold-out (issue 22, daemon/update.py) the night after a day trains them, so for an older day this
+    is retained, not unseen, text; the results committed before it were measured when no update trained
+    the probe split."""
     rows = [
         {
             "day": line["timestamp"][:10],
@@ -156,6 +159,6 @@ def held_out(lines: list[dict], probe_fraction: float, max_bytes: int) -> bytes:
             "text": line["content"],
         }
         for line in lines
-        if "content" in line and split_of(line["content"], probe_fraction) == "probe"
+        if "content" in line and split_of(orjson.dumps(line), probe_fraction) == "probe"
     ]
     return conversation(rows)[:max_bytes]

@@ -419,7 +419,8 @@ def _judge(
         except (OSError, ckpt.CheckpointError) as exc:  # its newest pass still judges; only tonight's text cannot
             log.warning("the current model's file does not load now (%s): no fresh check, no prequential score", exc)
             return gate.decide(rows, reference, config), None
-    held_out = queries.text_between(db, night.first_id, night.last_id, split="probe")[:FRESH_MAX_BYTES]
+    held_out = queries.held_out_between(db, night.first_id, night.last_id, night.deferred_first, night.deferred_last)
+    held_out = held_out[:FRESH_MAX_BYTES]
     new = queries.text_between(db, night.first_id, night.last_id, split="train")[:PREQUENTIAL_MAX_BYTES]
     scored = [(text, _nats(current, text)) for text in (held_out, new) if len(text) >= 2]
     prequential = sum(len(t) * nats for t, nats in scored) / sum(len(t) for t, _ in scored) / LN2 if scored else None

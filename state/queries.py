@@ -59,15 +59,30 @@ _BETWEEN = """
     SELECT m.day, m.session, m.sender, m.text FROM messages m
     JOIN (SELECT day, session, min(id) AS first FROM messages WHERE id > :first AND id <= :last AND split = :split
           GROUP BY day, session) s ON s.day = m.day AND s.session = m.session
-    WHERE m.id > :first AND m.id <= :last AND m.split = :split
+    WHERE m.id > :first AND m.id <= :last AND m.split = :split {unseen}
     ORDER BY m.day, s.first, m.id
 """
+_UNSEEN = """AND m.text NOT IN (SELECT text FROM messages WHERE id > :first AND id <= :last AND split = 'train'
+                               UNION ALL
+                               SELECT text FROM messages WHERE id > :dfirst AND id <= :dlast AND split = 'probe')"""
 
 
 def text_between(db: sqlite_utils.Database, first_id: int, last_id: int, split: str = "train") -> bytes:
     """Messages with first_id < id <= last_id: what an update that recorded those bounds trains on.
     Streamed: the rows are never all in memory at once, only the text they make."""
-    return conversation(db.query(_BETWEEN, {"first": first_id, "last": last_id, "split": split}))
+    return conversation(db.query(_BETWEEN.format(unseen=""), {"first": first_id, "last": last_id, "split": split}))
+
+
+def held_out_between(
+    db: sqlite_utils.Database, first_id: int, last_id: int, deferred_first: int, deferred_last: int
+) -> bytes:
+    """The night's held-out text: its probe-split messages (first_id < id <= last_id) but those whose text the
+    night trains in another copy, a train-split message of the same range or a held-out one deferred to
+    it (deferred_first < id <= deferred_last). The split is drawn per line (ingest/reader.py split_of), so
+    "thanks" said twice may land in both splits; scoring the candidate on that copy would score text it
+    trained on. The candidate trained nothing else of what is left, and the current model none of it."""
+    params = {"first": first_id, "last": last_id, "dfirst": deferred_first, "dlast": deferred_last, "split": "probe"}
+    return conversation(db.query(_BETWEEN.format(unseen=_UNSEEN), params))
 
 
 # the bytes of a message's `sender: text` line, as state/text.py's message_line makes it

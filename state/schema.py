@@ -35,6 +35,8 @@ always had, UTC with milliseconds and a Z (`2026-11-27T06:27:08.000Z`), which so
 0401 makes runs.checkpoint_id and runs.parent_checkpoint_id foreign keys of checkpoints(id).
 0602 makes the hold-out roll: runs.deferred_first_id and deferred_last_id bound the probe-split messages an
 update trained (held out of an earlier night), runs.prequential_bpb is its test-then-train score.
+0700 draws the split from the whole line, so the unique index becomes (day, hash): a line is stored once
+per day whichever split either rule gives it.
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
@@ -448,5 +450,22 @@ def _rolling_hold_out(db) -> None:
             "ALTER TABLE runs ADD COLUMN deferred_first_id INTEGER",  # probe-split messages trained: (first, last]
             "ALTER TABLE runs ADD COLUMN deferred_last_id INTEGER",
             "ALTER TABLE runs ADD COLUMN prequential_bpb REAL",
+        ],
+    )
+
+
+@migrations(name="0700_split_per_line")
+def _split_per_line(db) -> None:
+    """A message's split is drawn from its whole line now, not from its text (ingest/reader.py split_of), so
+    a line stored by the old rule may be drawn into the other split when a copy of it is read again (a
+    rotated file). The key that keeps a line from being stored twice becomes (day, hash) alone: the split,
+    no longer the same for a line under both rules, must not be part of it. No two stored rows share a day
+    and a hash (under the old rule one line had one split), so the new unique index always builds; a day's
+    messages of one split are found through its day prefix. Stored splits are kept: no row is rewritten."""
+    _run(
+        db,
+        [
+            "DROP INDEX messages_day_split_hash",
+            "CREATE UNIQUE INDEX messages_day_hash ON messages (day, hash)",
         ],
     )

@@ -128,15 +128,19 @@ def test_a_rejected_nights_held_out_messages_are_still_trained_later(config):
 
 
 def test_a_fact_whose_answer_hashes_to_probe_is_trained(config, tmp_path):
-    answer = next(
-        a
-        for a in (f"Victor's boat is called the Mare Alta {n}." for n in range(1000))
-        if split_of(a, config.probe_fraction) == "probe"
-    )
+    def line(n, direction, sender, text):
+        record = {"timestamp": f"2026-01-01T11:00:0{n}Z", "session_key": "boat", "direction": direction}
+        return orjson.dumps({**record, "sender": sender, "content": text})
+
     question = next(
         q
         for q in (f"What is the name of Victor's boat{'?' * n}" for n in range(1, 100))
-        if split_of(q, config.probe_fraction) == "train"
+        if split_of(line(0, "in", "user", q), config.probe_fraction) == "train"
+    )
+    answer = next(
+        a
+        for a in (f"Victor's boat is called the Mare Alta {n}." for n in range(1000))
+        if split_of(line(1, "out", "assistant", a), config.probe_fraction) == "probe"
     )
     distractors = ["Victor's boat is called the Blue Heron.", "Victor has no boat.", "It is the Sea Lark."]
     facts = tmp_path / "facts.toml"
@@ -148,8 +152,7 @@ def test_a_fact_whose_answer_hashes_to_probe_is_trained(config, tmp_path):
     write_day(config.watch, "2026-01-01", 60)
     with open(config.watch / "raw" / "2026-01-01.jsonl", "ab") as f:
         for n, (direction, sender, text) in enumerate([("in", "user", question), ("out", "assistant", answer)]):
-            line = {"timestamp": f"2026-01-01T11:00:0{n}Z", "session_key": "boat", "direction": direction}
-            f.write(orjson.dumps({**line, "sender": sender, "content": text}) + b"\n")
+            f.write(line(n, direction, sender, text) + b"\n")
     ingest(config)
     pair = f"user: {question}\nassistant: {answer}\n".encode()
 

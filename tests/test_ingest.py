@@ -275,7 +275,33 @@ def test_a_line_is_stored_once_a_day(db, tmp_path):
         row[3]
         for row in db.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE day = '2026-11-01' AND split = 'train'")
     )
-    assert "messages_day_split_hash" in plan  # the uniqueness index also finds a day's messages
+    assert "messages_day_hash" in plan  # the uniqueness index also finds a day's messages
+
+
+def test_a_line_stored_by_the_old_split_rule_is_not_stored_again(tmp_path):
+    """Migration 0700: a database whose lines took the split of their text (the rule before it) reads a
+    rotated copy of those lines, which the new rule draws into the other split: nothing is stored twice."""
+    from engram_ff.state.schema import migrations
+
+    said = [line(f"message {n}", session=f"s{n}") for n in range(60)]
+    append(tmp_path / "raw" / "2026-11-27.jsonl", *said)
+    old = open_db(tmp_path / "state.db", migrate=False)
+    old.conn.execute("BEGIN IMMEDIATE")
+    migrations.apply(old, stop_before="0700_split_per_line")
+    old.conn.commit()
+    catch_up(old, tmp_path / "raw")
+    splits = [reader.split_of(chunk[:-1], 0.1) for chunk in said]
+    flipped = ["train" if split == "probe" else "probe" for split in splits]  # the other rule's draw, say
+    rows = zip(flipped, [f"message {n}" for n in range(60)])
+    old.conn.executemany("UPDATE messages SET split = ? WHERE text = ?", rows)
+    old.conn.commit()
+    old.close()
+
+    db = open_db(tmp_path / "state.db")
+    append(tmp_path / "raw" / "2026-11-27.jsonl.1", *said)  # copytruncate's copy, read again
+    stats = catch_up(db, tmp_path / "raw")
+    assert (stats.messages, stats.duplicates) == (0, 60)
+    assert [row[0] for row in db.execute("SELECT split FROM messages ORDER BY id")] == flipped  # kept, not rewritten
 
 
 def test_a_deleted_file_keeps_its_messages(db, tmp_path, daily):

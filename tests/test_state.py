@@ -12,23 +12,17 @@ from engram_ff.state.db import open_db
 from engram_ff.state.schema import migrations
 
 
+def line_of(day, session, sender, text):
+    record = {"timestamp": f"{day}T10:00:00Z", "session_key": session, "direction": "in", "sender": sender}
+    return orjson.dumps({**record, "content": text}) + b"\n"
+
+
 def write_day(folder, day, lines):
     path = folder / "raw" / f"{day}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as f:
         for session, sender, text in lines:
-            f.write(
-                orjson.dumps(
-                    {
-                        "timestamp": f"{day}T10:00:00Z",
-                        "session_key": session,
-                        "direction": "in",
-                        "sender": sender,
-                        "content": text,
-                    }
-                )
-                + b"\n"
-            )
+            f.write(line_of(day, session, sender, text))
     return path
 
 
@@ -185,6 +179,41 @@ def test_probe_split_is_about_the_fraction_and_never_in_train_text(tmp_path):
     assert [r["text"] for r in again.query("SELECT text FROM messages WHERE split = 'probe'")] == probe
 
 
+def test_a_message_said_again_draws_its_split_again(tmp_path):
+    """The split is drawn from the whole line, not the text: a question asked on forty days is held out on
+    about four of them, never on all forty (issue 22: a fact's four identical questions were held out
+    together), and each copy keeps its split on a re-read."""
+    for n in range(40):
+        write_day(tmp_path, f"2026-11-{n % 28 + 1:02d}", [(f"s{n}", "u", "What is the name of Victor's boat?")])
+    splits = []
+    for name in ("state.db", "again.db"):
+        db = open_db(tmp_path / name)
+        catch_up(db, tmp_path, limits=Limits(probe_fraction=0.10))
+        splits.append([r["split"] for r in db.query("SELECT split FROM messages ORDER BY day, session")])
+    assert len(splits[0]) == 40 and splits[0] == splits[1]
+    assert 1 <= splits[0].count("probe") <= 12
+
+
+def test_held_out_text_leaves_out_a_copy_the_night_trains(tmp_path):
+    """The gate's fresh text (daemon/update.py _judge): a held-out "thanks" whose words the night also
+    trains in a train-split copy, or in a held-out copy deferred to tonight, is left out; the rest stays."""
+    from engram_ff.ingest.reader import split_of
+
+    def said(day, text, split):
+        sessions = (f"s{n}" for n in range(1000))
+        return next(s for s in sessions if split_of(line_of(day, s, "u", text)[:-1], 0.10) == split), "u", text
+
+    before, day = "2026-11-26", "2026-11-27"
+    write_day(tmp_path, before, [said(before, "thanks", "probe"), said(before, "bye", "probe")])  # deferred to tonight
+    tonight = [said(day, "thanks", "train"), said(day, "thanks", "probe"), said(day, "bye", "probe")]
+    write_day(tmp_path, day, [*tonight, said(day, "unseen", "probe")])
+    db = open_db(tmp_path / "state.db")
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.10))
+    assert queries.text_between(db, 2, 6, split="probe") == b"u: thanks\n\nu: bye\n\nu: unseen\n"
+    assert queries.held_out_between(db, 2, 6, 0, 2) == b"u: unseen\n"
+    assert queries.held_out_between(db, 2, 6, 0, 0) == b"u: bye\n\nu: unseen\n"  # no bye deferred to tonight
+
+
 def test_sample_text_is_seeded_and_sized(tmp_path):
     write_day(tmp_path, "2026-11-27", [("s", "u", f"replayed text {i}") for i in range(300)])
     db = open_db(tmp_path / "state.db")
@@ -251,7 +280,7 @@ def test_the_wal_shrinks_back_after_a_reader_held_it_open(tmp_path, monkeypatch)
 
 def test_the_counters_read_only_the_rows_a_commit_added(tmp_path):
     """day_counts is kept by an aggregate over the rows of each commit: it must find them by id range,
-    never by scanning the (day, split, hash) index, or every commit would cost the whole table."""
+    never by scanning the (day, hash) index, or every commit would cost the whole table."""
     from engram_ff.state import files
 
     db = open_db(tmp_path / "state.db")
@@ -269,14 +298,17 @@ def test_deferred_text_puts_each_held_out_message_between_its_neighbours(tmp_pat
     tonight) is never context; rows not said one after the other stand apart, a blank line between."""
     from engram_ff.ingest.reader import split_of
 
-    def texts(split):
-        return (t for t in (f"{split} text {n}" for n in range(10_000)) if split_of(t, 0.10) == split)
+    def texts(split, session):
+        candidates = (f"{split} text {n}" for n in range(10_000))
+        return (t for t in candidates if split_of(line_of(day, session, "al", t)[:-1], 0.10) == split)
 
-    train, probe = texts("train"), texts("probe")
-    a, c, d, e, f, b = (next(train) for _ in range(6))
+    day = "2026-11-27"
+    train, probe = texts("train", "s"), texts("probe", "s")
+    a, c, d, e, f = (next(train) for _ in range(5))
+    b = next(texts("train", "u"))
     p1, p2, p3 = (next(probe) for _ in range(3))
     said = [("s", a), ("s", p1), ("u", b), ("s", c), ("s", d), ("s", e), ("s", f), ("s", p2), ("s", p3)]
-    write_day(tmp_path, "2026-11-27", [(session, "al", text) for session, text in said])
+    write_day(tmp_path, day, [(session, "al", text) for session, text in said])
     db = open_db(tmp_path / "state.db")
     catch_up(db, tmp_path)
     ids = {row["text"]: row["id"] for row in db.query("SELECT id, text FROM messages")}

@@ -4,6 +4,8 @@ through the daemon's own update, gate and probes to a report, a plot and one JSO
 import json
 from collections import Counter
 
+import orjson
+
 from engram_ff.bench import year
 from engram_ff.bench.make_stream import load_facts
 from engram_ff.bench.year_days import FACT_REPEATS, JUNK, calendar, day_lines, held_out, sentences
@@ -35,9 +37,11 @@ def test_the_year_has_every_kind_of_day():
     assert len(junk) == 4000 and len({line["timestamp"] for line in junk}) == 4000  # not one line stored once
     same = [[line.get("content") for line in day_lines(by_night[n], pool, facts)] for n in (30, 365)]
     assert same[0] == same[1] and len(same[0]) == 301  # the reference nights: the same new text
-    text = held_out(day_lines(by_night[10], pool, facts), 0.1, 10**9).decode()
+    lines = day_lines(by_night[10], pool, facts)
+    text = held_out(lines, 0.1, 10**9).decode()
     contents = [line.split(": ", 1)[1] for line in text.splitlines() if line]
-    assert contents and all(split_of(content, 0.1) == "probe" for content in contents)  # never trained on
+    probe = [line["content"] for line in lines if "content" in line and split_of(orjson.dumps(line), 0.1) == "probe"]
+    assert contents and contents == probe  # the lines the daemon holds out of their night, in order
 
 
 def test_a_short_year_runs_the_daemons_nights_and_reports(tmp_path):
