@@ -712,8 +712,8 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         "## Facts\n",
         "`ask` recall: the greedy answer holds all the fact's key words. Ranked first / answer bpb: as the fact "
         "probes score the answer against its 3 distractors, at each checkpoint in turn. Trained: answers / "
-        "questions in the text of the nights the gate promoted, of the mentions planted (a message in the probe "
-        "split is never trained on).\n",
+        "questions in the new text of the nights the gate promoted, of the mentions planted (a mention in the "
+        "probe split is held out of its night and trained by the next as held-out text, not counted here).\n",
         shown["facts"],
         f"![facts and prequential bits per byte]({figure.name})\n",
         "## Prequential bits per byte\n",

@@ -106,7 +106,9 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert fact_night["planted"] == {f["name"]: f["k"] for f in facts}
         # the facts were ingested and trained: their answers are in the text the fact night's update trained on
         trained = fact_night["trained_mentions"]
-        assert all(trained[f["name"]] in (0, f["k"]) for f in facts)  # a message is held out or trained, all k
+        assert all(0 <= trained[f["name"]] <= f["k"] for f in facts)
+        # each mention draws its split (ingest/reader.py split_of): a fact said 4 or 8 times is never held out whole
+        assert all(trained[f["name"]] > 0 for f in facts if f["k"] >= 4)
         assert sum(trained.values()) >= 0.75 * sum(f["k"] for f in facts)
         assert sum(records[0]["trained_mentions"].values()) == 0
         for r in records:
