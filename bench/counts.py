@@ -5,14 +5,19 @@ Is bz2 doing something a language model should not be expected to do? This reads
 simplest context model there is, counts of the bytes that followed each context of the last n bytes,
 n = 0..order, blended by interpolated absolute discounting:
 
-    p_n(c | s) = (max(count_n(s, c) - D, 0) + D * distinct_n(s) * p_{n-1}(c | s')) / total_n(s)
+    p_n(c | s) = (max(count_n(s, c) - D(c), 0) + escape_n(s) * p_{n-1}(c | s')) / total_n(s)
+    escape_n(s) = sum over the bytes b seen after s of min(count_n(s, b), D(b))
 
-(s' is s less its oldest byte; a context never seen passes p_{n-1} on unchanged; p_{-1} is uniform). It
-learns online, byte by byte, as a compressor does, so it adapts within the day as the 'reading' column of
-bench learning does and as bz2 does. No neural network, no training pass: if this beats bz2, so can a
-memory whose rows work like counts.
+(s' is s less its oldest byte; a context never seen passes p_{n-1} on unchanged; p_{-1} is uniform). D(c)
+is D1, D2 or D3 for a byte counted once, twice, three times or more (modified Kneser-Ney's discounts,
+without its continuation counts); D1 = D2 = D3 is plain absolute discounting. No neural network, no
+training pass: if this beats bz2, so can a memory whose rows work like counts.
 
-    python -m engram_ff.bench.counts [--nights 32] [--orders 3,4,5] [--against bench/results/learning-month-bits23.json]
+Two protocols. 'reading' learns byte by byte as it codes, as a compressor does, so it adapts within the
+day as bz2 does. 'night before' codes the whole day with the counts of the days before, then counts it:
+the daemon's prequential score, whose model learns only at night.
+
+    python -m engram_ff.bench.counts [--nights 32] [--orders 3,4,5] [--discounts 0.6,0.6,0.6 ...]
 """
 
 from __future__ import annotations
@@ -27,36 +32,65 @@ from pathlib import Path
 
 from engram_ff.bench import learning
 from engram_ff.bench.common import RESULTS, markdown_table, plot_series, write_result
+from engram_ff.model.counts import DISCOUNTS
 
-DISCOUNT = 0.6  # D: 0.5-0.7 within 0.01 bits per byte on these days (development runs)
+PROTOCOLS = ("reading", "night before")
 
 
 class CountModel:
-    """Counts of next bytes per context, orders 0..order, read and learned one byte at a time."""
+    """Counts of next bytes per context, orders 0..order; `cost_bits` codes a text and then has counted it."""
 
-    def __init__(self, order: int, discount: float = DISCOUNT):
-        self.order, self.discount = order, discount
+    def __init__(self, order: int, discounts: tuple[float, float, float] = DISCOUNTS):
+        self.order, self.discounts = order, discounts
         self.tables: list[dict[bytes, dict[int, int]]] = [defaultdict(dict) for _ in range(order + 1)]
         self.totals: list[dict[bytes, int]] = [defaultdict(int) for _ in range(order + 1)]
+        self.escapes: list[dict[bytes, float]] = [defaultdict(float) for _ in range(order + 1)]  # sum of min(c, D)
         self.history = b""
 
-    def cost_bits(self, text: bytes) -> float:
-        """Bits to code `text` after everything read before, learning each byte once it is coded."""
-        bits = 0.0
+    def _discount(self, count: int) -> float:
+        return self.discounts[min(count, 3) - 1]
+
+    def _contexts(self) -> list[bytes]:
+        return [self.history[len(self.history) - n :] if n else b"" for n in range(self.order + 1)]
+
+    def _probability(self, contexts: list[bytes], byte: int) -> float:
+        p = 1 / 256
+        for n, s in enumerate(contexts):
+            total = self.totals[n].get(s)
+            if total:
+                count = self.tables[n][s].get(byte, 0)
+                kept = max(count - self._discount(count), 0) if count else 0
+                p = (kept + self.escapes[n][s] * p) / total
+        return p
+
+    def _count(self, contexts: list[bytes], byte: int) -> None:
+        for n, s in enumerate(contexts):
+            seen = self.tables[n][s]
+            count = seen.get(byte, 0)
+            self.escapes[n][s] += min(count + 1, self._discount(count + 1)) - (
+                min(count, self._discount(count)) if count else 0
+            )
+            seen[byte] = count + 1
+            self.totals[n][s] += 1
+
+    def _step(self, byte: int) -> None:
+        self.history = (self.history + bytes((byte,)))[-self.order :] if self.order else b""
+
+    def cost_bits(self, text: bytes, reading: bool = True) -> float:
+        """Bits to code `text` after everything counted before: reading, each byte is counted once coded;
+        otherwise (the night before) the whole text is coded first and counted after."""
+        bits, start = 0.0, self.history
         for byte in text:
-            contexts = [self.history[len(self.history) - n :] if n else b"" for n in range(self.order + 1)]
-            p = 1 / 256
-            for n, s in enumerate(contexts):
-                total = self.totals[n].get(s)
-                if total:
-                    seen = self.tables[n][s]
-                    p = (max(seen.get(byte, 0) - self.discount, 0) + self.discount * len(seen) * p) / total
-            bits -= math.log2(p)
-            for n, s in enumerate(contexts):
-                seen = self.tables[n][s]
-                seen[byte] = seen.get(byte, 0) + 1
-                self.totals[n][s] += 1
-            self.history = (self.history + bytes((byte,)))[-self.order :] if self.order else b""
+            contexts = self._contexts()
+            bits -= math.log2(self._probability(contexts, byte))
+            if reading:
+                self._count(contexts, byte)
+            self._step(byte)
+        if not reading:
+            self.history = start
+            for byte in text:
+                self._count(self._contexts(), byte)
+                self._step(byte)
         return bits
 
 
@@ -66,27 +100,35 @@ def day_texts(nights: int, day_kb: float, seed: int) -> list[bytes]:
     return [d.text for d in days]
 
 
+def variant_name(order: int, discounts: tuple[float, ...], protocol: str) -> str:
+    return f"order {order}, D {'/'.join(f'{d:g}' for d in discounts)}, {protocol}"
+
+
 def run(args) -> dict:
     texts = day_texts(args.nights, args.day_kb, args.seed)
     began = time.perf_counter()
-    per_order = {}
+    variants = {}
     for order in args.orders:
-        model = CountModel(order)
-        per_order[order] = [model.cost_bits(t) / len(t) for t in texts]
+        for discounts in args.discounts:
+            for protocol in PROTOCOLS:
+                model = CountModel(order, discounts)
+                reading = protocol == "reading"
+                bpb = [model.cost_bits(t, reading) / len(t) for t in texts]
+                variants[variant_name(order, discounts, protocol)] = bpb
+                print(f"{variant_name(order, discounts, protocol)}: {_mean(bpb[1:]):.3f}", flush=True)
     compressors, _ = learning.compressor_bpb(texts)
     against = None
     if args.against:
         result = json.loads(args.against.read_text())
-        records = result["methods"]["ff"]
-        against = {r["night"]: (r["prequential_bpb"], r.get("reading_bpb")) for r in records}
+        against = {r["night"]: r["prequential_bpb"] for r in result["methods"]["ff"]}
     return dict(
         nights=args.nights,
         day_kb=args.day_kb,
         seed=args.seed,
-        discount=DISCOUNT,
+        model_discounts=list(DISCOUNTS),
         seconds=time.perf_counter() - began,
         bytes=[len(t) for t in texts],
-        counts={str(o): v for o, v in per_order.items()},
+        variants=variants,
         bz2=[c["bz2 -9"] for c in compressors],
         xz=[c["xz -9e"] for c in compressors],
         against=str(args.against) if args.against else None,
@@ -103,28 +145,43 @@ def _bpb(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _against(values: list[float], reference: list[float]) -> tuple[int, str]:
+    """(days at or below the reference, the worst day above it as 'night N +x', or '-'), nights 2 on."""
+    gaps = [(v - r, night) for night, (v, r) in enumerate(zip(values, reference), start=1) if night >= 2]
+    worst = max(gaps)
+    return sum(gap <= 0 for gap, _ in gaps), f"night {worst[1]} +{worst[0]:.3f}" if worst[0] > 0 else "-"
+
+
 def report(result: dict, command: str) -> str:
-    orders = list(result["counts"])
-    ff = result["ff"] or {}
-    headers = ["night", "kB"] + [f"counts, order {o}" for o in orders] + ["bz2 -9", "xz -9e"]
-    if ff:
-        headers += ["ff", "ff, reading"]
-    rows: list[list] = []
-    for i, size in enumerate(result["bytes"]):
-        night = i + 1
-        row = [night, f"{size / 1000:.1f}"] + [f"{result['counts'][o][i]:.3f}" for o in orders]
-        row += [f"{result['bz2'][i]:.3f}", f"{result['xz'][i]:.3f}"]
-        if ff:
-            row += [_bpb(v) for v in ff.get(str(night), (None, None))]
-        rows.append(row)
     last = len(result["bytes"])
-    for lo, hi in ((2, min(24, last)), (2, last)):
-        span = range(lo - 1, hi)
-        columns = [result["counts"][o] for o in orders] + [result["bz2"], result["xz"]]
-        means = [_mean([column[i] for i in span]) for column in columns]
-        if ff:
-            means += [_mean([ff.get(str(i + 1), (None, None))[k] for i in span]) for k in (0, 1)]
-        rows.append([f"**mean, nights {lo}-{hi}**", ""] + [f"**{_bpb(m)}**" for m in means])
+    spans = ((2, min(24, last)), (2, last))
+    headers = ["variant", *[f"mean, nights {lo}-{hi}" for lo, hi in spans], "days at or below bz2", "worst day"]
+    summary = []
+    for name, values in result["variants"].items():
+        below, worst = _against(values, result["bz2"])
+        summary.append([name, *[_bpb(_mean(values[lo - 1 : hi])) for lo, hi in spans], f"{below}/{last - 1}", worst])
+    for name in ("bz2", "xz"):
+        summary.append(
+            [
+                f"{name} -9" + ("e" if name == "xz" else ""),
+                *[_bpb(_mean(result[name][lo - 1 : hi])) for lo, hi in spans],
+                "",
+                "",
+            ]
+        )
+    ff = result["ff"] or {}
+    if ff:
+        values = [ff.get(str(n)) for n in range(1, last + 1)]
+        summary.append(
+            ["ff (the daemon, night before)", *[_bpb(_mean(values[lo - 1 : hi])) for lo, hi in spans], "", ""]
+        )
+    shown = [n for n in result["variants"] if f"D {'/'.join(f'{d:g}' for d in result['model_discounts'])}," in n]
+    shown = shown or list(result["variants"])
+    nightly = [["night", "kB", *shown, "bz2 -9", "xz -9e", *(["ff"] if ff else [])]]
+    for i, size in enumerate(result["bytes"]):
+        row = [i + 1, f"{size / 1000:.1f}", *[f"{result['variants'][n][i]:.3f}" for n in shown]]
+        row += [f"{result['bz2'][i]:.3f}", f"{result['xz'][i]:.3f}", *([_bpb(ff.get(str(i + 1)))] if ff else [])]
+        nightly.append(row)
     return "\n".join(
         [
             "# A plain count model on bench learning's days",
@@ -133,19 +190,30 @@ def report(result: dict, command: str) -> str:
             f"{result['seed']}, the facts on night 2; {result['seconds']:.0f} s on one core.",
             "",
             "Bits per byte of each day given all earlier days. Counts: next-byte counts per context of the last "
-            f"0..n bytes, interpolated absolute discounting (D = {result['discount']}), learned byte by byte as "
-            "they code (so within the day too, as bz2 and 'ff, reading' do). "
-            + (
-                f"ff: the daemon's model in `{result['against']}`, the day scored by the model of the night "
-                "before; 'reading': the same with its context memory learning as it reads the day."
-                if ff
-                else ""
-            ),
+            "0..n bytes, interpolated absolute discounting, D for a byte counted once, twice, three times or more "
+            "(D1/D2/D3). 'reading': counted byte by byte as they code, within the day too, as bz2 does. 'night "
+            "before': the day coded with the counts of the days before, then counted, as the daemon's "
+            "prequential score is taken. The model's discounts (model/counts.py DISCOUNTS) are "
+            f"{'/'.join(f'{d:g}' for d in result['model_discounts'])}."
+            + (f" ff: the daemon's model in `{result['against']}`." if ff else ""),
             "",
-            markdown_table(headers, rows),
+            markdown_table(headers, summary),
+            "",
+            "## Every night",
+            "",
+            markdown_table(nightly[0], nightly[1:]),
             "",
         ]
     )
+
+
+def _discounts(text: str) -> tuple[float, float, float]:
+    values = tuple(float(x) for x in text.split(","))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(0 < d <= n + 1 for n, d in enumerate(values)):
+        raise argparse.ArgumentTypeError(f"{text}: D1,D2,D3 (or one D), each above 0, D1 <= 1, D2 <= 2, D3 <= 3")
+    return values  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,11 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nights", type=int, default=32)
     parser.add_argument("--day-kb", type=float, default=35.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--orders", type=lambda s: [int(x) for x in s.split(",")], default=[3, 4, 5])
+    parser.add_argument("--orders", type=lambda s: [int(x) for x in s.split(",")], default=[4])
+    parser.add_argument(
+        "--discounts",
+        type=_discounts,
+        action="append",
+        help=f"D1,D2,D3 or one D (repeat; default 0.6 and the model's {','.join(f'{d:g}' for d in DISCOUNTS)})",
+    )
     parser.add_argument("--against", type=Path, help="a bench learning JSON whose ff nights to show beside")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="counts")
     args = parser.parse_args(argv)
+    args.discounts = args.discounts or [(0.6, 0.6, 0.6), DISCOUNTS]
     if args.nights < 2 or not args.orders or min(args.orders) < 0:
         parser.error("--nights must be at least 2 and --orders non-negative")
     if args.against and not args.against.is_file():
@@ -169,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     write_result(f"{args.stem}.json", json.dumps(result, indent=1), args.results)
     write_result(f"{args.stem}.md", text + f"\n![bits per byte by night]({args.stem}.png)\n", args.results)
-    series = {f"counts, order {o}": v[1:] for o, v in result["counts"].items()}
+    series = {name: values[1:] for name, values in result["variants"].items()}
     series["bz2 -9"] = result["bz2"][1:]
     if result["ff"]:
-        series["ff"] = [result["ff"].get(str(n), (math.nan,))[0] or math.nan for n in range(2, args.nights + 1)]
+        series["ff"] = [result["ff"].get(str(n)) or math.nan for n in range(2, args.nights + 1)]
     plot_series(
         args.results / f"{args.stem}.png",
         series,

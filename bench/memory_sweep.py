@@ -10,7 +10,8 @@ after the fact day and after the last day. Held-out: 16 kB of a play none of the
 
 A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule
 ("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows
-a context may use), orders (colon-separated), age (a factor on every row's `seen` after each night: its
+a context may use), orders (colon-separated), discounts (the counts' D1:D2:D3), count_weight (the counts'
+share of the log prediction), age (a factor on every row's `seen` after each night: its
 step size and its claim against eviction) and reread (the days back, colon-separated, that each day's
 night reads again after the day itself: the daemon's memory_reread_nights = 5 is 1:2:4:8:16).
 """
@@ -47,6 +48,8 @@ KEYS = {
     "ways": int,
     "reread": str,
     "age": float,
+    "discounts": str,
+    "count_weight": float,
 }
 
 
@@ -84,6 +87,11 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.order_power = fields.get("power", model.memory.order_power)
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
     model.memory.settle = fields.get("settle", model.memory.settle)
+    if model.memory.counts is not None:
+        counts = model.memory.counts
+        if "discounts" in fields:
+            counts.discounts = tuple(map(float, fields["discounts"].split(":")))
+        counts.weight = fields.get("count_weight", counts.weight)
     seen = model.memory.seen  # what each row has learned: `age` scales it after every night
     began = time.perf_counter()
     lags = [int(lag) for lag in fields.get("reread", "").split(":") if lag]

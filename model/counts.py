@@ -6,7 +6,11 @@ byte, bz2 at 2.315, the daemon's model at 2.384 (bench/results/counts.md). This 
 model, kept as part of the model's weights. For each order n, shortest first, a context seen before
 reshapes the prediction p from below by interpolated absolute discounting:
 
-    p_n(c) = (max(count_n(c) - D, 0) + D * distinct_n * p_{n-1}(c)) / total_n        p_0 = softmax(lower)
+    p_n(c) = (max(count_n(c) - D(c), 0) + escape_n * p_{n-1}(c)) / total_n           p_0 = softmax(lower)
+    escape_n = sum over the next bytes b seen of min(count_n(b), D(b))
+
+with the discount D growing with the count, D1 < D2 < D3 for a byte seen once, twice, three times or more
+(modified Kneser-Ney's discounts, Chen and Goodman 1998, without its continuation counts).
 
 and the model's prediction is the geometric mean of the blend and the layers' own, weighted WEIGHT:
 
@@ -35,7 +39,10 @@ import torch.nn as nn
 
 from engram_ff.model.hashing import context_hashes, find_row, hash_weights
 
-DISCOUNT = 0.6  # D: 0.5-0.7 within 0.01 bits per byte for the plain count model (bench/counts.py)
+# D of a next byte counted once, twice, 3 or more times. On the frozen layers, the 30 later days at 2.100 bits
+# per byte against 2.110 with one D = 0.6 (memory-sweep-15, memory-sweep-14-again); 0.7/1.2/2.0 gave 2.094
+# but lost a fact said once 30 days on (memory-sweep-16a). bench/counts.py measures them on counts alone.
+DISCOUNTS = (0.6, 0.9, 1.2)
 WEIGHT = 0.5  # the blend's share of the log prediction (docstring)
 SLOTS = 32  # next bytes a row keeps: 16 cost 0.16 bits per byte against exact counts, 32 cost 0.02
 WAYS = 8
@@ -60,6 +67,7 @@ class ContextCounts(nn.Module):
         self.register_buffer("distinct", torch.zeros(1 << bits, dtype=torch.int16))  # [S] next bytes ever seen
         self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int16))  # [S] 0: an empty row
         self._slots = torch.arange(WAYS)
+        self.discounts, self.weight = DISCOUNTS, WEIGHT  # the constants; bench/memory_sweep.py varies them
 
     def hashes(self, xe: torch.Tensor, T: int) -> torch.Tensor:
         """xe [B, P' + T], P' >= P bytes of context then T positions -> hashes [B, T, O] of this table's orders."""
@@ -82,11 +90,14 @@ class ContextCounts(nn.Module):
             seen = hit[..., o] & (total > 0)
             if not seen.any():
                 continue
-            n = total.clamp(min=1)[..., None]
-            blended = p * (DISCOUNT * self.distinct[rows].float()[..., None] / n)
-            blended.scatter_add_(-1, self.ids[rows].long(), (self.counts[rows] - DISCOUNT).clamp(min=0) / n)
+            n, counts = total.clamp(min=1)[..., None], self.counts[rows]  # [B, T, 1], [B, T, K]
+            d = discount(counts, self.discounts)
+            evicted = (self.distinct[rows] - (counts > 0).sum(-1)).clamp(min=0)  # counted once, most likely
+            escape = torch.minimum(counts, d).sum(-1) + self.discounts[0] * evicted  # [B, T]
+            blended = p * (escape[..., None] / n)
+            blended.scatter_add_(-1, self.ids[rows].long(), (counts - d).clamp(min=0) / n)
             p = torch.where(seen[..., None], blended / blended.sum(-1, keepdim=True), p)
-        return WEIGHT * (p.clamp(min=1e-30).log() - logp)
+        return self.weight * (p.clamp(min=1e-30).log() - logp)
 
     @torch.no_grad()
     def learn(self, h: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, rate: float = 1.0) -> None:
@@ -148,6 +159,12 @@ class ContextCounts(nn.Module):
 
     def used_rows(self) -> int:
         return int(self.tags.count_nonzero())
+
+
+def discount(counts: torch.Tensor, discounts: tuple[float, float, float] = DISCOUNTS) -> torch.Tensor:
+    """D for each count [...]: D1, D2 or D3 by the count rounded (halved counts fall between)."""
+    once, twice, more = discounts
+    return torch.where(counts < 1.5, once, torch.where(counts < 2.5, twice, more))
 
 
 def _first_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

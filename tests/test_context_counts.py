@@ -41,6 +41,23 @@ def test_an_empty_table_changes_nothing_and_a_counted_text_costs_far_less():
     assert table.used_rows() > 0 and int(table.total.sum()) == 2 * 4 * (len(TEXT) - 1)
 
 
+def test_the_blend_follows_the_discounts_of_once_twice_and_more():
+    """One order-1 context: after 'a', 'b' counted 3 times, 'c' twice, 'd' once. With the layers' prediction
+    uniform and the whole weight on the blend, each byte gets (count - D(count) + escape / 256) / 6."""
+    table = ContextCounts((1,), 8)
+    table.weight = 1.0
+    read(table, b"abacabadab" + b"ac")
+    d1, d2, d3 = table.discounts
+    escape = d3 + d2 + d1
+    expected = {b: (c - d + escape / 256) / 6 for b, c, d in ((98, 3, d3), (99, 2, d2), (100, 1, d1))}
+    expected[ord("z")] = escape / 256 / 6  # never seen after 'a': the escape's share
+    h = table.hashes(torch.tensor([[0, ord("a")]]), 1)
+    p = torch.softmax(table.adjust(h, torch.zeros(1, 1, 256)), -1)[0, 0]
+    assert float(p.sum()) == pytest.approx(1.0)
+    for byte, value in expected.items():
+        assert float(p[byte]) == pytest.approx(value, rel=1e-5), chr(byte)
+
+
 def test_bytes_not_kept_are_not_counted():
     table = ContextCounts((1, 2), 10)
     x = torch.tensor([list(TEXT)])

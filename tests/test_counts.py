@@ -21,10 +21,30 @@ def test_an_unseen_byte_still_has_a_probability():
     assert math.isfinite(model.cost_bits(b"z"))
 
 
+def test_the_blend_is_a_distribution_for_any_discounts():
+    for discounts in ((0.6, 0.6, 0.6), (0.7, 1.1, 1.6), (1.0, 2.0, 3.0)):
+        model = CountModel(3, discounts)
+        model.cost_bits(b"abracadabra, abracadabra; a cadaver")
+        contexts = model._contexts()
+        assert math.isclose(sum(model._probability(contexts, byte) for byte in range(256)), 1.0, rel_tol=1e-9)
+
+
+def test_the_night_before_learns_the_day_only_after_coding_it():
+    day = b"Victor keeps bees. " * 8
+    reading, night_before = CountModel(4), CountModel(4)
+    assert night_before.cost_bits(day, reading=False) > 2 * reading.cost_bits(day)  # no help from the day itself
+    tomorrow = b"Victor keeps bees in Lyon."
+    assert math.isclose(night_before.cost_bits(tomorrow, reading=False), reading.cost_bits(tomorrow, reading=False))
+
+
 def test_writes_the_table_json_and_figure(tmp_path):
-    assert main(["--nights", "2", "--day-kb", "2", "--orders", "1,3", "--results", str(tmp_path)]) == 0
+    argv = ["--nights", "2", "--day-kb", "2", "--orders", "1,3", "--discounts", "0.6", "--results", str(tmp_path)]
+    assert main(argv) == 0
     result = json.loads((tmp_path / "counts.json").read_text())
-    assert set(result["counts"]) == {"1", "3"} and len(result["bz2"]) == 2
-    assert all(0 < bpb < 8 for bpb in result["counts"]["3"])
-    assert "| **mean, nights 2-2** |" in (tmp_path / "counts.md").read_text()
+    assert set(result["variants"]) == {
+        f"order {o}, D 0.6/0.6/0.6, {protocol}" for o in (1, 3) for protocol in ("reading", "night before")
+    }
+    assert len(result["bz2"]) == 2 and all(0 < bpb <= 8 for v in result["variants"].values() for bpb in v)
+    report = (tmp_path / "counts.md").read_text()
+    assert "| order 3, D 0.6/0.6/0.6, night before |" in report and "## Every night" in report
     assert (tmp_path / "counts.png").stat().st_size > 0
