@@ -2,7 +2,7 @@
 
 The context memory's rows (model/memory.py) learn facts from one reading, but as a model of ordinary text
 they are weak: over bench learning's month a plain order-4 count model codes the days at 2.204 bits per
-byte, bz2 at 2.315, the daemon's model at 2.384 (bench/results/counts.md). This table is that count
+byte, bz2 at 2.315, the daemon's model at 2.384 (bench/results/counts-orders.md). This table is that count
 model, kept as part of the model's weights. For each order n, shortest first, a context seen before
 reshapes the prediction p from below by interpolated absolute discounting:
 
