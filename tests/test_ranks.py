@@ -241,7 +241,9 @@ def test_sigterm_ends_an_update_whose_helper_rank_is_stopped_and_leaves_no_proce
 @pytest.mark.parametrize("trainer", ["ff", "bp"])
 def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch, trainer):
     """No signal at all: past the budget the collective gives up (FF's, waited for in small steps) or the
-    watchdog ends the helpers (BP's, inside DistributedDataParallel); the helper is killed, the run failed."""
+    watchdog ends the helpers (BP's, inside DistributedDataParallel; but a BP helper stopped at one of the
+    waited collectives outside it, as under a loaded CI runner, is given up there first, also past the
+    budget); the helper is killed, the run failed."""
     monkeypatch.setattr(ranks, "BUDGET_GRACE_S", 2.0)
     config, db = prepare(tmp_path, workers="2", trainer=trainer)
     config.update_min_steps = config.update_max_steps = 100_000
@@ -268,7 +270,10 @@ def test_the_budget_ends_an_update_whose_helper_rank_hangs(tmp_path, monkeypatch
                 os.kill(pid, signal.SIGKILL)
     assert stopped and not alive(stopped[0])
     assert row["status"] == "failed" and "RankFailed" in row["error"]
-    assert ("did not answer" if trainer == "ff" else "past the budget") in row["error"], row["error"]
+    if trainer == "ff":
+        assert "did not answer" in row["error"], row["error"]
+    else:
+        assert "past the budget" in row["error"] or "past the update's budget" in row["error"], row["error"]
     assert row["wall_seconds"] < 120
     db.close()
 
