@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from engram_ff.bench import learning
@@ -136,7 +137,7 @@ def run(args) -> dict:
     )
 
 
-def _mean(values: list[float | None]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
 
@@ -213,7 +214,7 @@ def _discounts(text: str) -> tuple[float, float, float]:
         values = values * 3
     if len(values) != 3 or not all(0 < d <= n + 1 for n, d in enumerate(values)):
         raise argparse.ArgumentTypeError(f"{text}: D1,D2,D3 (or one D), each above 0, D1 <= 1, D2 <= 2, D3 <= 3")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

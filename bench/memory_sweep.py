@@ -62,6 +62,11 @@ def parse_variant(text: str) -> dict:
         if key not in KEYS or not value:
             raise SystemExit(f"a variant is `default` or key=value,... over {', '.join(KEYS)}; not {item!r}")
         fields[key] = KEYS[key](value)
+    if "discounts" in fields:
+        try:
+            once, twice, more = map(float, fields["discounts"].split(":"))
+        except ValueError:
+            raise SystemExit(f"discounts: three numbers D1:D2:D3, not {fields['discounts']!r}") from None
     return fields
 
 
@@ -90,7 +95,8 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     if model.memory.counts is not None:
         counts = model.memory.counts
         if "discounts" in fields:
-            counts.discounts = tuple(map(float, fields["discounts"].split(":")))
+            once, twice, more = map(float, fields["discounts"].split(":"))
+            counts.discounts = (once, twice, more)
         counts.weight = fields.get("count_weight", counts.weight)
     seen = model.memory.seen  # what each row has learned: `age` scales it after every night
     began = time.perf_counter()
