@@ -72,9 +72,9 @@ def closing_lines(config: Config) -> str:
     and the exact next command, with the demo's --data (the default data directory is not the demo's)."""
     return (
         "\nbpb: bits per byte the model needs for a text, lower is better (probe_bpb: a day's held-out "
-        "messages, never trained on;\ntrained_bpb: its trained ones); canary: the oldest held-out text, the "
-        "same every night, to catch forgetting;\nanswer_rank: where a fact's true answer ranks among its wrong "
-        "ones (1: the model prefers the truth).\n\n"
+        "messages, kept out of\nthe night that first saw them and trained the next; trained_bpb: its trained ones);\n"
+        "canary: the oldest held-out text, the same every night, to catch forgetting;\n"
+        "answer_rank: where a fact's true answer ranks among its wrong ones (1: the model prefers the truth).\n\n"
         f"The demo keeps watching {config.watch} (a line appended there is read at once)\nand updates nightly at "
         f"{config.schedule}. Ctrl-C stops it.\nTry next, in another terminal:\n"
         f'  {program()} ask --data {shlex.quote(str(config.data_dir))} "Who is Victor?"'
