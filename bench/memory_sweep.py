@@ -24,6 +24,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +37,16 @@ from engram_ff.model.lm import FFLM
 from engram_ff.model.memory import learn
 from engram_ff.model.train import evaluate_nats
 
-KEYS = {
+
+def _discounts(text: str) -> tuple[float, float, float]:
+    try:
+        once, twice, more = map(float, text.split(":"))
+    except ValueError:
+        raise SystemExit(f"discounts: three numbers D1:D2:D3, not {text!r}") from None
+    return once, twice, more
+
+
+KEYS: dict[str, Callable[[str], object]] = {
     "row_lr": float,
     "claim_nats": float,
     "power": float,
@@ -48,7 +58,7 @@ KEYS = {
     "ways": int,
     "reread": str,
     "age": float,
-    "discounts": str,
+    "discounts": _discounts,
     "count_weight": float,
 }
 
@@ -62,11 +72,6 @@ def parse_variant(text: str) -> dict:
         if key not in KEYS or not value:
             raise SystemExit(f"a variant is `default` or key=value,... over {', '.join(KEYS)}; not {item!r}")
         fields[key] = KEYS[key](value)
-    if "discounts" in fields:
-        try:
-            once, twice, more = map(float, fields["discounts"].split(":"))
-        except ValueError:
-            raise SystemExit(f"discounts: three numbers D1:D2:D3, not {fields['discounts']!r}") from None
     return fields
 
 
@@ -94,9 +99,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.settle = fields.get("settle", model.memory.settle)
     if model.memory.counts is not None:
         counts = model.memory.counts
-        if "discounts" in fields:
-            once, twice, more = map(float, fields["discounts"].split(":"))
-            counts.discounts = (once, twice, more)
+        counts.discounts = fields.get("discounts", counts.discounts)
         counts.weight = fields.get("count_weight", counts.weight)
     seen = model.memory.seen  # what each row has learned: `age` scales it after every night
     began = time.perf_counter()

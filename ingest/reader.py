@@ -150,7 +150,7 @@ def split_of(line: bytes, probe_fraction: float) -> str:
     out in all k copies with chance probe_fraction**k. Drawn from the text alone (before issue 22), every
     copy of a fact's question fell in the same split: bench learning's question said four times was held
     out of its night in all four. The cost: a message said again word for word may be held out in one copy
-    and trained in another, so the gate's fresh text holds a few lines the candidate has seen."""
+    and trained in another; the gate's fresh text leaves such a copy out (state/queries.py held_out_between)."""
     h = int.from_bytes(hashlib.blake2b(line, digest_size=8, person=b"engram-ff split").digest(), "big")
     return "probe" if h < probe_fraction * 2**64 else "train"
 
