@@ -401,7 +401,7 @@ def ask(args) -> int:
 def _model(db, checkpoint: str | None, config: Config | None, args):
     """The model of a checkpoint file, or the current model of the data directory (db and config are
     read only then: `generate --checkpoint` has neither)."""
-    from engram_ff.daemon.checkpoints import current_model
+    from engram_ff.daemon.today import model_for_answers
     from engram_ff.model.checkpoint import CheckpointError, load_model
 
     if checkpoint:
@@ -410,7 +410,7 @@ def _model(db, checkpoint: str | None, config: Config | None, args):
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
     assert config is not None, "a caller without a checkpoint passes its configuration"
-    found = current_model(db)
+    found = model_for_answers(db, config)  # the checkpoint, and what its memory has learned by day since
     if found is None:
         raise UserError(f"no trained model in {config.data_dir} yet: run {suggest('update', args.data)} first")
     return found[0]

@@ -83,6 +83,10 @@ class Config:
     # that keeps a fact's rows from slipping as the layers below and newer text move (daemon/recipe.py
     # reread_text); 0: none
     memory_reread_nights: int = 5
+    # between nights, the context memory learns each new message about a minute after it is stored, and `ask`
+    # answers with it (daemon/today.py: an overlay of the checkpoint, today.pt, that the night makes
+    # permanent); false: the model learns only at night
+    learn_by_day: bool = True
     batch_size: int = 16
     seq_len: int = 256
     # ranks of a data-parallel update (each trains on batch_size / workers rows): a number, or "auto", one per
@@ -130,6 +134,10 @@ class Config:
     @property
     def checkpoint_dir(self) -> Path:
         return self.data_dir / "checkpoints"
+
+    @property
+    def today_path(self) -> Path:
+        return self.data_dir / "today.pt"
 
     @property
     def lock_path(self) -> Path:

@@ -39,6 +39,8 @@ STATUS_EVERY_S = 30.0
 STARTUP_STATUS_EVERY_S = 1.0  # during the start-up scan, STATUS= follows its progress this often
 CHILD_STOP_GRACE_S = 60.0  # below the units' TimeoutStopSec=90: the child saves a checkpoint and exits
 WATCH_POLL_S = 5.0  # a missing watch folder is looked for this often (and the watchdog pinged)
+BY_DAY_EVERY_S = 60.0  # between nights, new messages are learned by day (daemon/today.py) this often
+BY_DAY_TIMEOUT_S = 600.0  # a call reads at most 1 MiB, about 45 s on one core: past this it is stuck
 
 
 UNHEALTHY_SUMMARY_S = 300.0  # while unhealthy, one summary line this often (the first is logged at once)
@@ -108,6 +110,9 @@ class Service:
         self.wake = threading.Event()  # set by the signal handlers, so the main loop answers at once
         self.update_lock = threading.Lock()
         self.child: subprocess.Popen | None = None
+        self.by_day_lock = threading.Lock()
+        self.by_day_child: subprocess.Popen | None = None
+        self.by_day_seen: tuple[int, int] | None = None  # (newest message, newest run) when it last learned
         self.last_update: str = "never"
         self.training: str | None = None  # the running update's own status line, relayed from its pipe
         self.watcher: Watcher | None = None
@@ -150,6 +155,42 @@ class Service:
             return code
         finally:
             self.update_lock.release()
+
+    # --- the day's learning --------------------------------------------------------------------
+    def learn_by_day(self) -> int | None:
+        """Let the memory learn the messages stored since it last did, in a child (`python -m
+        engram_ff.daemon.today`), so the idle daemon still holds no torch; after an update too, whose new
+        checkpoint the day's learning is built again over. Never beside an update, which trains anyway.
+        Its exit code; None where nothing was due."""
+        if not self.config.learn_by_day or self.stop_requested.is_set() or self.update_lock.locked():
+            return None
+        if not self.by_day_lock.acquire(blocking=False):
+            return None
+        try:
+            db = open_db(self.config.db_path)
+            try:
+                newest = runs.last_update(db)
+                seen = (queries.max_message_id(db), newest["id"] if newest else 0)
+            finally:
+                db.close()
+            if seen == self.by_day_seen or seen[0] == 0:
+                return None
+            self.by_day_child = subprocess.Popen(
+                [sys.executable, "-m", "engram_ff.daemon.today", str(os.getpid())],
+                env=child_environment(self.config),
+            )
+            try:
+                code = self.by_day_child.wait(BY_DAY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.error("learning by day took over %.0f s: stopped; it tries again later", BY_DAY_TIMEOUT_S)
+                self.by_day_child.kill()
+                code = self.by_day_child.wait()
+            self.by_day_child = None
+            if code == 0:
+                self.by_day_seen = seen
+            return code
+        finally:
+            self.by_day_lock.release()
 
     def _last_update(self) -> dict | None:
         db = open_db(self.config.db_path)
@@ -250,6 +291,7 @@ class Service:
             id="nightly",
             misfire_grace_time=int(self.config.misfire_grace_hours * 3600),
         )
+        scheduler.add_job(self.learn_by_day, "interval", seconds=BY_DAY_EVERY_S, id="by-day")
         return scheduler
 
     def _reload(self, scheduler: BackgroundScheduler) -> None:
@@ -391,6 +433,9 @@ class Service:
                 next_status = time.monotonic() + STATUS_EVERY_S
 
     def _stop_child(self) -> None:
+        by_day = self.by_day_child
+        if by_day is not None and by_day.poll() is None:
+            by_day.kill()  # a cache of learning the database can redo: nothing is lost with it
         child = self.child
         if child is None or child.poll() is not None:
             return

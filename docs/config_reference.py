@@ -60,6 +60,9 @@ WHAT = {
     "memory_reads_replay": "the context memory also reads the night's replayed older text, after the new text",
     "memory_reread_nights": "the context memory also rereads what the nights 1, 2, 4, ..., 2^(n - 1) promoted "
     "nights back trained on (spaced repetition); 0: none",
+    "learn_by_day": "between nights the context memory learns each new message about a minute after it is stored, "
+    "and `ask` and `generate` answer with it (an overlay of the checkpoint, `today.pt`, which the night makes "
+    "permanent: docs/memory.md); false: the model learns only at night",
     "replay_layers": 'FF: layers whose loss sees the replayed rows: "all", "lower" (all but the top), "upper" '
     "(the top only)",
     "batch_size": "windows per training step",

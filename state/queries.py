@@ -201,6 +201,16 @@ def sample_text(
     return bytes(spans)
 
 
+def newest_text_after(db: sqlite_utils.Database, after_id: int, max_bytes: int) -> tuple[bytes, int]:
+    """The messages of both splits after `after_id`, the newest whose lines fit in max_bytes (at least one), as
+    one stream grouped as day_text groups them; and the newest id (after_id if there is none). Read newest
+    first, so a backlog of a year costs what its last max_bytes do: what the day's learning reads
+    (daemon/today.py)."""
+    rows = db.query("SELECT id, day, session, sender, text FROM messages WHERE id > ? ORDER BY id DESC", [after_id])
+    taken = list(reversed(_take(rows, max_bytes, whole_messages=True)[1]))
+    return _grouped(taken), max((row["id"] for row in taken), default=after_id)
+
+
 def message_key(db: sqlite_utils.Database, through_id: int, split: str = "train") -> dict | None:
     """The (day, hash) of the newest message of `split` with id <= through_id: a name for "trained up to here"
     that survives the database (a message is unique on day, split and the hash of its raw line, and

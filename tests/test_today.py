@@ -1,0 +1,176 @@
+"""Learning by day (daemon/today.py): the memory learns new messages between nights, as an overlay of the
+checkpoint that `ask` answers with, built again over each new checkpoint; on a real database, real
+checkpoints, the real child process and the service's own job."""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+
+import orjson
+import pytest
+import torch
+
+from engram_ff.daemon import ask, checkpoints, today, update
+from engram_ff.daemon.cli import main
+from engram_ff.daemon.service import Service
+from engram_ff.ingest.reader import catch_up, split_of
+from engram_ff.model.train import evaluate_nats
+from engram_ff.state import queries
+from tests.daemon_helpers import environment, recorder_line
+from tests.test_incremental import make  # noqa: F401  (the fixture)
+
+QUESTION, ANSWER = "What is the code of my bike lock?", "Your bike lock code is 6082."
+
+
+def fact_lines(day: str, session: str = "fact") -> list[bytes]:
+    said = [("user", "in", QUESTION, "11:00:00"), ("assistant", "out", ANSWER, "11:00:05")]
+    return [
+        orjson.dumps(
+            {"timestamp": f"{day}T{t}Z", "session_key": session, "direction": d, "sender": s, "content": text}
+        )
+        + b"\n"
+        for s, d, text, t in said
+    ]
+
+
+def add_lines(config, db, day: str, lines: list[bytes]) -> None:
+    with open(config.watch / "raw" / f"{day}.jsonl", "ab") as f:
+        f.writelines(lines)
+    catch_up(db, config.watch)
+
+
+def answer_cost(model) -> float:
+    """Bits per byte of the fact's exchange: what the model has learned of it."""
+    return evaluate_nats(model, f"user: {QUESTION}\nassistant: {ANSWER}\n".encode()) / math.log(2)
+
+
+@pytest.fixture
+def night(make):  # noqa: F811
+    """(config, db) after a promoted first night."""
+    config, db = make()
+    assert update.run_update(config)["status"] == "ok"
+    return config, db
+
+
+def test_a_fact_said_today_is_learned_before_the_night_and_ask_answers_it(night, capsys):
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(20)] + fact_lines(day))
+    checkpoint_only = checkpoints.current_model(db)[0]
+
+    learned = today.learn_today(db, config)
+    assert learned.rebuilt and learned.through == queries.max_message_id(db) and learned.new_bytes > 1000
+    assert 0 < learned.bpb < 8 and config.today_path.is_file()
+    with_today = today.model_for_answers(db, config)[0]
+    assert answer_cost(with_today) < answer_cost(checkpoint_only) - 1.0
+    for layer, kept in zip(with_today.layers, checkpoint_only.layers):  # only the memory learns by day
+        assert all(torch.equal(a, b) for a, b in zip(layer.state_dict().values(), kept.state_dict().values()))
+    who = ask.voices(db)
+    said = ask.answer(with_today, ask.prompt(QUESTION, who), who, max_bytes=64).decode()
+    assert "6082" in said
+    assert main(["ask", QUESTION, "--data", str(config.data_dir)]) == 0
+    assert "6082" in capsys.readouterr().out  # the command answers from the overlay, as the library does
+
+
+def test_each_call_reads_only_what_came_since(night):
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(10)])
+    first = today.learn_today(db, config)
+    again = today.learn_today(db, config)
+    assert (again.new_bytes, again.through, again.rebuilt) == (0, first.through, False) and math.isnan(again.bpb)
+    add_lines(config, db, day, fact_lines(day))
+    more = today.learn_today(db, config)
+    assert not more.rebuilt and more.through == queries.max_message_id(db)
+    assert more.new_bytes == len(f"user: {QUESTION}\nassistant: {ANSWER}\n")
+    assert answer_cost(today.model_for_answers(db, config)[0]) < answer_cost(checkpoints.current_model(db)[0]) - 1.0
+
+
+def held_out_fact(day: str) -> list[bytes]:
+    """The fact's exchange in a session whose answer the rolling hold-out keeps out of its night."""
+    for n in range(1000):
+        lines = fact_lines(day, session=f"fact-{n}")
+        if split_of(lines[1].rstrip(b"\n"), 0.1) == "probe":
+            return lines
+    raise AssertionError("no session name puts the answer in the probe split")
+
+
+def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_what_it_held_out(night):
+    """The night trains the day for good and holds a tenth out for tomorrow: the overlay over the old checkpoint
+    is dropped, and the held-out answer is learned by day over the new one, in its conversation."""
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(30)] + held_out_fact(day))
+    assert db.execute("SELECT split FROM messages WHERE text = ?", [ANSWER]).fetchone()[0] == "probe"
+    before = today.learn_today(db, config)
+    assert update.run_update(config)["status"] == "ok"
+    checkpoint = checkpoints.current_model(db)
+    assert checkpoint[1]["id"] != before.checkpoint_id
+    assert today.read_overlay(config, checkpoint[1]) is None  # over the old checkpoint: not used any more
+    assert today.model_for_answers(db, config)[0] is not None  # and ask still answers, from the checkpoint
+
+    rebuilt = today.learn_today(db, config)
+    assert rebuilt.rebuilt and rebuilt.checkpoint_id == checkpoint[1]["id"]
+    day_text = queries.newest_text_after(db, 0, 1 << 20)[0]
+    assert len(ANSWER) < rebuilt.new_bytes < len(day_text) / 2  # the held-out slice, not what the night trained
+    assert answer_cost(today.model_for_answers(db, config)[0]) < answer_cost(checkpoint[0]) - 1.0
+
+
+def test_learn_by_day_off_answers_from_the_checkpoint_alone(night, make):  # noqa: F811
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(10)] + fact_lines(day))
+    today.learn_today(db, config)
+    off, _ = make(learn_by_day=False)
+    plain = checkpoints.current_model(db)[0]
+    assert answer_cost(today.model_for_answers(db, off)[0]) == answer_cost(plain)
+
+
+def test_a_damaged_or_foreign_overlay_is_a_log_line_and_is_built_again(night, caplog):
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(10)])
+    first = today.learn_today(db, config)
+    data = bytearray(config.today_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    config.today_path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="engram_ff.daemon.today"):
+        again = today.learn_today(db, config)
+    assert "truncated or corrupt" in caplog.text and "built again" in caplog.text
+    assert again.rebuilt and again.through == first.through and again.new_bytes == first.new_bytes
+
+    row = checkpoints.current_model(db)[1]  # rows of another preset's bigger tables: never half applied
+    today.write_overlay(config, row, first.through, {"rows": (torch.tensor([1 << 30]), torch.zeros(1, 8).half())})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engram_ff.daemon.today"):
+        model = today.model_for_answers(db, config)[0]
+    assert "does not fit this model's memory (rows)" in caplog.text
+    assert answer_cost(model) == answer_cost(checkpoints.current_model(db)[0])
+
+
+def test_no_model_yet_means_nothing_to_learn_onto(make):  # noqa: F811
+    config, db = make()
+    assert today.learn_today(db, config) is None and not config.today_path.exists()
+
+
+def test_the_child_and_the_services_job_learn_what_came_and_nothing_twice(night):
+    """The real child process, as the service starts it, through the service's own job; then a second tick with
+    nothing new starts no child at all."""
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(10)] + fact_lines(day))
+    env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
+    child = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.today"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0 and "learned by day" in child.stderr and "Traceback" not in child.stderr
+    assert today.read_overlay(config, checkpoints.current_model(db)[1])["through"] == queries.max_message_id(db)
+
+    service = Service(config, lambda: config)
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(10, 14)])
+    assert service.learn_by_day() == 0
+    assert today.read_overlay(config, checkpoints.current_model(db)[1])["through"] == queries.max_message_id(db)
+    assert service.learn_by_day() is None  # nothing new since: no child
