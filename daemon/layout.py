@@ -13,3 +13,5 @@ CHECKPOINT_NAME = re.compile(
     r"^(?:run\d{6}-(?:final|partial)-\d{7}(?:-[0-9a-f]{8})?\.pt(?:\.sha256|\.candidate|\.rejected)?"
     r"|\.run\d{6}-(?:final|partial)-\d{7}(?:-[0-9a-f]{8})?\.pt(?:\.sha256)?\.[A-Za-z0-9_]+\.tmp)$"
 )
+# The day's learning (daemon/today.py) beside the database: today.pt, its digest, and their temp files.
+TODAY_NAME = re.compile(r"^(?:today\.pt(?:\.sha256)?|\.today\.pt(?:\.sha256)?\.[A-Za-z0-9_]+\.tmp)$")

@@ -1,7 +1,7 @@
 """`engram-ff reset`: remove a data directory's state (the database and the checkpoints), after asking.
 
 Safe by construction: it removes only the files engram-ff itself names (the database and its WAL and
-shared-memory files, the checkpoint files by the names engram-ff gives them, their digests, marks and
+shared-memory files, the day's learning beside it, the checkpoint files by the names engram-ff gives them, their digests, marks and
 temp files, the lock), never a folder's other contents, never a folder engram-ff did not make (the
 checkpoint folder goes only if it holds engram-ff's marker and nothing else), never through a symlink,
 and never the Engram logs, even when the watched folder is inside the data directory: a later run reads
@@ -52,6 +52,8 @@ def plan(config: Config) -> Plan:
             if path.is_file() or path.is_symlink():
                 found.files.append(path)
         found.database = _describe(config.db_path)
+        day = sorted(p for p in config.data_dir.iterdir() if layout.TODAY_NAME.match(p.name))
+        found.files += [p for p in day if p.is_file() or p.is_symlink()]  # what the memory learned by day
     folder = config.checkpoint_dir
     if folder.is_dir() and not folder.is_symlink():
         marker = folder / layout.FOLDER_MARKER

@@ -42,6 +42,8 @@ def data_dir(tmp_path):
         ".run000002-partial-0000100-0a1b2c3d.pt.x8_k2q.tmp",
     ):
         (data / "checkpoints" / name).write_bytes(b"checkpoint")
+    for name in ("today.pt", "today.pt.sha256", ".today.pt.k2x9_a.tmp"):  # the day's learning (daemon/today.py)
+        (data / name).write_bytes(b"overlay")
     return data
 
 
