@@ -44,6 +44,7 @@ def gather(db, config: Config, *, verbose: bool = False) -> dict:
         "running": [runs.decoded(r) for r in runs.running_runs(db)],
         "next_update": _next_update(db, config, daemon_running=pid is not None),
         "current_checkpoint": _current(db),
+        "learned_by_day": _by_day(db, config),
         "waiting": _waiting(db, config),
         "gate_alarm": alarm(db),
         "days": queries.day_splits(db) if verbose else queries.day_splits_since(db, since),
@@ -59,6 +60,15 @@ def _current(db) -> dict | None:
     """The current model's checkpoint row, and the run that made it as people name it ('update 3 (run 5)')."""
     current = runs.current_checkpoint(db)
     return None if current is None else {**current, "made_by": run_name(runs.get_run(db, current["run_id"]))}
+
+
+def _by_day(db, config: Config) -> dict | None:
+    """What the memory has learned by day over the current checkpoint (daemon/today.py); None when nothing,
+    or when learn_by_day is off."""
+    current = runs.current_checkpoint(db)
+    if current is None or not config.learn_by_day:
+        return None
+    return runs.by_day_since(db, current["id"])
 
 
 def _waiting(db, config: Config) -> dict | None:
@@ -170,6 +180,15 @@ def _summary(facts: dict, data: str | None = None) -> str:
         ("last update", _update_line(facts["last_update"], facts["running"])),
         ("model", _model_line(facts["current_checkpoint"])),
     ]
+    if learned := facts["learned_by_day"]:
+        rows.append(
+            (
+                "learned by day",
+                f"{size(learned['bytes'])} since the checkpoint, through message {learned['through_id']:,}, "
+                f"{moment(learned['at'])}"
+                + ("" if learned["bpb"] is None else f"; {learned['bpb']:.2f} bits per byte before learning it"),
+            )
+        )
     if waiting := facts["waiting"]:
         rows.append(
             (

@@ -82,7 +82,17 @@ def learn_today(db, config: Config) -> Learned | None:
     bpb = context_memory.learn(model, read) if len(read) >= 2 else math.nan
     before = {} if overlay is None else overlay["changes"]
     write_overlay(config, row, through, _changed_rows(model.memory, base, before))
-    return Learned(row["id"], through, len(read), bpb, overlay is None)
+    learned = Learned(row["id"], through, len(read), bpb, overlay is None)
+    if read:  # after the file: a row never names learning that is not there
+        runs.record_by_day(
+            db,
+            checkpoint_id=row["id"],
+            through_id=through,
+            bytes=len(read),
+            bpb=None if math.isnan(bpb) else bpb,
+            rebuilt=int(learned.rebuilt),
+        )
+    return learned
 
 
 def model_for_answers(db, config: Config):

@@ -298,6 +298,29 @@ def record_scores(db: sqlite_utils.Database, rows: list[dict]) -> None:
         )
 
 
+def record_by_day(db: sqlite_utils.Database, **row: object) -> None:
+    """One call of the day's learning that read something (state/schema.py 0701)."""
+    with db.conn:
+        db.conn.execute(
+            "INSERT INTO by_day (at, checkpoint_id, through_id, bytes, bpb, rebuilt) "
+            "VALUES (:at, :checkpoint_id, :through_id, :bytes, :bpb, :rebuilt)",
+            {**row, "at": now()},
+        )
+
+
+def by_day_since(db: sqlite_utils.Database, checkpoint_id: int) -> dict | None:
+    """What the memory has learned by day over a checkpoint: calls, bytes, their mean bits per byte before
+    learning, the newest message read and when; None if nothing yet."""
+    row = db.execute(
+        "SELECT count(*), sum(bytes), sum(bytes * bpb) / sum(bytes), max(through_id), max(at)"
+        " FROM by_day WHERE checkpoint_id = ? AND bytes > 0",
+        [checkpoint_id],
+    ).fetchone()
+    if not row[0]:
+        return None
+    return dict(checkpoint_id=checkpoint_id, calls=row[0], bytes=row[1], bpb=row[2], through_id=row[3], at=row[4])
+
+
 def latest_probe_pass(db: sqlite_utils.Database) -> list[dict]:
     """Every score of the newest probe pass."""
     return list(db.query("SELECT * FROM probe_scores WHERE run_id = (SELECT max(run_id) FROM probe_scores)"))

@@ -37,6 +37,9 @@ always had, UTC with milliseconds and a Z (`2026-11-27T06:27:08.000Z`), which so
 update trained (held out of an earlier night), runs.prequential_bpb is its test-then-train score.
 0700 draws the split from the whole line, so the unique index becomes (day, hash): a line is stored once
 per day whichever split either rule gives it.
+0701 adds by_day: one row each time the context memory learned new messages between nights
+(daemon/today.py): when, over which checkpoint, through which message, how many bytes, and the bits per
+byte it gave them before learning them (a prequential score of the day as it came).
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
@@ -468,4 +471,23 @@ def _split_per_line(db) -> None:
             "DROP INDEX messages_day_split_hash",
             "CREATE UNIQUE INDEX messages_day_hash ON messages (day, hash)",
         ],
+    )
+
+
+@migrations(name="0701_by_day")
+def _by_day(db) -> None:
+    """What the memory learned by day, a row per call that read something (daemon/today.py): `through_id`
+    the newest message read, `bytes` what it read, `bpb` their cost before it learned them, `rebuilt` 1
+    where the overlay was built afresh over checkpoint_id (after a night: the held-out slice first). The
+    overlay itself is a file (today.pt); these rows are its history, for `status` and for sqlite3."""
+    db.execute(
+        f"""CREATE TABLE by_day (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL DEFAULT {_NOW},
+        checkpoint_id INTEGER NOT NULL,
+        through_id INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        bpb REAL,
+        rebuilt INTEGER NOT NULL CHECK (rebuilt = 0 OR rebuilt = 1)
+    )"""
     )

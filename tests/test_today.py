@@ -28,9 +28,7 @@ QUESTION, ANSWER = "What is the code of my bike lock?", "Your bike lock code is 
 def fact_lines(day: str, session: str = "fact") -> list[bytes]:
     said = [("user", "in", QUESTION, "11:00:00"), ("assistant", "out", ANSWER, "11:00:05")]
     return [
-        orjson.dumps(
-            {"timestamp": f"{day}T{t}Z", "session_key": session, "direction": d, "sender": s, "content": text}
-        )
+        orjson.dumps({"timestamp": f"{day}T{t}Z", "session_key": session, "direction": d, "sender": s, "content": text})
         + b"\n"
         for s, d, text, t in said
     ]
@@ -73,6 +71,13 @@ def test_a_fact_said_today_is_learned_before_the_night_and_ask_answers_it(night,
     assert "6082" in said
     assert main(["ask", QUESTION, "--data", str(config.data_dir)]) == 0
     assert "6082" in capsys.readouterr().out  # the command answers from the overlay, as the library does
+
+    (row,) = db.query("SELECT * FROM by_day")  # its history, for status and sqlite3
+    assert (row["through_id"], row["bytes"], row["rebuilt"]) == (learned.through, learned.new_bytes, 1)
+    assert row["bpb"] == pytest.approx(learned.bpb)
+    assert main(["status", "--data", str(config.data_dir)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("learned by day"))
+    assert f"through message {learned.through}" in line and f"{learned.bpb:.2f} bits per byte" in line
 
 
 def test_each_call_reads_only_what_came_since(night):
