@@ -5,9 +5,9 @@ shared-memory files, the day's learning beside it, the checkpoint files by the n
 them, their digests, marks and temp files, the lock), never a folder's other contents, never a folder
 engram-ff did not make (the checkpoint folder goes only if it holds engram-ff's marker and nothing
 else), never through a symlink, and never the Engram logs, even when the watched folder is inside the
-data directory: a later run reads them all again. A folder with no engram-ff database and no engram-ff marker is refused as a whole: a
-mistyped --data must not cost a user their own `a.pt` (issue #20). The command holds the data
-directory's lock while it removes, so a running daemon makes it refuse.
+data directory: a later run reads them all again. A folder with no engram-ff database and no engram-ff
+marker is refused as a whole: a mistyped --data must not cost a user their own `a.pt` (issue #20). The
+command holds the data directory's lock while it removes, so a running daemon makes it refuse.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def learn_today(db, config: Config) -> Learned | None:
     from engram_ff.daemon.checkpoints import current_model
 
     found = current_model(db)
-    if found is None or getattr(found[0], "memory", None) is None:
+    memory = None if found is None else getattr(found[0], "memory", None)
+    if found is None or not isinstance(memory, context_memory.ContextMemory):
         return None
     model, row = found
     overlay = _overlaid(model, config, row)
@@ -78,10 +79,10 @@ def learn_today(db, config: Config) -> Learned | None:
     read = b"\n".join(part for part in (held, text) if part)
     if overlay is not None and not read:
         return Learned(row["id"], overlay["through"], 0, math.nan, False)
-    base = {name: buffer.clone() for name, buffer in model.memory.named_buffers()}
+    base = {name: buffer.clone() for name, buffer in memory.named_buffers()}
     bpb = context_memory.learn(model, read) if len(read) >= 2 else math.nan
     before = {} if overlay is None else overlay["changes"]
-    write_overlay(config, row, through, _changed_rows(model.memory, base, before))
+    write_overlay(config, row, through, _changed_rows(memory, base, before))
     learned = Learned(row["id"], through, len(read), bpb, overlay is None)
     if read:  # after the file: a row never names learning that is not there
         runs.record_by_day(
