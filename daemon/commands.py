@@ -251,7 +251,37 @@ def update(args) -> int:
             print(f"engram-ff: update {gate_line(row)}", file=sys.stderr)
         elif row["status"] == "refused":
             print(f"engram-ff: update refused: {row['error']}", file=sys.stderr)
+    if row["status"] == "ok":  # over the new checkpoint: the night's held-out slice, as the daemon does after it
+        _learn_by_day(config, notes)
     return EXIT_CODES.get(row["status"], 1)
+
+
+def _learn_by_day(config: Config, out) -> None:
+    """What the daemon's by-day child does (daemon/today.py), for a data directory no daemon runs on: one line
+    of what the memory learned, or why it could not (the messages are stored; the next call learns them)."""
+    if not config.learn_by_day:
+        return
+    from engram_ff.daemon.today import learn_today
+    from engram_ff.state.db import open_db
+
+    try:
+        with database_errors(config.db_path):
+            db = open_db(config.db_path)
+            try:
+                learned = learn_today(db, config)
+            finally:
+                db.close()
+    except (OSError, RuntimeError, MemoryError, UserError) as exc:  # a full disk, no memory for the model
+        print(
+            f"engram-ff: not learned by day ({exc}); the messages are stored, and the next call learns them",
+            file=sys.stderr,
+        )
+        return
+    if learned is not None and learned.new_bytes:
+        print(
+            f"learned by day: {size(learned.new_bytes)} at {learned.bpb:.3f} bits per byte before learning it",
+            file=out,
+        )
 
 
 def _update_sentence(row: dict) -> str:
@@ -461,9 +491,10 @@ def ingest(args) -> int:
     try:
         with DataDirLock(config.lock_path):
             stats = _catch_up(config)
+            print(_ingest_sentence(config, stats), flush=True)
+            _learn_by_day(config, sys.stdout)
     except AlreadyRunning as exc:
         raise UserError(f"{exc} (the running daemon ingests as files change)") from None
-    print(_ingest_sentence(config, stats))
     return 1 if stats.errors else 0
 
 

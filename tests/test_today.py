@@ -179,3 +179,24 @@ def test_the_child_and_the_services_job_learn_what_came_and_nothing_twice(night)
     assert service.learn_by_day() == 0
     assert today.read_overlay(config, checkpoints.current_model(db)[1])["through"] == queries.max_message_id(db)
     assert service.learn_by_day() is None  # nothing new since: no child
+
+
+def test_the_ingest_and_update_commands_learn_by_day_as_the_daemon_does(night, capsys, monkeypatch):
+    """Without a daemon, `ingest` and `update` do what its by-day child would: ask answers what was just read."""
+    config, db = night
+    for key, value in environment().items():
+        if key.startswith("ENGRAM_FF_"):
+            monkeypatch.setenv(key, value)
+    day = "2026-01-02"
+    with open(config.watch / "raw" / f"{day}.jsonl", "ab") as f:
+        f.writelines([recorder_line(day, n) for n in range(20)] + fact_lines(day))
+    where = ["--watch", str(config.watch), "--data", str(config.data_dir)]
+    assert main(["ingest", *where]) == 0
+    assert "22 new messages" in (out := capsys.readouterr().out) and "learned by day: " in out
+    assert today.read_overlay(config, checkpoints.current_model(db)[1])["through"] == queries.max_message_id(db)
+    assert main(["ask", QUESTION, "--data", str(config.data_dir)]) == 0
+    assert "6082" in capsys.readouterr().out
+
+    assert main(["update", *where]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert today.read_overlay(config, checkpoints.current_model(db)[1]) is not None  # over the new checkpoint
