@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -167,12 +168,16 @@ class Service:
         if not self.by_day_lock.acquire(blocking=False):
             return None
         try:
-            db = open_db(self.config.db_path)
             try:
-                newest = runs.last_update(db)
-                seen = (queries.max_message_id(db), newest["id"] if newest else 0)
-            finally:
-                db.close()
+                db = open_db(self.config.db_path)
+                try:
+                    newest = runs.last_update(db)
+                    seen = (queries.max_message_id(db), newest["id"] if newest else 0)
+                finally:
+                    db.close()
+            except (sqlite3.Error, OSError) as exc:  # the watchdog reports a database in trouble; this waits
+                log.warning("learning by day waits: the database cannot be read now (%s)", _one_line(exc))
+                return None
             if seen == self.by_day_seen or seen[0] == 0:
                 return None
             self.by_day_child = subprocess.Popen(

@@ -212,8 +212,8 @@ def main() -> int:
                 learned = learn_today(db, config)
             finally:
                 db.close()
-    except UserError as exc:
-        log.error("%s", exc)
+    except (UserError, OSError, RuntimeError, MemoryError) as exc:  # a full disk, no memory for the model
+        log.error("not learned by day (%s); the messages are stored, and the next call learns them", exc)
         return 1
     if learned is not None and learned.new_bytes:
         log.info(
