@@ -200,3 +200,19 @@ def test_the_ingest_and_update_commands_learn_by_day_as_the_daemon_does(night, c
     assert main(["update", *where]) == 0
     assert "ok" in capsys.readouterr().out
     assert today.read_overlay(config, checkpoints.current_model(db)[1]) is not None  # over the new checkpoint
+
+
+def test_a_child_that_cannot_write_its_overlay_says_so_in_one_line(night):
+    """A folder where today.pt belongs: the child cannot learn, says so, and leaves the folder and messages."""
+    config, db = night
+    day = "2026-01-02"
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(5)])
+    config.today_path.mkdir()
+    env = environment(ENGRAM_FF_DATA_DIR=str(config.data_dir), ENGRAM_FF_WATCH_DIR=str(config.watch))
+    child = subprocess.run(
+        [sys.executable, "-m", "engram_ff.daemon.today"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 1 and "Traceback" not in child.stderr
+    assert "not learned by day" in child.stderr and "the messages are stored" in child.stderr
+    assert config.today_path.is_dir() and queries.max_message_id(db) > 0
+    assert not list(db.query("SELECT * FROM by_day"))  # no row names learning that is not there
