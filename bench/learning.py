@@ -331,19 +331,19 @@ def method_nights(plan: dict) -> Iterator[dict]:
     torch.set_num_threads(plan["threads"])
     config = method_config(Path(plan["folder"]), plan["method"], plan["settings"])
     for day in plan["days"]:
-        yield run_night(config, day, plan["facts"], plan["ask_bytes"])
+        yield run_night(config, day, plan["facts"], plan["ask_bytes"], plan.get("parts", 1))
 
 
-def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int) -> dict:
-    """The day's file lands, the model of the night before scores it, the daemon ingests and updates as it
-    would at night; then the morning's measurements."""
+def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts: int = 1) -> dict:
+    """The day's file lands, the model of the night before scores it, the daemon ingests it and learns it by day
+    (in `parts` pieces, each ingested and learned before the next lands), then updates as it would at night;
+    then the morning's measurements."""
     from engram_ff.daemon.checkpoints import current_model
     from engram_ff.daemon.update import run_update
     from engram_ff.ingest.reader import Limits, catch_up
     from engram_ff.model.train import evaluate_nats
     from engram_ff.state.db import open_db
 
-    write_day(config.watch / "raw", date.fromisoformat(day.date), day.lines)
     db = open_db(config.db_path)
     try:
         before = current_model(db)
@@ -351,18 +351,27 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int) -> di
         db.close()
     prequential = evaluate_nats(before[0], day.text) / LN2 if before else None
     reset_peak_rss()
-    started = time.perf_counter()
-    db = open_db(config.db_path)
-    try:
-        catch_up(db, config.watch, limits=Limits.of(config))
-    finally:
-        db.close()
-    ingested = time.perf_counter()
-    by_day = learn_by_day(config)  # the daemon's learning by day: the memory reads the day as it is stored
+    ingest_s = by_day_s = by_day_bits = 0.0
+    by_day_bytes = by_day_predicted = 0
+    for part in range(parts):  # the lines so far, then the next part's: a file Engram appends to
+        write_day(config.watch / "raw", date.fromisoformat(day.date), day.lines[: len(day.lines) * (part + 1) // parts])
+        started = time.perf_counter()
+        db = open_db(config.db_path)
+        try:
+            catch_up(db, config.watch, limits=Limits.of(config))
+        finally:
+            db.close()
+        ingested = time.perf_counter()
+        piece = learn_by_day(config)  # the daemon's learning by day: the memory reads what was just stored
+        if piece is not None and piece.new_bytes > 1:  # its bpb is over the bytes after the first
+            by_day_bits += piece.bpb * (piece.new_bytes - 1)
+            by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
+        ingest_s, by_day_s = ingest_s + ingested - started, by_day_s + time.perf_counter() - ingested
     learned = time.perf_counter()
     row = run_update(config)
     ended = time.perf_counter()
     rebuilt = learn_by_day(config)  # ... and after the night, over its new checkpoint: the held-out slice
+    by_day_s += time.perf_counter() - ended
     record = dict(
         night=day.night,
         date=day.date,
@@ -370,16 +379,16 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int) -> di
         planted=day.planted,
         recurs=day.recurs,
         prequential_bpb=prequential,
-        reading_bpb=by_day.bpb if by_day and by_day.new_bytes else None,
-        by_day_bytes=by_day.new_bytes if by_day else 0,
+        reading_bpb=by_day_bits / by_day_predicted if by_day_predicted else None,
+        by_day_bytes=by_day_bytes,
         after_night_bytes=rebuilt.new_bytes if rebuilt else 0,
         status=row["status"],
         gate=json.loads(row["gate"]) if row["gate"] else None,
         steps=row["steps"] or 0,
         new_bytes=row["new_bytes"] or 0,
         replay_bytes=row["replay_bytes"] or 0,
-        ingest_s=ingested - started,
-        by_day_s=learned - ingested + (time.perf_counter() - ended),
+        ingest_s=ingest_s,
+        by_day_s=by_day_s,
         update_s=ended - learned,
         rss_mib=peak_rss_since_reset_mib(),
     )
@@ -462,7 +471,14 @@ def run(args) -> dict:
         folders = [root / f"{i}-{m.trainer}" for i, m in enumerate(methods)]
         configs = [method_config(folder, m, settings) for folder, m in zip(folders, methods)]  # refused here, early
         ask_bytes = args.ask_bytes or ask_default_bytes()
-        base = dict(days=days, facts=facts, threads=args.threads, ask_bytes=ask_bytes, settings=settings)
+        base = dict(
+            days=days,
+            facts=facts,
+            threads=args.threads,
+            ask_bytes=ask_bytes,
+            settings=settings,
+            parts=args.by_day_parts,
+        )
         jobs = [(method_nights, (dict(base, folder=str(f), method=m),)) for f, m in zip(folders, methods)]
         records: dict[str, list[dict]] = {m.name: [] for m in methods}
         for answers in lockstep(*jobs):
@@ -475,6 +491,7 @@ def run(args) -> dict:
         fact_nights=fact_nights,
         checkpoints=list(args.checkpoints),
         day_kb=args.day_kb,
+        by_day_parts=args.by_day_parts,
         preset=args.preset,
         budget_minutes=configs[0].update_budget_minutes,
         threads=args.threads,
@@ -693,6 +710,14 @@ def _verdict(ok: bool, miss: str) -> str:
     return "met" if ok else f"**missed** ({miss})"
 
 
+def _parts_sentence(parts: int | None) -> str:
+    if parts is None:  # a result from before learning by day
+        return ""
+    if parts == 1:
+        return "Each day's file lands whole and is learned by day in one pass before the night."
+    return f"Each day's file lands in {parts} parts, each ingested and learned by day before the next lands."
+
+
 def tables(result: dict) -> dict[str, str]:
     """The targets, facts and prequential tables, for the report and the terminal alike."""
     points = checkpoint_nights(result["meta"], result["days"][-1]["night"])
@@ -725,7 +750,9 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         + f". Facts ({meta['facts_file'].rsplit('/', 1)[-1]}, {len(result['facts'])} of them) planted on night(s) "
         f"{', '.join(map(str, meta['fact_nights']))}: k = {', '.join(map(str, KS))} mentions, each its own session. "
         f"Model preset `{meta['preset']}`, update_budget_minutes = {meta['budget_minutes']:g}, {meta['threads']} "
-        f"torch thread(s) a method; answers of at most {meta['ask_bytes']} bytes.\n",
+        f"torch thread(s) a method; answers of at most {meta['ask_bytes']} bytes. "
+        + _parts_sentence(meta.get("by_day_parts"))
+        + "\n",
         *[f"- {note}\n" for note in meta["notes"]],
         "## Targets (issue 22)\n",
         shown["targets"],
@@ -876,6 +903,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--day-kb", type=float, default=35.0, help="kB of chat text a day (default 35)")
     parser.add_argument(
+        "--by-day-parts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="each day's file lands in N parts, each ingested and learned by day before the next, as a daemon "
+        "learns a day's messages a minute after each arrives (default 1: the whole day, then one pass)",
+    )
+    parser.add_argument(
         "--methods",
         type=lambda s: s.split(","),
         default=["ff", "bp"],
@@ -921,6 +956,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv, QUICK)
     if not args.fact_nights or min(args.fact_nights) < 1 or max(args.fact_nights) > args.nights:
         parser.error(f"--fact-nights must lie within 1..{args.nights}")
+    if args.by_day_parts < 1:
+        parser.error(f"--by-day-parts must be at least 1, not {args.by_day_parts}")
     args.argv = ["engram-ff bench learning", *argv]
     stem = args.stem or ("learning-quick" if args.quick else "learning")
     result = run(args)

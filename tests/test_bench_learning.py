@@ -84,7 +84,7 @@ def test_methods_and_checkpoints():
 
 
 def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path):
-    assert learning.main(["--quick", "--results", str(tmp_path)]) == 0
+    assert learning.main(["--quick", "--by-day-parts", "3", "--results", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "learning-quick.json").read_text())
     facts = result["facts"]
     nights = result["meta"]["nights"]
@@ -99,8 +99,9 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert all(r["rss_mib"] > 0 and r["update_s"] > 0 for r in records)
         assert records[0]["prequential_bpb"] is None and records[0]["gate"]["decision"] == "promoted"
         assert all(0 < r["prequential_bpb"] < 9 for r in records[1:]), name
-        # the same day scored by the model of the night before as it reads it, its memory learning (a copy)
+        # the same day as the daemon learns it by day (daemon/today.py), in 3 parts each read as it lands
         assert records[0]["reading_bpb"] is None and all(0 < r["reading_bpb"] < 9 for r in records[1:]), name
+        assert all(0.9 * r["day_bytes"] < r["by_day_bytes"] < 1.1 * r["day_bytes"] for r in records[1:]), name
         assert all(r["held_out"] and all(math.isfinite(v) for v in r["held_out"].values()) for r in records)
         fact_night = records[1]
         assert fact_night["planted"] == {f["name"]: f["k"] for f in facts}
@@ -124,5 +125,6 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
     for section in ("## Targets", "## Facts", "## Prequential bits per byte", "## Every night", "## Settings"):
         assert section in report
     assert "| ff, reading | bp, reading | bz2 -9 | xz -9e |" in report and "**mean, nights 2-3**" in report
+    assert "new day's bpb, by day, <= bz2 -9's" in report and result["meta"]["by_day_parts"] == 3
     assert "next morning (night 2)" in report and "not reached" in report  # +7 and +30 read the last night
     assert (tmp_path / "learning-quick.png").stat().st_size > 20_000
