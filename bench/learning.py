@@ -368,6 +368,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
             by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
         ingest_s, by_day_s = ingest_s + ingested - started, by_day_s + time.perf_counter() - ingested
     learned = time.perf_counter()
+    said_today = evening(config, [f for f in facts if f["name"] in day.planted], ask_bytes)
     row = run_update(config)
     ended = time.perf_counter()
     rebuilt = learn_by_day(config)  # ... and after the night, over its new checkpoint: the held-out slice
@@ -391,6 +392,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         by_day_s=by_day_s,
         update_s=ended - learned,
         rss_mib=peak_rss_since_reset_mib(),
+        evening=said_today,
     )
     record.update(morning(config, facts, row, ask_bytes))
     return record
@@ -408,6 +410,29 @@ def learn_by_day(config: Config):
         return learn_today(db, config)
     finally:
         db.close()
+
+
+def evening(config: Config, facts: list[dict], ask_bytes: int) -> dict[str, bool]:
+    """The facts said today, asked with `ask` the same evening, before the night: what was learned by day.
+    Outside the measured wall time and RSS (it runs after them)."""
+    from engram_ff.daemon import ask as asking
+    from engram_ff.daemon.today import model_for_answers
+    from engram_ff.state.db import open_db
+
+    if not facts:
+        return {}
+    db = open_db(config.db_path)
+    try:
+        found = model_for_answers(db, config)
+        who = asking.voices(db)
+    finally:
+        db.close()
+    if found is None:
+        return {f["name"]: False for f in facts}
+    answers = {
+        f["name"]: asking.answer(found[0], asking.prompt(f["question"], who), who, max_bytes=ask_bytes) for f in facts
+    }
+    return {f["name"]: recalled(answers[f["name"]].decode("utf-8", "replace"), f["keys"]) for f in facts}
 
 
 def morning(config: Config, facts: list[dict], update_row: dict, ask_bytes: int) -> dict:
@@ -562,6 +587,9 @@ def recall_rows(result: dict) -> list[list]:
         points = checkpoint_nights(result["meta"], records[-1]["night"])
         for k, names in _by_k(result["facts"]).items():
             cells = [name, k]
+            if evening_column(result):
+                said = [r["evening"][f] for r in records for f in names if f in r.get("evening", {})]
+                cells.append(f"{sum(said)}/{len(said)}" if said else "-")
             for _, night in points:
                 hit, n = _share(by_night[night], names, lambda s: s["recalled"])
                 cells.append(f"{hit}/{n}")
@@ -583,6 +611,11 @@ def recall_rows(result: dict) -> list[list]:
             cells.append(f"{answers} / {questions} of {planted}")
             rows.append(cells)
     return rows
+
+
+def evening_column(result: dict) -> bool:
+    """Whether the run asked the facts the evening they were said (results from before learning by day did not)."""
+    return any(r.get("evening") for records in result["methods"].values() for r in records)
 
 
 def reading_methods(result: dict) -> list[str]:
@@ -721,7 +754,8 @@ def _parts_sentence(parts: int | None) -> str:
 def tables(result: dict) -> dict[str, str]:
     """The targets, facts and prequential tables, for the report and the terminal alike."""
     points = checkpoint_nights(result["meta"], result["days"][-1]["night"])
-    facts = ["method", "k", *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", "trained"]
+    said = ["ask, the same evening"] if evening_column(result) else []
+    facts = ["method", "k", *said, *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", "trained"]
     codes = list(result["days"][0]["compressors"])
     return dict(
         targets=markdown_table(["method", "target", "measured", "met"], target_rows(result)),

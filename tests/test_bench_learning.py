@@ -105,6 +105,9 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert all(r["held_out"] and all(math.isfinite(v) for v in r["held_out"].values()) for r in records)
         fact_night = records[1]
         assert fact_night["planted"] == {f["name"]: f["k"] for f in facts}
+        # asked the evening they were said, before the night: what the memory learned by day
+        assert set(fact_night["evening"]) == set(fact_night["planted"]) and records[2]["evening"] == {}
+        assert all(isinstance(v, bool) for v in fact_night["evening"].values())
         # the facts were ingested and trained: their answers are in the text the fact night's update trained on
         trained = fact_night["trained_mentions"]
         assert all(0 <= trained[f["name"]] <= f["k"] for f in facts)
@@ -126,5 +129,6 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert section in report
     assert "| ff, reading | bp, reading | bz2 -9 | xz -9e |" in report and "**mean, nights 2-3**" in report
     assert "new day's bpb, by day, <= bz2 -9's" in report and result["meta"]["by_day_parts"] == 3
+    assert "| ask, the same evening | ask, next morning (night 2) |" in report
     assert "next morning (night 2)" in report and "not reached" in report  # +7 and +30 read the last night
     assert (tmp_path / "learning-quick.png").stat().st_size > 20_000
