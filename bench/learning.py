@@ -368,6 +368,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
             by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
         ingest_s, by_day_s = ingest_s + ingested - started, by_day_s + time.perf_counter() - ingested
     learned = time.perf_counter()
+    overlay = config.today_path.stat().st_size if config.today_path.exists() else 0  # what the day wrote to disk
     said_today = evening(config, [f for f in facts if f["name"] in day.planted], ask_bytes)
     row = run_update(config)
     ended = time.perf_counter()
@@ -393,6 +394,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         update_s=ended - learned,
         rss_mib=peak_rss_since_reset_mib(),
         evening=said_today,
+        today_mib=overlay / (1 << 20),
     )
     record.update(morning(config, facts, row, ask_bytes))
     return record
@@ -663,6 +665,8 @@ def night_rows(records: list[dict]) -> list[list]:
             f"{r['new_bytes'] / 1000:.1f}",
             f"{r['replay_bytes'] / 1000:.1f}",
             f"{r['ingest_s'] + r.get('by_day_s', 0.0) + r['update_s']:.1f}",
+            _number(r.get("by_day_s"), 1),
+            _number(r.get("today_mib"), 1),
             f"{r['rss_mib']:.0f}",
             _number(r["prequential_bpb"]),
             _number(r["held_out_older_bpb"]),
@@ -824,6 +828,8 @@ def report(result: dict, figure: Path, json_name: str) -> str:
                     "new kB",
                     "replay kB",
                     "wall s",
+                    "by day s",
+                    "today.pt MiB",
                     "peak RSS MiB",
                     "prequential bpb",
                     "held-out older bpb",
