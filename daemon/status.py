@@ -183,9 +183,9 @@ def _summary(facts: dict, data: str | None = None) -> str:
     if learned := facts["learned_by_day"]:
         rows.append(
             (
-                "learned by day",
-                f"{size(learned['bytes'])} since the checkpoint, through message {learned['through_id']:,}, "
-                f"{moment(learned['at'])}"
+                "today",
+                f"{size(learned['bytes'])} learned by day over the checkpoint, "
+                f"through message {learned['through_id']:,}, {moment(learned['at'])}"
                 + ("" if learned["bpb"] is None else f"; {learned['bpb']:.2f} bits per byte before learning it"),
             )
         )

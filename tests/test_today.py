@@ -76,8 +76,9 @@ def test_a_fact_said_today_is_learned_before_the_night_and_ask_answers_it(night,
     assert (row["through_id"], row["bytes"], row["rebuilt"]) == (learned.through, learned.new_bytes, 1)
     assert row["bpb"] == pytest.approx(learned.bpb)
     assert main(["status", "--data", str(config.data_dir)]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("learned by day"))
-    assert f"through message {learned.through}" in line and f"{learned.bpb:.2f} bits per byte" in line
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("today "))
+    assert "learned by day" in line and f"through message {learned.through}" in line
+    assert f"{learned.bpb:.2f} bits per byte" in line
 
 
 def test_each_call_reads_only_what_came_since(night):
