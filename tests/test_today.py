@@ -217,3 +217,46 @@ def test_a_child_that_cannot_write_its_overlay_says_so_in_one_line(night):
     assert "not learned by day" in child.stderr and "the messages are stored" in child.stderr
     assert config.today_path.is_dir() and queries.max_message_id(db) > 0
     assert not list(db.query("SELECT * FROM by_day"))  # no row names learning that is not there
+
+
+def test_what_is_learned_by_day_changes_nothing_the_night_trains(tmp_path, one_torch_thread):
+    """Two data directories, the same messages, the same nights; one learns by day in between. Their nights'
+    checkpoints are the same to the bit: the night trains from the checkpoint, never from the overlay. (One
+    thread: with two, the memory's writes to a row claimed twice in one step land in either order.)"""
+    from engram_ff.daemon.config import load_config
+    from engram_ff.model.checkpoint import load_checkpoint
+    from engram_ff.state.db import open_db
+    from tests.daemon_helpers import FAST, write_day
+
+    watch = tmp_path / "engram"
+    pairs = []
+    for name in ("plain", "by-day"):
+        config = load_config(
+            environ=FAST, data_dir=str(tmp_path / name), watch_dir=str(watch), update_min_steps=6, update_max_steps=6
+        )
+        pairs.append((config, open_db(config.db_path)))
+
+    def night() -> list[dict]:
+        states = []
+        for config, db in pairs:
+            catch_up(db, config.watch)
+            torch.manual_seed(0)
+            row = update.run_update(config)
+            assert row["status"] == "ok"
+            path = db.execute("SELECT path FROM checkpoints WHERE id = ?", [row["checkpoint_id"]]).fetchone()[0]
+            states.append(load_checkpoint(path)["model"])
+        return states
+
+    write_day(watch, "2026-01-01", 60)
+    first = night()
+    assert all(torch.equal(first[0][k], first[1][k]) for k in first[0])  # the same night twice: the same bits
+    day = "2026-01-02"
+    with open(watch / "raw" / f"{day}.jsonl", "ab") as f:
+        f.writelines([recorder_line(day, n) for n in range(20)] + fact_lines(day))
+    by_day, db = pairs[1]
+    catch_up(db, watch)
+    assert today.learn_today(db, by_day).new_bytes > 0
+    plain, learned = night()
+    assert plain.keys() == learned.keys() and all(torch.equal(plain[k], learned[k]) for k in plain)
+    for _, db in pairs:
+        db.close()
