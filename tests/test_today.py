@@ -222,7 +222,7 @@ def test_a_child_that_cannot_write_its_overlay_says_so_in_one_line(night):
 def test_what_is_learned_by_day_changes_nothing_the_night_trains(tmp_path, one_torch_thread):
     """Two data directories, the same messages, the same nights; one learns by day in between. Their nights'
     checkpoints are the same to the bit: the night trains from the checkpoint, never from the overlay. (One
-    thread: with two, the memory's writes to a row claimed twice in one step land in either order.)"""
+    thread: with two, two runs of the same night already differ in the memory's rows, tags and `seen`.)"""
     from engram_ff.daemon.config import load_config
     from engram_ff.model.checkpoint import load_checkpoint
     from engram_ff.state.db import open_db
