@@ -350,7 +350,8 @@ def _train_night(
     if not night.trained and getattr(model.model, "memory", None) is not None:
         progress.phase("the context memory reads the night's text, and earlier nights' again")
         reread = recipe.reread_text(db, run_id, config.memory_reread_nights)
-        read = b"\n\n".join(part for part in (new_text, replay if config.memory_reads_replay else b"", reread) if part)
+        replayed = replay[: recipe.MEMORY_REPLAY_MAX_BYTES] if config.memory_reads_replay else b""
+        read = b"\n\n".join(part for part in (new_text, replayed, reread) if part)
         # its counts count the new text alone: the replay and the reread were counted on their own nights
         memory_bpb = memory.learn(model.model, read, rate, count_bytes=len(new_text))  # gentler after rejections
         log.info(

@@ -17,8 +17,8 @@ from engram_ff.model.hashing import context_hashes
 from engram_ff.model.lm import FFLM
 from engram_ff.model.memory import STREAMS, ContextMemory, learn
 from engram_ff.model.train import evaluate_nats
-from engram_ff.state import runs
-from tests.daemon_helpers import recorder_line
+from engram_ff.state import queries, runs
+from tests.daemon_helpers import recorder_line, write_day
 from tests.test_incremental import make  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -193,6 +193,29 @@ def test_a_fact_said_once_in_a_day_is_answered_after_the_night(make, caplog):  #
     model = checkpoints.current_model(db)[0]
     who = ask.voices(db)
     assert "47193" in ask.answer(model, ask.prompt(question, who), who, max_bytes=64).decode()
+
+
+def test_the_memory_reads_at_most_a_cap_of_the_nights_replay(make, monkeypatch):  # noqa: F811
+    """A backlog's night replays twice its text; the memory reads its new text whole but no more than
+    recipe.MEMORY_REPLAY_MAX_BYTES of the replay (a cap of 2 KiB here, so that a small night reaches it)."""
+    config, db = make()
+    assert update.run_update(config)["status"] == "ok"
+    write_day(config.watch, "2026-01-02", 80)
+    catch_up(db, config.watch)
+    read: list[tuple[bytes, int]] = []
+
+    def reading(model, text, rate=1.0, count_bytes=None):
+        read.append((text, count_bytes))
+        return learn(model, text, rate, count_bytes)
+
+    monkeypatch.setattr(recipe, "MEMORY_REPLAY_MAX_BYTES", 2048)
+    monkeypatch.setattr(update.memory, "learn", reading)
+    night = update.run_update(config)
+    assert night["status"] == "ok" and night["replay_bytes"] > 4096  # the layers train on all of it
+    ((text, counted),) = read
+    new, reread = queries.night_text(db, night), recipe.reread_text(db, night["id"], config.memory_reread_nights)
+    assert counted == len(new) and text.startswith(new) and text.endswith(reread)
+    assert len(text) == len(new) + 2 + 2048 + 2 + len(reread)  # the replay's first 2 KiB between them
 
 
 def test_a_rejected_nights_retry_moves_the_rows_less():
