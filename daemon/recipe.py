@@ -35,7 +35,7 @@ REREAD_NIGHT_MAX_BYTES = 1 << 20  # a night's text the memory rereads at most (r
 # The replay the memory reads at most (memory_reads_replay). A day's replay is twice its text, so a night of
 # up to 512 KiB new reads all of it, as before; but the year benchmark's burst night (7.5 MB new) had the memory
 # read its 15 MB of replay too, and the night took 808 s against 12-16 s for an ordinary one (`engram-ff bench
-# year`, night 150, its first run with the context memory).
+# year`, night 150, its first run with the context memory: bench/results/year-memory-partial.md).
 MEMORY_REPLAY_MAX_BYTES = 1 << 20
 
 
