@@ -339,6 +339,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     (in `parts` pieces, each ingested and learned before the next lands), then updates as it would at night;
     then the morning's measurements."""
     from engram_ff.daemon.checkpoints import current_model
+    from engram_ff.daemon.today import learn_now
     from engram_ff.daemon.update import run_update
     from engram_ff.ingest.reader import Limits, catch_up
     from engram_ff.model.train import evaluate_nats
@@ -362,7 +363,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         finally:
             db.close()
         ingested = time.perf_counter()
-        piece = learn_by_day(config)  # the daemon's learning by day: the memory reads what was just stored
+        piece = learn_now(config)  # the daemon's learning by day: the memory reads what was just stored
         if piece is not None and piece.new_bytes > 1:  # its bpb is over the bytes after the first
             by_day_bits += piece.bpb * (piece.new_bytes - 1)
             by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
@@ -372,7 +373,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     said_today = evening(config, [f for f in facts if f["name"] in day.planted], ask_bytes)
     row = run_update(config)
     ended = time.perf_counter()
-    rebuilt = learn_by_day(config)  # ... and after the night, over its new checkpoint: the held-out slice
+    rebuilt = learn_now(config)  # ... and after the night, over its new checkpoint: the held-out slice
     by_day_s += time.perf_counter() - ended
     record = dict(
         night=day.night,
@@ -398,20 +399,6 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     )
     record.update(morning(config, facts, row, ask_bytes))
     return record
-
-
-def learn_by_day(config: Config):
-    """daemon/today.py's learn_today, as the daemon's by-day child calls it; None where learn_by_day is off."""
-    from engram_ff.daemon.today import learn_today
-    from engram_ff.state.db import open_db
-
-    if not config.learn_by_day:
-        return None
-    db = open_db(config.db_path)
-    try:
-        return learn_today(db, config)
-    finally:
-        db.close()
 
 
 def evening(config: Config, facts: list[dict], ask_bytes: int) -> dict[str, bool]:

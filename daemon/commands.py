@@ -259,19 +259,11 @@ def update(args) -> int:
 def _learn_by_day(config: Config, out) -> None:
     """What the daemon's by-day child does (daemon/today.py), for a data directory no daemon runs on: one line
     of what the memory learned, or why it could not (the messages are stored; the next call learns them)."""
-    if not config.learn_by_day:
-        return
-    from engram_ff.daemon.today import learn_today
-    from engram_ff.state.db import open_db
+    from engram_ff.daemon.today import NOT_LEARNED, learn_now
 
     try:
-        with database_errors(config.db_path):
-            db = open_db(config.db_path)
-            try:
-                learned = learn_today(db, config)
-            finally:
-                db.close()
-    except (OSError, RuntimeError, MemoryError, UserError) as exc:  # a full disk, no memory for the model
+        learned = learn_now(config)
+    except NOT_LEARNED as exc:
         print(
             f"engram-ff: not learned by day ({exc}); the messages are stored, and the next call learns them",
             file=sys.stderr,

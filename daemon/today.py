@@ -35,12 +35,16 @@ from dataclasses import dataclass
 import torch
 
 from engram_ff.daemon.config import Config, load_config
+from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model import memory as context_memory
 from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
 
+# What stops a call without a traceback: a database in trouble, a full disk, no memory for the model. The
+# messages stay stored, and the next call learns them.
+NOT_LEARNED = (UserError, OSError, RuntimeError, MemoryError)
 # The most text one call reads, newest first: 35 kB, a day of chat, took 1.6 s on one core with the daemon
 # preset, so this takes under a minute; a backlog's older messages wait for their nights.
 MAX_BYTES = 1 << 20
@@ -92,6 +96,21 @@ def learn_today(db, config: Config) -> Learned | None:
             rebuilt=int(learned.rebuilt),
         )
     return learned
+
+
+def learn_now(config: Config) -> Learned | None:
+    """learn_today on the data directory's database, opened for it; None where learn_by_day is off. Raises
+    one of NOT_LEARNED where it cannot learn."""
+    from engram_ff.state.db import open_db
+
+    if not config.learn_by_day:
+        return None
+    with database_errors(config.db_path):
+        db = open_db(config.db_path)
+        try:
+            return learn_today(db, config)
+        finally:
+            db.close()
 
 
 def model_for_answers(db, config: Config):
@@ -191,10 +210,8 @@ def main() -> int:
     """`python -m engram_ff.daemon.today [DAEMON_PID]`: one call of learn_today, its configuration from
     ENGRAM_FF_* variables (as the update child's). Exit 0 whether or not there was anything to learn."""
     from engram_ff.daemon.child import stop_with_parent
-    from engram_ff.daemon.errors import UserError, database_errors
     from engram_ff.daemon.logs import setup_logging
     from engram_ff.daemon.sandbox import adapt_torch
-    from engram_ff.state.db import open_db
 
     config = load_config()
     setup_logging(config.log_level)
@@ -203,13 +220,8 @@ def main() -> int:
     if len(sys.argv) > 1 and not stop_with_parent(int(sys.argv[1])):
         return 0
     try:
-        with database_errors(config.db_path):
-            db = open_db(config.db_path)
-            try:
-                learned = learn_today(db, config)
-            finally:
-                db.close()
-    except (UserError, OSError, RuntimeError, MemoryError) as exc:  # a full disk, no memory for the model
+        learned = learn_now(config)
+    except NOT_LEARNED as exc:
         log.error("not learned by day (%s); the messages are stored, and the next call learns them", exc)
         return 1
     if learned is not None and learned.new_bytes:
