@@ -31,7 +31,13 @@ def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
     return queries.sample_text(db, n_bytes, max_id=before_id, split="train", seed=seed)
 
 
-REREAD_NIGHT_MAX_BYTES = 1 << 20  # a night's text the memory rereads at most (reread_text)
+# A night's text the memory rereads at most (reread_text): more than a day of chat (35 kB in bench learning,
+# 10-150 kB on the year's ordinary nights), so those are reread whole. It was 1 MiB, and in the compressed year
+# night 30 took 2.83 times night 10 for the same new text, because its rereads reached 1 MiB of the backlog
+# night after the burst (and night 29's, of the burst itself: 115.8 s against 25-45 s around it; `engram-ff bench
+# year --nights 30`, bench/results/year-30-memory.md). A night's cost should follow its own text, not the
+# history's largest nights.
+REREAD_NIGHT_MAX_BYTES = 128 << 10
 # The replay the memory reads at most (memory_reads_replay). A day's replay is twice its text, so a night of
 # up to 512 KiB new reads all of it, as before; but the year benchmark's burst night (7.5 MB new) had the memory
 # read its 15 MB of replay too, and the night took 808 s against 12-16 s for an ordinary one (`engram-ff bench
@@ -50,7 +56,7 @@ def reread_text(db, run_id: int, nights: int, night_max_bytes: int = REREAD_NIGH
     A night larger than `night_max_bytes` (a backlog's, up to update_max_new_mib) is reread as one
     stretch of that size, at a place that differs from one rereading to the next: the memory read about
     36 kB a second in a development measurement (the daemon preset, 2 idle cores, 300 kB of the plays),
-    so five 16 MiB nights in full would take it 40 minutes, and five MiB two and a half."""
+    so five 16 MiB nights in full would take it 40 minutes, and five 128 KiB stretches 18 seconds."""
     lags = [1 << i for i in range(nights)]
     if not lags:
         return b""
