@@ -159,9 +159,13 @@ class ContextMemory(nn.Module):
         first, hit, tag = self.find(h)
         first, tag = first[~hit] & -self.ways, tag[~hit]
         victim = first + self.seen[first[:, None] + self._slots].argmin(-1)  # ties: the set's first row
+        # Two new contexts of a set pick the same row: the later one takes it, as a serial write would. Written
+        # with duplicates, which of them won depended on how torch split the write between threads, and two
+        # runs of the same night on 2 threads ended with different tables.
+        victim, last = _last_of_each(victim)
         self.rows[victim] = 0
         self.seen[victim] = 0
-        self.tags[victim] = tag
+        self.tags[victim] = tag[last]
 
     def learn_chunk(
         self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor, counted: torch.Tensor | None = None
@@ -206,7 +210,13 @@ class ContextMemory(nn.Module):
         rows, where = torch.unique(idx.reshape(-1), return_inverse=True)
         g_row = torch.zeros(len(rows), g.shape[1]).index_add_(0, where, g)
         order_scale = self.order_scale**self.order_power
-        scale = torch.zeros(len(rows)).index_put_((where,), order_scale.expand_as(idx).reshape(-1))
+        # each row's order, from the entries that own it: an entry that merely points at its set's first row
+        # (a context with no row) wrote its own order's scale there too before, and which write won was the
+        # threads' race (two runs of one night on 2 threads differed)
+        mine = owned.reshape(-1)
+        scale = torch.zeros(len(rows)).scatter_reduce_(
+            0, where[mine], order_scale.expand_as(idx).reshape(-1)[mine], "amax"
+        )
         if self.row_rule == "count":  # each use a unit step along the gradient, scaled 1/n: a running mean
             uses = torch.zeros(len(rows)).index_add_(0, where, owned.reshape(-1).float())
             seen = (self.seen[rows].float() + uses).clamp_(max=SEEN_MAX)
@@ -218,6 +228,13 @@ class ContextMemory(nn.Module):
             self.seen[rows] = seen.to(self.seen.dtype)
             step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
         self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
+
+
+def _last_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct values, the index of each one's last occurrence)."""
+    unique, inverse = torch.unique(values, return_inverse=True)
+    last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, torch.arange(len(values)), "amax")
+    return unique, last
 
 
 @torch.no_grad()

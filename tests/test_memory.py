@@ -3,6 +3,7 @@
 import logging
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import orjson
 import pytest
@@ -120,6 +121,25 @@ def test_a_new_context_evicts_the_row_of_its_set_that_learned_least():
     assert bool(hit) and int(idx) == int(first) + 1  # the row with the smallest `seen`, emptied for it
     assert memory.rows[idx].abs().sum() == 0 and memory.seen[idx] == 0
     assert (memory.rows[rows[[0, 2, 3]]] == 1.0).all()  # the set's other rows are untouched
+
+
+def test_two_readings_of_the_same_text_on_two_threads_learn_the_same_bits():
+    """A chunk's writes go to rows that several of its entries point at (two new contexts of one set; a context
+    with no row points at its set's first): which write won was the threads' race, and two runs of the same
+    night on 2 threads ended with different tables. Now each row takes one defined write."""
+    text = (Path(__file__).resolve().parents[1] / "bench" / "data" / "plays" / "hamlet.txt").read_bytes()[:20000]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tables = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = FFLM(PRESETS["tiny"])
+            learn(model, text)
+            tables.append(dict(model.memory.named_buffers()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(tables[0][name], tables[1][name]) for name in tables[0])
 
 
 def test_ways_must_be_a_power_of_two_and_a_checkpoint_without_them_reads_two():
