@@ -269,7 +269,12 @@ def _learn_by_day(config: Config, out) -> None:
             file=sys.stderr,
         )
         return
-    if learned is not None and learned.new_bytes:
+    if learned is not None and learned.refused:
+        print(
+            f"not kept by day: {size(learned.new_bytes)}, {learned.refused}; the night learns it, under the gate",
+            file=out,
+        )
+    elif learned is not None and learned.new_bytes:
         print(
             f"learned by day: {size(learned.new_bytes)} at {learned.bpb:.3f} bits per byte before learning it",
             file=out,

@@ -75,21 +75,7 @@ def probe(
     rows: list[dict] = []
 
     def add(probe_name: str, kind: str, metric: str, value: float, day: str | None = None, text=None) -> None:
-        value = float(value)
-        if math.isnan(value):  # a diverged model: infinitely bad, which the gate rejects (SQLite stores NaN as NULL)
-            value = math.inf
-        rows.append(
-            dict(
-                run_id=run_id,
-                checkpoint_id=checkpoint_id,
-                probe=probe_name,
-                kind=kind,
-                day=day,
-                metric=metric,
-                value=value,
-                text_hash=text,
-            )
-        )
+        rows.append(_row(probe_name, kind, metric, value, day, text))
 
     days = probed_days(queries.days(db), config.probe_max_days)
     for day in days:
@@ -106,9 +92,7 @@ def probe(
                     day,
                     text_hash(text),
                 )
-    canary = queries.text_since(db, 0, split="probe", max_bytes=CANARY_BYTES)[0]
-    if len(canary) >= 2:
-        add("canary", "canary", "canary_bpb", evaluate_nats(model, canary) / LN2, text=text_hash(canary))
+    rows += canary_and_facts(db, config, model)
 
     if checkpoint_id is not None:
         for metric in ("probe_bpb", "trained_bpb"):
@@ -134,8 +118,22 @@ def probe(
             if now:
                 add("retention", "summary", f"avg_{metric}", sum(now.values()) / len(now))
 
-    facts = _facts(config)
-    for fact in facts:
+    for row in rows:
+        row.update(run_id=run_id, checkpoint_id=checkpoint_id)
+    runs.record_scores(db, rows)
+    facts = sum(row["metric"] == "answer_bpb" for row in rows)
+    log.info("probed %d days and %d facts: %d scores", len(days), facts, len(rows))
+    return rows
+
+
+def canary_and_facts(db, config: Config, model) -> list[dict]:
+    """The pass's canary and fact rows (without run or checkpoint): what the gate holds a model to that costs
+    little to score, so that learning by day can be held to it too (daemon/today.py)."""
+    rows = []
+    canary = queries.text_since(db, 0, split="probe", max_bytes=CANARY_BYTES)[0]
+    if len(canary) >= 2:
+        rows.append(_row("canary", "canary", "canary_bpb", evaluate_nats(model, canary) / LN2, text=text_hash(canary)))
+    for fact in _facts(config):
         prompt, answer = fact["prompt"].encode(), fact["answer"].encode()
         distractors = [d.encode() for d in fact.get("distractors", [])]
         try:  # one fact that cannot be scored costs its own two rows, never the pass's other scores
@@ -144,11 +142,16 @@ def probe(
             log.error("fact probe %r not scored: %s: %s", fact["name"], type(exc).__name__, exc)
             continue
         asked = text_hash(prompt, answer, *distractors)
-        add(fact["name"], "fact", "answer_bpb", bpb, text=asked)
-        add(fact["name"], "fact", "answer_rank", rank, text=asked)
-    runs.record_scores(db, rows)
-    log.info("probed %d days and %d facts: %d scores", len(days), len(facts), len(rows))
+        rows.append(_row(fact["name"], "fact", "answer_bpb", bpb, text=asked))
+        rows.append(_row(fact["name"], "fact", "answer_rank", rank, text=asked))
     return rows
+
+
+def _row(probe_name: str, kind: str, metric: str, value: float, day: str | None = None, text=None) -> dict:
+    value = float(value)
+    if math.isnan(value):  # a diverged model: infinitely bad, which the gate rejects (SQLite stores NaN as NULL)
+        value = math.inf
+    return dict(probe=probe_name, kind=kind, day=day, metric=metric, value=value, text_hash=text)
 
 
 def _facts(config: Config) -> list[dict]:

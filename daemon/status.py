@@ -186,7 +186,13 @@ def _summary(facts: dict, data: str | None = None) -> str:
                 "today",
                 f"{size(learned['bytes'])} learned by day over the checkpoint, "
                 f"through message {learned['through_id']:,}, {moment(learned['at'])}"
-                + ("" if learned["bpb"] is None else f"; {learned['bpb']:.2f} bits per byte before learning it"),
+                + ("" if learned["bpb"] is None else f"; {learned['bpb']:.2f} bits per byte before learning it")
+                + (
+                    f"; {learned['refused']:,} call{'s' if learned['refused'] != 1 else ''} not kept, the newest "
+                    f"{learned['refused_why']}"
+                    if learned["refused"]
+                    else ""
+                ),
             )
         )
     if waiting := facts["waiting"]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engram_ff.daemon import gate, probes
 from engram_ff.daemon.config import Config, load_config
 from engram_ff.daemon.errors import UserError, database_errors
 from engram_ff.model import checkpoint as ckpt
@@ -58,6 +59,7 @@ class Learned:
     new_bytes: int  # what this call read
     bpb: float  # their cost before it learned them (prequential), bits per byte; nan if it read nothing
     rebuilt: bool  # the overlay was built afresh from the checkpoint (none, stale or unusable before)
+    refused: str | None = None  # why what it learned was not kept (_refusal); None: kept
 
 
 def learn_today(db, config: Config) -> Learned | None:
@@ -84,8 +86,10 @@ def learn_today(db, config: Config) -> Learned | None:
     base = {name: buffer.clone() for name, buffer in memory.named_buffers()}
     bpb = context_memory.learn(model, read) if len(read) >= 2 else math.nan
     before = {} if overlay is None else overlay["changes"]
-    write_overlay(config, row, through, _changed_rows(memory, base, before))
-    learned = Learned(row["id"], through, len(read), bpb, overlay is None)
+    refused = _refusal(db, config, model, row) if read else None
+    changes = before if refused is not None else _changed_rows(memory, base, before)
+    write_overlay(config, row, through, changes)  # a refused call still moves `through`: it is not read again
+    learned = Learned(row["id"], through, len(read), bpb, overlay is None, refused)
     if read:  # after the file: a row never names learning that is not there
         runs.record_by_day(
             db,
@@ -94,8 +98,24 @@ def learn_today(db, config: Config) -> Learned | None:
             bytes=len(read),
             bpb=None if math.isnan(bpb) else bpb,
             rebuilt=int(learned.rebuilt),
+            refused=refused,
         )
     return learned
+
+
+def _refusal(db, config: Config, model, row: dict) -> str | None:
+    """Why the memory's learning in this call is not kept, or None: the gate's canary and facts checks (the two
+    a day's learning can fail in a second, daemon/probes.py `canary_and_facts`), with the model as it has now
+    learned against the checkpoint's own newest probe pass, at the gate's tolerances. The overlay is never
+    promoted, so this is its gate: text that makes what the checkpoint knew worse (a paste of random bytes
+    claims rows by the million, a fact's among them) stays out of `ask`'s answers, and the night, whose
+    candidate the gate judges whole, learns it or not. Nothing is lost: the messages stay stored."""
+    reference = runs.newest_pass(db, row["id"])
+    if not reference:
+        return None
+    model.eval()
+    decision = gate.decide(probes.canary_and_facts(db, config, model), reference, config)
+    return None if decision["decision"] == "promoted" else decision["reason"]
 
 
 def learn_now(config: Config) -> Learned | None:
@@ -224,7 +244,14 @@ def main() -> int:
     except NOT_LEARNED as exc:
         log.error("not learned by day (%s); the messages are stored, and the next call learns them", exc)
         return 1
-    if learned is not None and learned.new_bytes:
+    if learned is not None and learned.refused:
+        log.warning(
+            "not kept by day: %d bytes through message %d, %s; the night learns them, under the gate",
+            learned.new_bytes,
+            learned.through,
+            learned.refused,
+        )
+    elif learned is not None and learned.new_bytes:
         log.info(
             "learned by day: %d bytes%s at %.3f bits per byte before learning them (through message %d)",
             learned.new_bytes,

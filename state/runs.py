@@ -302,23 +302,28 @@ def record_by_day(db: sqlite_utils.Database, **row: object) -> None:
     """One call of the day's learning that read something (state/schema.py 0701)."""
     with db.conn:
         db.conn.execute(
-            "INSERT INTO by_day (at, checkpoint_id, through_id, bytes, bpb, rebuilt) "
-            "VALUES (:at, :checkpoint_id, :through_id, :bytes, :bpb, :rebuilt)",
-            {**row, "at": now()},
+            "INSERT INTO by_day (at, checkpoint_id, through_id, bytes, bpb, rebuilt, refused) "
+            "VALUES (:at, :checkpoint_id, :through_id, :bytes, :bpb, :rebuilt, :refused)",
+            {"refused": None, **row, "at": now()},
         )
 
 
 def by_day_since(db: sqlite_utils.Database, checkpoint_id: int) -> dict | None:
-    """What the memory has learned by day over a checkpoint: calls, bytes, their mean bits per byte before
-    learning, the newest message read and when; None if nothing yet."""
+    """What the memory has learned by day over a checkpoint: calls kept, their bytes and mean bits per byte
+    before learning, the newest message read and when, and the calls refused with the newest one's reason;
+    None if nothing yet."""
+    kept = "CASE WHEN refused IS NULL THEN bytes END"
     row = db.execute(
-        "SELECT count(*), sum(bytes), sum(bytes * bpb) / sum(bytes), max(through_id), max(at)"
-        " FROM by_day WHERE checkpoint_id = ? AND bytes > 0",
-        [checkpoint_id],
+        f"SELECT count(*), count(*) - count(refused), coalesce(sum({kept}), 0), sum({kept} * bpb) / sum({kept}),"
+        " max(through_id), max(at), count(refused),"
+        " (SELECT refused FROM by_day WHERE checkpoint_id = :c AND refused IS NOT NULL ORDER BY id DESC LIMIT 1)"
+        " FROM by_day WHERE checkpoint_id = :c AND bytes > 0",
+        {"c": checkpoint_id},
     ).fetchone()
     if not row[0]:
         return None
-    return dict(checkpoint_id=checkpoint_id, calls=row[0], bytes=row[1], bpb=row[2], through_id=row[3], at=row[4])
+    names = ("calls", "bytes", "bpb", "through_id", "at", "refused", "refused_why")
+    return dict(checkpoint_id=checkpoint_id, **dict(zip(names, row[1:])))
 
 
 def latest_probe_pass(db: sqlite_utils.Database) -> list[dict]:

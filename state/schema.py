@@ -40,6 +40,8 @@ per day whichever split either rule gives it.
 0701 adds by_day: one row each time the context memory learned new messages between nights
 (daemon/today.py): when, over which checkpoint, through which message, how many bytes, and the bits per
 byte it gave them before learning them (a prequential score of the day as it came).
+0702 adds by_day.refused: why a call's learning was not kept (the gate's canary or facts check, held against
+the checkpoint's own scores), NULL where it was kept.
 
 Migrations run each in a transaction (sqlite-utils), never with executescript, which would commit.
 """
@@ -491,3 +493,10 @@ def _by_day(db) -> None:
         rebuilt INTEGER NOT NULL CHECK (rebuilt = 0 OR rebuilt = 1)
     )"""
     )
+
+
+@migrations(name="0702_by_day_refused")
+def _by_day_refused(db) -> None:
+    """by_day.refused: NULL where the call's learning was kept; else the failed checks, as the gate words them
+    (daemon/today.py: what it learned made the canary or the facts worse than the checkpoint alone)."""
+    db.execute("ALTER TABLE by_day ADD COLUMN refused TEXT")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import string
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ from engram_ff.daemon.cli import main
 from engram_ff.daemon.service import Service
 from engram_ff.ingest.reader import catch_up, split_of
 from engram_ff.model.train import evaluate_nats
-from engram_ff.state import queries
+from engram_ff.state import queries, runs
 from tests.daemon_helpers import environment, recorder_line
 from tests.test_incremental import make  # noqa: F401  (the fixture)
 
@@ -125,6 +127,52 @@ def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_w
     assert answer_cost(today.model_for_answers(db, config)[0]) < answer_cost(checkpoint[0]) - 1.0
 
 
+def trained_fact(day: str) -> list[bytes]:
+    """The fact's exchange in a session whose answer the night trains (the train split)."""
+    for n in range(1000):
+        lines = fact_lines(day, session=f"fact-{n}")
+        if split_of(lines[1].rstrip(b"\n"), 0.1) == "train":
+            return lines
+    raise AssertionError("no session name puts the answer in the train split")
+
+
+def test_learning_that_makes_what_the_checkpoint_knew_worse_is_not_kept(make, tmp_path, capsys):  # noqa: F811
+    """The overlay's gate: a paste of random characters, learned by day, would make the checkpoint's fact worse
+    (its answer by 3.9 bits per byte when this test was written); it is refused whole, `ask` still answers,
+    the paste is not read again, and the next ordinary message is learned and kept."""
+    facts = tmp_path / "facts.toml"
+    wrong = ("Your bike lock code is 1234.", "Your bike lock code is 9930.", "Your bike lock code is 4417.")
+    facts.write_text(
+        f'[[fact]]\nname = "bike-lock"\nprompt = "user: {QUESTION}\\nassistant: "\nanswer = "{ANSWER}"\n'
+        f"distractors = {list(wrong)!r}\n".replace("'", '"')
+    )
+    config, db = make(facts_file=str(facts))
+    add_lines(config, db, "2026-01-01", trained_fact("2026-01-01"))
+    assert update.run_update(config)["status"] == "ok"
+    checkpoint = checkpoints.current_model(db)
+    known = {r["metric"]: r["value"] for r in runs.newest_pass(db, checkpoint[1]["id"]) if r["probe"] == "bike-lock"}
+    assert known["answer_rank"] == 1 and known["answer_bpb"] < 1.0  # the checkpoint knows it: the gate holds it
+
+    day, noise = "2026-01-02", random.Random(0)
+    paste = ["".join(noise.choice(string.printable[:94]) for _ in range(4000)) for _ in range(40)]
+    add_lines(config, db, day, [recorder_line(day, n, text=text) for n, text in enumerate(paste)])
+    refused = today.learn_today(db, config)
+    assert refused.refused is not None and refused.through == queries.max_message_id(db)
+    assert refused.refused.startswith("worse than the current model: facts' answer bits per byte +")
+    assert today.read_overlay(config, checkpoint[1])["changes"] == {}  # over the checkpoint: nothing of the paste
+    assert answer_cost(today.model_for_answers(db, config)[0]) == answer_cost(checkpoint[0])
+    (row,) = db.query("SELECT refused, bytes FROM by_day")
+    assert row == {"refused": refused.refused, "bytes": refused.new_bytes}
+    assert main(["status", "--data", str(config.data_dir)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("today "))
+    assert "1 call not kept, the newest worse than the current model" in line
+
+    add_lines(config, db, day, fact_lines(day, session="again"))  # ordinary text after it: learned and kept
+    kept = today.learn_today(db, config)
+    assert kept.refused is None and kept.new_bytes == len(f"user: {QUESTION}\nassistant: {ANSWER}\n")
+    assert runs.by_day_since(db, checkpoint[1]["id"])["calls"] == 1
+
+
 def test_learn_by_day_off_answers_from_the_checkpoint_alone(night, make):  # noqa: F811
     config, db = night
     day = "2026-01-02"
@@ -222,7 +270,7 @@ def test_a_child_that_cannot_write_its_overlay_says_so_in_one_line(night):
 def test_what_is_learned_by_day_changes_nothing_the_night_trains(tmp_path, one_torch_thread):
     """Two data directories, the same messages, the same nights; one learns by day in between. Their nights'
     checkpoints are the same to the bit: the night trains from the checkpoint, never from the overlay. (One
-    thread: with two, two runs of the same night already differ in the memory's rows, tags and `seen`.)"""
+    thread, as the suite's other in-process updates: conftest.py.)"""
     from engram_ff.daemon.config import load_config
     from engram_ff.model.checkpoint import load_checkpoint
     from engram_ff.state.db import open_db
