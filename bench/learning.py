@@ -354,6 +354,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     reset_peak_rss()
     ingest_s = by_day_s = by_day_bits = 0.0
     by_day_bytes = by_day_predicted = 0
+    refused = []  # why learning by day was not kept, each time its gate said so (daemon/today.py _refusal)
     for part in range(parts):  # the lines so far, then the next part's: a file Engram appends to
         write_day(config.watch / "raw", date.fromisoformat(day.date), day.lines[: len(day.lines) * (part + 1) // parts])
         started = time.perf_counter()
@@ -364,6 +365,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
             db.close()
         ingested = time.perf_counter()
         piece = learn_now(config)  # the daemon's learning by day: the memory reads what was just stored
+        refused += [piece.refused] if piece is not None and piece.refused else []
         if piece is not None and piece.new_bytes > 1:  # its bpb is over the bytes after the first
             by_day_bits += piece.bpb * (piece.new_bytes - 1)
             by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
@@ -375,6 +377,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     ended = time.perf_counter()
     rebuilt = learn_now(config)  # ... and after the night, over its new checkpoint: the held-out slice
     by_day_s += time.perf_counter() - ended
+    refused += [rebuilt.refused] if rebuilt is not None and rebuilt.refused else []
     record = dict(
         night=day.night,
         date=day.date,
@@ -385,6 +388,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         reading_bpb=by_day_bits / by_day_predicted if by_day_predicted else None,
         by_day_bytes=by_day_bytes,
         after_night_bytes=rebuilt.new_bytes if rebuilt else 0,
+        by_day_refused=refused,
         status=row["status"],
         gate=json.loads(row["gate"]) if row["gate"] else None,
         steps=row["steps"] or 0,
@@ -828,6 +832,12 @@ def report(result: dict, figure: Path, json_name: str) -> str:
                 night_rows(result["methods"][name]),
             ),
         ]
+        refusals = [(r["night"], why) for r in result["methods"][name] for why in r.get("by_day_refused", [])]
+        lines.append(
+            "Learning by day not kept by its gate (the canary and the facts against the checkpoint's own scores): "
+            + ("; ".join(f"night {night}: {why}" for night, why in refusals) if refusals else "never")
+            + ".\n"
+        )
     lines += ["## Settings\n", "The effective configuration of each method (`engram-ff config` format):\n"]
     for name, toml in meta["methods"].items():
         lines += [f"{name}:\n", "```toml\n" + toml + "```\n"]
