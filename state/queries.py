@@ -55,12 +55,17 @@ def text_since(
 
 # The order _grouped makes in Python, made by SQLite, so that rows stream out instead of being held:
 # days in order, each day's sessions in the order of their first message in the range, ids within.
+# Each session's first id by a window over the range, not a join of the range with its sessions: for the join
+# SQLite looked each session up through the only index that has `day` (day, hash) and so read the whole day
+# once per session, and the year benchmark's burst day (50,000 messages in 2,000 sessions) took 71.6 s to
+# read, where this takes 0.16 s. A night read it for its text, its held-out text and its rereads.
 _BETWEEN = """
-    SELECT m.day, m.session, m.sender, m.text FROM messages m
-    JOIN (SELECT day, session, min(id) AS first FROM messages WHERE id > :first AND id <= :last AND split = :split
-          GROUP BY day, session) s ON s.day = m.day AND s.session = m.session
-    WHERE m.id > :first AND m.id <= :last AND m.split = :split {unseen}
-    ORDER BY m.day, s.first, m.id
+    SELECT m.day, m.session, m.sender, m.text FROM (
+        SELECT id, day, session, sender, text, min(id) OVER (PARTITION BY day, session) AS first FROM messages
+        WHERE id > :first AND id <= :last AND split = :split
+    ) m
+    WHERE 1 {unseen}
+    ORDER BY m.day, m.first, m.id
 """
 _UNSEEN = """AND m.text NOT IN (SELECT text FROM messages WHERE id > :first AND id <= :last AND split = 'train'
                                UNION ALL

@@ -1,5 +1,6 @@
 """The database: pragmas, migrations applied once, and the read functions the daemon builds on."""
 
+import random
 import sqlite3
 import threading
 
@@ -240,6 +241,12 @@ def test_text_between_streams_the_order_text_since_holds_in_memory(tmp_path):
             )
             assert queries.text_between(db, first, last) == expected, (first, last)
     assert queries.text_between(db, 0, 8) == queries.text_since(db, 0)[0]
+    # a day of many interleaved sessions, the shape of a backlog (each session's first id from a window now)
+    rng = random.Random(0)
+    write_day(tmp_path, "2026-11-29", [(f"s{rng.randrange(40)}", "u", f"burst {n}") for n in range(400)])
+    catch_up(db, tmp_path, limits=Limits(probe_fraction=0.0001))
+    rows = list(db.query("SELECT * FROM messages WHERE id > 8 ORDER BY id"))
+    assert len(rows) == 400 and queries.text_between(db, 8, rows[-1]["id"]) == queries._grouped(rows)
 
 
 def test_end_of_night_takes_whole_messages_up_to_the_cap_and_bytes_after_counts_the_rest(tmp_path):
