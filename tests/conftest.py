@@ -39,6 +39,17 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def two_torch_threads():
+    """Two torch threads, as the daemon trains, for tests of what threads must not change (model/memory.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def db(tmp_path):
     return open_db(tmp_path / "state.db")
 

@@ -123,22 +123,17 @@ def test_a_new_context_evicts_the_row_of_its_set_that_learned_least():
     assert (memory.rows[rows[[0, 2, 3]]] == 1.0).all()  # the set's other rows are untouched
 
 
-def test_two_readings_of_the_same_text_on_two_threads_learn_the_same_bits():
+def test_two_readings_of_the_same_text_on_two_threads_learn_the_same_bits(two_torch_threads):
     """A chunk's writes go to rows that several of its entries point at (two new contexts of one set; a context
     with no row points at its set's first): which write won was the threads' race, and two runs of the same
     night on 2 threads ended with different tables. Now each row takes one defined write."""
     text = (Path(__file__).resolve().parents[1] / "bench" / "data" / "plays" / "hamlet.txt").read_bytes()[:20000]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        tables = []
-        for _ in range(2):
-            torch.manual_seed(0)
-            model = FFLM(PRESETS["tiny"])
-            learn(model, text)
-            tables.append(dict(model.memory.named_buffers()))
-    finally:
-        torch.set_num_threads(threads)
+    tables = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = FFLM(PRESETS["tiny"])
+        learn(model, text)
+        tables.append(dict(model.memory.named_buffers()))
     assert all(torch.equal(tables[0][name], tables[1][name]) for name in tables[0])
 
 

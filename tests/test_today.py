@@ -267,10 +267,11 @@ def test_a_child_that_cannot_write_its_overlay_says_so_in_one_line(night):
     assert not list(db.query("SELECT * FROM by_day"))  # no row names learning that is not there
 
 
-def test_what_is_learned_by_day_changes_nothing_the_night_trains(tmp_path, one_torch_thread):
+def test_what_is_learned_by_day_changes_nothing_the_night_trains(tmp_path, two_torch_threads):
     """Two data directories, the same messages, the same nights; one learns by day in between. Their nights'
-    checkpoints are the same to the bit: the night trains from the checkpoint, never from the overlay. (One
-    thread, as the suite's other in-process updates: conftest.py.)"""
+    checkpoints are the same to the bit: the night trains from the checkpoint, never from the overlay. On two
+    threads, as the daemon trains: before the memory gave each row one defined write a chunk, two runs of
+    the same night on two threads already differed (model/memory.py _claim)."""
     from engram_ff.daemon.config import load_config
     from engram_ff.model.checkpoint import load_checkpoint
     from engram_ff.state.db import open_db
