@@ -339,7 +339,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     (in `parts` pieces, each ingested and learned before the next lands), then updates as it would at night;
     then the morning's measurements."""
     from engram_ff.daemon.checkpoints import current_model
-    from engram_ff.daemon.today import learn_now
+    from engram_ff.daemon.today import learn_now, model_for_answers
     from engram_ff.daemon.update import run_update
     from engram_ff.ingest.reader import Limits, catch_up
     from engram_ff.model.train import evaluate_nats
@@ -348,9 +348,13 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     db = open_db(config.db_path)
     try:
         before = current_model(db)
+        answering = model_for_answers(db, config) if config.learn_by_day else None
     finally:
         db.close()
     prequential = evaluate_nats(before[0], day.text) / LN2 if before else None
+    # the model `ask` answers with this morning: the checkpoint plus what its memory learned by day since the
+    # night (the night's held-out slice), before anything of today; None where it is the checkpoint alone
+    morning_bpb = evaluate_nats(answering[0], day.text) / LN2 if answering and config.today_path.exists() else None
     reset_peak_rss()
     ingest_s = by_day_s = by_day_bits = 0.0
     by_day_bytes = by_day_predicted = 0
@@ -385,6 +389,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         planted=day.planted,
         recurs=day.recurs,
         prequential_bpb=prequential,
+        morning_bpb=morning_bpb,
         reading_bpb=by_day_bits / by_day_predicted if by_day_predicted else None,
         by_day_bytes=by_day_bytes,
         after_night_bytes=rebuilt.new_bytes if rebuilt else 0,
@@ -616,10 +621,16 @@ def reading_methods(result: dict) -> list[str]:
     return [n for n, records in result["methods"].items() if any(r.get("reading_bpb") is not None for r in records)]
 
 
+def morning_methods(result: dict) -> list[str]:
+    """The methods whose mornings had an overlay: their day is also scored by the model `ask` answers with."""
+    return [n for n, records in result["methods"].items() if any(r.get("morning_bpb") is not None for r in records)]
+
+
 def prequential_rows(result: dict) -> list[list]:
     names, reading = list(result["methods"]), reading_methods(result)
     codes = list(result["days"][0]["compressors"])
-    columns = [(n, "prequential_bpb") for n in names] + [(n, "reading_bpb") for n in reading]
+    columns = [(n, "prequential_bpb") for n in names] + [(n, "morning_bpb") for n in morning_methods(result)]
+    columns += [(n, "reading_bpb") for n in reading]
     rows = []
     for i, day in enumerate(result["days"]):
         cells = [day["night"], f"{day['bytes'] / 1000:.1f}"]
@@ -701,7 +712,12 @@ def target_rows(result: dict) -> list[list]:
                 else _verdict(kept_share >= KEPT_TARGET, f"{KEPT_TARGET - kept_share:.0%} short"),
             ]
         )
-        for key, protocol in (("prequential_bpb", "the night before"), ("reading_bpb", "by day")):
+        protocols = (
+            ("prequential_bpb", "the night before"),
+            ("morning_bpb", "the morning's model"),
+            ("reading_bpb", "by day"),
+        )
+        for key, protocol in protocols:
             if all(r.get(key) is None for r in records):
                 continue
             for code in result["days"][0]["compressors"]:
@@ -756,7 +772,14 @@ def tables(result: dict) -> dict[str, str]:
         targets=markdown_table(["method", "target", "measured", "met"], target_rows(result)),
         facts=markdown_table(facts, recall_rows(result)),
         prequential=markdown_table(
-            ["night", "day kB", *result["methods"], *[f"{n}, reading" for n in reading_methods(result)], *codes],
+            [
+                "night",
+                "day kB",
+                *result["methods"],
+                *[f"{n}, morning" for n in morning_methods(result)],
+                *[f"{n}, reading" for n in reading_methods(result)],
+                *codes,
+            ],
             prequential_rows(result),
         ),
     )
@@ -794,7 +817,10 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         f"![facts and prequential bits per byte]({figure.name})\n",
         "## Prequential bits per byte\n",
         "Each day's whole text scored by the model of the night before, before the night trains on it; each "
-        "compressor's cost of the day given all earlier days (C(history + day) - C(history)). 'Reading' (by day): "
+        "compressor's cost of the day given all earlier days (C(history + day) - C(history)). 'Morning': the "
+        "whole day scored, before any of it is learned, by the model `ask` answers with that morning, the night "
+        "before's checkpoint plus what its memory learned by day since the night (the night's held-out slice). "
+        "'Reading' (by day): "
         "the day as the daemon learns it by day (daemon/today.py, learn_by_day), each part scored before its "
         "context memory learns it, from the model of the night before plus what the memory learned since that "
         "night (its held-out slice); a compressor likewise adapts within the day. Results from before "

@@ -103,6 +103,8 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert records[0]["reading_bpb"] is None and all(0 < r["reading_bpb"] < 9 for r in records[1:]), name
         assert all(0.9 * r["day_bytes"] < r["by_day_bytes"] < 1.1 * r["day_bytes"] for r in records[1:]), name
         assert all(r["by_day_refused"] == [] for r in records), name  # chat is never held back by its gate
+        # the morning's model: the checkpoint and its overlay (the night's held-out slice), before today
+        assert records[0]["morning_bpb"] is None and all(0 < r["morning_bpb"] < 9 for r in records[1:]), name
         assert all(r["held_out"] and all(math.isfinite(v) for v in r["held_out"].values()) for r in records)
         fact_night = records[1]
         assert fact_night["planted"] == {f["name"]: f["k"] for f in facts}
@@ -128,7 +130,8 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
     report = (tmp_path / "learning-quick.md").read_text()
     for section in ("## Targets", "## Facts", "## Prequential bits per byte", "## Every night", "## Settings"):
         assert section in report
-    assert "| ff, reading | bp, reading | bz2 -9 | xz -9e |" in report and "**mean, nights 2-3**" in report
+    assert "| ff, morning | bp, morning | ff, reading | bp, reading | bz2 -9 | xz -9e |" in report
+    assert "**mean, nights 2-3**" in report and "new day's bpb, the morning's model, <= bz2 -9's" in report
     assert "new day's bpb, by day, <= bz2 -9's" in report and result["meta"]["by_day_parts"] == 3
     assert "| ask, the same evening | ask, next morning (night 2) |" in report
     assert report.count("Learning by day not kept by its gate (the canary and the facts") == 2
