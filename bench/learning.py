@@ -17,10 +17,13 @@ trains, probes and lets the gate decide, with workers = 1 unless --set says othe
 
   prequential  the day's whole text (every message, as the daemon writes text) scored by the model of the
                night before, before the update trains on it, in bits per byte;
+  morning      the same whole day scored by the model `ask` answers with that morning: the night before's
+               checkpoint plus what its memory learned by day since the night (its held-out slice);
   by day       the same day as the daemon learns it between nights (daemon/today.py, learn_by_day): its
                context memory scores each part before it learns it, as a compressor reads; after the
                night it learns again over the new checkpoint (the night's held-out slice), and the
-               morning's `ask` answers with that, as `engram-ff ask` does;
+               morning's `ask` answers with that, as `engram-ff ask` does; each time its check (the
+               canary and the facts against the checkpoint's scores) may refuse it, and the report says;
   compressors  bz2 -9, xz -9e, zstd --long -19: C(days 1..n) - C(days 1..n-1), bits per byte of day n;
   facts        each morning, whether `ask`'s greedy answer (daemon/ask.py) holds all of a fact's key words;
                the answer's bits per byte and rank among its distractors as the fact probes score them
