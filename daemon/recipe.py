@@ -32,11 +32,10 @@ def replay_sample(db, n_bytes: int, before_id: int, seed: int) -> bytes:
 
 
 # A night's text the memory rereads at most (reread_text): more than a day of chat (35 kB in bench learning,
-# 10-150 kB on the year's ordinary nights), so those are reread whole. It was 1 MiB, and in the compressed year
-# night 30 took 2.83 times night 10 for the same new text, because its rereads reached 1 MiB of the backlog
-# night after the burst (and night 29's, of the burst itself: 115.8 s against 25-45 s around it; `engram-ff bench
-# year --nights 30`, bench/results/year-30-memory.md). A night's cost should follow its own text, not the
-# history's largest nights.
+# 10-150 kB on the year's ordinary nights), so nearly all are reread whole. It was 1 MiB, and in the compressed year
+# night 30 took 2.83 times night 10 for the same new text: its rereads reached 1 MiB of the backlog night after
+# the burst (bench/results/year-30-memory.md); with 128 KiB, 1.24 times (year-30-reread.md). A night's cost
+# should follow its own text, not the history's largest nights.
 REREAD_NIGHT_MAX_BYTES = 128 << 10
 # The replay the memory reads at most (memory_reads_replay). A day's replay is twice its text, so a night of
 # up to 512 KiB new reads all of it, as before; but the year benchmark's burst night (7.5 MB new) had the memory
