@@ -97,13 +97,14 @@ def test_each_call_reads_only_what_came_since(night):
     assert answer_cost(today.model_for_answers(db, config)[0]) < answer_cost(checkpoints.current_model(db)[0]) - 1.0
 
 
-def held_out_fact(day: str) -> list[bytes]:
-    """The fact's exchange in a session whose answer the rolling hold-out keeps out of its night."""
+def fact_in(split: str, day: str) -> list[bytes]:
+    """The fact's exchange in a session whose answer lands in `split`: "probe", which the rolling hold-out keeps
+    out of its night, or "train", which the night trains."""
     for n in range(1000):
         lines = fact_lines(day, session=f"fact-{n}")
-        if split_of(lines[1].rstrip(b"\n"), 0.1) == "probe":
+        if split_of(lines[1].rstrip(b"\n"), 0.1) == split:
             return lines
-    raise AssertionError("no session name puts the answer in the probe split")
+    raise AssertionError(f"no session name puts the answer in the {split} split")
 
 
 def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_what_it_held_out(night):
@@ -111,7 +112,7 @@ def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_w
     is dropped, and the held-out answer is learned by day over the new one, in its conversation."""
     config, db = night
     day = "2026-01-02"
-    add_lines(config, db, day, [recorder_line(day, n) for n in range(30)] + held_out_fact(day))
+    add_lines(config, db, day, [recorder_line(day, n) for n in range(30)] + fact_in("probe", day))
     assert db.execute("SELECT split FROM messages WHERE text = ?", [ANSWER]).fetchone()[0] == "probe"
     before = today.learn_today(db, config)
     assert update.run_update(config)["status"] == "ok"
@@ -127,15 +128,6 @@ def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_w
     assert answer_cost(today.model_for_answers(db, config)[0]) < answer_cost(checkpoint[0]) - 1.0
 
 
-def trained_fact(day: str) -> list[bytes]:
-    """The fact's exchange in a session whose answer the night trains (the train split)."""
-    for n in range(1000):
-        lines = fact_lines(day, session=f"fact-{n}")
-        if split_of(lines[1].rstrip(b"\n"), 0.1) == "train":
-            return lines
-    raise AssertionError("no session name puts the answer in the train split")
-
-
 def test_learning_that_makes_what_the_checkpoint_knew_worse_is_not_kept(make, tmp_path, capsys):  # noqa: F811
     """The overlay's gate: a paste of random characters, learned by day, would make the checkpoint's fact worse
     (its answer by 3.9 bits per byte when this test was written); it is refused whole, `ask` still answers,
@@ -147,7 +139,7 @@ def test_learning_that_makes_what_the_checkpoint_knew_worse_is_not_kept(make, tm
         f"distractors = {list(wrong)!r}\n".replace("'", '"')
     )
     config, db = make(facts_file=str(facts))
-    add_lines(config, db, "2026-01-01", trained_fact("2026-01-01"))
+    add_lines(config, db, "2026-01-01", fact_in("train", "2026-01-01"))
     assert update.run_update(config)["status"] == "ok"
     checkpoint = checkpoints.current_model(db)
     known = {r["metric"]: r["value"] for r in runs.newest_pass(db, checkpoint[1]["id"]) if r["probe"] == "bike-lock"}
