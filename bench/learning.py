@@ -342,7 +342,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     (in `parts` pieces, each ingested and learned before the next lands), then updates as it would at night;
     then the morning's measurements."""
     from engram_ff.daemon.checkpoints import current_model
-    from engram_ff.daemon.today import learn_now, model_for_answers
+    from engram_ff.daemon.today import learn_now, overlay_onto
     from engram_ff.daemon.update import run_update
     from engram_ff.ingest.reader import Limits, catch_up
     from engram_ff.model.train import evaluate_nats
@@ -351,13 +351,14 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     db = open_db(config.db_path)
     try:
         before = current_model(db)
-        answering = model_for_answers(db, config) if config.learn_by_day else None
     finally:
         db.close()
     prequential = evaluate_nats(before[0], day.text) / LN2 if before else None
-    # the model `ask` answers with this morning: the checkpoint plus what its memory learned by day since the
-    # night (the night's held-out slice), before anything of today; None where it is the checkpoint alone
-    morning_bpb = evaluate_nats(answering[0], day.text) / LN2 if answering and config.today_path.exists() else None
+    # the model `ask` answers with this morning: the same checkpoint plus what its memory learned by day since
+    # the night (the night's held-out slice), before anything of today; None where there is no such overlay
+    morning_bpb = None
+    if before and getattr(before[0], "memory", None) is not None and config.learn_by_day:
+        morning_bpb = evaluate_nats(before[0], day.text) / LN2 if overlay_onto(before[0], config, before[1]) else None
     reset_peak_rss()
     ingest_s = by_day_s = by_day_bits = 0.0
     by_day_bytes = by_day_predicted = 0
@@ -372,7 +373,8 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
             db.close()
         ingested = time.perf_counter()
         piece = learn_now(config)  # the daemon's learning by day: the memory reads what was just stored
-        refused += [piece.refused] if piece is not None and piece.refused else []
+        if piece is not None and piece.refused:
+            refused.append(piece.refused)
         if piece is not None and piece.new_bytes > 1:  # its bpb is over the bytes after the first
             by_day_bits += piece.bpb * (piece.new_bytes - 1)
             by_day_bytes, by_day_predicted = by_day_bytes + piece.new_bytes, by_day_predicted + piece.new_bytes - 1
@@ -384,7 +386,8 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     ended = time.perf_counter()
     rebuilt = learn_now(config)  # ... and after the night, over its new checkpoint: the held-out slice
     by_day_s += time.perf_counter() - ended
-    refused += [rebuilt.refused] if rebuilt is not None and rebuilt.refused else []
+    if rebuilt is not None and rebuilt.refused:
+        refused.append(rebuilt.refused)
     record = dict(
         night=day.night,
         date=day.date,

@@ -73,7 +73,7 @@ def learn_today(db, config: Config) -> Learned | None:
     if found is None or not isinstance(memory, context_memory.ContextMemory):
         return None
     model, row = found
-    overlay = _overlaid(model, config, row)
+    overlay = overlay_onto(model, config, row)
     trained = runs.trained_through(db)
     if overlay is not None:
         held = b""
@@ -142,11 +142,11 @@ def model_for_answers(db, config: Config):
 
     found = current_model(db)
     if found is not None and config.learn_by_day and getattr(found[0], "memory", None) is not None:
-        _overlaid(found[0], config, found[1])
+        overlay_onto(found[0], config, found[1])
     return found
 
 
-def _overlaid(model, config: Config, row: dict) -> dict | None:
+def overlay_onto(model, config: Config, row: dict) -> dict | None:
     """today.pt put into the model, if it is over the checkpoint `row` and fits; else None, the model as it was."""
     overlay = read_overlay(config, row)
     if overlay is None:
