@@ -12,8 +12,12 @@ A variant is `default` or key=value,... over row_lr, claim_nats, power (of the o
 ("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows
 a context may use), orders (colon-separated), discounts (the counts' D1:D2:D3), count_weight (the counts'
 share of the log prediction), age (a factor on every row's `seen` after each night: its
-step size and its claim against eviction) and reread (the days back, colon-separated, that each day's
-night reads again after the day itself: the daemon's memory_reread_nights = 5 is 1:2:4:8:16).
+step size and its claim against eviction), reread (the days back, colon-separated, that each day's
+night reads again after the day itself: the daemon's memory_reread_nights = 5 is 1:2:4:8:16), claim_orders
+(a byte's new contexts that get rows: that many of the shortest; 0, all), claim_longest (0 or 1: and the
+longest), evict ("stamp": the row stepped longest ago; "seen": the row that learned least) and prefill (days
+of shuffled TinyShakespeare words the memory reads first, so that the fact day finds the table full, as
+after two months of chat).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 
 from engram_ff.bench import fact_night as fn
-from engram_ff.bench.common import RESULTS
+from engram_ff.bench.common import DATA, RESULTS
 from engram_ff.model.config import PRESETS
 from engram_ff.model.lm import FFLM
 from engram_ff.model.memory import learn
@@ -49,6 +53,10 @@ def _discounts(text: str) -> tuple[float, float, float]:
 KEYS: dict[str, Callable[[str], object]] = {
     "row_lr": float,
     "claim_nats": float,
+    "claim_orders": int,
+    "evict": str,
+    "prefill": int,
+    "claim_longest": int,
     "power": float,
     "rule": str,
     "bits": int,
@@ -97,6 +105,9 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.order_power = fields.get("power", model.memory.order_power)
     model.memory.row_rule = fields.get("rule", model.memory.row_rule)
     model.memory.settle = fields.get("settle", model.memory.settle)
+    model.memory.claim_orders = fields.get("claim_orders", model.memory.claim_orders)
+    model.memory.evict = fields.get("evict", model.memory.evict)
+    model.memory.claim_longest = bool(fields.get("claim_longest", model.memory.claim_longest))
     if model.memory.counts is not None:
         counts = model.memory.counts
         counts.discounts = fields.get("discounts", counts.discounts)
@@ -116,6 +127,8 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         seen.mul_(fields.get("age", 1.0))  # what a row has learned counts less each night
         return bpb
 
+    for filler in _filler(fields.get("prefill", 0)):
+        learn(model, filler)
     for day in days[:3]:
         night(fn.text_of(day))
     fact_bpb = night(fact_day)
@@ -134,6 +147,18 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
         used_rows=model.memory.used_rows(),
         rows=1 << config.memory_bits,
     )
+
+
+def _filler(days: int, day_bytes: int = 35_000) -> list[bytes]:
+    """`days` days of TinyShakespeare's words shuffled (seeded): text whose short contexts are English and whose
+    long ones are new, to fill the table as months of chat would before the fact day."""
+    words = (DATA / "tinyshakespeare.txt").read_text().split()
+    rng, out = random.Random(7), list[bytes]()
+    while len(out) < days:
+        rng.shuffle(words)
+        text = " ".join(words).encode()
+        out += [text[i : i + day_bytes] for i in range(0, len(text) - day_bytes, day_bytes)]
+    return out[:days]
 
 
 def report(rows: list[tuple[str, dict]], out: str, command: str) -> str:

@@ -14,10 +14,24 @@ a count model of text, which the rows are not; the rows then learn against that,
 Reading a sentence changes only the rows of the contexts in it, so nothing else is disturbed. A row
 carries a tag (other bits of its context's hash): a context no row's tag matches reads as empty, so an
 unseen context adds nothing rather than another context's noise. Each context may live in any of the
-`ways` rows of its set (8 in the presets, 2 before); a new one evicts the row of the set that has learned
-least (its smallest `seen`). With two ways, a fact's longest contexts, each seen once, were what new
-contexts evicted first: 13 days after a fact day, 9 of 12 facts were answered with 2 ways and 11 with 4,
-8 or 16, and on half the table (95 % used) 4 against 11 (bench/results/memory-sweep-6.md).
+`ways` rows of its set (8 in the presets, 2 before: with two, 13 days after a fact day 9 of 12 facts were
+answered, with 4, 8 or 16 ways 11; bench/results/memory-sweep-6.md).
+
+Which rows, and which go. A byte whose contexts have no rows claims rows for only the two shortest of them
+and the longest (CLAIM_ORDERS): the shortest new context is the one that tells this byte's place from the
+places seen before, the longest the one later text is least likely to share; the orders between repeat them.
+A byte the step still gets wrong claims the two longest still without rows at each settling step: it needs a
+context more its own (from the short end, the tiny model got 156 bytes of tests/test_memory.py's text wrong
+after settling against 112 before it; from the long end, 101). A new row evicts the row of its
+set stepped longest ago (`stamp`, the pass that last stepped it; of one pass, the one that learned least),
+except that no pass takes more than half of a set from older passes (PASS_SHARE), so a huge paste cannot
+wipe what came before it. Why: at 35 kB of chat a day the table fills in about two months, and after that
+what a person said once must outlive a month of new rows. It did not when a new row evicted the row that had
+learned least (smallest `seen`): rows of old, often-read text never left, and new ones evicted each other.
+With the table filled by 60 days of other text first, 5 of 12 facts were answered 30 days after the fact
+day; evicting the oldest alone kept 7, claiming three orders alone 9, and both 11, at 0.018 bits per byte on
+held-out text; in the first month, before the table is full, 10 against 11, and held-out text 0.002 better
+(bench/results/memory-sweep-17a.md, -17b.md).
 
 It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order
 (`learn`), the way a compressor does: each chunk is scored with the rows as they are, then every
@@ -69,6 +83,9 @@ ROW_LR = 4.0  # a new row's first step, at the highest order (docstring)
 ROW_RULE = "adagrad"  # or "count": each use a unit step scaled 1/n (bench/results/memory-sweep-3.md)
 ORDER_POWER = 1.0  # a first step's length grows with the order as (n / max(orders)) ** ORDER_POWER
 CLAIM_NATS = 0.0  # a new context gets a row only where its byte cost more than this: 0, everywhere (docstring)
+CLAIM_ORDERS = 2  # a byte's contexts with no row: rows for this many of the shortest, and the longest; 0: all
+PASS_SHARE = 0.5  # the most of a set one pass may take from the rows of older passes (docstring)
+STAMP_MAX = 32767  # `stamp` is int16: at this clock every stamp moves back by half (`tick`)
 SETTLE = 3  # the most extra steps for a byte the pass still gets wrong (docstring)
 SEEN_MAX = 60000.0  # `seen` is float16: its largest value (a row's steps are below ROW_LR / 245 by then)
 CHUNK = 256  # bytes per stream per learning step: a step reads [STREAMS, CHUNK]
@@ -80,6 +97,8 @@ class ContextMemory(nn.Module):
     rows: torch.Tensor  # the buffers, declared for type checkers (register_buffer sets them)
     tags: torch.Tensor
     seen: torch.Tensor
+    stamp: torch.Tensor
+    clock: torch.Tensor
     out: torch.Tensor
     order_scale: torch.Tensor
 
@@ -99,15 +118,19 @@ class ContextMemory(nn.Module):
         self.weights = hash_weights(self.orders)
         self.row_lr, self.claim_nats = ROW_LR, CLAIM_NATS  # instance settings, so that a sweep can vary them
         self.count_rate = 1.0  # what a byte counts: `learn`'s rate, lower on nights retried after a rejection
-        # float16 rows and `seen`, int16 tags: 20 bytes a row with G = 8, so 2^23 rows take 160 MiB
+        # float16 rows and `seen`, int16 tags and stamps: 22 bytes a row with G = 8, so 2^23 rows take 176 MiB
         self.register_buffer("rows", torch.zeros(1 << bits, dim, dtype=torch.float16))  # R [S, G]
         self.register_buffer("tags", torch.zeros(1 << bits, dtype=torch.int16))  # 0: an empty row
         self.register_buffer("seen", torch.zeros(1 << bits, dtype=torch.float16))  # sum of squared gradients
+        self.register_buffer("stamp", torch.zeros(1 << bits, dtype=torch.int16))  # the pass that last stepped it
+        self.register_buffer("clock", torch.zeros(1, dtype=torch.int32))  # the passes read (`tick`)
         generator = torch.Generator().manual_seed(0)
         self.register_buffer("out", torch.randn(len(orders), dim, VOCAB, generator=generator) * dim**-0.5)  # W
         self.order_power = ORDER_POWER
         self.row_rule = ROW_RULE
         self.settle = SETTLE
+        self.claim_orders, self.claim_longest = CLAIM_ORDERS, True  # the sweep's ablations: 0 (all), False
+        self.evict, self.pass_share = "stamp", PASS_SHARE  # or "seen": the row that learned least, as before
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
         self._slots = torch.arange(ways)
         if counts and max(counts) > max(orders):
@@ -152,13 +175,32 @@ class ContextMemory(nn.Module):
     def used_rows(self) -> int:
         return int(self.tags.count_nonzero())
 
-    def _claim(self, h: torch.Tensor) -> None:
-        """Give every new context of h [...] a row: of its `ways`, the one that has learned least (smallest
-        `seen`) is emptied and re-tagged, so a row that carried much surprise (a name, a number) outlives the
-        ordinary ones around it."""
+    def tick(self) -> None:
+        """A new pass: what it steps is stamped newer than all before it."""
+        if int(self.clock) >= STAMP_MAX:  # every row's age kept but those older than half the clock's range
+            self.stamp.sub_(STAMP_MAX // 2).clamp_(min=0)
+            self.clock -= STAMP_MAX // 2
+        self.clock += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("stamp", "clock"):  # a checkpoint from before stamps: every row as old as the others
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _claim(self, h: torch.Tensor, settling: bool = False) -> None:
+        """Give the new contexts of h [N, O] rows (CLAIM_ORDERS of them for each byte, the docstring says which),
+        each evicting a row of its set (`_eviction_order`)."""
         first, hit, tag = self.find(h)
-        first, tag = first[~hit] & -self.ways, tag[~hit]
-        victim = first + self.seen[first[:, None] + self._slots].argmin(-1)  # ties: the set's first row
+        new = ~hit
+        if self.claim_orders and settling:  # a byte still wrong: the longest contexts still without a row
+            new &= new.flip(-1).cumsum(-1).flip(-1) <= self.claim_orders
+        elif self.claim_orders:
+            longest = new[:, -1].clone()
+            new &= new.cumsum(-1) <= self.claim_orders
+            if self.claim_longest:
+                new[:, -1] |= longest
+        first, tag = first[new] & -self.ways, tag[new]
+        victim = first + self._eviction_order(first[:, None] + self._slots).argmin(-1)  # ties: the set's first row
         # Two new contexts of a set pick the same row: the later one takes it, as a serial write would. Written
         # with duplicates, which of them won depended on how torch split the write between threads, and two
         # runs of the same night on 2 threads ended with different tables.
@@ -166,6 +208,19 @@ class ContextMemory(nn.Module):
         self.rows[victim] = 0
         self.seen[victim] = 0
         self.tags[victim] = tag[last]
+        self.stamp[victim] = self.clock.to(self.stamp.dtype)
+
+    def _eviction_order(self, ways: torch.Tensor) -> torch.Tensor:
+        """Rows [N, ways] of N sets -> keys [N, ways], the row to evict smallest: the one stepped longest ago,
+        of one pass the one that learned least; only this pass's own where it holds its share of the set."""
+        seen = self.seen[ways].double()
+        if self.evict == "seen":
+            return seen
+        stamp = self.stamp[ways]
+        key = stamp.double() * 65536 + seen  # seen < 65536: the pass decides, then what was learned
+        this_pass = stamp == self.clock.to(stamp.dtype)
+        at_share = this_pass.sum(-1, keepdim=True) >= self.ways * self.pass_share
+        return torch.where(at_share & ~this_pass, math.inf, key)
 
     def learn_chunk(
         self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor, counted: torch.Tensor | None = None
@@ -191,7 +246,7 @@ class ContextMemory(nn.Module):
                 wrong = (y != IGNORE) & ((lower + self.logits(self.read(h)[0])).argmax(-1) != y)  # [B, T]
                 if not wrong.any():
                     break
-                self._claim(h[wrong])
+                self._claim(h[wrong], settling=True)
             m, idx, owned = self.read(h)
             m.requires_grad_(True)
             logits = lower + self.logits(m)
@@ -228,6 +283,8 @@ class ContextMemory(nn.Module):
             self.seen[rows] = seen.to(self.seen.dtype)
             step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
         self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
+        stepped = torch.zeros(len(rows), dtype=torch.bool).index_fill_(0, where[mine], True)
+        self.stamp[rows[stepped]] = self.clock.to(self.stamp.dtype)
 
 
 def _last_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,6 +321,7 @@ def learn(model, text: bytes, rate: float = 1.0, count_bytes: int | None = None)
     model.eval()
     state, total, row_lr = None, 0.0, memory.row_lr
     memory.row_lr *= rate
+    memory.tick()
     memory.count_rate = rate
     for s in range(0, per, CHUNK):
         e = min(s + CHUNK, per)

@@ -16,7 +16,7 @@ from engram_ff.model.config import PRESETS, LMConfig
 from engram_ff.model.generate import generate
 from engram_ff.model.hashing import context_hashes
 from engram_ff.model.lm import FFLM
-from engram_ff.model.memory import STREAMS, ContextMemory, learn
+from engram_ff.model.memory import STAMP_MAX, STREAMS, ContextMemory, learn
 from engram_ff.model.train import evaluate_nats
 from engram_ff.state import queries, runs
 from tests.daemon_helpers import recorder_line, write_day
@@ -69,7 +69,8 @@ def test_a_sentence_read_once_is_answered_by_greedy_generation():
 
 def test_the_bytes_a_step_still_gets_wrong_settle():
     """After the pass, fewer bytes of the text it read are not the most likely one with settling than without
-    (the tiny model: 146 of 4,506 without, 107 with 3 settling steps, when this was written)."""
+    (the tiny model: 112 of 4,506 without, 101 with 3 settling steps, when this was written; 146 and 107 when
+    every new context of a byte got a row)."""
     text = FILLER + FACT
     x = torch.tensor([list(text)])
     wrong = {}
@@ -79,7 +80,7 @@ def test_the_bytes_a_step_still_gets_wrong_settle():
         learn(model, text)
         with torch.no_grad():
             wrong[settle] = int((model(x[:, :-1])[0].argmax(-1) != x[:, 1:]).sum())
-    assert 0 < wrong[3] < 0.8 * wrong[0]
+    assert 0 < wrong[3] < 0.95 * wrong[0]
 
 
 def test_the_pass_scores_each_part_before_learning_it():
@@ -95,7 +96,8 @@ def test_the_pass_scores_each_part_before_learning_it():
 
 def test_another_context_in_the_same_row_reads_as_empty():
     model = tiny()
-    model.memory.claim_nats = 0.0  # every context gets a row, however predictable its byte
+    model.memory.claim_nats = 0.0  # every context gets a row, however predictable its byte,
+    model.memory.claim_orders = 0  # and every order of it
     learn(model, FACT * 64)
     x = torch.tensor([list(FACT * 2)])
     h = context_hashes(torch.cat([model.memory.empty_context(1), x], 1), model.memory.weights)[:, model.memory.P :]
@@ -108,19 +110,61 @@ def test_another_context_in_the_same_row_reads_as_empty():
     assert not hit.any() and vectors.abs().sum() == 0
 
 
-def test_a_new_context_evicts_the_row_of_its_set_that_learned_least():
-    memory = ContextMemory((2, 4), bits=6, dim=4, ways=4)
-    h = torch.tensor([0x1234_5678_9ABC_DEF1])
+def _full_set(memory: ContextMemory, h: torch.Tensor, stamps: list[int], seen: list[float]) -> torch.Tensor:
+    """The rows of h's set, every one taken by another context, with these stamps and `seen`."""
     first, tag = memory.locate(h)
-    rows = int(first) + torch.arange(4)
-    memory.tags[rows] = torch.tensor([int(tag) ^ flip for flip in (2, 4, 6, 8)], dtype=torch.int16)  # others'
-    memory.seen[rows] = torch.tensor([5.0, 1.0, 3.0, 2.0], dtype=torch.float16)
+    rows = int(first) + torch.arange(memory.ways)
+    memory.tags[rows] = torch.tensor([int(tag) ^ (2 * (i + 1)) for i in range(memory.ways)], dtype=torch.int16)
+    memory.stamp[rows] = torch.tensor(stamps, dtype=torch.int16)
+    memory.seen[rows] = torch.tensor(seen, dtype=torch.float16)
     memory.rows[rows] = 1.0
+    return rows
+
+
+def test_a_new_context_evicts_the_row_of_its_set_stepped_longest_ago_and_of_those_the_one_that_learned_least():
+    memory = ContextMemory((2, 4), bits=6, dim=4, ways=4)
+    memory.clock[0] = 9
+    h = torch.tensor([[0x1234_5678_9ABC_DEF1, 0x0FED_CBA9_8765_4321]])  # one byte's two orders, both new
+    rows = _full_set(memory, h[:, 0], stamps=[3, 7, 3, 5], seen=[5.0, 0.5, 2.0, 1.0])
     memory._claim(h)
-    idx, hit, _ = memory.find(h)
-    assert bool(hit) and int(idx) == int(first) + 1  # the row with the smallest `seen`, emptied for it
-    assert memory.rows[idx].abs().sum() == 0 and memory.seen[idx] == 0
-    assert (memory.rows[rows[[0, 2, 3]]] == 1.0).all()  # the set's other rows are untouched
+    idx, hit, _ = memory.find(h[:, 0])
+    assert bool(hit) and int(idx) == int(rows[2])  # stamp 3 twice: of those, the smaller `seen`
+    assert memory.rows[idx].abs().sum() == 0 and memory.seen[idx] == 0 and memory.stamp[idx] == 9
+    assert (memory.rows[rows[[0, 1, 3]]] == 1.0).all()  # the set's other rows are untouched
+    memory.evict = "seen"  # the rule before: the row that learned least, however recently
+    rows = _full_set(memory, h[:, 0], stamps=[3, 7, 3, 5], seen=[5.0, 0.5, 2.0, 1.0])
+    memory._claim(h)
+    assert int(memory.find(h[:, 0])[0]) == int(rows[1])
+
+
+def test_one_pass_takes_at_most_half_of_a_set_from_older_passes():
+    """A huge paste is one pass: it may not wipe everything learned before it."""
+    memory = ContextMemory((2,), bits=6, dim=4, ways=4)
+    memory.clock[0] = 9
+    base = 0x1234_5678_9ABC_DEF1
+    old = _full_set(memory, torch.tensor([base]), stamps=[1, 2, 3, 4], seen=[1.0] * 4)
+    for i in range(1, 9):  # eight new contexts of that set (other tags, the same set bits), in the same pass
+        memory._claim(torch.tensor([[base + (i << 54)]]))
+    assert memory.stamp[old].tolist().count(9) == 2 and sorted(memory.stamp[old].tolist())[:2] == [3, 4]
+
+
+def test_a_byte_claims_rows_for_its_two_shortest_new_contexts_and_its_longest():
+    memory = ContextMemory((2, 3, 4, 6, 8), bits=10, dim=4, ways=4)
+    h = torch.tensor([[11 << 20, 22 << 20, 33 << 20, 44 << 20, 55 << 20]]) * 7919
+    memory._claim(h[:, :1])  # the order-2 context already has a row
+    memory._claim(h)
+    assert memory.find(h)[1].tolist() == [[True, True, True, False, True]]
+    memory._claim(h, settling=True)  # a byte still wrong: the longest contexts still without one
+    assert memory.find(h)[1].all()
+
+
+def test_the_clock_moves_every_stamp_back_at_its_end_and_keeps_their_order():
+    memory = ContextMemory((2,), bits=4, dim=4, ways=2)
+    memory.clock[0] = STAMP_MAX
+    memory.stamp[:3] = torch.tensor([5, STAMP_MAX // 2 + 10, STAMP_MAX], dtype=torch.int16)
+    memory.tick()
+    assert memory.stamp[:3].tolist() == [0, 10, STAMP_MAX - STAMP_MAX // 2]
+    assert int(memory.clock) == STAMP_MAX - STAMP_MAX // 2 + 1
 
 
 def test_two_readings_of_the_same_text_on_two_threads_learn_the_same_bits(two_torch_threads):
@@ -174,6 +218,20 @@ def test_a_checkpoint_keeps_what_the_memory_learned_and_an_older_one_gets_an_emp
     checkpoints.with_memory(old, config)
     assert old.memory is not None and old.config.memory_bits == PRESETS["tiny"].memory_bits
     assert torch.equal(old(x)[0], tiny(memory=False)(x)[0])  # empty: the same predictions as before
+
+
+def test_a_checkpoint_from_before_the_stamps_loads_with_every_row_as_old_as_the_others(tmp_path):
+    model = tiny()
+    learn(model, FILLER + FACT)
+    ckpt.save_model(tmp_path / "m.pt", model)
+    payload = ckpt.load_checkpoint(tmp_path / "m.pt")
+    payload["model"] = {k: v for k, v in payload["model"].items() if k not in ("memory.stamp", "memory.clock")}
+    ckpt.save_checkpoint(tmp_path / "before.pt", payload)
+    loaded = ckpt.load_model(tmp_path / "before.pt").model
+    assert loaded.memory.stamp.count_nonzero() == 0 and int(loaded.memory.clock) == 0
+    assert torch.equal(loaded.memory.rows, model.memory.rows)
+    learn(loaded, FACT)  # and it learns on, stamping what it steps
+    assert int(loaded.memory.clock) == 1 and loaded.memory.stamp.count_nonzero() > 0
 
 
 def test_a_fact_said_once_in_a_day_is_answered_after_the_night(make, caplog):  # noqa: F811
