@@ -46,7 +46,7 @@ PRESETS = {
     # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
     # Counts of the last 1-4 bytes under the rows (model/counts.py, 42 MiB): on the frozen layers the later days
     # scored 2.109 bits per byte against 2.196, facts as before (bench/results/memory-sweep-14.md).
-    # The context memory (model/memory.py): 2^23 rows of 8, 160 MiB. 34 days of 35 kB of dialogue filled 95 %
+    # The context memory (model/memory.py): 2^23 rows of 8, 176 MiB. 34 days of 35 kB of dialogue filled 95 %
     # of 2^22 rows, and 30 days after the fact day 9 of 12 facts were answered; 2^23 rows were 61 % full and
     # kept 12 (bench/results/memory-sweep-8b.md, memory-sweep-9a.md).
     "daemon": LMConfig(memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4)),
