@@ -30,17 +30,17 @@ what a person said once must outlive a month of new rows. It did not when a new 
 learned least (smallest `seen`): rows of old, often-read text never left, and new ones evicted each other.
 With the table filled by 60 days of other text first, 5 of 12 facts were answered 30 days after the fact
 day; evicting the oldest alone kept 7, claiming three orders alone 9, and both 11, at 0.018 bits per byte on
-held-out text; in the first month, before the table is full, 10 against 11, and held-out text 0.002 better
-(bench/results/memory-sweep-17a.md, -17b.md).
+held-out text; in the first month, before the table is full, 10 against 11, held-out text as well predicted
+and the later days 0.007 better (bench/results/memory-sweep-17a.md, -17b.md).
 
 It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order
-(`learn`), the way a compressor does: each chunk is scored with the rows as they are, then every
-context whose byte cost more than `claim_nats` gets a row, and every row the chunk used takes one step
-down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no gradient reaches
-another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
+(`learn`), the way a compressor does: each chunk is scored with the rows as they are, then the new
+contexts of every byte that cost more than `claim_nats` get rows (as above), and every row the chunk used
+takes one step down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no
+gradient reaches another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
 its row by a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count.
-Then the chunk is read again, and each byte that is still not the most likely one settles: its contexts
-get rows and up to SETTLE more steps, on that byte's loss alone. One step is not enough where the
+Then the chunk is read again, and each byte that is still not the most likely one settles: more of its
+contexts get rows, and its rows up to SETTLE more steps, on that byte's loss alone. One step is not enough where the
 question and its answer share words ("When is my dentist appointment?" / "Your dentist appointment is
 on..."): the shared contexts learn '?' and ' ' at once, the question's surprise wins, and greedy
 generation answered the question with itself; the settling steps give the answer's longer contexts,
