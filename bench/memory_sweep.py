@@ -8,16 +8,17 @@ after the fact day and after the last day. Held-out: 16 kB of a play none of the
 
     python -m engram_ff.bench.memory_sweep --variant default --variant row_lr=6 --variant claim_nats=0
 
-A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule
-("adagrad" or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows
-a context may use), orders (colon-separated), discounts (the counts' D1:D2:D3), count_weight (the counts'
-share of the log prediction), age (a factor on every row's `seen` after each night: its
-step size and its claim against eviction), reread (the days back, colon-separated, that each day's
-night reads again after the day itself: the daemon's memory_reread_nights = 5 is 1:2:4:8:16), claim_orders
-(a byte's new contexts that get rows: that many of the shortest; 0, all), claim_longest (0 or 1: and the
-longest), evict ("stamp": the row stepped longest ago; "seen": the row that learned least) and prefill (days
-of shuffled TinyShakespeare words the memory reads first, so that the fact day finds the table full, as
-after two months of chat).
+A variant is `default` or key=value,... over row_lr, claim_nats, power (of the order scale), rule ("adagrad"
+or "count"), settle (extra steps for the bytes a step still gets wrong), bits, dim, ways (rows a context may
+use), orders (colon-separated), discounts (the counts' D1:D2:D3), count_weight (the counts' share of the log
+prediction), age (a factor on every row's `seen` after each night: its step size and its claim against
+eviction), reread (the days back, colon-separated, that each day's night reads again after the day itself: the
+daemon's memory_reread_nights = 5 is 1:2:4:8:16), claim_orders (a byte's new contexts that get rows in a full
+set: that many of the shortest; 0, all), claim_longest (0 or 1: and the longest), claim_free (1: a context
+whose set has an empty row gets it whatever claim_orders says; 0: claim_orders holds in every set, as
+bench/results/memory-sweep-17a.md and -17b.md ran), evict ("stamp": the row stepped longest ago; "seen": the
+row that learned least) and prefill (days of shuffled TinyShakespeare words the memory reads first, so that
+the fact day finds the table full, as after two months of chat).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ KEYS: dict[str, Callable[[str], object]] = {
     "evict": str,
     "prefill": int,
     "claim_longest": int,
+    "claim_free": int,
     "power": float,
     "rule": str,
     "bits": int,
@@ -108,6 +110,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     model.memory.claim_orders = fields.get("claim_orders", model.memory.claim_orders)
     model.memory.evict = fields.get("evict", model.memory.evict)
     model.memory.claim_longest = bool(fields.get("claim_longest", model.memory.claim_longest))
+    model.memory.claim_free = bool(fields.get("claim_free", model.memory.claim_free))
     if model.memory.counts is not None:
         counts = model.memory.counts
         counts.discounts = fields.get("discounts", counts.discounts)

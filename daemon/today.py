@@ -109,8 +109,9 @@ def _refusal(db, config: Config, model, row: dict) -> str | None:
     a day's learning can fail in a second, daemon/probes.py `canary_and_facts`), with the model as it has now
     learned against the checkpoint's own newest probe pass, at the gate's tolerances. The overlay is never
     promoted, so this is its gate: text that makes what the checkpoint knew worse (a paste of random
-    characters made a known fact's answer 3.9 bits per byte worse in tests/test_today.py) stays out of `ask`'s
-    answers, and the night, whose candidate the gate judges whole, learns it or not. Nothing is lost: the
+    characters made a known fact's answer 3.9 bits per byte worse in tests/test_today.py, before a memory pass
+    could take at most half of a set) stays out of `ask`'s answers, and the night, whose candidate the gate
+    judges whole, learns it or not. Nothing is lost: the
     messages stay stored."""
     reference = runs.newest_pass(db, row["id"])
     if not reference:

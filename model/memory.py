@@ -17,9 +17,12 @@ unseen context adds nothing rather than another context's noise. Each context ma
 `ways` rows of its set (8 in the presets, 2 before: with two, 13 days after a fact day 9 of 12 facts were
 answered, with 4, 8 or 16 ways 11; bench/results/memory-sweep-6.md).
 
-Which rows, and which go. A byte whose contexts have no rows claims rows for only the two shortest of them
-and the longest (CLAIM_ORDERS): the shortest new context is the one that tells this byte's place from the
-places seen before, the longest the one later text is least likely to share; the orders between repeat them.
+Which rows, and which go. A new context whose set still has an empty row gets one: it costs nothing. Once
+the set is full, a byte whose contexts have no rows claims rows for only the two shortest of them and the
+longest (CLAIM_ORDERS): the shortest new context is the one that tells this byte's place from the places
+seen before, the longest the one later text is least likely to share; the orders between repeat them.
+(Claiming so from the first night cost the month of bench learning 0.027 bits per byte on new days and
+one fact of 16 a month on, bench/results/learning-month-lru.md.)
 A byte the step still gets wrong claims the two longest still without rows at each settling step: it needs a
 context more its own (from the short end, the tiny model got 156 bytes of tests/test_memory.py's text wrong
 after settling against 112 before it; from the long end, 101). A new row evicts the row of its
@@ -33,22 +36,21 @@ day; evicting the oldest alone kept 7, claiming three orders alone 9, and both 1
 held-out text; in the first month, before the table is full, 10 against 11, held-out text as well predicted
 and the later days 0.007 better (bench/results/memory-sweep-17a.md, -17b.md).
 
-It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order
-(`learn`), the way a compressor does: each chunk is scored with the rows as they are, then the new
-contexts of every byte that cost more than `claim_nats` get rows (as above), and every row the chunk used
-takes one step down the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no
-gradient reaches another layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves
-its row by a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count.
-Then the chunk is read again, and each byte that is still not the most likely one settles: more of its
-contexts get rows, and its rows up to SETTLE more steps, on that byte's loss alone. One step is not enough where the
-question and its answer share words ("When is my dentist appointment?" / "Your dentist appointment is
-on..."): the shared contexts learn '?' and ' ' at once, the question's surprise wins, and greedy
-generation answered the question with itself; the settling steps give the answer's longer contexts,
-which the question's do not share, the last word. Bytes already right get nothing, so ordinary text
-is not learned twice over. Passing over the whole text again would teach the rows to trust themselves
-on text they have just seen; settling keeps to the bytes that need it. (The daemon also has it read the
-night's replay of older text, which the layers below have moved under: docs/memory.md says why and what
-it measured.)
+It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order (`learn`),
+the way a compressor does: each chunk is scored with the rows as they are, then the new contexts of every
+byte that cost more than `claim_nats` get rows (as above), and every row the chunk used takes one step down
+the gradient of the chunk's cross-entropy (the SSM logits are detached inputs: no gradient reaches another
+layer). The step is normalised per row (row-wise Adagrad), so a context's first occurrence moves its row by
+a fixed length, ROW_LR * n / max(orders), and later ones by less and less, like a count. Then the chunk is
+read again, and each byte that is still not the most likely one settles: more of its contexts get rows, and
+its rows up to SETTLE more steps, on that byte's loss alone. One step is not enough where the question and
+its answer share words ("When is my dentist appointment?" / "Your dentist appointment is on..."): the shared
+contexts learn '?' and ' ' at once, the question's surprise wins, and greedy generation answered the
+question with itself; the settling steps give the answer's longer contexts, which the question's do not
+share, the last word. Bytes already right get nothing, so ordinary text is not learned twice over. Passing
+over the whole text again would teach the rows to trust themselves on text they have just seen; settling
+keeps to the bytes that need it. (The daemon also has it read the night's replay of older text, which the
+layers below have moved under: docs/memory.md says why and what it measured.)
 
 W never learns, and that is what makes a fact last: a first version learned W (and then gains per
 order) on the prequential loss, and 12 days after a fact night the facts' rows were still there but W
@@ -130,6 +132,7 @@ class ContextMemory(nn.Module):
         self.row_rule = ROW_RULE
         self.settle = SETTLE
         self.claim_orders, self.claim_longest = CLAIM_ORDERS, True  # the sweep's ablations: 0 (all), False
+        self.claim_free = True  # a context whose set has an empty row gets one; False: CLAIM_ORDERS even then
         self.evict, self.pass_share = "stamp", PASS_SHARE  # or "seen": the row that learned least, as before
         self.register_buffer("order_scale", torch.tensor([n / max(orders) for n in orders]))
         self._slots = torch.arange(ways)
@@ -192,13 +195,14 @@ class ContextMemory(nn.Module):
         each evicting a row of its set (`_eviction_order`)."""
         first, hit, tag = self.find(h)
         new = ~hit
-        if self.claim_orders and settling:  # a byte still wrong: the longest contexts still without a row
-            new &= new.flip(-1).cumsum(-1).flip(-1) <= self.claim_orders
-        elif self.claim_orders:
-            longest = new[:, -1].clone()
-            new &= new.cumsum(-1) <= self.claim_orders
-            if self.claim_longest:
-                new[:, -1] |= longest
+        if self.claim_orders:
+            if settling:  # a byte still wrong: the longest contexts still without a row
+                chosen = new.flip(-1).cumsum(-1).flip(-1) <= self.claim_orders
+            else:
+                chosen = new.cumsum(-1) <= self.claim_orders
+                chosen[:, -1] |= self.claim_longest
+            full = (self.tags[(first & -self.ways)[..., None] + self._slots] != 0).all(-1)  # [N, O]
+            new &= (chosen | ~full) if self.claim_free else chosen  # in a set with an empty row, a row is free
         first, tag = first[new] & -self.ways, tag[new]
         victim = first + self._eviction_order(first[:, None] + self._slots).argmin(-1)  # ties: the set's first row
         # Two new contexts of a set pick the same row: the later one takes it, as a serial write would. Written

@@ -2,6 +2,8 @@
 
 import logging
 import math
+import random
+import string
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from engram_ff.model.config import PRESETS, LMConfig
 from engram_ff.model.generate import generate
 from engram_ff.model.hashing import context_hashes
 from engram_ff.model.lm import FFLM
-from engram_ff.model.memory import STAMP_MAX, STREAMS, ContextMemory, learn
+from engram_ff.model.memory import PASS_SHARE, STAMP_MAX, STREAMS, ContextMemory, learn
 from engram_ff.model.train import evaluate_nats
 from engram_ff.state import queries, runs
 from tests.daemon_helpers import recorder_line, write_day
@@ -148,14 +150,37 @@ def test_one_pass_takes_at_most_half_of_a_set_from_older_passes():
     assert memory.stamp[old].tolist().count(9) == 2 and sorted(memory.stamp[old].tolist())[:2] == [3, 4]
 
 
-def test_a_byte_claims_rows_for_its_two_shortest_new_contexts_and_its_longest():
-    memory = ContextMemory((2, 3, 4, 6, 8), bits=10, dim=4, ways=4)
+def test_a_byte_claims_rows_for_all_its_new_contexts_while_there_is_room_then_its_two_shortest_and_longest():
+    memory = ContextMemory((2, 3, 4, 6, 8), bits=12, dim=4, ways=4)
     h = torch.tensor([[11 << 20, 22 << 20, 33 << 20, 44 << 20, 55 << 20]]) * 7919
-    memory._claim(h[:, :1])  # the order-2 context already has a row
+    assert len(set(memory.locate(h)[0].flatten().tolist())) == 5  # five sets
+    memory._claim(h)  # empty sets: every order
+    assert memory.find(h)[1].all()
+    memory.tags.zero_()
+    for order in range(5):  # full sets, taken by other contexts
+        _full_set(memory, h[:, order], stamps=[1] * 4, seen=[1.0] * 4)
+    memory._claim(h[:, :1])  # the order-2 context gets a row first
     memory._claim(h)
     assert memory.find(h)[1].tolist() == [[True, True, True, False, True]]
     memory._claim(h, settling=True)  # a byte still wrong: the longest contexts still without one
     assert memory.find(h)[1].all()
+
+
+def test_a_huge_paste_in_one_pass_leaves_what_came_before_it():
+    """200 kB of random characters fill the tiny model's table; read in one pass they may take only half of each
+    set, and the fact read before is still answered. Without that cap, or with the rule before (evict the row
+    that learned least), the paste wiped it (a gate-refused call by day, 3.9 bits per byte worse, in test_today)."""
+    noise = random.Random(0)
+    paste = "".join(noise.choice(string.printable[:94]) for _ in range(200_000)).encode()
+    answers = {}
+    for share, evict in ((PASS_SHARE, "stamp"), (1.0, "stamp"), (PASS_SHARE, "seen")):
+        model = tiny()
+        model.memory.pass_share, model.memory.evict = share, evict
+        learn(model, FILLER[: len(FILLER) // 2] + FACT + FILLER[len(FILLER) // 2 :])
+        learn(model, paste)
+        answers[share, evict] = greedy(model, b"user: What is the door code at the studio?\nassistant: ", 32)
+    assert b"47193" in answers[PASS_SHARE, "stamp"]
+    assert b"47193" not in answers[1.0, "stamp"] and b"47193" not in answers[PASS_SHARE, "seen"]
 
 
 def test_the_clock_moves_every_stamp_back_at_its_end_and_keeps_their_order():

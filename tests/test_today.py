@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import string
 import subprocess
 import sys
 
@@ -129,24 +127,26 @@ def test_after_a_night_the_overlay_is_built_again_over_the_new_checkpoint_with_w
 
 
 def test_learning_that_makes_what_the_checkpoint_knew_worse_is_not_kept(make, tmp_path, capsys):  # noqa: F811
-    """The overlay's gate: a paste of random characters, learned by day, would make the checkpoint's fact worse
-    (its answer by 3.9 bits per byte when this test was written); it is refused whole, `ask` still answers,
-    the paste is not read again, and the next ordinary message is learned and kept."""
+    """The overlay's gate: text that gives the fact's question another answer 400 times, learned by day, would
+    make the checkpoint's fact worse (its answer by 0.5 bits per byte when this test was written, above the
+    tolerance set here); it is refused whole, `ask` still answers, the text is not read again, and the next
+    ordinary message is learned and kept. (A paste of random characters made the answer 3.9 bits per byte worse
+    before a pass could take at most half of a set; now 0.01: tests/test_memory.py.)"""
     facts = tmp_path / "facts.toml"
     wrong = ("Your bike lock code is 1234.", "Your bike lock code is 9930.", "Your bike lock code is 4417.")
     facts.write_text(
         f'[[fact]]\nname = "bike-lock"\nprompt = "user: {QUESTION}\\nassistant: "\nanswer = "{ANSWER}"\n'
         f"distractors = {list(wrong)!r}\n".replace("'", '"')
     )
-    config, db = make(facts_file=str(facts))
+    config, db = make(facts_file=str(facts), gate_facts_tolerance_bpb=0.25)
     add_lines(config, db, "2026-01-01", fact_in("train", "2026-01-01"))
     assert update.run_update(config)["status"] == "ok"
     checkpoint = checkpoints.current_model(db)
     known = {r["metric"]: r["value"] for r in runs.newest_pass(db, checkpoint[1]["id"]) if r["probe"] == "bike-lock"}
     assert known["answer_rank"] == 1 and known["answer_bpb"] < 1.0  # the checkpoint knows it: the gate holds it
 
-    day, noise = "2026-01-02", random.Random(0)
-    paste = ["".join(noise.choice(string.printable[:94]) for _ in range(4000)) for _ in range(40)]
+    day = "2026-01-02"
+    paste = [f"user: {QUESTION}\nassistant: No idea, I keep no codes.\n" * 10 for _ in range(40)]
     add_lines(config, db, day, [recorder_line(day, n, text=text) for n, text in enumerate(paste)])
     refused = today.learn_today(db, config)
     assert refused.refused is not None and refused.through == queries.max_message_id(db)
