@@ -215,16 +215,17 @@ class ContextMemory(nn.Module):
         self.stamp[victim] = self.clock.to(self.stamp.dtype)
 
     def _eviction_order(self, ways: torch.Tensor) -> torch.Tensor:
-        """Rows [N, ways] of N sets -> keys [N, ways], the row to evict smallest: the one stepped longest ago,
-        of one pass the one that learned least; only this pass's own where it holds its share of the set."""
+        """Rows [N, ways] of N sets -> keys [N, ways], the row to evict smallest: an empty one, else the one
+        stepped longest ago, of one pass the one that learned least; where this pass holds its share of the set,
+        only an empty row or one of its own."""
         seen = self.seen[ways].double()
         if self.evict == "seen":
             return seen
-        stamp = self.stamp[ways]
-        key = stamp.double() * 65536 + seen  # seen < 65536: the pass decides, then what was learned
-        this_pass = stamp == self.clock.to(stamp.dtype)
+        stamp, empty = self.stamp[ways], self.tags[ways] == 0
+        key = torch.where(empty, -1.0, stamp.double() * 65536 + seen)  # seen < 65536: the pass, then the learning
+        this_pass = (stamp == self.clock.to(stamp.dtype)) & ~empty
         at_share = this_pass.sum(-1, keepdim=True) >= self.ways * self.pass_share
-        return torch.where(at_share & ~this_pass, math.inf, key)
+        return torch.where(at_share & ~this_pass & ~empty, math.inf, key)
 
     def learn_chunk(
         self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor, counted: torch.Tensor | None = None

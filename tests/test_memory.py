@@ -148,6 +148,9 @@ def test_one_pass_takes_at_most_half_of_a_set_from_older_passes():
     for i in range(1, 9):  # eight new contexts of that set (other tags, the same set bits), in the same pass
         memory._claim(torch.tensor([[base + (i << 54)]]))
     assert memory.stamp[old].tolist().count(9) == 2 and sorted(memory.stamp[old].tolist())[:2] == [3, 4]
+    memory.tags[old[memory.stamp[old] == 3]] = 0  # an older row emptied: the pass, at its share, still takes it
+    memory._claim(torch.tensor([[base + (20 << 54)]]))
+    assert sorted(memory.stamp[old].tolist()) == [4, 9, 9, 9] and (memory.tags[old] != 0).all()
 
 
 def test_a_byte_claims_rows_for_all_its_new_contexts_while_there_is_room_then_its_two_shortest_and_longest():
