@@ -17,24 +17,23 @@ unseen context adds nothing rather than another context's noise. Each context ma
 `ways` rows of its set (8 in the presets, 2 before: with two, 13 days after a fact day 9 of 12 facts were
 answered, with 4, 8 or 16 ways 11; bench/results/memory-sweep-6.md).
 
-Which rows, and which go. A new context whose set still has an empty row gets one: it costs nothing. Once
-the set is full, a byte whose contexts have no rows claims rows for only the two shortest of them and the
-longest (CLAIM_ORDERS): the shortest new context is the one that tells this byte's place from the places
-seen before, the longest the one later text is least likely to share; the orders between repeat them.
-(Claiming so from the first night cost the month of bench learning 0.027 bits per byte on new days and
-one fact of 16 a month on, bench/results/learning-month-lru.md.)
-A byte the step still gets wrong claims the two longest still without rows at each settling step: it needs a
-context more its own (from the short end, the tiny model got 156 bytes of tests/test_memory.py's text wrong
-after settling against 112 before it; from the long end, 101). A new row evicts the row of its
-set stepped longest ago (`stamp`, the pass that last stepped it; of one pass, the one that learned least),
-except that no pass takes more than half of a set from older passes (PASS_SHARE), so a huge paste cannot
-wipe what came before it. Why: at 35 kB of chat a day the table fills in about two months, and after that
-what a person said once must outlive a month of new rows. It did not when a new row evicted the row that had
-learned least (smallest `seen`): rows of old, often-read text never left, and new ones evicted each other.
-With the table filled by 60 days of other text first, 5 of 12 facts were answered 30 days after the fact
-day; evicting the oldest alone kept 7, claiming three orders alone 9, and both 11, at 0.018 bits per byte on
-held-out text; in the first month, before the table is full, 10 against 11, held-out text as well predicted
-and the later days 0.007 better (bench/results/memory-sweep-17a.md, -17b.md).
+Which rows, and which go. A new context whose set still has an empty row gets it: a row costs nothing
+there. In a full set, a byte whose contexts have no rows claims rows for only the two shortest of them and
+the longest (CLAIM_ORDERS): the shortest new context is the one that tells this byte's place from the
+places seen before, the longest the one later text is least likely to share; the orders between repeat
+them. A byte the step still gets wrong claims the two longest still without rows at each settling step: it
+needs a context more its own (claiming as in full sets throughout, the tiny model got 156 bytes of
+tests/test_memory.py's text wrong after settling from the short end, against 112 before settling, and 101
+from the long end). A new row takes an empty row of its set, else evicts the row stepped longest ago
+(`stamp`, the pass that last stepped it; of one pass, the one that learned least), except that no pass
+takes more than half of a set from older passes (PASS_SHARE), so a huge paste cannot wipe what came
+before it. Why: at 35 kB of chat a day the table fills in about two months, and after that what a person
+said once must outlive a month of new rows. It did not when a new row evicted the row that had learned
+least (smallest `seen`): rows of old, often-read text never left, and new ones evicted each other. With
+the table filled by 60 days of other text first, 5 of 12 facts were answered 30 days after the fact day,
+and 11 now, at 0.016 bits per byte on held-out text; evicting the oldest alone kept 7, claiming three
+orders alone 9. In the first month, before the table is full, 10 facts against 11 and the same held-out
+text (bench/results/memory-sweep-17a.md, -17b.md, -17c.md); through the daemon's nights, docs/memory.md.
 
 It learns by its own local rule, test-then-train, in ONE pass over the night's new text in order (`learn`),
 the way a compressor does: each chunk is scored with the rows as they are, then the new contexts of every

@@ -63,7 +63,13 @@ def test_appends_while_an_update_trains_and_a_user_reads_with_sqlite3(tmp_path):
             what="the update to train",
         )
         reader = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=reader.communicate, args=(READER,), daemon=True).start()
+        said: dict[str, str] = {}  # one communicate, in its thread: a second call raced it for the output
+
+        def read() -> None:
+            said["out"] = reader.communicate(READER, timeout=60)[0]
+
+        session = threading.Thread(target=read, daemon=True)
+        session.start()
         latencies = []
         for n in range(10):  # ten bursts of 100 lines, each timed from its write to its commit
             with open(burst, "ab") as f:
@@ -84,7 +90,8 @@ def test_appends_while_an_update_trains_and_a_user_reads_with_sqlite3(tmp_path):
             )
             latencies.append(time.monotonic() - start)
             time.sleep(0.15)
-        out, _ = reader.communicate(timeout=30)
+        session.join(timeout=60)
+        out = said["out"]
         assert query(db, "SELECT status FROM runs WHERE kind = 'update'") == [("running",)]  # still training
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -71,8 +71,7 @@ def test_a_sentence_read_once_is_answered_by_greedy_generation():
 
 def test_the_bytes_a_step_still_gets_wrong_settle():
     """After the pass, fewer bytes of the text it read are not the most likely one with settling than without
-    (the tiny model: 112 of 4,506 without, 101 with 3 settling steps, when this was written; 146 and 107 when
-    every new context of a byte got a row)."""
+    (the tiny model: 135 of 4,506 without, 102 with 3 settling steps, when this was written)."""
     text = FILLER + FACT
     x = torch.tensor([list(text)])
     wrong = {}
