@@ -193,6 +193,9 @@ class ContextMemory(nn.Module):
         """Give the new contexts of h [N, O] rows (CLAIM_ORDERS of them for each byte, the docstring says which),
         each evicting a row of its set (`_eviction_order`)."""
         first, hit, tag = self.find(h)
+        sets = first & -self.ways
+        ways = sets[..., None] + self._slots  # [N, O, ways]: the rows of each context's set
+        taken = self.tags[ways] != 0
         new = ~hit
         if self.claim_orders:
             if settling:  # a byte still wrong: the longest contexts still without a row
@@ -200,10 +203,10 @@ class ContextMemory(nn.Module):
             else:
                 chosen = new.cumsum(-1) <= self.claim_orders
                 chosen[:, -1] |= self.claim_longest
-            full = (self.tags[(first & -self.ways)[..., None] + self._slots] != 0).all(-1)  # [N, O]
+            full = taken.all(-1)
             new &= (chosen | ~full) if self.claim_free else chosen  # in a set with an empty row, a row is free
-        first, tag = first[new] & -self.ways, tag[new]
-        victim = first + self._eviction_order(first[:, None] + self._slots).argmin(-1)  # ties: the set's first row
+        victim = sets[new] + self._eviction_order(ways[new], taken[new]).argmin(-1)  # ties: the set's first row
+        tag = tag[new]
         # Two new contexts of a set pick the same row: the later one takes it, as a serial write would. Written
         # with duplicates, which of them won depended on how torch split the write between threads, and two
         # runs of the same night on 2 threads ended with different tables.
@@ -213,18 +216,18 @@ class ContextMemory(nn.Module):
         self.tags[victim] = tag[last]
         self.stamp[victim] = self.clock.to(self.stamp.dtype)
 
-    def _eviction_order(self, ways: torch.Tensor) -> torch.Tensor:
-        """Rows [N, ways] of N sets -> keys [N, ways], the row to evict smallest: an empty one, else the one
-        stepped longest ago, of one pass the one that learned least; where this pass holds its share of the set,
-        only an empty row or one of its own."""
+    def _eviction_order(self, ways: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        """Rows [N, ways] of N sets, which of them hold a context -> keys [N, ways], the row to evict smallest: an
+        empty one, else the one stepped longest ago, of one pass the one that learned least; where this pass holds
+        its share of the set, only an empty row or one of its own."""
         seen = self.seen[ways].double()
         if self.evict == "seen":
             return seen
-        stamp, empty = self.stamp[ways], self.tags[ways] == 0
-        key = torch.where(empty, -1.0, stamp.double() * 65536 + seen)  # seen < 65536: the pass, then the learning
-        this_pass = (stamp == self.clock.to(stamp.dtype)) & ~empty
+        stamp = self.stamp[ways]
+        key = torch.where(taken, stamp.double() * 65536 + seen, -1.0)  # seen < 65536: the pass, then the learning
+        this_pass = (stamp == self.clock.to(stamp.dtype)) & taken
         at_share = this_pass.sum(-1, keepdim=True) >= self.ways * self.pass_share
-        return torch.where(at_share & ~this_pass & ~empty, math.inf, key)
+        return torch.where(at_share & taken & ~this_pass, math.inf, key)
 
     def learn_chunk(
         self, lower: torch.Tensor, xe: torch.Tensor, y: torch.Tensor, counted: torch.Tensor | None = None
@@ -287,8 +290,7 @@ class ContextMemory(nn.Module):
             self.seen[rows] = seen.to(self.seen.dtype)
             step = self.row_lr * scale[:, None] * g_row / (seen[:, None].sqrt() + 1e-8)
         self.rows[rows] = (self.rows[rows].float() - step).to(self.rows.dtype)
-        stepped = torch.zeros(len(rows), dtype=torch.bool).index_fill_(0, where[mine], True)
-        self.stamp[rows[stepped]] = self.clock.to(self.stamp.dtype)
+        self.stamp[rows[scale > 0]] = self.clock.to(self.stamp.dtype)  # a row an entry owns has its order's scale
 
 
 def _last_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,7 +81,7 @@ def test_the_bytes_a_step_still_gets_wrong_settle():
         learn(model, text)
         with torch.no_grad():
             wrong[settle] = int((model(x[:, :-1])[0].argmax(-1) != x[:, 1:]).sum())
-    assert 0 < wrong[3] < 0.95 * wrong[0]
+    assert 0 < wrong[3] < 0.8 * wrong[0]
 
 
 def test_the_pass_scores_each_part_before_learning_it():
