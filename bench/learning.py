@@ -354,6 +354,11 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     finally:
         db.close()
     prequential = evaluate_nats(before[0], day.text) / LN2 if before else None
+    unmatched = None  # the same, without the match model (model/match.py): what it copied
+    if before and getattr(before[0], "match", None) is not None:
+        match, before[0].match = before[0].match, None
+        unmatched = evaluate_nats(before[0], day.text) / LN2
+        before[0].match = match
     # the model `ask` answers with this morning: the same checkpoint plus what its memory learned by day since
     # the night (the night's held-out slice), before anything of today; None where there is no such overlay
     morning_bpb = None
@@ -395,6 +400,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
         planted=day.planted,
         recurs=day.recurs,
         prequential_bpb=prequential,
+        unmatched_bpb=unmatched,
         morning_bpb=morning_bpb,
         reading_bpb=by_day_bits / by_day_predicted if by_day_predicted else None,
         by_day_bytes=by_day_bytes,
@@ -627,6 +633,11 @@ def reading_methods(result: dict) -> list[str]:
     return [n for n, records in result["methods"].items() if any(r.get("reading_bpb") is not None for r in records)]
 
 
+def unmatched_methods(result: dict) -> list[str]:
+    """The methods whose models have a match model: their day is also scored without it."""
+    return [n for n, records in result["methods"].items() if any(r.get("unmatched_bpb") is not None for r in records)]
+
+
 def morning_methods(result: dict) -> list[str]:
     """The methods whose mornings had an overlay: their day is also scored by the model `ask` answers with."""
     return [n for n, records in result["methods"].items() if any(r.get("morning_bpb") is not None for r in records)]
@@ -635,7 +646,8 @@ def morning_methods(result: dict) -> list[str]:
 def prequential_rows(result: dict) -> list[list]:
     names, reading = list(result["methods"]), reading_methods(result)
     codes = list(result["days"][0]["compressors"])
-    columns = [(n, "prequential_bpb") for n in names] + [(n, "morning_bpb") for n in morning_methods(result)]
+    columns = [(n, "prequential_bpb") for n in names] + [(n, "unmatched_bpb") for n in unmatched_methods(result)]
+    columns += [(n, "morning_bpb") for n in morning_methods(result)]
     columns += [(n, "reading_bpb") for n in reading]
     rows = []
     for i, day in enumerate(result["days"]):
@@ -782,6 +794,7 @@ def tables(result: dict) -> dict[str, str]:
                 "night",
                 "day kB",
                 *result["methods"],
+                *[f"{n}, no match model" for n in unmatched_methods(result)],
                 *[f"{n}, morning" for n in morning_methods(result)],
                 *[f"{n}, reading" for n in reading_methods(result)],
                 *codes,
@@ -823,7 +836,9 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         f"![facts and prequential bits per byte]({figure.name})\n",
         "## Prequential bits per byte\n",
         "Each day's whole text scored by the model of the night before, before the night trains on it; each "
-        "compressor's cost of the day given all earlier days (C(history + day) - C(history)). 'Morning': the "
+        "compressor's cost of the day given all earlier days (C(history + day) - C(history)). The model reads "
+        "the day as one stream, as a compressor does, and its match model (model/match.py) copies what the day "
+        "repeats; 'no match model': the same model without it. 'Morning': the "
         "whole day scored, before any of it is learned, by the model `ask` answers with that morning, the night "
         "before's checkpoint plus what its memory learned by day since the night (the night's held-out slice). "
         "'Reading' (by day): "

@@ -27,6 +27,7 @@ from engram_ff.daemon.layout import FOLDER_MARKER
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.counts import ContextCounts
 from engram_ff.model.lm import FFLM, PRESETS, memory_of
+from engram_ff.model.match import MatchModel
 from engram_ff.model.train import TRAINERS, BPTrainer, FFTrainer
 from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
@@ -51,12 +52,19 @@ def fresh(config: Config) -> Loaded:
     return Loaded(model, TRAINERS[config.trainer](model), None, {})
 
 
-def with_memory(model: FFLM | WindowMLP, config: Config) -> None:
-    """A model saved before the context memory existed (model/memory.py) gets the preset's, empty, and a memory
-    saved before its counts (model/counts.py) gets the preset's counts, empty. Neither changes a prediction
-    while empty, so the model the gate compares with is the same as before; they learn from the next night."""
+def upgrade(model: FFLM | WindowMLP, config: Config) -> None:
+    """A model saved before the context memory existed (model/memory.py) gets the preset's, empty; a memory saved
+    before its counts (model/counts.py) gets the preset's counts, empty; a model saved before the match model
+    (model/match.py) gets it. None has a weight to learn first, so the model the gate compares with is judged as a
+    new one would be: the memory and the counts learn from the next night, the match model from what it reads."""
     preset = PRESETS[config.model_preset]
-    if not isinstance(model, FFLM) or not preset.memory_bits:
+    if not isinstance(model, FFLM):
+        return
+    if preset.match and model.match is None:
+        model.config = replace(model.config, match=True)
+        model.match = MatchModel()
+        log.info("the current model predates the match model: it gets one, which copies what the text it reads repeats")
+    if not preset.memory_bits:
         return
     if model.memory is None:
         memory_fields = {f.name: getattr(preset, f.name) for f in fields(preset) if f.name.startswith("memory_")}
@@ -114,7 +122,7 @@ def newest_loadable(db, rows: list[dict], config: Config) -> Loaded | None:
             log.warning("checkpoint %s matches its recorded sha256 again: good again", row["path"])
             runs.set_checkpoint_status(db, row["id"], "good")
         _restore_digest_file(row["path"], row["sha256"])
-        with_memory(saved.model, config)
+        upgrade(saved.model, config)
         return restore(saved, row["id"], config.trainer)
     return None
 

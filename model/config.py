@@ -24,6 +24,7 @@ class LMConfig:
     memory_ways: int = 2  # the rows a context may live in (set-associative); 2, what checkpoints before it used
     memory_count_orders: tuple[int, ...] = ()  # next-byte counts of these contexts under the rows (model/counts.py)
     memory_count_bits: int = 18  # the counts' table has 2^bits rows
+    match: bool = False  # the match model (model/match.py): copies what the stream being read repeats; no weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,12 +50,20 @@ PRESETS = {
     # The context memory (model/memory.py): 2^23 rows of 8, 176 MiB. 34 days of 35 kB of dialogue filled 95 %
     # of 2^22 rows, and 30 days after the fact day 9 of 12 facts were answered; 2^23 rows were 61 % full and
     # kept 12 (bench/results/memory-sweep-8b.md, memory-sweep-9a.md).
-    "daemon": LMConfig(memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4)),
+    # The match model: the model of the night before predicted bench learning's fact day at 2.755 bits per byte
+    # without it and 2.391 with it, the day after at 2.546 and 2.467 (bz2 -9: 2.423, 2.494; docs/match.md).
+    "daemon": LMConfig(memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4), match=True),
     # 4 layers of 192, 2.6 times the parameters: in bench learning's 10 nights at the daemon's step limits it
     # predicted new days worse (2.591 bits per byte against 2.566; worse on 8 of 9 nights) and answered as many
     # facts, in about twice the wall time a night on 2 cores (bench/results/learning-large.md); no default.
     "large": LMConfig(
-        n_layers=4, d_model=192, d_state=192, memory_bits=23, memory_ways=8, memory_count_orders=(1, 2, 3, 4)
+        n_layers=4,
+        d_model=192,
+        d_state=192,
+        memory_bits=23,
+        memory_ways=8,
+        memory_count_orders=(1, 2, 3, 4),
+        match=True,
     ),
     # Tests and smoke runs.
     "tiny": LMConfig(
@@ -67,5 +76,6 @@ PRESETS = {
         memory_ways=8,
         memory_count_orders=(1, 2, 3, 4),
         memory_count_bits=14,
+        match=True,
     ),
 }

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engram_ff.model.config import PRESETS, VOCAB, LMConfig  # noqa: F401  (PRESETS: re-exported)
+from engram_ff.model.match import MatchModel
 from engram_ff.model.memory import ContextMemory
 from engram_ff.model.ssm import SSM
 
@@ -105,6 +106,8 @@ class FFLM(nn.Module):
         )
         # the top, sparse layer: learned by its own rule (model/memory.py), never by a trainer's optimiser
         self.memory = memory_of(config)
+        # and over everything, what the stream being read repeats (model/match.py): no weights, only state
+        self.match = MatchModel() if config.match else None
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """The parameters each layer's local objective trains; the byte embedding belongs to layer 0."""
@@ -138,16 +141,26 @@ class FFLM(nn.Module):
         self, x: torch.Tensor, state: list[torch.Tensor] | None = None, use_memory: bool = True
     ) -> tuple[torch.Tensor, list]:
         """x [B, T] -> (next-byte logits [B, T, 256], state after x: each layer's SSM state, then the memory's
-        last bytes). use_memory=False: the SSM layers' logits alone (what backprop trains, as FF's layers)."""
+        last bytes, then the match model's state). use_memory=False: the SSM layers' logits alone (what backprop
+        trains, as FF's layers), neither the memory's nor the match model's. With a match model the logits are
+        log-probabilities."""
         logits, new_state = self.ssm_forward(x, state)
+        rest = [] if state is None else state[len(self.layers) :]
         if self.memory is not None:
-            context = self.memory.empty_context(x.shape[0]) if state is None else state[-1]
+            context = self.memory.empty_context(x.shape[0]) if state is None else rest.pop(0)
             if use_memory:
                 memory_logits, context = self.memory(x, context, logits)
                 logits = logits + memory_logits
             else:  # the layers' training reads only their own logits: the memory's context moves on unread
                 context = torch.cat([context, x], 1)[:, -self.memory.P :]
             new_state.append(context)
+        if self.match is not None:
+            seen = rest or self.match.empty_state(x.shape[0])
+            if use_memory:
+                logits, seen = self.match(x, F.log_softmax(logits.float(), -1), seen)
+            else:
+                seen = self.match.unread(x, seen)
+            new_state += seen
         return logits, new_state
 
     def ssm_forward(self, x: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list]:
@@ -163,7 +176,8 @@ class FFLM(nn.Module):
     def init_state(self, batch: int) -> list[torch.Tensor]:
         p = self.embed.weight
         states = [torch.zeros(batch, self.config.d_state, dtype=p.dtype, device=p.device) for _ in self.layers]
-        return states + ([] if self.memory is None else [self.memory.empty_context(batch)])
+        states += [] if self.memory is None else [self.memory.empty_context(batch)]
+        return states + ([] if self.match is None else self.match.empty_state(batch))
 
     def step(self, state: list[torch.Tensor], byte: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Recurrent mode, one byte per stream: byte [B] -> (logits [B, 256], state). Inference only."""
@@ -197,6 +211,7 @@ class Recurrent:
         self.mlp_in_head = model.config.mlp_in_head
         self.heads = model.heads
         self.memory = model.memory  # read live: its rows change by `learn`, not by a parameter's version
+        self.match = model.match
         bias: torch.Tensor | int = 0
         self.layers: list[tuple[torch.Tensor, ...]] = []
         for layer, head in zip(model.layers, model.heads):
@@ -241,8 +256,13 @@ class Recurrent:
             if not self.mlp_in_head:
                 h = z
             new_state.append(s)
+        rest = state[len(self.layers) :]
         if self.memory is not None:
-            memory_logits, context = self.memory(byte[:, None], state[-1], logits[:, None])
+            memory_logits, context = self.memory(byte[:, None], rest.pop(0), logits[:, None])
             logits = logits + memory_logits[:, 0]
             new_state.append(context)
+        if self.match is not None:
+            log_probs, seen = self.match(byte[:, None], F.log_softmax(logits.float(), -1)[:, None], rest)
+            logits = log_probs[:, 0]
+            new_state += seen
         return logits, new_state

@@ -99,7 +99,7 @@ def test_an_older_memory_gets_empty_counts_that_change_nothing(make, caplog):  #
     before = old(x)[0]
     config, _ = make()
     with caplog.at_level(logging.INFO):
-        checkpoints.with_memory(old, config)
+        checkpoints.upgrade(old, config)
     assert old.memory.counts is not None and old.config.memory_count_orders == PRESETS["tiny"].memory_count_orders
     assert torch.equal(old(x)[0], before)
     assert "predates its counts" in caplog.text
