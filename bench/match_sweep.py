@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--day-kb", type=float, default=35.0, help="as the run had it (default 35)")
     parser.add_argument("--seed", type=int, default=0, help="as the run had it (default 0)")
     parser.add_argument("--fact-nights", default="2", help="as the run had it (default 2)")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report: how DIR was made")
     parser.add_argument("--out", default="match-sweep")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         "bits per byte of the new day",
         "the match model over the night before's model",
     )
-    command = " ".join(["python -m engram_ff.bench.match_sweep", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else argv
+    shown = [a for i, a in enumerate(given) if a != "--note" and (i == 0 or given[i - 1] != "--note")]
+    command = shlex.join(["python", "-m", "engram_ff.bench.match_sweep", *shown])  # the notes are listed below
     text = (
         "# The match model alone: a new day read by the model of the night before\n\n"
         f"`{command}`\n\n"
@@ -133,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         "layers and the memory as the run left them), under each variant of the match model (bench/match_sweep.py "
         "says what a variant is); each compressor's cost of the day given all the days before it. "
         + " ".join(notes)
-        + f"\n\n{table}\n![bits per byte by night]({figure.name})\n"
+        + "\n\n"
+        + "".join(f"- {note}\n" for note in args.note)
+        + f"\n{table}\n![bits per byte by night]({figure.name})\n"
     )
     print(table)
     write_result(f"{args.out}.json", json.dumps(rows, indent=1), args.results)

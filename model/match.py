@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engram_ff.model.hashing import context_hashes, hash_weights
+from engram_ff.model.hashing import MIX
 
 MINIMUM = (
     24,
@@ -52,7 +52,6 @@ class MatchModel:
 
     def __init__(self, minimum: tuple[int, ...] = MINIMUM, prior: float = PRIOR, history: int = HISTORY):
         self.minimum, self.prior, self.history = minimum, prior, history  # arguments, for the ablations
-        self.weights = [hash_weights((n,)) for n in minimum]
         self.lengths, self.odds = torch.tensor(LENGTHS), torch.tensor(ODDS)
 
     def empty_state(self, batch: int) -> list[torch.Tensor]:
@@ -67,11 +66,12 @@ class MatchModel:
         predicted = torch.full((B, n - start), -1, dtype=torch.long)
         length = torch.zeros(B, n - start, dtype=torch.long)
         back = torch.arange(LONGEST)
-        for m, weights in zip(self.minimum, self.weights):
+        words = _words(s)
+        for m in self.minimum:
             first = max(start, m - 1)  # the first position with m bytes ending there
             if first >= n:
                 continue
-            keys = context_hashes(s, weights)[..., 0]  # [B, n - m + 1]: the m bytes ending at m - 1, m, ...
+            keys = _keys(words, m)  # [B, n - m + 1]: the m bytes ending at m - 1, m, ...
             order = torch.sort(keys, dim=1, stable=True).indices  # equal keys in order of position
             sorted_keys = keys.gather(1, order)
             same = F.pad(sorted_keys[:, 1:] == sorted_keys[:, :-1], (1, 0))
@@ -128,6 +128,30 @@ class MatchModel:
         moves on, the counts stay, nothing is pending."""
         history, counts, _ = state
         return [torch.cat([history, x], 1)[:, -self.history :], counts, self.empty_state(x.shape[0])[2]]
+
+
+def _words(s: torch.Tensor) -> torch.Tensor:
+    """s [B, n] bytes -> the 8 bytes ending at each position, packed in an int64 [B, n] (zeros before the start)."""
+    padded = F.pad(s, (7, 0))
+    n = s.shape[1]
+    word = padded[:, 7:].clone()
+    for i in range(1, 8):
+        word |= padded[:, 7 - i : 7 - i + n] << (8 * i)
+    return word
+
+
+def _keys(words: torch.Tensor, m: int) -> torch.Tensor:
+    """The packed words [B, n] -> a key of the m bytes ending at each position from m - 1 on [B, n - m + 1]: the
+    bytes themselves up to 8, beyond that 8 bytes at a time folded in by a multiply (a collision is caught by
+    `matches`, which counts the bytes that agree)."""
+    first = m - 1
+    key = words[:, first:] & ((1 << (8 * min(m, 8))) - 1) if m < 8 else words[:, first:]
+    left, back = m - 8, 8
+    while left > 0:
+        part = words[:, first - back : words.shape[1] - back]
+        key = key * MIX + (part & ((1 << (8 * left)) - 1) if left < 8 else part)
+        left, back = left - 8, back + 8
+    return key
 
 
 def _rows(s: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
