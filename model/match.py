@@ -42,6 +42,7 @@ LONGEST = 64  # a match's length is counted back this far at most
 LENGTHS = (8, 12, 16, 24, 32, 48)  # the cells' edges in match length (below 8, then 8-11, ...)
 ODDS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)  # the cells' edges in log-odds of p(c*)
 PRIOR = 2.0  # p(c*) counts as this many predictions in each cell: a cell's first matches change little
+FEW = 4  # positions at most that `matches` finds by searching the bytes rather than by sorting keys
 HISTORY = 1 << 16  # bytes of the stream the state carries: a day of chat is 35-45 kB
 CELLS = (len(LENGTHS) + 1) * (len(ODDS) + 1)
 
@@ -63,6 +64,8 @@ class MatchModel:
         bytes up to j occurred, -1 where none [B, n - start]; how many bytes agree back from both, at most LONGEST
         [B, n - start]). The longest MINIMUM is tried first: a longer match is the likelier to go on."""
         B, n = s.shape
+        if n - start <= FEW:
+            return self._few_matches(s, start)
         predicted = torch.full((B, n - start), -1, dtype=torch.long)
         length = torch.zeros(B, n - start, dtype=torch.long)
         back = torch.arange(LONGEST)
@@ -85,6 +88,29 @@ class MatchModel:
             take = (at >= 0) & (run >= m) & (mine < 0)  # a key's collision agrees on fewer than m bytes: no match
             mine[take] = s.gather(1, (at + 1).clamp(max=n - 1))[take]
             length[:, first - start :][take] = run[take]
+        return predicted, length
+
+    def _few_matches(self, s: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`matches` for a few positions (generation reads one byte a step), by a search of the bytes themselves:
+        a dozen tensor operations a step cost more than the search."""
+        B, n = s.shape
+        predicted = torch.full((B, n - start), -1, dtype=torch.long)
+        length = torch.zeros(B, n - start, dtype=torch.long)
+        for b, row in enumerate(s.to(torch.uint8).numpy()):
+            text = row.tobytes()
+            for j in range(start, n):
+                for m in self.minimum:
+                    if j + 1 < m:
+                        continue
+                    at = text.rfind(text[j + 1 - m : j + 1], 0, j)  # where the same m bytes began, ending before j
+                    if at < 0:
+                        continue
+                    there = at + m - 1
+                    run = m
+                    while run < LONGEST and there - run >= 0 and text[there - run] == text[j - run]:
+                        run += 1
+                    predicted[b, j - start], length[b, j - start] = text[there + 1], run
+                    break
         return predicted, length
 
     def cell(self, length: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
