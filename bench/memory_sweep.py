@@ -93,6 +93,7 @@ def run(fields: dict, base_path: Path, base_steps: int, after: int) -> dict:
     preset = PRESETS["daemon"]
     config = replace(
         preset,
+        match=False,  # the memory alone: what its rows hold, not what the match model copies as the text is read
         memory_bits=fields.get("bits", preset.memory_bits),
         memory_dim=fields.get("dim", preset.memory_dim),
         memory_ways=fields.get("ways", preset.memory_ways),

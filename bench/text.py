@@ -98,7 +98,8 @@ def build(spec: dict, lr: float | None = None):
     if spec["model"] == "window":
         model = WindowMLP(WindowConfig())
     else:
-        model = FFLM(replace(PRESETS["daemon"], goodness=spec.get("goodness", "linear")))
+        # the layers FF and BP train: not the match model, which has no weights and would copy for both alike
+        model = FFLM(replace(PRESETS["daemon"], goodness=spec.get("goodness", "linear"), match=False))
     rate: dict[str, Any] = {} if lr is None else {"lr": lr}
     if spec["trainer"] == "bp":
         return model, BPTrainer(model, **rate)

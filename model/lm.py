@@ -185,7 +185,7 @@ class FFLM(nn.Module):
 
     def recurrent(self) -> Recurrent:
         """The fast one-byte step for the current weights (a snapshot, rebuilt when any weight changes)."""
-        version = [(p.data_ptr(), p._version) for p in self.parameters()]
+        version = [(p.data_ptr(), p._version) for p in self.parameters()] + [id(self.match)]
         if getattr(self, "_recurrent_version", None) != version:
             self._recurrent, self._recurrent_version = Recurrent(self), version
         return self._recurrent
