@@ -3,7 +3,7 @@
 It reads the checkpoints of a bench learning run kept with --data, at most five nights so that the daemon kept
 every night's checkpoint (keep_checkpoints), and makes the run's days again from the same seed and sizes:
 
-    engram-ff bench learning --nights 6 --checkpoints 0 --trainer ff --data DIR --stem learning-match-sweep
+    engram-ff bench learning --nights 5 --checkpoints 0 --trainer ff --data DIR --stem learning-match-sweep
     python -m engram_ff.bench.match_sweep DIR --variant none --variant default --variant minimum=6
 
 Night n's checkpoint scores day n + 1 as bench learning's prequential column does (the whole day as one stream),
@@ -51,19 +51,23 @@ def parse_variant(text: str) -> dict:
     return fields
 
 
-def checkpoints(data: Path) -> list[Path]:
-    """The run's final checkpoints, night 1's first; an error where a night left none (rejected) or was pruned."""
-    folders = sorted(p for p in data.iterdir() if p.is_dir())
+def checkpoints(data: Path, method: str) -> list[Path]:
+    """The model of the night before for nights 2, 3, ...: each night's final checkpoint in turn, or where the gate
+    rejected a night, the one before it (as the daemon keeps it); an error where a night's file was pruned."""
+    folders = sorted(p for p in data.iterdir() if p.is_dir() and p.name.split("-", 1)[-1] == method)
     if len(folders) != 1:
-        raise SystemExit(f"{data}: expected one method's folder (a run of one trainer), found {len(folders)}")
+        raise SystemExit(f"{data}: no folder of method {method!r} (bench learning names them N-METHOD)")
     db = open_db(folders[0] / "data" / "engram-ff.db")
     try:
         rows = db.execute("SELECT path, status FROM checkpoints WHERE kind = 'final' ORDER BY id").fetchall()
     finally:
         db.close()
-    if any(status != "good" for _, status in rows):
-        raise SystemExit(f"{data}: a night was rejected or pruned; run at most 5 nights, each promoted")
-    return [Path(path) for path, _ in rows]
+    if any(status not in ("good", "rejected") for _, status in rows) or rows[0][1] != "good":
+        raise SystemExit(f"{data}: a night's checkpoint was pruned; run at most 5 nights (keep_checkpoints)")
+    paths: list[Path] = []
+    for path, status in rows:
+        paths.append(Path(path) if status == "good" else paths[-1])
+    return paths
 
 
 @torch.inference_mode()
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engram_ff.bench.match_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="a bench learning run's --data folder")
     parser.add_argument("--variant", action="append", type=parse_variant, required=True)
+    parser.add_argument("--method", default="ff", help="the run's method whose checkpoints to read (default ff)")
     parser.add_argument("--day-kb", type=float, default=35.0, help="as the run had it (default 35)")
     parser.add_argument("--seed", type=int, default=0, help="as the run had it (default 0)")
     parser.add_argument("--fact-nights", default="2", help="as the run had it (default 2)")
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    paths = checkpoints(args.data)
+    paths = checkpoints(args.data, args.method)
     fact_nights = [int(n) for n in args.fact_nights.split(",")]
     days = make_days(len(paths) + 1, round(args.day_kb * 1000), load_facts(FACTS), fact_nights, args.seed)
     codes, notes = compressor_bpb([d.text for d in days])

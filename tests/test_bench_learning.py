@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from engram_ff.bench import learning
+from engram_ff.bench import learning, match_sweep
 from engram_ff.daemon.cli import BENCHMARKS, build_parser
 from engram_ff.daemon.config import ConfigError
 
@@ -84,7 +84,8 @@ def test_methods_and_checkpoints():
 
 
 def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path):
-    assert learning.main(["--quick", "--by-day-parts", "3", "--results", str(tmp_path)]) == 0
+    kept = tmp_path / "kept"
+    assert learning.main(["--quick", "--by-day-parts", "3", "--results", str(tmp_path), "--data", str(kept)]) == 0
     result = json.loads((tmp_path / "learning-quick.json").read_text())
     facts = result["facts"]
     nights = result["meta"]["nights"]
@@ -99,6 +100,9 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
         assert all(r["rss_mib"] > 0 and r["update_s"] > 0 for r in records)
         assert records[0]["prequential_bpb"] is None and records[0]["gate"]["decision"] == "promoted"
         assert all(0 < r["prequential_bpb"] < 9 for r in records[1:]), name
+        # and without the match model (model/match.py): the fact day says each fact up to 8 times, which it copies
+        assert records[0]["unmatched_bpb"] is None and all(0 < r["unmatched_bpb"] < 9 for r in records[1:]), name
+        assert records[1]["prequential_bpb"] < records[1]["unmatched_bpb"] - 0.1, name
         # the same day as the daemon learns it by day (daemon/today.py), in 3 parts each read as it lands
         assert records[0]["reading_bpb"] is None and all(0 < r["reading_bpb"] < 9 for r in records[1:]), name
         assert all(0.9 * r["day_bytes"] < r["by_day_bytes"] < 1.1 * r["day_bytes"] for r in records[1:]), name
@@ -137,3 +141,11 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
     assert report.count("Learning by day not kept by its gate (the canary and the facts") == 2
     assert "next morning (night 2)" in report and "not reached" in report  # +7 and +30 read the last night
     assert (tmp_path / "learning-quick.png").stat().st_size > 20_000
+    assert "| ff | bp | ff, no match model | bp, no match model |" in report
+    # the match model alone over the run's kept checkpoints (bench/match_sweep.py): night 2 as the run scored it
+    sweep = ["--variant", "none", "--variant", "default", "--results", str(tmp_path), "--day-kb", "3", "--out", "m"]
+    assert match_sweep.main([str(kept), *sweep]) == 0
+    night_2 = json.loads((tmp_path / "m.json").read_text())[0]
+    assert night_2["night"] == 2 and night_2["default"] < night_2["none"] - 0.1
+    assert night_2["none"] == pytest.approx(result["methods"]["ff"][1]["unmatched_bpb"], abs=1e-4)
+    assert night_2["default"] == pytest.approx(result["methods"]["ff"][1]["prequential_bpb"], abs=1e-4)
