@@ -20,6 +20,7 @@ import json
 import math
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 from engram_ff.bench.common import RESULTS, markdown_table, plot_series, write_result
 from engram_ff.bench.learning import FACTS, compressor_bpb, load_facts, make_days
 from engram_ff.model.checkpoint import load_model
+from engram_ff.model.generate import generate
 from engram_ff.model.match import MatchModel
+from engram_ff.model.train import EVAL_CHUNK, evaluate_nats
 from engram_ff.state.db import open_db
 
 KEYS: dict[str, Callable[[str], object]] = {
@@ -95,6 +98,28 @@ def bpb(x: torch.Tensor, lp: torch.Tensor, variant: dict) -> float:
     return nats / (x.shape[1] - 1) / math.log(2)
 
 
+def costs(model, text: bytes, generated: int = 2000) -> list[list]:
+    """What the match model costs, on one thread: seconds to score `text` as `evaluate_nats` does, in chunks of
+    1 kB and of its default 4 kB, and bytes a second generated one at a time; with it and without it."""
+    match, rows = model.match, []
+    torch.set_num_threads(1)  # as the daemon's helpers and `ask` read: one stream, one core
+    for label, rule in (("with the match model", match), ("without", None)):
+        model.match = rule
+        seconds = []
+        for chunk in (1024, EVAL_CHUNK):
+            started = time.perf_counter()
+            evaluate_nats(model, text, seq_len=chunk)
+            seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in generate(model, text[:200], generated, 0.8, torch.Generator().manual_seed(1)):
+            pass
+        rate = generated / (time.perf_counter() - started)
+        rows.append([label, f"{seconds[0]:.2f}", f"{seconds[1]:.2f}", f"{rate:,.0f}"])
+    model.match = match
+    torch.set_num_threads(2)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engram_ff.bench.match_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="a bench learning run's --data folder")
@@ -118,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"night": night, **{v["name"]: bpb(x, lp, v) for v in args.variant}, **codes[night - 1]}
         rows.append(row)
         print(f"night {night}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "night"), flush=True)
+    timing = costs(load_model(paths[-1]).model.eval(), b"".join(d.text for d in days))
     names = [v["name"] for v in args.variant] + list(codes[0])
     means = {n: sum(r[n] for r in rows) / len(rows) for n in names}
     table = markdown_table(
@@ -145,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n"
         + "".join(f"- {note}\n" for note in args.note)
         + f"\n{table}\n![bits per byte by night]({figure.name})\n"
+        + "\n## What it costs\n\n"
+        + f"The last checkpoint, one thread: seconds to score all {len(days)} days ("
+        + f"{sum(len(d.text) for d in days) / 1000:.0f} kB) as one text, as `evaluate_nats` scores the gate's and the "
+        + "probes' texts, in chunks of 1 kB and 4 kB (its default); and bytes a second generated one at a time after "
+        + "200 bytes of the first day, as `ask` and `generate` do.\n\n"
+        + markdown_table(["", "score, 1 kB chunks (s)", "score, 4 kB chunks (s)", "generate (bytes/s)"], timing)
     )
     print(table)
-    write_result(f"{args.out}.json", json.dumps(rows, indent=1), args.results)
+    write_result(f"{args.out}.json", json.dumps({"nights": rows, "costs": timing}, indent=1), args.results)
     print(write_result(f"{args.out}.md", text, args.results))
     return 0
 

@@ -145,7 +145,10 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
     # the match model alone over the run's kept checkpoints (bench/match_sweep.py): night 2 as the run scored it
     sweep = ["--variant", "none", "--variant", "default", "--results", str(tmp_path), "--day-kb", "3", "--out", "m"]
     assert match_sweep.main([str(kept), *sweep]) == 0
-    night_2 = json.loads((tmp_path / "m.json").read_text())[0]
+    swept = json.loads((tmp_path / "m.json").read_text())
+    night_2 = swept["nights"][0]
+    assert [row[0] for row in swept["costs"]] == ["with the match model", "without"]
+    assert all(float(seconds) > 0 for row in swept["costs"] for seconds in row[1:3])
     assert night_2["night"] == 2 and night_2["default"] < night_2["none"] - 0.1
     assert night_2["none"] == pytest.approx(result["methods"]["ff"][1]["unmatched_bpb"], abs=1e-4)
     assert night_2["default"] == pytest.approx(result["methods"]["ff"][1]["prequential_bpb"], abs=1e-4)
