@@ -48,6 +48,7 @@ PRIOR = 2.0  # p(c*) counts as this many predictions in each cell: a cell's firs
 FEW = 4  # positions at most that `matches` finds by searching the bytes rather than by sorting keys
 HISTORY = 1 << 16  # bytes of the stream the state carries: a day of chat is 35-45 kB
 CELLS = (len(LENGTHS) + 1) * (len(ODDS) + 1)
+TINY = 1e-6  # the least a probability is taken to be: the bytes other than c* never gain mass from a clamp
 
 
 class MatchModel:
@@ -116,9 +117,8 @@ class MatchModel:
                     break
         return predicted, length
 
-    def cell(self, length: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """The cell of a match this long whose byte the model found this likely (p)."""
-        odds = torch.logit(p.clamp(1e-6, 1 - 1e-6))
+    def cell(self, length: torch.Tensor, odds: torch.Tensor) -> torch.Tensor:
+        """The cell of a match this long whose byte the model found this likely (log-odds)."""
         return torch.bucketize(length, self.lengths, right=True) * (len(ODDS) + 1) + torch.bucketize(
             odds, self.odds, right=True
         )
@@ -137,8 +137,9 @@ class MatchModel:
         predicted, length = self.matches(s, H)  # [B, T]
         matched = predicted >= 0
         log_probs = log_probs.float()
-        p_star = log_probs.gather(-1, predicted.clamp(min=0)[..., None])[..., 0].exp()  # [B, T]
-        cell = self.cell(length, p_star)
+        log_p = log_probs.gather(-1, predicted.clamp(min=0)[..., None])[..., 0]  # [B, T]: log p(c*)
+        p_star, p_not = log_p.exp(), (-torch.expm1(log_p)).clamp(min=TINY)  # 1 - p(c*), exact where p(c*) is near 1
+        cell = self.cell(length, log_p - p_not.log())
         # x[t] settles the prediction made at the byte before it: the history's last (pending), then x[t - 1]'s
         settled = torch.cat([pending[:, :1], predicted[:, :-1]], 1)  # [B, T]
         settled_cell = torch.cat([pending[:, 1:], cell[:, :-1]], 1)
@@ -147,8 +148,9 @@ class MatchModel:
         events[..., 1].scatter_(-1, settled_cell[..., None], (settled >= 0).float()[..., None])
         seen = counts[:, None] + events.cumsum(1)  # [B, T, K, 2]: what the stream had settled by x[t]
         hits, tries = seen.gather(2, cell[..., None, None].expand(B, T, 1, 2))[:, :, 0].unbind(-1)
-        q = ((hits + self.prior * p_star) / (tries + self.prior)).clamp(1e-6, 1 - 1e-6)
-        rest = torch.log1p(-q) - torch.log1p(-p_star.clamp(max=1 - 1e-6))
+        q = ((hits + self.prior * p_star) / (tries + self.prior)).clamp(min=TINY)
+        q_not = ((tries - hits + self.prior * p_not) / (tries + self.prior)).clamp(min=TINY)  # 1 - q, as exactly
+        rest = q_not.log() - p_not.log()
         adjusted = (log_probs + rest[..., None]).scatter(-1, predicted.clamp(min=0)[..., None], q.log()[..., None])
         out = torch.where(matched[..., None], adjusted, log_probs)
         state = [s[:, -self.history :], counts + events.sum(1), torch.stack([predicted[:, -1], cell[:, -1]], 1)]
@@ -174,14 +176,14 @@ class MatchModel:
             if c < 0:
                 now.append([-1, 0])
                 continue
-            p = math.exp(float(out[b, 0, c]))
-            p_odds = min(max(p, 1e-6), 1 - 1e-6)
-            cell = bisect.bisect_right(LENGTHS, run) * (len(ODDS) + 1) + bisect.bisect_right(
-                ODDS, math.log(p_odds / (1 - p_odds))
-            )
+            log_p = float(out[b, 0, c])
+            p, p_not = math.exp(log_p), max(-math.expm1(log_p), TINY)
+            odds = log_p - math.log(p_not)
+            cell = bisect.bisect_right(LENGTHS, run) * (len(ODDS) + 1) + bisect.bisect_right(ODDS, odds)
             hits, tries = counts[b, cell].tolist()
-            q = min(max((hits + self.prior * p) / (tries + self.prior), 1e-6), 1 - 1e-6)
-            out[b, 0] += math.log1p(-q) - math.log1p(-min(p, 1 - 1e-6))
+            q = max((hits + self.prior * p) / (tries + self.prior), TINY)
+            q_not = max((tries - hits + self.prior * p_not) / (tries + self.prior), TINY)
+            out[b, 0] += math.log(q_not) - math.log(p_not)
             out[b, 0, c] = math.log(q)
             now.append([c, cell])
         return out, [s[:, -self.history :], counts, torch.tensor(now)]
