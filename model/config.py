@@ -44,7 +44,9 @@ class LMConfig:
 PRESETS = {
     # Nightly CPU training: what the text benchmark's main model uses (chosen by short trials on 2 cores:
     # wider or deeper stacks trained fewer bytes per second and ended worse in 200-300 s; the GELU block
-    # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s).
+    # in the head let upper FF layers contribute; 3 x 128 keeps generation above 5,000 bytes/s, the layers alone;
+    # with a trained memory and the match model, 1,965 bytes/s on one thread, 2,267 without the match model:
+    # bench/results/match-sweep.md).
     # Counts of the last 1-4 bytes under the rows (model/counts.py, 42 MiB): on the frozen layers the later days
     # scored 2.109 bits per byte against 2.196, facts as before (bench/results/memory-sweep-14.md).
     # The context memory (model/memory.py): 2^23 rows of 8, 176 MiB. 34 days of 35 kB of dialogue filled 95 %
