@@ -345,6 +345,7 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     from engram_ff.daemon.today import learn_now, overlay_onto
     from engram_ff.daemon.update import run_update
     from engram_ff.ingest.reader import Limits, catch_up
+    from engram_ff.model.match import left_out
     from engram_ff.model.train import evaluate_nats
     from engram_ff.state.db import open_db
 
@@ -356,9 +357,8 @@ def run_night(config: Config, day: Day, facts: list[dict], ask_bytes: int, parts
     prequential = evaluate_nats(before[0], day.text) / LN2 if before else None
     unmatched = None  # the same, without the match model (model/match.py): what it copied
     if before and getattr(before[0], "match", None) is not None:
-        match, before[0].match = before[0].match, None
-        unmatched = evaluate_nats(before[0], day.text) / LN2
-        before[0].match = match
+        with left_out(before[0]):
+            unmatched = evaluate_nats(before[0], day.text) / LN2
     # the model `ask` answers with this morning: the same checkpoint plus what its memory learned by day since
     # the night (the night's held-out slice), before anything of today; None where there is no such overlay
     morning_bpb = None

@@ -31,7 +31,7 @@ from engram_ff.bench.common import RESULTS, markdown_table, plot_series, write_r
 from engram_ff.bench.learning import FACTS, compressor_bpb, load_facts, make_days
 from engram_ff.model.checkpoint import load_model
 from engram_ff.model.generate import generate
-from engram_ff.model.match import MatchModel
+from engram_ff.model.match import MatchModel, left_out
 from engram_ff.model.train import EVAL_CHUNK, evaluate_nats
 from engram_ff.state.db import open_db
 
@@ -76,13 +76,12 @@ def checkpoints(data: Path, method: str) -> list[Path]:
 @torch.inference_mode()
 def log_probs(model, text: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     """The day as one stream through the layers and the memory: (bytes [1, n], log p [1, n, 256])."""
-    match, model.match = model.match, None
     x = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()[None]
     out, state = [], None
-    for i in range(0, x.shape[1], 1024):
-        logits, state = model(x[:, i : i + 1024], state)
-        out.append(F.log_softmax(logits.float(), -1))
-    model.match = match
+    with left_out(model):
+        for i in range(0, x.shape[1], 1024):
+            logits, state = model(x[:, i : i + 1024], state)
+            out.append(F.log_softmax(logits.float(), -1))
     return x, torch.cat(out, 1)
 
 

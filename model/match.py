@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +62,7 @@ class MatchModel:
         self.lengths, self.odds = torch.tensor(LENGTHS), torch.tensor(ODDS)
 
     def empty_state(self, batch: int) -> list[torch.Tensor]:
-        none = torch.tensor([-1, 0]).repeat(batch, 1)
-        return [torch.zeros(batch, 0, dtype=torch.long), torch.zeros(batch, CELLS, 2), none]
+        return [torch.zeros(batch, 0, dtype=torch.long), torch.zeros(batch, CELLS, 2), _nothing_pending(batch)]
 
     def matches(self, s: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """s [B, n] bytes -> for each position j >= start: (the byte that followed the last earlier place where the
@@ -192,7 +193,27 @@ class MatchModel:
         """The state after x [B, T] was read without a prediction to adjust (the layers' training): the history
         moves on, the counts stay, nothing is pending."""
         history, counts, _ = state
-        return [torch.cat([history, x], 1)[:, -self.history :], counts, self.empty_state(x.shape[0])[2]]
+        return [torch.cat([history, x], 1)[:, -self.history :], counts, _nothing_pending(x.shape[0])]
+
+
+@contextmanager
+def left_out(model) -> Iterator[None]:
+    """Within the block, the model predicts without its match model (one that has none is left as it is): what the
+    benchmarks score beside the model itself."""
+    match = getattr(model, "match", None)
+    if match is None:
+        yield
+        return
+    model.match = None
+    try:
+        yield
+    finally:
+        model.match = match
+
+
+def _nothing_pending(batch: int) -> torch.Tensor:
+    """[B, 2]: no prediction (-1) in cell 0, for the next byte to settle."""
+    return torch.tensor([-1, 0]).repeat(batch, 1)
 
 
 def _words(s: torch.Tensor) -> torch.Tensor:

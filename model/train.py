@@ -339,8 +339,8 @@ def byte_batches(
 
 
 # bytes a forward pass of `evaluate_nats` reads: the match model (model/match.py) searches its whole history once a
-# chunk, so 150 kB of text cost the daemon preset 4.54 s to score in chunks of 1 kB and 3.40 s in chunks of 4 kB, one
-# thread, against 2.70 and 2.73 s without it; 4 kB of logits are 4 MiB
+# chunk, so 228 kB of chat cost the trained daemon model 7.71 s to score in chunks of 1 kB and 5.65 s in chunks of
+# 4 kB, one thread, against 4.38 s without it (bench/results/match-sweep.md); 4 kB of logits are 4 MiB
 EVAL_CHUNK = 4096
 
 

@@ -11,7 +11,7 @@ from engram_ff.daemon import checkpoints
 from engram_ff.daemon.config import load_config
 from engram_ff.model import checkpoint as ckpt
 from engram_ff.model.lm import FFLM, PRESETS
-from engram_ff.model.match import MatchModel
+from engram_ff.model.match import MatchModel, left_out
 from engram_ff.model.memory import learn
 from engram_ff.model.train import evaluate_nats
 from tests.daemon_helpers import FAST
@@ -75,15 +75,12 @@ def test_the_model_reads_the_same_in_parallel_and_byte_by_byte():
         logits, state = model.step(state, x[:, t])
         steps.append(torch.log_softmax(logits, -1))
     assert torch.allclose(torch.stack(steps, 1), parallel, atol=1e-4)
-    assert evaluate_nats(model, x[0].tolist()) < _without_match(model, x[0].tolist())
-
-
-def _without_match(model: FFLM, data) -> float:
-    match, model.match = model.match, None
-    try:
-        return evaluate_nats(model, bytes(data))
-    finally:
-        model.match = match
+    text = bytes(x[0].tolist())
+    with_it = evaluate_nats(model, text)
+    with left_out(model):
+        assert model.match is None
+        without = evaluate_nats(model, text)
+    assert model.match is not None and with_it < without
 
 
 def test_the_memory_learns_the_same_with_and_without_it():
