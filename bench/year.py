@@ -19,7 +19,10 @@ of the facts the previous model knew by more than gate_facts_tolerance_bpb.
 Per-night budgets are cut so that the year runs in at most 90 minutes on 2 cores (see BUDGET); what is cut
 is written into the report.
 
-    flock /tmp/engram-bench.lock engram-ff bench year [--nights 365] [--quick]
+A year outlasts a working session: with --dir the year's folder is kept, one record a night is appended
+to it, and the same command again carries on after the last night recorded.
+
+    flock /tmp/engram-bench.lock engram-ff bench year [--nights 365] [--quick] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -151,42 +153,79 @@ def texts_for(night: int, held: dict[int, bytes]) -> dict[str, bytes]:
     }
 
 
-def run_year(args) -> tuple[list[dict], dict]:
+SETTINGS = ("nights", "scale", "stop_after", "preset", "batch_size", "seq_len", "seed", "threads")
+
+
+def _kept(folder: Path, args, parser: argparse.ArgumentParser) -> list[dict]:
+    """The nights a kept folder already ran, after checking it ran them with these settings; a first run
+    writes the settings. A night cut off part-way (no record) runs again: its day's file is rewritten with
+    the same lines, ingest takes only what it had not taken, and the daemon marks the killed run."""
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    saved = folder / "settings.json"
+    if not saved.exists():
+        if folder.exists() and any(folder.iterdir()):
+            parser.error(f"--dir {folder}: not empty and not a year's folder (no settings.json)")
+        folder.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(settings))
+        return []
+    before = json.loads(saved.read_text())
+    if before != settings:
+        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+        parser.error(f"--dir {folder} ran with other settings ({changed}); give the same ones, or a new folder")
+    log = folder / "nights.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def run_year(args, folder: Path) -> tuple[list[dict], dict]:
+    """Night by night in `folder`, appending one record a night to folder/nights.jsonl and carrying on
+    after the last night recorded there, so a year cut short by the end of a session resumes."""
     torch.set_num_threads(args.threads)
+    records = _kept(folder, args, args.parser)
+    done = {r["night"] for r in records}
+    before, start = (records[-1]["minutes"], records[-1]["start"] + 1) if records else (0.0, 1)
     days = calendar(args.nights, args.seed, args.scale)[: args.stop_after]
+    last = max(done, default=0)
     pool, facts = sentences(), load_facts()
-    records: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="engram-year-") as tmp:
-        config = year_config(Path(tmp), args)
-        raw = config.watch / "raw"
-        all_lines = {day.night: day_lines(day, pool, facts, args.seed) for day in days if day.night <= 30}
-        held = {n: held_out(lines, config.probe_fraction, HELD_OUT_BYTES) for n, lines in all_lines.items()}
-        started = time.monotonic()
+    config = year_config(folder, args)
+    raw = config.watch / "raw"
+    wanted = {d.night for d in days if d.night <= 30 or d.night > last - 30}
+    held = {
+        d.night: held_out(day_lines(d, pool, facts, args.seed), config.probe_fraction, HELD_OUT_BYTES)
+        for d in days
+        if d.night in wanted and (d.night <= 30 or d.night in done)
+    }
+    started = time.monotonic()
+    with (folder / "nights.jsonl").open("a") as log:
         for day in days:
-            lines = all_lines.pop(day.night, None) or day_lines(day, pool, facts, args.seed)
+            if day.night in done:
+                continue
+            lines = day_lines(day, pool, facts, args.seed)
             held[day.night] = held_out(lines, config.probe_fraction, HELD_OUT_BYTES)
             write_day(raw, day.date, lines)
             record = run_night(config, day, lines, texts_for(day.night, held))
+            record.update(minutes=before + (time.monotonic() - started) / 60, start=start)
             records.append(record)
-            print(_progress(record, time.monotonic() - started), flush=True)
-        meta = dict(
-            command=" ".join(args.argv),
-            nights=args.nights,
-            stop_after=args.stop_after,
-            preset=args.preset,
-            scale=args.scale,
-            seed=args.seed,
-            threads=args.threads,
-            budget=BUDGET,
-            batch=f"{config.batch_size} x {config.seq_len}",
-            tolerances={
-                k: getattr(config, k)
-                for k in ("gate_tolerance_bpb", "gate_facts_tolerance_bpb", "gate_canary_tolerance_bpb")
-            },
-            total_minutes=(time.monotonic() - started) / 60,
-            load_average=os.getloadavg(),
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(_progress(record, record["minutes"] * 60), flush=True)
+    meta = dict(
+        command=" ".join(args.argv),
+        nights=args.nights,
+        stop_after=args.stop_after,
+        preset=args.preset,
+        scale=args.scale,
+        seed=args.seed,
+        threads=args.threads,
+        budget=BUDGET,
+        batch=f"{config.batch_size} x {config.seq_len}",
+        tolerances={
+            k: getattr(config, k)
+            for k in ("gate_tolerance_bpb", "gate_facts_tolerance_bpb", "gate_canary_tolerance_bpb")
+        },
+        total_minutes=records[-1]["minutes"] if records else 0.0,
+        starts=records[-1]["start"] if records else 0,
+        load_average=os.getloadavg(),
+    )
     return records, meta
 
 
@@ -295,7 +334,8 @@ def report(records: list[dict], meta: dict, figure: Path) -> str:
         f"`{meta['command']}`: {len(records)} nights of bench/year_days.py's {meta['nights']}-night calendar "
         "(message counts x"
         f"{meta['scale']}), model preset `{meta['preset']}`, batch {meta['batch']}, {meta['threads']} torch "
-        f"threads, seed {meta['seed']}; {meta['total_minutes']:.1f} minutes in all; load average at the end "
+        f"threads, seed {meta['seed']}; {meta['total_minutes']:.1f} minutes in all{_starts(meta)}; "
+        "load average at the end "
         f"{', '.join(f'{x:.1f}' for x in meta['load_average'])}.\n",
         "What was cut to fit the year in 90 minutes on 2 cores: the daemon trains update_epochs = 4 passes, "
         "300 to 3,000 steps, in update_budget_minutes = 12, and probes up to probe_max_days = 32 days a pass; here "
@@ -351,6 +391,15 @@ def report(records: list[dict], meta: dict, figure: Path) -> str:
         "bytes, steps, times, RSS, sizes, the gate's decision with its checks, and the benchmark's scores.\n",
     ]
     return "\n".join(lines)
+
+
+def _starts(meta: dict) -> str:
+    if meta.get("starts", 1) <= 1:
+        return ""
+    return (
+        f", in {meta['starts']} runs carried on with --dir (a night cut off part-way ran again; "
+        "the minutes it had run are not counted)"
+    )
 
 
 def _months(records: list[dict]) -> list[list]:
@@ -448,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", help="name of the result files (default: year, or year-quick)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="keep the year's folder (Engram files, database, checkpoints, one record a night) here; run again "
+        "with the same DIR and settings to carry on after the last night recorded (default: a temporary folder)",
+    )
     return parser
 
 
@@ -457,9 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv, QUICK)
     if args.nights < 3:
         parser.error("--nights must be at least 3: the facts are planted on night 3")
-    args.argv = ["engram-ff bench year", *argv]
+    args.argv, args.parser = ["engram-ff bench year", *argv], parser
     stem = args.stem or ("year-quick" if args.quick else "year")
-    records, meta = run_year(args)
+    if args.dir is None:
+        with tempfile.TemporaryDirectory(prefix="engram-year-") as tmp:
+            records, meta = run_year(args, Path(tmp) / "year")
+    else:
+        records, meta = run_year(args, args.dir)
     write_result(f"{stem}.json", json.dumps({"meta": meta, "nights": records}), args.results)
     figure = plot(args.results / f"{stem}.png", records)
     print(write_result(f"{stem}.md", report(records, meta, figure), args.results))

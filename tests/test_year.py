@@ -2,9 +2,14 @@
 through the daemon's own update, gate and probes to a report, a plot and one JSON record a night."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import orjson
+import pytest
 
 from engram_ff.bench import year
 from engram_ff.bench.make_stream import load_facts
@@ -45,9 +50,28 @@ def test_the_year_has_every_kind_of_day():
 
 
 def test_a_short_year_runs_the_daemons_nights_and_reports(tmp_path):
-    assert year.main(["--quick", "--scale", "0.02", "--results", str(tmp_path)]) == 0
+    """Killed with SIGKILL part-way (a session ending), the same command carries the year on from its kept
+    folder: every night recorded once, the nights before the kill as they were."""
+    folder, args = tmp_path / "kept", ["--quick", "--scale", "0.02", "--results", str(tmp_path)]
+    log = folder / "nights.jsonl"
+    command = [sys.executable, "-m", "engram_ff.bench.year", *args, "--dir", str(folder)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        assert first.poll() is None, "the year ended before it could be killed"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = [json.loads(line) for line in log.read_text().splitlines()]
+    assert 3 <= len(before) < 14
+    with pytest.raises(SystemExit):  # the kept folder refuses other settings
+        year.main([*args, "--seed", "1", "--dir", str(folder)])
+
+    assert year.main([*args, "--dir", str(folder)]) == 0
     nights = json.loads((tmp_path / "year-quick.json").read_text())["nights"]
     assert [n["night"] for n in nights] == list(range(1, 15))
+    assert nights[: len(before)] == before and {n["start"] for n in nights} == {1, 2}
+    assert "in 2 runs carried on with --dir" in (tmp_path / "year-quick.md").read_text()
     by_kind = {n["kind"]: n for n in nights}
     assert by_kind["off"]["status"] == "off" and "new_bytes" not in by_kind["off"]
     ran = [n for n in nights if n["status"] != "off"]
