@@ -121,3 +121,22 @@ def test_a_newer_format_is_refused_by_name(tmp_path):
     save_checkpoint(tmp_path / "future.pt", {"format": FORMAT + 1, "kind": "ssm"})
     with pytest.raises(CheckpointError, match="newer than this engram-ff reads"):
         load_model(tmp_path / "future.pt")
+
+
+def test_the_first_model_is_the_same_in_every_process_and_leaves_the_random_state_alone():
+    """torch seeds each process at random: the daemon's first model must not depend on it, or two runs of
+    the same nights on the same text end apart (bench learning --quick differed by 0.03 bits per byte)."""
+    script = (
+        "import hashlib, torch\n"
+        "from engram_ff.daemon.checkpoints import fresh\n"
+        "from engram_ff.daemon.config import load_config\n"
+        "state = torch.random.get_rng_state()\n"
+        "model = fresh(load_config(environ={}, model_preset='tiny')).model\n"
+        "assert torch.equal(state, torch.random.get_rng_state())\n"
+        "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
+    assert len(digests) == 1 and len(digests.pop().strip()) == 64
