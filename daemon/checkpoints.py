@@ -35,7 +35,6 @@ from engram_ff.model.window_mlp import WindowMLP
 from engram_ff.state import queries, runs
 
 log = logging.getLogger(__name__)
-INIT_SEED = 0
 
 
 class TrainerMismatch(ValueError):
@@ -51,11 +50,11 @@ class Loaded:
 
 
 def fresh(config: Config) -> Loaded:
-    """The first model, drawn from a fixed seed: torch seeds each process at random, so without one two runs
-    of the same nights on the same text started from different weights and ended up to 0.03 bits per byte
+    """The first model, drawn from config.model_seed: torch seeds each process at random, so without a seed two
+    runs of the same nights on the same text started from different weights and ended up to 0.03 bits per byte
     apart (bench learning --quick, run twice). The process's own random state is left as it was."""
     with torch.random.fork_rng():
-        torch.manual_seed(INIT_SEED)
+        torch.manual_seed(config.model_seed)
         model = FFLM(PRESETS[config.model_preset])
     return Loaded(model, TRAINERS[config.trainer](model), None, {})
 

@@ -108,6 +108,8 @@ class Config:
     gate_facts_tolerance_bpb: float = 1.5
     gate_canary_tolerance_bpb: float = 0.2
     model_preset: str = "daemon"
+    # the seed of the weights a fresh start draws: the same messages give the same model, run after run
+    model_seed: int = 0
     probe_fraction: float = Limits.probe_fraction
     probe_max_bytes: int = 4096  # per day and split, so probing stays cheap as days pile up
     # days scored per probe pass: the newest half of them and evenly spaced older ones, the oldest always

@@ -82,6 +82,8 @@ WHAT = {
     "gate_canary_tolerance_bpb": "the same for the canary, the oldest probe-split text, the same every night",
     "model_preset": "the model a fresh start builds (`model/config.py`: `daemon` 3x128, `large` 4x192, `tiny` for "
     "tests)",
+    "model_seed": "the seed of the weights a fresh start draws, so the same messages give the same model run after "
+    "run (torch seeds each process at random)",
     "probe_fraction": "share of every day's messages (a deterministic hash of the message) held out of the night "
     "that first sees them, for its gate, and trained by the next promoted night",
     "probe_max_bytes": "per day and split, so probing stays cheap as days pile up",

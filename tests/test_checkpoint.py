@@ -125,18 +125,19 @@ def test_a_newer_format_is_refused_by_name(tmp_path):
 
 def test_the_first_model_is_the_same_in_every_process_and_leaves_the_random_state_alone():
     """torch seeds each process at random: the daemon's first model must not depend on it, or two runs of
-    the same nights on the same text end apart (bench learning --quick differed by 0.03 bits per byte)."""
+    the same nights on the same text end apart (bench learning --quick differed by 0.03 bits per byte).
+    model_seed draws another."""
     script = (
-        "import hashlib, torch\n"
+        "import hashlib, sys, torch\n"
         "from engram_ff.daemon.checkpoints import fresh\n"
         "from engram_ff.daemon.config import load_config\n"
         "state = torch.random.get_rng_state()\n"
-        "model = fresh(load_config(environ={}, model_preset='tiny')).model\n"
+        "model = fresh(load_config(environ={}, model_preset='tiny', model_seed=int(sys.argv[1]))).model\n"
         "assert torch.equal(state, torch.random.get_rng_state())\n"
         "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest())\n"
     )
-    digests = {
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-        for _ in range(2)
-    }
-    assert len(digests) == 1 and len(digests.pop().strip()) == 64
+    digests = [
+        subprocess.run([sys.executable, "-c", script, seed], capture_output=True, text=True, check=True).stdout
+        for seed in ("0", "0", "1")
+    ]
+    assert digests[0] == digests[1] != digests[2] and len(digests[0].strip()) == 64
