@@ -153,7 +153,8 @@ def texts_for(night: int, held: dict[int, bytes]) -> dict[str, bytes]:
     }
 
 
-SETTINGS = ("nights", "scale", "stop_after", "preset", "batch_size", "seq_len", "seed", "threads")
+# what a kept folder must be carried on with (--stop-after may change: it cuts a year into runs)
+SETTINGS = ("nights", "scale", "preset", "batch_size", "seq_len", "seed", "threads")
 
 
 def _kept(folder: Path, args, parser: argparse.ArgumentParser) -> list[dict]:
@@ -169,11 +170,15 @@ def _kept(folder: Path, args, parser: argparse.ArgumentParser) -> list[dict]:
         saved.write_text(json.dumps(settings))
         return []
     before = json.loads(saved.read_text())
-    if before != settings:
-        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+    changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+    if changed:
         parser.error(f"--dir {folder} ran with other settings ({changed}); give the same ones, or a new folder")
     log = folder / "nights.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    lines = log.read_bytes().splitlines(keepends=True) if log.exists() else []
+    if lines and not lines[-1].endswith(b"\n"):  # killed while it wrote the record: that night runs again
+        log.write_bytes(b"".join(lines[:-1]))
+        lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def run_year(args, folder: Path) -> tuple[list[dict], dict]:

@@ -86,3 +86,14 @@ def test_a_short_year_runs_the_daemons_nights_and_reports(tmp_path):
     report = (tmp_path / "year-quick.md").read_text()
     assert "## Targets" in report and "| junk |" in report and "| wake |" in report
     assert (tmp_path / "year-quick.png").stat().st_size > 20_000
+
+
+def test_a_record_cut_off_as_it_was_written_runs_its_night_again(tmp_path):
+    args = year.build_parser().parse_args(["--quick"])
+    assert year._kept(tmp_path / "kept", args, year.build_parser()) == []
+    log = tmp_path / "kept" / "nights.jsonl"
+    log.write_text('{"night": 1}\n{"night": 2}\n{"nig')
+    assert year._kept(tmp_path / "kept", args, year.build_parser()) == [{"night": 1}, {"night": 2}]
+    assert log.read_text() == '{"night": 1}\n{"night": 2}\n'
+    args.stop_after = 5  # a year may be cut into runs
+    assert len(year._kept(tmp_path / "kept", args, year.build_parser())) == 2
