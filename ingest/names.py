@@ -3,9 +3,13 @@ written into a log line.
 
 Read: `X.jsonl` (Engram writes `raw/YYYY-MM-DD.jsonl`), `X.jsonl.gz`, and the names logrotate gives
 `X.jsonl` when it rotates it: `X.jsonl.1` (numbered), `X.jsonl-20261127` (`dateext`, any dateformat
-of digits and separators), each optionally `.gz` (`compress`). A rotated file is the same file under
-another name, or a copy of it (copytruncate, compress): reading it is how lines that arrived just
-before a rotation still get in, and the day and session a line falls back to come from its live name.
+of digits and separators), each optionally `.gz` (`compress`), and `X.jsonl-YYYYMMDDHH.backup`: with
+`create`, logrotate (3.10 on) renames `X.jsonl` away, then creates it with O_EXCL, and renames a file
+it finds there to that name first. A writer that reopened with O_CREAT in between (a loaded machine
+lets it) put that file there, so the lines it appended before it noticed and reopened again are in
+that file alone. A rotated file is the same file under another name, or a copy of it (copytruncate,
+compress): reading it is how lines that arrived just before a rotation still get in, and the day and
+session a line falls back to come from its live name.
 
 Shown: a name reaches a log line with every character that could forge a line or drive a terminal
 (newline, ESC, any non-printable) escaped as Python would write it, a backslash doubled, and a byte
@@ -17,7 +21,9 @@ from __future__ import annotations
 import os
 import re
 
-_LOG_NAME = re.compile(r"(?P<live>.+\.jsonl)(?P<rotated>\.\d+|-\d[-_.\d]*)?(?P<compressed>\.gz)?", re.S)
+_LOG_NAME = re.compile(
+    r"(?P<live>.+\.jsonl)(?:(?P<rotated>\.\d+|-\d[-_.\d]*)?(?P<compressed>\.gz)?|-\d{10}\.backup)", re.S
+)
 
 
 def is_log_name(name: str) -> bool:
