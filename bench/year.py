@@ -193,11 +193,10 @@ def run_year(args, folder: Path) -> tuple[list[dict], dict]:
     pool, facts = sentences(), load_facts()
     config = year_config(folder, args)
     raw = config.watch / "raw"
-    wanted = {d.night for d in days if d.night <= 30 or d.night > last - 30}
-    held = {
+    held = {  # month 1's, scored every night, and the newest month's so far
         d.night: held_out(day_lines(d, pool, facts, args.seed), config.probe_fraction, HELD_OUT_BYTES)
         for d in days
-        if d.night in wanted and (d.night <= 30 or d.night in done)
+        if d.night <= 30 or last - 30 < d.night <= last
     }
     started = time.monotonic()
     with (folder / "nights.jsonl").open("a") as log:
