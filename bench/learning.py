@@ -477,6 +477,10 @@ def morning(config: Config, facts: list[dict], update_row: dict, ask_bytes: int)
             said = asking.answer(model, prompt, who, max_bytes=ask_bytes).decode("utf-8", "replace")
             bpb, rank = rank_among(model, prompt, fact["answer"].encode(), [d.encode() for d in fact["distractors"]])
             out["facts"][fact["name"]] = dict(answer=said, recalled=recalled(said, fact["keys"]), bpb=bpb, rank=rank)
+            if "reworded" in fact:  # the question in words the chat never used
+                other = asking.answer(model, asking.prompt(fact["reworded"], who), who, max_bytes=ask_bytes)
+                other_said = other.decode("utf-8", "replace")
+                out["facts"][fact["name"]].update(reworded_answer=other_said, reworded=recalled(other_said, fact["keys"]))
     held_out = {r["day"]: r["value"] for r in scores if r["metric"] == "probe_bpb"}
     summary = {r["metric"]: r["value"] for r in scores if r["day"] is None}
     older = sorted(held_out)[:-1]
@@ -614,6 +618,12 @@ def recall_rows(result: dict) -> list[list]:
                     for _, n in points
                 )
             )
+            if reworded_column(result):
+                cells.append(
+                    " / ".join(
+                        "{}/{}".format(*_share(by_night[n], names, lambda s: s.get("reworded", False))) for _, n in points
+                    )
+                )
             planted = sum(d["planted"].get(f, 0) for d in result["days"] for f in names)
             promoted = [r for r in records if r["status"] == "ok"]
             answers = sum(r["trained_mentions"][f] for r in promoted for f in names)
@@ -621,6 +631,12 @@ def recall_rows(result: dict) -> list[list]:
             cells.append(f"{answers} / {questions} of {planted}")
             rows.append(cells)
     return rows
+
+
+def reworded_column(result: dict) -> bool:
+    """Whether the run also asked each fact in other words (results from before it, and facts files without
+    `reworded`, did not)."""
+    return any("reworded" in f for records in result["methods"].values() for r in records for f in r["facts"].values())
 
 
 def evening_column(result: dict) -> bool:
@@ -784,7 +800,9 @@ def tables(result: dict) -> dict[str, str]:
     """The targets, facts and prequential tables, for the report and the terminal alike."""
     points = checkpoint_nights(result["meta"], result["days"][-1]["night"])
     said = ["ask, the same evening"] if evening_column(result) else []
-    facts = ["method", "k", *said, *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", "trained"]
+    reworded = ["ask in other words"] if reworded_column(result) else []
+    facts = ["method", "k", *said, *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", *reworded]
+    facts.append("trained")
     codes = list(result["days"][0]["compressors"])
     return dict(
         targets=markdown_table(["method", "target", "measured", "met"], target_rows(result)),
@@ -831,7 +849,9 @@ def report(result: dict, figure: Path, json_name: str) -> str:
         "`ask` recall: the greedy answer holds all the fact's key words. Ranked first / answer bpb: as the fact "
         "probes score the answer against its 3 distractors, at each checkpoint in turn. Trained: answers / "
         "questions in the new text of the nights the gate promoted, of the mentions planted (a mention in the "
-        "probe split is held out of its night and trained by the next as held-out text, not counted here).\n",
+        "probe split is held out of its night and trained by the next as held-out text, not counted here). "
+        "In other words: `ask` given the fact's `reworded` question, which the chat never said, at each "
+        "checkpoint in turn.\n",
         shown["facts"],
         f"![facts and prequential bits per byte]({figure.name})\n",
         "## Prequential bits per byte\n",

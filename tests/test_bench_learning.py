@@ -23,6 +23,14 @@ def test_the_facts_are_varied_and_not_the_demos():
     assert len({f["answer"] for f in facts}) == len(facts)
 
 
+def test_each_fact_is_also_asked_in_words_the_chat_never_says():
+    facts = learning.load_facts()
+    assert all(f["reworded"] and f["reworded"] != f["question"] for f in facts)
+    days = learning.make_days(40, 35_000, facts, [2], seed=0)  # every night a month's run with +30 reads
+    text = b"".join(d.text for d in days)
+    assert not [f["name"] for f in facts if f["reworded"].encode() in text]
+
+
 def test_a_fact_day_plants_each_fact_k_times_each_in_a_session_of_its_own():
     facts = learning.load_facts()
     days = learning.make_days(4, 20_000, facts, [2], seed=0)
@@ -127,6 +135,7 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
             for score in r["facts"].values():
                 assert isinstance(score["recalled"], bool) and isinstance(score["answer"], str)
                 assert 1 <= score["rank"] <= 4 and 0 < score["bpb"] < 20
+                assert isinstance(score["reworded"], bool) and isinstance(score["reworded_answer"], str)
             for k in learning.KS:
                 group = [f["name"] for f in facts if f["k"] == k]
                 share = sum(r["facts"][n]["recalled"] for n in group) / len(group)
@@ -138,6 +147,7 @@ def test_a_quick_run_learns_through_the_daemon_and_reports_real_numbers(tmp_path
     assert "**mean, nights 2-3**" in report and "new day's bpb, the morning's model, <= bz2 -9's" in report
     assert "new day's bpb, by day, <= bz2 -9's" in report and result["meta"]["by_day_parts"] == 3
     assert "| ask, the same evening | ask, next morning (night 2) |" in report
+    assert "| ranked 1st | answer bpb | ask in other words | trained |" in report
     assert report.count("Learning by day not kept by its gate (the canary and the facts") == 2
     assert "next morning (night 2)" in report and "not reached" in report  # +7 and +30 read the last night
     assert (tmp_path / "learning-quick.png").stat().st_size > 20_000
