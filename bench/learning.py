@@ -480,7 +480,9 @@ def morning(config: Config, facts: list[dict], update_row: dict, ask_bytes: int)
             if "reworded" in fact:  # the question in words the chat never used
                 other = asking.answer(model, asking.prompt(fact["reworded"], who), who, max_bytes=ask_bytes)
                 other_said = other.decode("utf-8", "replace")
-                out["facts"][fact["name"]].update(reworded_answer=other_said, reworded=recalled(other_said, fact["keys"]))
+                out["facts"][fact["name"]].update(
+                    reworded_answer=other_said, reworded=recalled(other_said, fact["keys"])
+                )
     held_out = {r["day"]: r["value"] for r in scores if r["metric"] == "probe_bpb"}
     summary = {r["metric"]: r["value"] for r in scores if r["day"] is None}
     older = sorted(held_out)[:-1]
@@ -621,7 +623,8 @@ def recall_rows(result: dict) -> list[list]:
             if reworded_column(result):
                 cells.append(
                     " / ".join(
-                        "{}/{}".format(*_share(by_night[n], names, lambda s: s.get("reworded", False))) for _, n in points
+                        "{}/{}".format(*_share(by_night[n], names, lambda s: s.get("reworded", False)))
+                        for _, n in points
                     )
                 )
             planted = sum(d["planted"].get(f, 0) for d in result["days"] for f in names)
