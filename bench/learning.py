@@ -598,12 +598,13 @@ def recall_rows(result: dict) -> list[list]:
     """Per method and k: `ask` recall, rank 1 and answer bits per byte at each checkpoint; the mentions the
     daemon trained on, summed over promoted nights, against those planted."""
     rows = []
+    evening, reworded = evening_column(result), reworded_column(result)
     for name, records in result["methods"].items():
         by_night = {r["night"]: r for r in records}
         points = checkpoint_nights(result["meta"], records[-1]["night"])
         for k, names in _by_k(result["facts"]).items():
             cells = [name, k]
-            if evening_column(result):
+            if evening:
                 said = [r["evening"][f] for r in records for f in names if f in r.get("evening", {})]
                 cells.append(f"{sum(said)}/{len(said)}" if said else "-")
             for _, night in points:
@@ -620,13 +621,12 @@ def recall_rows(result: dict) -> list[list]:
                     for _, n in points
                 )
             )
-            if reworded_column(result):
-                cells.append(
-                    " / ".join(
-                        "{}/{}".format(*_share(by_night[n], names, lambda s: s.get("reworded", False)))
-                        for _, n in points
-                    )
-                )
+            if reworded:  # of the facts asked in other words: a facts file may give `reworded` for some only
+                asked = [
+                    [s["reworded"] for f in names if "reworded" in (s := by_night[n]["facts"].get(f, {}))]
+                    for _, n in points
+                ]
+                cells.append(" / ".join(f"{sum(a)}/{len(a)}" if a else "-" for a in asked))
             planted = sum(d["planted"].get(f, 0) for d in result["days"] for f in names)
             promoted = [r for r in records if r["status"] == "ok"]
             answers = sum(r["trained_mentions"][f] for r in promoted for f in names)
@@ -804,8 +804,8 @@ def tables(result: dict) -> dict[str, str]:
     points = checkpoint_nights(result["meta"], result["days"][-1]["night"])
     said = ["ask, the same evening"] if evening_column(result) else []
     reworded = ["ask in other words"] if reworded_column(result) else []
-    facts = ["method", "k", *said, *[f"ask, {label}" for label, _ in points], "ranked 1st", "answer bpb", *reworded]
-    facts.append("trained")
+    asked = [f"ask, {label}" for label, _ in points]
+    facts = ["method", "k", *said, *asked, "ranked 1st", "answer bpb", *reworded, "trained"]
     codes = list(result["days"][0]["compressors"])
     return dict(
         targets=markdown_table(["method", "target", "measured", "met"], target_rows(result)),
